@@ -1,0 +1,36 @@
+// The one place where trp_ext's operator schemas are declared. Kernels live in cpu/ and cuda/
+// and register with TORCH_LIBRARY_IMPL; fake kernels and autograd are registered from Python
+// (trp_ext/ops.py). The Python module below has no ops of its own: loading it registers the
+// library with the dispatcher, and it reports how it was built.
+#include <Python.h>
+#include <torch/headeronly/version.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(trp_ext, m) {
+  // Per row of singular values s (descending, zero-padded): the smallest r with
+  // sum(s[:r]^2) >= energy * sum(s^2); 0 for an all-zero row.
+  m.def("energy_rank(Tensor s, float energy) -> Tensor");
+}
+
+namespace {
+
+PyObject* build_info(PyObject* /*self*/, PyObject* /*args*/) {
+#ifdef TRP_EXT_WITH_CUDA
+  PyObject* cuda = Py_True;
+#else
+  PyObject* cuda = Py_False;
+#endif
+  return Py_BuildValue("{s:O,s:(iii)}", "cuda", cuda, "torch_version", TORCH_VERSION_MAJOR,
+                       TORCH_VERSION_MINOR, TORCH_VERSION_PATCH);
+}
+
+PyMethodDef methods[] = {
+    {"build_info", build_info, METH_NOARGS,
+     "{'cuda': bool, 'torch_version': (major, minor, patch)} this library was compiled with."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "trp_ext compiled kernels", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module); }

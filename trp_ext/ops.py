@@ -1,0 +1,36 @@
+"""Typed Python wrappers of the ``torch.ops.trp_ext`` ops, with their fake kernels.
+
+Fake kernels let the ops run under ``torch.compile`` and on meta tensors: they compute output
+shapes and dtypes without touching data.
+"""
+import torch
+
+from trp_ext import _ext  # noqa: F401  (loads the compiled library first)
+
+
+def energy_rank(s: torch.Tensor, energy: float) -> torch.Tensor:
+    """Energy-threshold rank of each row of singular values.
+
+    Args:
+        s: singular values, shape ``(batch, k)`` or ``(k,)``, each row descending and
+            zero-padded, float32 or float64, on CPU or CUDA.
+        energy: the kept fraction of ``sum(s**2)``, in (0, 1].
+
+    Returns:
+        int64 ranks, shape ``(batch,)`` (or a 0-d tensor for 1-D ``s``): the smallest ``r`` with
+        ``sum(s[:r]**2) >= energy * sum(s**2)``, accumulated in float64; 0 for an all-zero row.
+
+    Raises:
+        ValueError: ``s`` is not 1-D or 2-D, ``energy`` is outside (0, 1], or ``s`` holds NaN or
+            Inf (the message names the row).
+        TypeError: ``s`` is not float32 or float64.
+    """
+    if isinstance(s, torch.Tensor) and s.dim() == 1:
+        return torch.ops.trp_ext.energy_rank(s.unsqueeze(0), float(energy))[0]
+    return torch.ops.trp_ext.energy_rank(s, float(energy))
+
+
+@torch.library.register_fake("trp_ext::energy_rank")
+def _energy_rank_fake(s, energy):
+    torch._check(s.dim() == 2, lambda: f"energy_rank(): argument 's' must be 2-D, got {s.dim()}-D")
+    return s.new_empty((s.shape[0],), dtype=torch.long)
