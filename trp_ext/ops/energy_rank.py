@@ -1,11 +1,5 @@
-"""Typed Python wrappers of the ``torch.ops.trp_ext`` ops, with their fake kernels.
-
-Fake kernels let the ops run under ``torch.compile`` and on meta tensors: they compute output
-shapes and dtypes without touching data.
-"""
+"""energy_rank: the energy-threshold rank of rows of singular values."""
 import torch
-
-from trp_ext import _ext  # noqa: F401  (loads the compiled library first)
 
 
 def energy_rank(s: torch.Tensor, energy: float) -> torch.Tensor:

@@ -1,0 +1,12 @@
+"""Typed Python wrappers of the ``torch.ops.trp_ext`` ops, one module per op.
+
+Each module holds the op's wrapper (with its documentation), its fake kernel, which lets the op
+run under ``torch.compile`` and on meta tensors, and its autograd registration where the op is
+differentiable.
+"""
+from trp_ext import _ext  # noqa: F401  (loads the compiled library before any registration)
+from trp_ext.ops.energy_rank import energy_rank
+from trp_ext.ops.factored_conv2d import factored_conv2d
+from trp_ext.ops.lowrank_project import LowRankProjection, lowrank_project
+
+__all__ = ["energy_rank", "factored_conv2d", "lowrank_project", "LowRankProjection"]
