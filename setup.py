@@ -105,7 +105,9 @@ def _nvidia_wheel_include_dirs():
     them. CUDA 13 wheels put every library under nvidia/cu13/include; CUDA 12 wheels use one
     nvidia/<lib>/include folder per library.
     """
-    roots = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    # The folder holding torch first: its CUDA wheels were installed beside it.
+    roots = [os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))]
+    roots += [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     roots += site.getsitepackages() if hasattr(site, "getsitepackages") else []
     found = []
     for root in dict.fromkeys(roots):
