@@ -5,6 +5,11 @@
 """
 from trp_ext._ext import BUILD_INFO
 from trp_ext import ops  # noqa: F401  (registers fake kernels and autograd)
+from trp_ext.decompose import DecomposeReport, decompose
+from trp_ext.io import load_compressed, save_compressed
+from trp_ext.nn import FactoredConv2d
+from trp_ext.selection import select_layers
+from trp_ext.trp import TRP
 
 __version__ = "0.1.0"
 
@@ -14,4 +19,5 @@ def cuda_kernels_built() -> bool:
     return bool(BUILD_INFO["cuda"])
 
 
-__all__ = ["cuda_kernels_built", "ops"]
+__all__ = ["cuda_kernels_built", "ops", "TRP", "decompose", "DecomposeReport", "FactoredConv2d",
+           "save_compressed", "load_compressed", "select_layers"]

@@ -110,7 +110,11 @@ def split_conv_weight(weight, scheme, rank):
       spatial: w1 (r, c, kh, 1),  w2 (n, r, 1, kw)
     """
     n, c, kh, kw = weight.shape
-    u, s, vh = svd64(conv_weight_to_matrix(weight, scheme))
+    matrix = conv_weight_to_matrix(weight, scheme)
+    if not 0 <= rank <= min(matrix.shape):
+        raise ValueError(f"argument 'rank' must lie in [0, {min(matrix.shape)}] for a {tuple(matrix.shape)} "
+                         f"{scheme} matrix, got {rank}")
+    u, s, vh = svd64(matrix)
     root = s[:rank].sqrt()
     left = u[:, :rank] * root  # rows x r
     right = root[:, None] * vh[:rank]  # r x cols

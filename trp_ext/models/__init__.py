@@ -24,7 +24,10 @@ def build_model(arch, num_classes=10, in_channels=3, **kwargs):
     """Builds a model by name; see ``ARCHS``."""
     if arch not in ARCHS:
         raise ValueError(f"argument 'arch' must be one of {sorted(ARCHS)}, got {arch!r}")
-    return ARCHS[arch](num_classes=num_classes, in_channels=in_channels, **kwargs)
+    model = ARCHS[arch](num_classes=num_classes, in_channels=in_channels, **kwargs)
+    # Recorded so that save_compressed/load_compressed can rebuild the network by name.
+    model.trp_arch = {"name": arch, "num_classes": num_classes, "in_channels": in_channels, **kwargs}
+    return model
 
 
 __all__ = ["ARCHS", "build_model", "CifarResNet", "ImageNetResNet", "resnet20", "resnet32",

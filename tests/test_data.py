@@ -1,0 +1,120 @@
+"""Datasets and the batch loader."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from trp_ext.data import ImageDataset, ImageSplit, TensorLoader, load_cifar10, load_dataset, load_digits, \
+    load_image_folder
+
+SHARED_CIFAR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10_jpeg.npz")
+
+
+def _write_cifar(folder, per_batch=6):
+    folder = folder / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": list(rng.integers(0, 10, per_batch))}
+        with open(folder / name, "wb") as handle:
+            pickle.dump(batch, handle)
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, handle)
+    return folder
+
+
+def test_digits_is_built_in():
+    data = load_digits()
+    assert data.train.images.shape[1:] == (1, 8, 8) and data.train.images.dtype == torch.uint8
+    assert len(data.train.labels) + len(data.test.labels) == 1797
+    assert set(data.test.labels.tolist()) == set(range(10))
+
+
+def test_cifar_standard_layout(tmp_path):
+    folder = _write_cifar(tmp_path)
+    for root in (tmp_path, folder):  # the parent, as torchvision's root=, or the folder itself
+        data = load_cifar10(root)
+        assert data.train.images.shape == (30, 3, 32, 32) and data.test.images.shape == (6, 3, 32, 32)
+        assert data.classes[3] == "c3"
+
+
+def test_cifar_missing_or_malformed_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
+        load_cifar10(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
+        load_cifar10(tmp_path)
+    folder = _write_cifar(tmp_path / "x")
+    (folder / "data_batch_3").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="data_batch_3"):
+        load_cifar10(folder)
+    os.remove(folder / "data_batch_4")
+    with pytest.raises(FileNotFoundError, match="data_batch_4"):
+        load_cifar10(folder)
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label, color in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (20, 12), color).save(tmp_path / split / label / f"{i}.png")
+    data = load_image_folder(tmp_path, size=16)
+    assert data.classes == ["cat", "dog"] and data.train.images.shape == (4, 3, 16, 16)
+    assert data.train.images[0, 0].float().mean() > 250 and data.train.labels.tolist() == [0, 0, 1, 1]
+    with pytest.raises(FileNotFoundError, match="train/"):
+        load_image_folder(tmp_path / "train")
+
+
+def test_load_dataset_errors():
+    with pytest.raises(ValueError, match="argument 'data'"):
+        load_dataset("mnist")
+    with pytest.raises(ValueError, match="data_dir"):
+        load_dataset("cifar10")
+
+
+def _toy(n=10, augment=True):
+    images = torch.arange(n * 3 * 4 * 4, dtype=torch.float32).remainder(251).to(torch.uint8).reshape(n, 3, 4, 4)
+    split = ImageSplit(images, torch.arange(n))
+    return ImageDataset("toy", split, split, list(range(n)), (0.0, 0.0, 0.0), (1 / 255,) * 3, augment)
+
+
+def test_loader_is_deterministic_per_epoch_and_covers_everything():
+    loader = TensorLoader(_toy(), batch_size=3, seed=5)
+    first = [labels.tolist() for _, labels in loader]
+    again = [labels.tolist() for _, labels in loader]
+    loader.set_epoch(1)
+    other = [labels.tolist() for _, labels in loader]
+    assert first == again and first != other
+    assert sorted(sum(first, [])) == list(range(10)) and len(loader) == 4
+
+
+def test_augmentation_is_a_padded_crop_with_flip():
+    data = _toy(augment=True)
+    for images, labels in TensorLoader(data, batch_size=10, seed=1):
+        padded = torch.nn.functional.pad(data.train.images[labels].float(), (4, 4, 4, 4))
+        for image, source in zip(images, padded):
+            windows = [source[:, y:y + 4, x:x + 4] for y in range(9) for x in range(9)]
+            assert any(torch.equal(image, w) or torch.equal(image, w.flip(-1)) for w in windows)
+
+
+def test_test_split_is_not_augmented_or_shuffled():
+    data = _toy()
+    images, labels = next(iter(TensorLoader(data, "test", batch_size=10)))
+    assert labels.tolist() == list(range(10)) and torch.equal(images, data.test.images.float())
+
+
+def test_sharded_loader_splits_disjointly():
+    data = _toy(n=11)
+    shards = [sum((l.tolist() for _, l in TensorLoader(data, batch_size=2, shard=(r, 2))), []) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 5 and not set(shards[0]) & set(shards[1])
+
+
+@pytest.mark.skipif(not os.path.exists(SHARED_CIFAR), reason="shared CIFAR-10 copy not present")
+def test_shared_cifar10_copy_is_readable():
+    archive = np.load(SHARED_CIFAR)
+    assert archive["train_offsets"].shape == (50001,) and archive["test_labels"].shape == (10000,)

@@ -1,0 +1,83 @@
+"""Atomic writes and compressed-model files."""
+import os
+
+import pytest
+import torch
+
+from trp_ext import TRP, decompose, load_compressed, save_compressed
+from trp_ext.io import atomic_write_text, safe_torch_load
+from trp_ext.models import build_model
+
+
+def _compressed(scheme="channel"):
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10)
+    TRP(model, scheme=scheme, energy=0.8, period=1, lam=0.0).step()
+    compressed, _ = decompose(model.eval(), scheme, value_threshold=1e-3)
+    return compressed.eval()
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_round_trip(tmp_path, scheme):
+    compressed = _compressed(scheme)
+    path = tmp_path / "model.pt"
+    save_compressed(compressed, path)
+    loaded = load_compressed(path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), compressed(x), rtol=0, atol=0)
+    assert [p for p in os.listdir(tmp_path)] == ["model.pt"]  # no temporary files left behind
+
+
+def test_round_trip_onto_given_base_model(tmp_path):
+    compressed = _compressed()
+    compressed.trp_arch = None
+    save_compressed(compressed, tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="argument 'model'"):
+        load_compressed(tmp_path / "m.pt")
+    loaded = load_compressed(tmp_path / "m.pt", model=build_model("resnet20")).eval()
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), compressed(x), rtol=0, atol=0)
+
+
+def test_truncated_file_raises(tmp_path):
+    path = tmp_path / "model.pt"
+    save_compressed(_compressed(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        load_compressed(path)
+
+
+def test_foreign_files_raise(tmp_path):
+    torch.save({"weight": torch.ones(2)}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="not a trp-ext compressed model"):
+        load_compressed(tmp_path / "plain.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_compressed(tmp_path / "text.pt")
+    with pytest.raises(FileNotFoundError):
+        load_compressed(tmp_path / "missing.pt")
+
+
+def test_code_in_a_file_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format": "trp-ext-compressed", "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError):
+        safe_torch_load(tmp_path / "evil.pt")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "config.json"
+    atomic_write_text(path, "old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_text(path, "new")
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["config.json"]

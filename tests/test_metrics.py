@@ -1,0 +1,38 @@
+"""FLOPs/params counting and speedups."""
+import torch
+import torch.nn as nn
+
+from trp_ext import FactoredConv2d
+from trp_ext.metrics import accuracy, count_cost, measure_latency, theoretical_speedup
+from trp_ext.models import resnet20, resnet56
+
+
+def test_cifar_resnet_flops_match_the_literature():
+    # He et al.: ResNet-20 about 41M, ResNet-56 about 125M multiply-adds on 32x32 inputs.
+    x = torch.zeros(1, 3, 32, 32)
+    assert abs(count_cost(resnet20(), x).conv_macs / 1e6 - 40.6) < 1.0
+    assert abs(count_cost(resnet56(), x).conv_macs / 1e6 - 125.5) < 2.0
+
+
+def test_factored_conv_macs():
+    x = torch.zeros(2, 8, 10, 12)
+    channel = FactoredConv2d(8, 16, 4, 3, stride=2, padding=1, scheme="channel")
+    spatial = FactoredConv2d(8, 16, 4, 3, stride=2, padding=1, scheme="spatial")
+    # output 5 x 6 pixels; channel: r*c*9 + n*r per output pixel.
+    assert count_cost(nn.Sequential(channel), x).conv_macs == 30 * (4 * 8 * 9 + 16 * 4)
+    # spatial: first stage (5 rows x 12 input columns) * r*c*3, then 30 pixels * n*r*3.
+    assert count_cost(nn.Sequential(spatial), x).conv_macs == 60 * 4 * 8 * 3 + 30 * 16 * 4 * 3
+
+
+def test_speedup_and_latency_and_accuracy():
+    dense = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1))
+    factored = nn.Sequential(FactoredConv2d(3, 16, 2, 3, padding=1))
+    x = torch.zeros(1, 3, 8, 8)
+    assert theoretical_speedup(count_cost(dense, x), count_cost(factored, x)) == (16 * 27) / (2 * 27 + 16 * 2)
+    assert measure_latency(dense, x, repeats=3, warmup=1) > 0
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        classifier[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+        classifier[1].bias.zero_()
+    batches = [(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), torch.tensor([0, 0]))]
+    assert accuracy(classifier, batches) == 50.0

@@ -1,0 +1,208 @@
+"""TRP: projection schedule, nuclear regularisation, AMP, channels_last, torch.compile, state."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trp_ext import TRP
+from trp_ext import _reference as ref
+from trp_ext.models import resnet20
+
+
+def _model(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return resnet20(num_classes=10, **kwargs)
+
+
+def _batch(seed=1, n=8):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _train_step(model, optimizer, trp, x, y, scaler=None):
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    trp.regularize()
+    optimizer.step()
+    return trp.step()
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_step_projects_every_period_to_reference(scheme):
+    model = _model()
+    trp = TRP(model, scheme=scheme, energy=0.8, period=3, lam=0.0)
+    before = {name: m.weight.detach().clone() for name, m in trp.layers}
+    assert [trp.step() for _ in range(2)] == [False, False]
+    assert all(torch.equal(before[n], m.weight) for n, m in trp.layers)
+    assert trp.step() is True
+    assert len(trp.history) == 1 and trp.history[0]["step"] == 3
+    for (name, module), rank in zip(trp.layers, trp.history[0]["ranks"]):
+        matrix = ref.conv_weight_to_matrix(before[name], scheme)
+        expected, expected_rank = ref.lowrank_project(matrix, 0.8)
+        assert rank == expected_rank
+        got = ref.conv_weight_to_matrix(module.weight.detach(), scheme)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        assert torch.linalg.matrix_rank(got.double(), rtol=1e-5).item() <= rank
+
+
+def test_stride2_convs_are_projected():
+    trp = TRP(_model(), period=1)
+    assert "layer2.0.conv1" in trp.names and "conv1" not in trp.names
+
+
+@pytest.mark.parametrize("subgradient", ["truncated", "full"])
+def test_regularize_adds_exactly_lam_times_subgradient(subgradient):
+    model = _model()
+    trp = TRP(model, scheme="channel", energy=0.7, lam=0.01, subgradient=subgradient)
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    grads = {n: m.weight.grad.clone() for n, m in trp.layers}
+    trp.regularize()
+    for name, module in trp.layers:
+        matrix = ref.conv_weight_to_matrix(module.weight.detach(), "channel")
+        if subgradient == "truncated":
+            rank = ref.lowrank_project(matrix, 0.7)[1]
+            sub = ref.nuclear_subgradient(matrix, rank=rank)
+        else:
+            sub = ref.nuclear_subgradient(matrix)
+        expected = grads[name] + 0.01 * ref.matrix_to_conv_weight(sub, "channel", module.weight.shape)
+        torch.testing.assert_close(module.weight.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_lam_zero_leaves_gradients_alone():
+    model = _model()
+    trp = TRP(model, lam=0.0)
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    grads = [m.weight.grad.clone() for _, m in trp.layers]
+    trp.regularize()
+    assert all(torch.equal(g, m.weight.grad) for g, (_, m) in zip(grads, trp.layers))
+
+
+def test_regularize_without_backward_raises():
+    trp = TRP(_model())
+    with pytest.raises(RuntimeError, match="no gradient"):
+        trp.regularize()
+
+
+def test_amp_scaled_gradients_get_an_unscaled_term():
+    x, y = _batch()
+    results = []
+    for use_scaler in (False, True):
+        model = _model()
+        trp = TRP(model, lam=0.05)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if use_scaler else None
+        loss = F.cross_entropy(model(x), y)
+        (scaler.scale(loss) if scaler else loss).backward()
+        trp.regularize(scaler=scaler)
+        if scaler:
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.div_(1024.0)  # what scaler.unscale_ does
+        results.append([m.weight.grad.clone() for _, m in trp.layers])
+    for plain, scaled in zip(*results):
+        torch.testing.assert_close(plain, scaled, rtol=1e-4, atol=1e-7)
+
+
+def test_amp_training_loop_with_autocast_runs():
+    model = _model()
+    trp = TRP(model, period=1, lam=1e-3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu")
+    x, y = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(x), y)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    trp.regularize()
+    scaler.step(optimizer)
+    scaler.update()
+    assert trp.step() and all(torch.isfinite(m.weight).all() for _, m in trp.layers)
+
+
+def test_channels_last_model_projects_like_contiguous_one():
+    plain, cl = _model(), _model().to(memory_format=torch.channels_last)
+    results = []
+    for model in (plain, cl):
+        trp = TRP(model, period=1, lam=0.0, energy=0.8)
+        trp.step()
+        results.append([m.weight.detach().contiguous() for _, m in trp.layers])
+    assert cl.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
+def test_torch_compiled_model():
+    model = _model()
+    compiled = torch.compile(model, backend="aot_eager")
+    trp = TRP(compiled, period=1, lam=1e-3, energy=0.8)
+    assert trp.model is model and "layer1.0.conv1" in trp.names
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = _batch()
+    _train_step(compiled, optimizer, trp, x, y)
+    model.eval()
+    torch.testing.assert_close(compiled(x), model(x))
+    matrix = ref.conv_weight_to_matrix(model.layer1[0].conv1.weight.detach(), "channel")
+    assert torch.linalg.matrix_rank(matrix.double(), rtol=1e-5).item() <= trp.ranks["layer1.0.conv1"]
+
+
+def test_ddp_style_wrapper_is_unwrapped():
+    model = _model()
+    wrapped = nn.DataParallel(model)
+    assert TRP(wrapped).model is model
+
+
+def test_state_dict_resume_is_exact():
+    x, y = _batch()
+    model_a = _model()
+    trp_a = TRP(model_a, period=2, lam=1e-3)
+    opt_a = torch.optim.SGD(model_a.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        _train_step(model_a, opt_a, trp_a, x, y)
+    model_b, opt_state, trp_state = copy.deepcopy(model_a), copy.deepcopy(opt_a.state_dict()), trp_a.state_dict()
+    for _ in range(3):
+        _train_step(model_a, opt_a, trp_a, x, y)
+    trp_b = TRP(model_b, period=2, lam=1e-3)
+    opt_b = torch.optim.SGD(model_b.parameters(), lr=0.05, momentum=0.9)
+    opt_b.load_state_dict(opt_state)
+    trp_b.load_state_dict(trp_state)
+    for _ in range(3):
+        _train_step(model_b, opt_b, trp_b, x, y)
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(a, b)
+    assert trp_a.history == trp_b.history and trp_a.steps == trp_b.steps == 6
+
+
+def test_load_state_dict_rejects_other_config():
+    state = TRP(_model(), energy=0.9).state_dict()
+    with pytest.raises(ValueError, match="energy"):
+        TRP(_model(), energy=0.8).load_state_dict(state)
+    with pytest.raises(ValueError, match="other layers"):
+        TRP(_model(), exclude="layer3.*", energy=0.9).load_state_dict(state)
+
+
+@pytest.mark.parametrize("kwargs,arg", [({"energy": 0.0}, "energy"), ({"energy": 1.5}, "energy"),
+                                        ({"period": 0}, "period"), ({"period": -1}, "period"),
+                                        ({"period": 2.5}, "period"), ({"lam": -1.0}, "lam"),
+                                        ({"scheme": "diagonal"}, "scheme"), ({"subgradient": "x"}, "subgradient"),
+                                        ({"max_rank": -1}, "max_rank")])
+def test_bad_arguments_raise(kwargs, arg):
+    with pytest.raises(ValueError, match=f"argument '{arg}'"):
+        TRP(_model(), **kwargs)
+
+
+def test_model_without_eligible_layers_raises():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(ValueError, match="no eligible layers"):
+        TRP(model)
+
+
+def test_linear_layers_optional():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
+    trp = TRP(model, include_linear=True, period=1, energy=0.5, lam=0.0)
+    trp.step()
+    assert trp.names == ["1", "3"]
+    assert torch.linalg.matrix_rank(model[1].weight.detach().double(), rtol=1e-5).item() == trp.ranks["1"]

@@ -1,0 +1,229 @@
+"""Datasets: CIFAR-10 (standard ``cifar-10-batches-py`` folder), any image folder, and the built-in
+default, scikit-learn's digits (1,797 real 8x8 handwritten digits shipped inside scikit-learn).
+
+Each dataset is held in memory as uint8 images (N, C, H, W) plus int64 labels, and served by
+:class:`TensorLoader`, which augments whole batches with tensor ops, on the CPU or, with the
+data moved there, on the GPU.
+"""
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CIFAR_LAYOUT = ("expected the standard CIFAR-10 python layout: <dir>/cifar-10-batches-py/ (or <dir> itself) "
+                "holding data_batch_1 ... data_batch_5 and test_batch, as torchvision downloads it")
+IMAGE_FOLDER_LAYOUT = ("expected <dir>/train/<class>/*.png|jpg and <dir>/test/<class>/*.png|jpg "
+                       "(one sub-folder per class)")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass
+class ImageSplit:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    train: ImageSplit
+    test: ImageSplit
+    classes: list
+    mean: tuple
+    std: tuple
+    augment: bool  # random crop (pad 4) + horizontal flip while training
+
+    @property
+    def in_channels(self):
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self):
+        return tuple(self.train.images.shape[2:])
+
+
+# ---------------------------------------------------------------------------- CIFAR-10
+def _cifar_folder(root):
+    root = os.fspath(root)
+    for candidate in (os.path.join(root, "cifar-10-batches-py"), root):
+        if os.path.isfile(os.path.join(candidate, "test_batch")):
+            return candidate
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"CIFAR-10 data directory not found: {root} ({CIFAR_LAYOUT})")
+    raise FileNotFoundError(f"no CIFAR-10 batches in {root} ({CIFAR_LAYOUT})")
+
+
+def _read_cifar_batch(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"missing CIFAR-10 batch file {path} ({CIFAR_LAYOUT})")
+    try:
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except Exception as error:  # noqa: BLE001 - any parse failure is a malformed file
+        raise ValueError(f"malformed CIFAR-10 batch file {path}: {type(error).__name__}: {error} "
+                         f"({CIFAR_LAYOUT})") from None
+    if len(data) != len(labels):
+        raise ValueError(f"malformed CIFAR-10 batch file {path}: {len(data)} images but {len(labels)} labels")
+    return data, labels
+
+
+def load_cifar10(root):
+    """CIFAR-10 from a standard ``cifar-10-batches-py`` folder (the pickled batches are trusted data
+    files in the format torchvision downloads)."""
+    folder = _cifar_folder(root)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise FileNotFoundError(f"CIFAR-10 folder {folder} lacks {', '.join(missing)} ({CIFAR_LAYOUT})")
+    parts = [_read_cifar_batch(os.path.join(folder, f"data_batch_{i}")) for i in range(1, 6)]
+    test = _read_cifar_batch(os.path.join(folder, "test_batch"))
+    classes = [f"class_{i}" for i in range(10)]
+    meta = os.path.join(folder, "batches.meta")
+    if os.path.isfile(meta):
+        with open(meta, "rb") as handle:
+            classes = [c.decode() if isinstance(c, bytes) else c
+                       for c in pickle.load(handle, encoding="bytes").get(b"label_names", classes)]
+    train = ImageSplit(torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                       torch.from_numpy(np.concatenate([p[1] for p in parts])))
+    return ImageDataset("cifar10", train, ImageSplit(torch.from_numpy(test[0]), torch.from_numpy(test[1])),
+                        classes, CIFAR_MEAN, CIFAR_STD, augment=True)
+
+
+# ---------------------------------------------------------------------------- image folder
+def _read_image_split(folder, classes, size):
+    from PIL import Image
+
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = os.path.join(folder, name)
+        if not os.path.isdir(class_dir):
+            continue
+        for file in sorted(os.listdir(class_dir)):
+            if file.lower().endswith(IMAGE_EXTENSIONS):
+                with Image.open(os.path.join(class_dir, file)) as image:
+                    image = image.convert("RGB").resize((size, size), Image.BILINEAR)
+                    images.append(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+                labels.append(label)
+    if not images:
+        raise FileNotFoundError(f"no images under {folder} ({IMAGE_FOLDER_LAYOUT})")
+    return ImageSplit(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.long))
+
+
+def load_image_folder(root, size=32):
+    """A generic classification folder: ``root/train/<class>/...`` and ``root/test/<class>/...``,
+    resized to ``size`` x ``size`` RGB."""
+    root = os.fspath(root)
+    train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+    if not os.path.isdir(train_dir) or not os.path.isdir(test_dir):
+        raise FileNotFoundError(f"image folder {root} lacks train/ or test/ ({IMAGE_FOLDER_LAYOUT})")
+    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    if not classes:
+        raise FileNotFoundError(f"no class sub-folders in {train_dir} ({IMAGE_FOLDER_LAYOUT})")
+    train = _read_image_split(train_dir, classes, size)
+    test = _read_image_split(test_dir, classes, size)
+    mean = tuple((train.images.float().mean(dim=(0, 2, 3)) / 255).tolist())
+    std = tuple((train.images.float().std(dim=(0, 2, 3)) / 255).clamp_min(1e-3).tolist())
+    return ImageDataset(os.path.basename(root.rstrip("/")) or "images", train, test, classes, mean, std, augment=True)
+
+
+# ---------------------------------------------------------------------------- built-in digits
+def load_digits(test_fraction=0.2, seed=0):
+    """scikit-learn's digits: 1,797 8x8 grey images (values 0..16) of 10 classes, split stratified."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = sklearn_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
+    x_train, x_test, y_train, y_test = train_test_split(images, digits.target, test_size=test_fraction,
+                                                        random_state=seed, stratify=digits.target)
+    train = ImageSplit(torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.int64)))
+    mean = (float(train.images.float().mean() / 255),)
+    std = (float(train.images.float().std() / 255),)
+    return ImageDataset("digits", train, ImageSplit(torch.from_numpy(x_test), torch.from_numpy(y_test.astype(np.int64))),
+                        [str(i) for i in range(10)], mean, std, augment=False)
+
+
+DATASETS = ("digits", "cifar10", "folder")
+
+
+def load_dataset(name, data_dir=None):
+    if name == "digits":
+        return load_digits()
+    if name not in DATASETS:
+        raise ValueError(f"argument 'data' must be one of {DATASETS}, got {name!r}")
+    if data_dir is None:
+        raise ValueError(f"dataset {name!r} needs argument 'data_dir'")
+    return load_cifar10(data_dir) if name == "cifar10" else load_image_folder(data_dir)
+
+
+# ---------------------------------------------------------------------------- batching
+class TensorLoader:
+    """Batches of (normalised float images, labels) from an in-memory split.
+
+    With ``train=True`` it shuffles, and if the dataset asks for it, applies the standard
+    augmentation batch-wise: random crop of the original size from the image padded by 4 pixels
+    (zeros), and a random horizontal flip. The order and augmentation of epoch ``e`` depend only
+    on ``(seed, e)``, which makes resumed runs repeat uninterrupted ones exactly. Move the split
+    to a GPU with ``device=`` to keep the whole pipeline there.
+    """
+
+    def __init__(self, dataset, split="train", batch_size=128, train=None, seed=0, device="cpu",
+                 drop_last=False, shard=(0, 1)):
+        if batch_size < 1:
+            raise ValueError(f"argument 'batch_size' must be positive, got {batch_size}")
+        data = dataset.train if split == "train" else dataset.test
+        self.train = split == "train" if train is None else train
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device)
+        self.labels = data.labels.to(self.device)
+        self.mean = torch.tensor(dataset.mean, device=self.device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(dataset.std, device=self.device).view(1, -1, 1, 1) * 255
+        self.augment = dataset.augment and self.train
+        self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
+        self.shard_index, self.shard_count = shard
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def _order(self, generator):
+        count = len(self.labels)
+        order = torch.randperm(count, generator=generator) if self.train else torch.arange(count)
+        if self.shard_count > 1:  # distributed: every rank sees a disjoint, equal-sized share
+            per_rank = count // self.shard_count
+            order = order[: per_rank * self.shard_count][self.shard_index:: self.shard_count]
+        return order
+
+    def __len__(self):
+        count = len(self.labels) // self.shard_count if self.shard_count > 1 else len(self.labels)
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    def _augment(self, images, generator):
+        n, _, h, w = images.shape
+        padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+        dy = torch.randint(0, 9, (n,), generator=generator).to(self.device)
+        dx = torch.randint(0, 9, (n,), generator=generator).to(self.device)
+        flip = (torch.rand(n, generator=generator) < 0.5).to(self.device)
+        rows = (dy[:, None] + torch.arange(h, device=self.device))[:, None, :, None]
+        cols = dx[:, None] + torch.arange(w, device=self.device)
+        cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
+        batch = torch.arange(n, device=self.device)[:, None, None, None]
+        channel = torch.arange(images.shape[1], device=self.device)[None, :, None, None]
+        return padded[batch, channel, rows, cols]
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = self._order(generator).to(self.device)
+        stop = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
+        for start in range(0, stop, self.batch_size):
+            index = order[start:start + self.batch_size]
+            images = self.images[index].float()
+            if self.augment:
+                images = self._augment(images, generator)
+            yield (images - self.mean) / self.std, self.labels[index]

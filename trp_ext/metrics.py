@@ -1,0 +1,118 @@
+"""Cost and quality metrics: MACs/FLOPs/params, theoretical and measured speedup, accuracy.
+
+FLOPs are counted as the paper counts them: multiply-adds of the convolutions (dense or
+factored), so that the theoretical speedup is dense conv FLOPs / compressed conv FLOPs over all
+convs, the layers left dense included. Linear layers are reported but not in the speedup.
+FLOPs = 2 x MACs.
+"""
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from trp_ext.nn import FactoredConv2d
+
+
+@dataclass
+class Cost:
+    conv_macs: int
+    linear_macs: int
+    params: int
+
+    @property
+    def macs(self):
+        return self.conv_macs + self.linear_macs
+
+    @property
+    def flops(self):
+        return 2 * self.macs
+
+    @property
+    def conv_flops(self):
+        return 2 * self.conv_macs
+
+
+def _conv_macs(module, inputs, output):
+    batch = output.shape[0]
+    if isinstance(module, FactoredConv2d):
+        x = inputs[0]
+        r, c, n = module.rank, module.in_channels, module.out_channels
+        kh, kw = module.kernel_size
+        out_pixels = output.shape[2] * output.shape[3]
+        if module.scheme == "channel":
+            return batch * out_pixels * (r * c * kh * kw + n * r)
+        # The kh x 1 stage keeps the input width: its output is (H_out, W_in + 0 padding).
+        mid_pixels = output.shape[2] * x.shape[3]
+        return batch * (mid_pixels * r * c * kh + out_pixels * n * r * kw)
+    per_pixel = module.out_channels * (module.in_channels // module.groups)
+    per_pixel *= module.kernel_size[0] * module.kernel_size[1]
+    return output.numel() // module.out_channels * per_pixel
+
+
+@torch.no_grad()
+def count_cost(model, example_input):
+    """Counts per-sample MACs (one forward of ``example_input``, divided by its batch) and params."""
+    totals = {"conv": 0, "linear": 0}
+    handles = []
+
+    def conv_hook(module, inputs, output):
+        totals["conv"] += _conv_macs(module, inputs, output)
+
+    def linear_hook(module, inputs, output):
+        totals["linear"] += output.numel() // module.out_features * module.in_features * module.out_features
+
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, FactoredConv2d)):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    batch = example_input.shape[0]
+    params = sum(p.numel() for p in model.parameters())
+    return Cost(totals["conv"] // batch, totals["linear"] // batch, params)
+
+
+def theoretical_speedup(dense_cost, compressed_cost):
+    return dense_cost.conv_macs / max(1, compressed_cost.conv_macs)
+
+
+@torch.no_grad()
+def measure_latency(model, example_input, repeats=20, warmup=3):
+    """Median wall-clock seconds of one forward pass (synchronised on CUDA)."""
+    model.eval()
+    cuda = example_input.device.type == "cuda"
+    times = []
+    for index in range(warmup + repeats):
+        if cuda:
+            torch.cuda.synchronize(example_input.device)
+        start = time.perf_counter()
+        model(example_input)
+        if cuda:
+            torch.cuda.synchronize(example_input.device)
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def accuracy(model, batches, device=None):
+    """Top-1 accuracy in percent over an iterable of (inputs, labels) batches."""
+    model.eval()
+    correct = total = 0
+    for inputs, labels in batches:
+        if device is not None:
+            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        correct += (model(inputs).argmax(dim=1) == labels).sum().item()
+        total += labels.numel()
+    if total == 0:
+        raise ValueError("accuracy(): argument 'batches' yielded no samples")
+    return 100.0 * correct / total

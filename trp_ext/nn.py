@@ -1,0 +1,68 @@
+"""FactoredConv2d: a conv split into two thin convs, run by the fused ``factored_conv2d`` op."""
+import torch
+import torch.nn as nn
+from torch.nn.modules.utils import _pair
+
+from trp_ext import ops
+from trp_ext.lowrank import check_scheme, split_conv_weight
+
+ACTIVATIONS = (None, "relu")
+
+
+class FactoredConv2d(nn.Module):
+    """A rank-``rank`` factored conv: ``conv(x, weight1)`` then ``conv(., weight2)``, bias, activation.
+
+    channel scheme: weight1 (rank, in, kh, kw), weight2 (out, rank, 1, 1)
+    spatial scheme: weight1 (rank, in, kh, 1),  weight2 (out, rank, 1, kw)
+
+    ``stride``, ``padding`` and ``dilation`` are the original conv's; the op applies each to the
+    right factor. ``bias`` may carry a folded BatchNorm; ``activation`` is None or "relu".
+    """
+
+    def __init__(self, in_channels, out_channels, rank, kernel_size, stride=1, padding=0, dilation=1,
+                 scheme="channel", bias=True, activation=None, device=None, dtype=None):
+        super().__init__()
+        check_scheme(scheme)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"argument 'activation' must be one of {ACTIVATIONS}, got {activation!r}")
+        if int(rank) < 1:
+            raise ValueError(f"argument 'rank' must be at least 1, got {rank}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_channels, self.out_channels, self.rank = int(in_channels), int(out_channels), int(rank)
+        self.kernel_size = _pair(kernel_size)
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.scheme, self.activation = scheme, activation
+        kh, kw = self.kernel_size
+        if scheme == "channel":
+            shape1, shape2 = (self.rank, self.in_channels, kh, kw), (self.out_channels, self.rank, 1, 1)
+        else:
+            shape1, shape2 = (self.rank, self.in_channels, kh, 1), (self.out_channels, self.rank, 1, kw)
+        self.weight1 = nn.Parameter(torch.empty(shape1, **factory))
+        self.weight2 = nn.Parameter(torch.empty(shape2, **factory))
+        self.bias = nn.Parameter(torch.zeros(self.out_channels, **factory)) if bias else None
+        nn.init.kaiming_uniform_(self.weight1, a=5 ** 0.5)
+        nn.init.kaiming_uniform_(self.weight2, a=5 ** 0.5)
+
+    @classmethod
+    def from_conv(cls, conv, rank, scheme="channel"):
+        """Splits a trained ``nn.Conv2d`` into its best rank-``rank`` factored form (truncated SVD)."""
+        if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or not isinstance(conv.padding, tuple):
+            raise ValueError("argument 'conv' must be an nn.Conv2d with groups=1 and numeric padding")
+        weight = conv.weight.detach()
+        module = cls(conv.in_channels, conv.out_channels, rank, conv.kernel_size, conv.stride, conv.padding,
+                     conv.dilation, scheme, bias=True, device=weight.device, dtype=weight.dtype)
+        w1, w2 = split_conv_weight(weight, scheme, rank)
+        with torch.no_grad():
+            module.weight1.copy_(w1)
+            module.weight2.copy_(w2)
+            module.bias.copy_(conv.bias.detach() if conv.bias is not None else torch.zeros_like(module.bias))
+        return module
+
+    def forward(self, x):
+        return ops.factored_conv2d(x, self.weight1, self.weight2, self.bias, self.stride, self.padding,
+                                   self.dilation, self.scheme, self.activation)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, rank={self.rank}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, scheme={self.scheme!r}, "
+                f"bias={self.bias is not None}, activation={self.activation!r}")

@@ -1,0 +1,168 @@
+"""TRP: Trained Rank Pruning inside any training loop.
+
+    trp = trp_ext.TRP(model)                      # paper defaults, see TRP.__init__
+    for x, y in loader:
+        loss = criterion(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        trp.regularize()                          # += lam * nuclear-norm sub-gradient
+        optimizer.step()
+        trp.step()                                # every `period` calls: project all layers
+
+With AMP, either call ``trp.regularize()`` after ``scaler.unscale_(optimizer)``, or pass
+``trp.regularize(scaler=scaler)`` while the gradients are still scaled: either way the update
+gains exactly ``lam * subgradient`` after unscaling.
+"""
+import torch
+import torch.nn as nn
+
+from trp_ext import ops
+from trp_ext.lowrank import check_scheme, layer_matrix, matrix_to_layer_weight
+from trp_ext.selection import select_layers
+
+SUBGRADIENTS = ("truncated", "full")
+
+
+def unwrap_model(model):
+    """The module that owns the parameters: strips torch.compile and DDP/DataParallel wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+class TRP:
+    """Trained Rank Pruning for the selected layers of ``model``.
+
+    Args (defaults follow the paper's CIFAR-10 regime and its published code):
+        model: any ``nn.Module``; torch.compile'd and DDP-wrapped models are unwrapped.
+        scheme: "channel" (W as n x c*kh*kw) or "spatial" (W as c*kh x kw*n). Default "channel".
+        energy: kept energy fraction e of the rank rule, in (0, 1]. Default 0.99, the threshold of
+            the published TRP training code.
+        period: project every ``period``-th call of :meth:`step` (the paper's m). Default 20.
+        lam: nuclear-norm weight lambda; 0 turns regularisation off. Default 3e-4, the paper's
+            and published code's CIFAR-10 value ("TRP+Nu").
+        subgradient: "truncated" (U_r V_r^T at the energy rank, as the published code adds) or
+            "full" (U V^T over every non-negligible singular value). Default "truncated".
+        value_threshold, max_rank: optional extra caps of the rank rule (see lowrank_project).
+        include, exclude, predicate, include_linear: layer selection (see trp_ext.selection);
+            by default every conv larger than 1x1 except the first conv.
+        warm_start: warm-start each projection from the previous one's bases. Default True.
+    """
+
+    def __init__(self, model, scheme="channel", energy=0.99, period=20, lam=3e-4, subgradient="truncated",
+                 value_threshold=None, max_rank=None, include=None, exclude=None, predicate=None,
+                 include_linear=False, warm_start=True):
+        check_scheme(scheme)
+        if not (isinstance(energy, (int, float)) and 0.0 < energy <= 1.0):
+            raise ValueError(f"argument 'energy' must lie in (0, 1], got {energy!r}")
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise ValueError(f"argument 'period' must be a positive integer, got {period!r}")
+        if not (isinstance(lam, (int, float)) and lam >= 0.0):
+            raise ValueError(f"argument 'lam' must be a non-negative number, got {lam!r}")
+        if subgradient not in SUBGRADIENTS:
+            raise ValueError(f"argument 'subgradient' must be one of {SUBGRADIENTS}, got {subgradient!r}")
+        if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0):
+            raise ValueError(f"argument 'max_rank' must be a non-negative integer, got {max_rank!r}")
+        if value_threshold is not None and not value_threshold >= 0.0:
+            raise ValueError(f"argument 'value_threshold' must be non-negative, got {value_threshold!r}")
+        self.model = unwrap_model(model)
+        self.scheme, self.energy, self.period, self.lam = scheme, float(energy), period, float(lam)
+        self.subgradient, self.value_threshold, self.max_rank = subgradient, value_threshold, max_rank
+        self.warm_start = warm_start
+        self.layers = select_layers(self.model, include, exclude, predicate, include_linear)
+        if not self.layers:
+            raise ValueError("argument 'model' has no eligible layers: TRP needs at least one conv larger than "
+                             "1x1 besides the first conv (or pass include=/predicate=/include_linear=True)")
+        self.names = [name for name, _ in self.layers]
+        self.steps = 0
+        self.history = []  # one entry per projection: {"step": int, "ranks": [int per layer]}
+        self._bases = {"project": None, "regularize": None}
+
+    # ------------------------------------------------------------------ projection
+    def _matrices(self):
+        return [layer_matrix(module, self.scheme) for _, module in self.layers]
+
+    def _lowrank(self, purpose, energy, want_subgradient):
+        """One batched lowrank_project call over all selected layers, warm-started per purpose."""
+        bases = self._bases[purpose] if self.warm_start else None
+        result = ops.lowrank_project(self._matrices(), energy, self.value_threshold, self.max_rank,
+                                     bases=bases, want_subgradient=want_subgradient)
+        self._bases[purpose] = list(result.bases) if self.warm_start and result.bases else None
+        return result
+
+    @torch.no_grad()
+    def project(self):
+        """Projects every selected weight onto its truncated SVD now; returns {name: rank}."""
+        result = self._lowrank("project", self.energy, want_subgradient=False)
+        for (_, module), projected in zip(self.layers, result.projected):
+            module.weight.copy_(matrix_to_layer_weight(projected, module, self.scheme))
+        ranks = [int(r) for r in result.ranks.tolist()]
+        self.history.append({"step": self.steps, "ranks": ranks})
+        return dict(zip(self.names, ranks))
+
+    def step(self):
+        """Call after ``optimizer.step()``. Projects on every ``period``-th call; returns whether it did."""
+        self.steps += 1
+        if self.steps % self.period:
+            return False
+        self.project()
+        return True
+
+    # ------------------------------------------------------------------ regularisation
+    @torch.no_grad()
+    def regularize(self, scaler=None):
+        """Adds ``lam * subgradient`` to each selected weight's gradient. Call after ``backward()``.
+
+        scaler: a ``torch.amp.GradScaler`` whose scale the gradients still carry; the term is then
+        scaled alike, so that it is exactly ``lam * subgradient`` after unscaling. Leave it None
+        when the gradients are unscaled (no AMP, or after ``scaler.unscale_(optimizer)``).
+        """
+        if self.lam == 0.0:
+            return
+        energy = self.energy if self.subgradient == "truncated" else 1.0
+        result = self._lowrank("regularize", energy, want_subgradient=True)
+        weight = self.lam
+        if scaler is not None and scaler.is_enabled():
+            weight = weight * float(scaler.get_scale())
+        for (name, module), sub in zip(self.layers, result.subgradients):
+            if module.weight.grad is None:
+                raise RuntimeError(f"TRP.regularize(): layer '{name}' has no gradient; call it after backward()")
+            module.weight.grad.add_(matrix_to_layer_weight(sub, module, self.scheme), alpha=weight)
+
+    # ------------------------------------------------------------------ reporting and state
+    @property
+    def ranks(self):
+        """{name: rank} of the last projection (empty before the first)."""
+        return dict(zip(self.names, self.history[-1]["ranks"])) if self.history else {}
+
+    def mean_rank(self):
+        return sum(self.history[-1]["ranks"]) / len(self.names) if self.history else float("nan")
+
+    def state_dict(self):
+        return {
+            "config": {"scheme": self.scheme, "energy": self.energy, "period": self.period, "lam": self.lam,
+                       "subgradient": self.subgradient, "value_threshold": self.value_threshold,
+                       "max_rank": self.max_rank, "warm_start": self.warm_start},
+            "layers": list(self.names),
+            "steps": self.steps,
+            "history": [{"step": h["step"], "ranks": list(h["ranks"])} for h in self.history],
+            "bases": {k: (None if v is None else [b.clone() for b in v]) for k, v in self._bases.items()},
+        }
+
+    def load_state_dict(self, state):
+        if list(state["layers"]) != self.names:
+            raise ValueError("TRP.load_state_dict(): the saved state selects other layers than this TRP "
+                             f"({len(state['layers'])} saved, {len(self.names)} here)")
+        for key, value in state["config"].items():
+            if getattr(self, key) != value:
+                raise ValueError(f"TRP.load_state_dict(): saved {key}={value!r} differs from this TRP's "
+                                 f"{getattr(self, key)!r}")
+        self.steps = int(state["steps"])
+        self.history = [{"step": int(h["step"]), "ranks": [int(r) for r in h["ranks"]]} for h in state["history"]]
+        device = self.layers[0][1].weight.device  # a checkpoint may be loaded onto another device
+        self._bases = {k: (None if v is None else [b.to(device, copy=True) for b in v])
+                       for k, v in state["bases"].items()}
