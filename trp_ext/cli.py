@@ -1,6 +1,7 @@
 """The ``trp-ext`` command: train, compress, eval, bench, demo."""
 import argparse
 import os
+import subprocess
 import sys
 from dataclasses import asdict, replace
 
@@ -33,6 +34,10 @@ def _add_training_args(parser, defaults):
     add("--channels-last", action="store_true", help="train in channels_last memory format")
     add("--value-threshold", type=float, default=None, help="extra rank cap when compressing at the end")
     add("--quiet", action="store_true", help="no progress bars")
+    add("--nproc", type=int, default=None,
+        help="start N worker processes on this node (torchrun --standalone); the global --batch-size is split")
+    add("--dist-timeout", type=int, default=defaults.dist_timeout,
+        help="seconds a collective may wait for a missing process before the job stops with an error")
 
 
 def _config_from_args(args):
@@ -43,16 +48,46 @@ def _config_from_args(args):
                        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
                        out=args.out, seed=args.seed, data_on_device=args.data_on_device,
                        channels_last=args.channels_last, value_threshold=args.value_threshold,
-                       latency_batch=getattr(args, "latency_batch", 64))
+                       latency_batch=getattr(args, "latency_batch", 64),
+                       dist_timeout=getattr(args, "dist_timeout", 300))
+
+
+def launch_workers(nproc, argv):
+    """Re-runs this command as `nproc` torchrun workers on this node; returns their exit code."""
+    if nproc < 1:
+        raise ValueError(f"argument 'nproc' must be at least 1, got {nproc}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "trp_ext", *argv]
+    return subprocess.call(command)
+
+
+def _without_nproc(argv):
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            out.append(item)
+    return out
 
 
 def cmd_train(args):
     from trp_ext.report import format_table
     from trp_ext.train import train
 
+    if getattr(args, "nproc", None) is not None and "WORLD_SIZE" not in os.environ:
+        code = launch_workers(args.nproc, _without_nproc(args.argv))
+        if code:
+            from trp_ext.train import DistributedJobError
+
+            raise DistributedJobError(f"a training worker failed (exit code {code}); see the messages above")
+        return
     report = train(_config_from_args(args), resume=args.resume, quiet=args.quiet)
-    print(format_table(report.summary))
-    print(f"run directory: {os.path.abspath(args.out)}")
+    if report is not None:
+        print(format_table(report.summary))
+        print(f"run directory: {os.path.abspath(args.out)}")
 
 
 def cmd_demo(args):
@@ -62,7 +97,8 @@ def cmd_demo(args):
     if args.epochs is not None:
         settings["epochs"] = args.epochs
     print("trp-ext demo: ResNet-20 with TRP (channel scheme) on scikit-learn's digits, then decomposition")
-    args_like = argparse.Namespace(**{**asdict(TrainConfig(**settings)), "resume": None, "quiet": args.quiet})
+    args_like = argparse.Namespace(**{**asdict(TrainConfig(**settings)), "resume": None, "quiet": args.quiet,
+                                      "nproc": None})
     cmd_train(args_like)
 
 
@@ -199,12 +235,19 @@ def build_parser():
 
 
 def main(argv=None):
+    from trp_ext.train import DistributedJobError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"trp-ext {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except DistributedJobError as error:
+        print(f"trp-ext {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

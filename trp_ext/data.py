@@ -195,13 +195,24 @@ class TensorLoader:
     def _order(self, generator):
         count = len(self.labels)
         order = torch.randperm(count, generator=generator) if self.train else torch.arange(count)
-        if self.shard_count > 1:  # distributed: every rank sees a disjoint, equal-sized share
-            per_rank = count // self.shard_count
-            order = order[: per_rank * self.shard_count][self.shard_index:: self.shard_count]
+        if self.shard_count > 1:
+            # Distributed: disjoint shares. Training shares are equal (the remainder is dropped) so
+            # that the ranks' batches together form exactly the single-process global batch.
+            if self.train:
+                order = order[: count // self.shard_count * self.shard_count]
+            order = order[self.shard_index:: self.shard_count]
         return order
 
+    def _shard_size(self):
+        count = len(self.labels)
+        if self.shard_count == 1:
+            return count
+        if self.train:
+            return count // self.shard_count
+        return len(range(self.shard_index, count, self.shard_count))
+
     def __len__(self):
-        count = len(self.labels) // self.shard_count if self.shard_count > 1 else len(self.labels)
+        count = self._shard_size()
         return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     def _augment(self, images, generator):

@@ -104,8 +104,8 @@ def measure_latency(model, example_input, repeats=20, warmup=3):
 
 
 @torch.no_grad()
-def accuracy(model, batches, device=None):
-    """Top-1 accuracy in percent over an iterable of (inputs, labels) batches."""
+def correct_and_total(model, batches, device=None):
+    """(correct top-1 predictions, samples) over an iterable of (inputs, labels) batches."""
     model.eval()
     correct = total = 0
     for inputs, labels in batches:
@@ -113,6 +113,12 @@ def accuracy(model, batches, device=None):
             inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         correct += (model(inputs).argmax(dim=1) == labels).sum().item()
         total += labels.numel()
+    return correct, total
+
+
+def accuracy(model, batches, device=None):
+    """Top-1 accuracy in percent over an iterable of (inputs, labels) batches."""
+    correct, total = correct_and_total(model, batches, device)
     if total == 0:
         raise ValueError("accuracy(): argument 'batches' yielded no samples")
     return 100.0 * correct / total

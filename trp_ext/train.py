@@ -19,13 +19,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from trp_ext import io, plots
+from trp_ext import distributed, io, plots
 from trp_ext.data import TensorLoader, load_dataset
 from trp_ext.models import build_model
 from trp_ext.report import compress_and_report
 from trp_ext.trp import TRP
 
 CHECKPOINT_FORMAT = "trp-ext-checkpoint"
+
+
+class DistributedJobError(RuntimeError):
+    """A process of a distributed job failed, so this one stopped instead of waiting forever."""
 
 
 @dataclass
@@ -54,6 +58,7 @@ class TrainConfig:
     # rule would cut further (e of e); it is used only when this is None or for a baseline.
     value_threshold: Optional[float] = 1e-2
     latency_batch: int = 64
+    dist_timeout: int = 300  # seconds any collective may wait before a missing rank stops the job
 
     @classmethod
     def from_dict(cls, values):
@@ -92,24 +97,38 @@ class Run:
 
     def __init__(self, config, quiet=False):
         config.validate()
-        self.config, self.quiet = config, quiet
+        self.config = config
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0  # only the main process writes files and prints
+        self.quiet = quiet or not self.main
+        if config.batch_size % self.world:
+            raise ValueError(f"argument 'batch_size' ({config.batch_size}) must divide evenly among "
+                             f"{self.world} processes: it is the global batch")
         torch.manual_seed(config.seed)
         self.device = torch.device(config.device)
+        if self.device.type == "cuda" and self.world > 1 and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.dataset = load_dataset(config.data, config.data_dir)
         self.model = build_model(config.arch, num_classes=len(self.dataset.classes),
                                  in_channels=self.dataset.in_channels).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.network = self.model  # what forward runs: the model, or its DDP wrapper
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.trp = None
         if config.scheme != "none":
-            self.trp = TRP(self.model, scheme=config.scheme, energy=config.energy, period=config.period,
+            self.trp = TRP(self.network, scheme=config.scheme, energy=config.energy, period=config.period,
                            lam=config.nuclear, subgradient=config.subgradient)
         data_device = self.device if config.data_on_device else "cpu"
-        self.train_loader = TensorLoader(self.dataset, "train", config.batch_size, seed=config.seed,
-                                         device=data_device)
-        self.test_loader = TensorLoader(self.dataset, "test", max(256, config.batch_size), device=data_device)
+        shard = (self.rank, self.world)
+        self.train_loader = TensorLoader(self.dataset, "train", config.batch_size // self.world, seed=config.seed,
+                                         device=data_device, shard=shard)
+        self.test_loader = TensorLoader(self.dataset, "test", max(256, config.batch_size), device=data_device,
+                                        shard=shard)
         self.epoch = 0
         self.metrics = []
 
@@ -118,13 +137,16 @@ class Run:
         return os.path.join(self.config.out, "checkpoint.pt")
 
     def save_checkpoint(self):
+        trp_state = self.trp.state_dict() if self.trp is not None else None  # collective when sharded
+        if not self.main:
+            return
         io.atomic_torch_save({
             "format": CHECKPOINT_FORMAT,
             "config": asdict(self.config),
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "trp": self.trp.state_dict() if self.trp is not None else None,
+            "trp": trp_state,
             "metrics": self.metrics,
         }, self.checkpoint_path())
 
@@ -150,7 +172,7 @@ class Run:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             if self.config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            logits = self.model(images)
+            logits = self.network(images)
             loss = F.cross_entropy(logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -163,16 +185,35 @@ class Run:
             correct += (logits.argmax(1) == labels).sum().item()
             seen += labels.numel()
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+        if self.world > 1:
+            # Each rank's BatchNorm statistics followed its own shard; rank 0's become everyone's,
+            # so that evaluation and checkpoints see one model.
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, 0)
         return total_loss / max(1, seen), 100.0 * correct / max(1, seen)
 
     def evaluate(self, model=None):
+        """Test accuracy; under torch.distributed each rank scores its shard and the counts are summed."""
+        from trp_ext.metrics import correct_and_total
+
+        correct, total = correct_and_total(model if model is not None else self.model, self.test_loader, self.device)
+        if self.world > 1 and model is None:
+            counts = torch.tensor([correct, total], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(counts)
+            correct, total = counts.tolist()
+        return 100.0 * correct / total
+
+    def evaluate_all(self, model):
+        """Accuracy over the whole test set in this process alone (for the final report)."""
         from trp_ext.metrics import accuracy
 
-        return accuracy(model if model is not None else self.model, self.test_loader, self.device)
+        loader = TensorLoader(self.dataset, "test", max(256, self.config.batch_size), device=self.test_loader.device)
+        return accuracy(model, loader, self.device)
 
     def fit(self):
-        os.makedirs(self.config.out, exist_ok=True)
-        io.atomic_write_json(os.path.join(self.config.out, "config.json"), asdict(self.config))
+        if self.main:
+            os.makedirs(self.config.out, exist_ok=True)
+            io.atomic_write_json(os.path.join(self.config.out, "config.json"), asdict(self.config))
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
             train_loss, train_acc = self.train_epoch()
@@ -182,8 +223,9 @@ class Run:
                      "mean_rank": self.trp.mean_rank() if self.trp is not None and self.trp.history else None,
                      "seconds": time.perf_counter() - start}
             self.metrics.append(entry)
-            io.atomic_write_text(os.path.join(self.config.out, "metrics.jsonl"),
-                                 "".join(json.dumps(m) + "\n" for m in self.metrics))
+            if self.main:
+                io.atomic_write_text(os.path.join(self.config.out, "metrics.jsonl"),
+                                     "".join(json.dumps(m) + "\n" for m in self.metrics))
             self.save_checkpoint()
             if not self.quiet:
                 rank = f", mean rank {entry['mean_rank']:.2f}" if entry["mean_rank"] is not None else ""
@@ -193,7 +235,7 @@ class Run:
 
     def finish(self):
         """Compresses the trained model, writes report.json, compressed.pt and the plots."""
-        report = compress_and_report(self.model, self.config, self.evaluate, self.dataset, self.device)
+        report = compress_and_report(self.model, self.config, self.evaluate_all, self.dataset, self.device)
         out = self.config.out
         io.atomic_write_json(os.path.join(out, "report.json"), report.summary)
         if report.compressed is not None:
@@ -214,9 +256,24 @@ def read_checkpoint(path):
 
 
 def train(config, resume=None, quiet=False):
-    """Trains (or resumes) a run and writes its run directory; returns the final Report."""
-    run = Run(config, quiet=quiet)
-    if resume:
-        run.load_checkpoint(resume)
-    run.fit()
-    return run.finish()
+    """Trains (or resumes) a run and writes its run directory; returns the final Report (None on
+    the processes other than the main one of a distributed job)."""
+    joined = distributed.init_from_env(timeout_seconds=config.dist_timeout)
+    try:
+        run = Run(config, quiet=quiet)
+        if resume:
+            run.load_checkpoint(resume)
+        try:
+            run.fit()
+        except RuntimeError as error:
+            if run.world > 1:
+                raise DistributedJobError(
+                    f"process {run.rank} of {run.world}: a collective failed or timed out after "
+                    f"{config.dist_timeout} s, most likely because another process died ({error}). "
+                    f"The last complete epoch is in {run.checkpoint_path()}: restart with --resume."
+                ) from error
+            raise
+        return run.finish() if run.main else None
+    finally:
+        if joined and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -16,11 +16,12 @@ gains exactly ``lam * subgradient`` after unscaling.
 import torch
 import torch.nn as nn
 
-from trp_ext import ops
+from trp_ext import distributed, ops
 from trp_ext.lowrank import check_scheme, layer_matrix, matrix_to_layer_weight
 from trp_ext.selection import select_layers
 
 SUBGRADIENTS = ("truncated", "full")
+DISTRIBUTED_MODES = ("auto", "shard", "replicate")
 
 
 def unwrap_model(model):
@@ -51,11 +52,15 @@ class TRP:
         include, exclude, predicate, include_linear: layer selection (see trp_ext.selection);
             by default every conv larger than 1x1 except the first conv.
         warm_start: warm-start each projection from the previous one's bases. Default True.
+        distributed: under torch.distributed with several ranks, "shard" splits the projection
+            work among the ranks (balanced by cost) and all-gathers the results, "replicate" has
+            every rank project every layer, "auto" (default) picks by the cost model in
+            trp_ext.distributed. Either way every rank ends with bit-identical weights.
     """
 
     def __init__(self, model, scheme="channel", energy=0.99, period=20, lam=3e-4, subgradient="truncated",
                  value_threshold=None, max_rank=None, include=None, exclude=None, predicate=None,
-                 include_linear=False, warm_start=True):
+                 include_linear=False, warm_start=True, distributed="auto"):
         check_scheme(scheme)
         if not (isinstance(energy, (int, float)) and 0.0 < energy <= 1.0):
             raise ValueError(f"argument 'energy' must lie in (0, 1], got {energy!r}")
@@ -69,10 +74,12 @@ class TRP:
             raise ValueError(f"argument 'max_rank' must be a non-negative integer, got {max_rank!r}")
         if value_threshold is not None and not value_threshold >= 0.0:
             raise ValueError(f"argument 'value_threshold' must be non-negative, got {value_threshold!r}")
+        if distributed not in DISTRIBUTED_MODES:
+            raise ValueError(f"argument 'distributed' must be one of {DISTRIBUTED_MODES}, got {distributed!r}")
         self.model = unwrap_model(model)
         self.scheme, self.energy, self.period, self.lam = scheme, float(energy), period, float(lam)
         self.subgradient, self.value_threshold, self.max_rank = subgradient, value_threshold, max_rank
-        self.warm_start = warm_start
+        self.warm_start, self.distributed = warm_start, distributed
         self.layers = select_layers(self.model, include, exclude, predicate, include_linear)
         if not self.layers:
             raise ValueError("argument 'model' has no eligible layers: TRP needs at least one conv larger than "
@@ -80,27 +87,53 @@ class TRP:
         self.names = [name for name, _ in self.layers]
         self.steps = 0
         self.history = []  # one entry per projection: {"step": int, "ranks": [int per layer]}
+        self.matrices_projected = 0  # matrices this process handed to lowrank_project, all calls
         self._bases = {"project": None, "regularize": None}
+        self._plan = None  # ShardPlan when this process projects only its share
+        self._mode = None
 
     # ------------------------------------------------------------------ projection
     def _matrices(self):
         return [layer_matrix(module, self.scheme) for _, module in self.layers]
 
+    def _resolve_mode(self, mats):
+        """Shard or replicate; decided once, from shapes alone, so every rank decides alike."""
+        if self._mode is None:
+            world = distributed.world_size()
+            mode = self.distributed
+            if world <= 1:
+                mode = "replicate"
+            elif mode == "auto":
+                mode = distributed.choose_mode([tuple(m.shape) for m in mats], mats[0].element_size(), world,
+                                               mats[0].device.type)
+            self._mode = mode
+            self._plan = distributed.plan_shards([tuple(m.shape) for m in mats], world) if mode == "shard" else None
+        return self._mode
+
     def _lowrank(self, purpose, energy, want_subgradient):
-        """One batched lowrank_project call over all selected layers, warm-started per purpose."""
+        """One batched lowrank_project call, warm-started per purpose; sharded across ranks when
+        that pays. Returns (per-layer projections or sub-gradients, int64 ranks)."""
+        mats = self._matrices()
+        mine = list(range(len(mats))) if self._resolve_mode(mats) == "replicate" else \
+            self._plan.owned(distributed.rank())
         bases = self._bases[purpose] if self.warm_start else None
-        result = ops.lowrank_project(self._matrices(), energy, self.value_threshold, self.max_rank,
+        result = ops.lowrank_project([mats[i] for i in mine], energy, self.value_threshold, self.max_rank,
                                      bases=bases, want_subgradient=want_subgradient)
+        self.matrices_projected += len(mine)
         self._bases[purpose] = list(result.bases) if self.warm_start and result.bases else None
-        return result
+        outputs = list(result.subgradients if want_subgradient else result.projected)
+        if self._plan is None:
+            return outputs, result.ranks
+        outputs = distributed.all_gather_results(self._plan, mine, outputs, mats)
+        return outputs, distributed.all_gather_ranks(self._plan, mine, result.ranks, mats[0].device)
 
     @torch.no_grad()
     def project(self):
         """Projects every selected weight onto its truncated SVD now; returns {name: rank}."""
-        result = self._lowrank("project", self.energy, want_subgradient=False)
-        for (_, module), projected in zip(self.layers, result.projected):
+        projections, ranks = self._lowrank("project", self.energy, want_subgradient=False)
+        for (_, module), projected in zip(self.layers, projections):
             module.weight.copy_(matrix_to_layer_weight(projected, module, self.scheme))
-        ranks = [int(r) for r in result.ranks.tolist()]
+        ranks = [int(r) for r in ranks.tolist()]
         self.history.append({"step": self.steps, "ranks": ranks})
         return dict(zip(self.names, ranks))
 
@@ -124,11 +157,11 @@ class TRP:
         if self.lam == 0.0:
             return
         energy = self.energy if self.subgradient == "truncated" else 1.0
-        result = self._lowrank("regularize", energy, want_subgradient=True)
+        subgradients, _ = self._lowrank("regularize", energy, want_subgradient=True)
         weight = self.lam
         if scaler is not None and scaler.is_enabled():
             weight = weight * float(scaler.get_scale())
-        for (name, module), sub in zip(self.layers, result.subgradients):
+        for (name, module), sub in zip(self.layers, subgradients):
             if module.weight.grad is None:
                 raise RuntimeError(f"TRP.regularize(): layer '{name}' has no gradient; call it after backward()")
             module.weight.grad.add_(matrix_to_layer_weight(sub, module, self.scheme), alpha=weight)
@@ -142,6 +175,16 @@ class TRP:
     def mean_rank(self):
         return sum(self.history[-1]["ranks"]) / len(self.names) if self.history else float("nan")
 
+    def _gathered_bases(self):
+        """Warm-start bases for the state dict. Sharded, each rank holds only its share's, so all
+        ranks' lists are gathered (a collective: under sharding call state_dict on every rank)."""
+        own = {k: (None if v is None else [b.detach().cpu().clone() for b in v]) for k, v in self._bases.items()}
+        if self._plan is None:
+            return own
+        per_rank = [None] * self._plan.world
+        torch.distributed.all_gather_object(per_rank, own)
+        return {k: {"world": self._plan.world, "per_rank": [p[k] for p in per_rank]} for k in own}
+
     def state_dict(self):
         return {
             "config": {"scheme": self.scheme, "energy": self.energy, "period": self.period, "lam": self.lam,
@@ -150,7 +193,7 @@ class TRP:
             "layers": list(self.names),
             "steps": self.steps,
             "history": [{"step": h["step"], "ranks": list(h["ranks"])} for h in self.history],
-            "bases": {k: (None if v is None else [b.clone() for b in v]) for k, v in self._bases.items()},
+            "bases": self._gathered_bases(),
         }
 
     def load_state_dict(self, state):
@@ -163,6 +206,13 @@ class TRP:
                                  f"{getattr(self, key)!r}")
         self.steps = int(state["steps"])
         self.history = [{"step": int(h["step"]), "ranks": [int(r) for r in h["ranks"]]} for h in state["history"]]
+        self._resolve_mode(self._matrices())
         device = self.layers[0][1].weight.device  # a checkpoint may be loaded onto another device
-        self._bases = {k: (None if v is None else [b.to(device, copy=True) for b in v])
-                       for k, v in state["bases"].items()}
+        self._bases = {}
+        for purpose, saved in state["bases"].items():
+            if isinstance(saved, dict):  # saved sharded: usable only with the same world size
+                same_world = self._plan is not None and saved["world"] == self._plan.world
+                saved = saved["per_rank"][distributed.rank()] if same_world else None
+            elif self._plan is not None:
+                saved = None  # replicated bases cover every layer; a shard needs its own (cold start once)
+            self._bases[purpose] = None if saved is None else [b.to(device, copy=True) for b in saved]
