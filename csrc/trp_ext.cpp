@@ -3,7 +3,7 @@
 // (trp_ext/ops.py). The Python module below has no ops of its own: loading it registers the
 // library with the dispatcher, and it reports how it was built.
 #include <Python.h>
-#include <torch/headeronly/version.h>
+#include <torch/version.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(trp_ext, m) {
