@@ -16,19 +16,6 @@ import trp_ext  # noqa: F401
 CUDA = pytest.param("cuda", marks=pytest.mark.cuda)
 
 
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: needs a CUDA GPU; skipped when none is visible")
-
-
 def synchronizing(fn, device):
     """Wraps fn so that a timed call includes the GPU work it launched."""
     if torch.device(device).type != "cuda":

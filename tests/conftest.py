@@ -1,20 +1,11 @@
-"""Shared test setup: the `cuda` marker, and a device parameter that covers CPU and CUDA."""
+"""Shared test setup: a device parameter that covers CPU and CUDA (the repository's conftest.py
+skips tests marked `cuda` when no GPU is visible)."""
 import pytest
-import torch
 
 import trp_ext  # noqa: F401  (loads the ops)
 
 CUDA = pytest.param("cuda", marks=pytest.mark.cuda)
 DEVICES = ["cpu", CUDA]
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(params=DEVICES)

@@ -11,6 +11,8 @@ BasicBlock networks of the ResNet paper, which the TRP paper's tables name.
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trp_ext.models.init import init_resnet_weights
+
 
 class PadShortcut(nn.Module):
     """Option A: subsample by `stride`, then zero-pad the channels up to `out_channels`."""
@@ -70,12 +72,7 @@ class CifarResNet(nn.Module):
             layers.append(nn.Sequential(*stage_blocks))
         self.layer1, self.layer2, self.layer3 = layers
         self.fc = nn.Linear(channels, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_resnet_weights(self)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))

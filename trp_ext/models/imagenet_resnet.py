@@ -4,6 +4,8 @@ torchvision's state dicts load into them unchanged (stride on the 3x3 conv of a 
 """
 import torch.nn as nn
 
+from trp_ext.models.init import init_resnet_weights
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -60,12 +62,7 @@ class ImageNetResNet(nn.Module):
         self.layer4 = self._make_layer(block, 512, layers[3], 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512 * block.expansion, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_resnet_weights(self)
 
     def _make_layer(self, block, planes, blocks, stride):
         downsample = None
