@@ -1,0 +1,308 @@
+// CPU kernel of factored_conv2d: both convs in one pass per band of output rows.
+//
+// A work item is one image and one band of output rows. It
+//   1. copies the input rows the band needs into "planes": zero-padded and split by stride phase,
+//      so that every tap (input channel, kernel offset) of the first conv reads one contiguous
+//      run. Output pixel (oh, ow) of the band sits at q = oh * wq + ow; the wq - Wo columns past
+//      each row's end are computed and thrown away, which keeps every tap a single run;
+//   2. runs the first conv into an r-row intermediate held in a per-thread buffer of a few
+//      hundred KiB at most, which stays in L1/L2 (the intermediate never goes back to memory);
+//   3. spatial scheme only: lays the intermediate out as planes for the 1 x kw conv (width
+//      padding and stride phases) in the same way;
+//   4. runs the second conv with the bias and ReLU epilogue, a few output channels at a time,
+//      and copies the valid columns into the output (NCHW or channels_last, any strides).
+// Both convs are the same micro-kernel (factored_conv2d_kernels.h), run over different taps.
+// Items run in parallel with at::parallel_for, so batch 1 still uses every core.
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/factored_conv2d_checks.h"
+#include "cpu/factored_conv2d_kernels.h"
+
+namespace trp_ext {
+namespace {
+
+using fconv_cpu::kCountAlign;
+using fconv_cpu::kMaxRows;
+using fconv_cpu::KernelSet;
+using fconv_cpu::PlaneSpec;
+
+// Output q positions per band. Measured on a 2-core AVX2 EPYC over the CIFAR and ImageNet
+// ResNet shapes (bench/bench_factored_conv.py): bands of ~256-512 positions keep the planes and
+// the intermediate in L2; smaller bands pay for the halo rows, larger ones spill L2.
+constexpr int64_t kTargetBandPositions = 384;
+
+// Below this many multiply-adds a thread costs more to wake than it saves (a parallel region
+// is ~10 us here, ~1M multiply-adds at the kernel's rate); small calls run on one thread.
+constexpr int64_t kMinWorkPerThread = 1 << 19;
+
+int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The AVX2+FMA kernels when ATen's CPU capability allows them (ATEN_CPU_CAPABILITY=default
+// turns them off, as it does ATen's own), else the portable ones.
+const fconv_cpu::CpuKernels& cpu_kernels() {
+  static const fconv_cpu::CpuKernels kernels = [] {
+    const std::string capability = at::get_cpu_capability();
+    if (capability == "AVX2" || capability == "AVX512") {
+      const fconv_cpu::CpuKernels avx2 = fconv_cpu::avx2_kernels();
+      if (avx2.f32.tap_conv != nullptr) return avx2;
+    }
+    return fconv_cpu::portable_kernels();
+  }();
+  return kernels;
+}
+
+template <typename T>
+const KernelSet<T>& kernels_for();
+template <>
+const KernelSet<float>& kernels_for<float>() {
+  return cpu_kernels().f32;
+}
+template <>
+const KernelSet<double>& kernels_for<double>() {
+  return cpu_kernels().f64;
+}
+
+// Splits `rows` into near-equal blocks of at most kMaxRows: (first row, size) pairs.
+std::vector<std::pair<int64_t, int>> row_blocks(int64_t rows) {
+  std::vector<std::pair<int64_t, int>> blocks;
+  if (rows == 0) return blocks;
+  const int64_t count = ceil_div(rows, kMaxRows);
+  int64_t start = 0;
+  for (int64_t b = 0; b < count; ++b) {
+    const int size = static_cast<int>(rows / count + (b < rows % count ? 1 : 0));
+    blocks.emplace_back(start, size);
+    start += size;
+  }
+  return blocks;
+}
+
+// Packs a (rows, taps) row-major weight matrix for the micro-kernel: block by block (as in
+// row_blocks), each block as (taps, block rows), so a tap's weights are adjacent.
+template <typename T>
+std::vector<T> pack_weights(const at::Tensor& weight, int64_t rows, int64_t taps) {
+  const at::Tensor w = weight.contiguous();
+  const T* src = w.const_data_ptr<T>();
+  std::vector<T> packed(static_cast<size_t>(rows * taps));
+  for (const auto& [start, size] : row_blocks(rows)) {
+    T* dst = packed.data() + start * taps;
+    for (int64_t t = 0; t < taps; ++t) {
+      for (int j = 0; j < size; ++j) dst[t * size + j] = src[(start + j) * taps + t];
+    }
+  }
+  return packed;
+}
+
+// Everything about a call that does not depend on the work item.
+struct BandPlan {
+  int64_t rows = 0;   // output rows per band
+  int64_t bands = 0;  // bands per image
+  PlaneSpec x_planes;
+  std::vector<int64_t> taps1;
+  int64_t count1 = 0;  // stage-1 positions per band (a multiple of kCountAlign)
+  PlaneSpec mid_planes;  // spatial scheme only
+  std::vector<int64_t> taps2;
+  int64_t count2 = 0;  // stage-2 positions per band
+  int64_t pitch2 = 0;  // stage-2 positions per output row
+  int64_t slack = 0;   // readable elements past the last plane: taps over-read past a band
+  int64_t work = 0;    // multiply-adds per band
+};
+
+BandPlan make_plan(const FconvGeometry& g) {
+  BandPlan p;
+  const int64_t threads = at::get_num_threads();
+  // Output row length in stage-2 positions, to size the bands.
+  const int64_t pitch = PlaneSpec::row_length(g.width, g.pw, g.sw, g.out_w);
+  p.rows = std::clamp<int64_t>(kTargetBandPositions / pitch, 1, g.out_h);
+  // Enough items for every thread, even at batch 1.
+  if (g.batch * ceil_div(g.out_h, p.rows) < threads) {
+    p.rows = std::max<int64_t>(1, g.out_h / ceil_div(threads, std::max<int64_t>(g.batch, 1)));
+  }
+  p.bands = ceil_div(g.out_h, p.rows);
+  const int64_t halo = (g.kh - 1) * g.dh / g.sh;  // plane rows below the band's last row
+
+  PlaneSpec& xs = p.x_planes;
+  xs.channels = g.in_channels;
+  xs.sh = g.sh;
+  xs.ph = g.ph;
+  xs.hb = p.rows + halo + 1;  // + 1: see PlaneSpec
+  if (g.spatial) {
+    // kh x 1 conv: the height parts only; planes are the full, unpadded input rows.
+    xs.wq = g.width;
+    for (int64_t i = 0; i < g.in_channels; ++i) {
+      for (int64_t ky = 0; ky < g.kh; ++ky) p.taps1.push_back(xs.offset(i, ky * g.dh, 0));
+    }
+    p.count1 = round_up(p.rows * g.width, kCountAlign);
+    // 1 x kw conv over the band's intermediate rows: the width parts.
+    PlaneSpec& ms = p.mid_planes;
+    ms.channels = g.rank;
+    ms.sw = g.sw;
+    ms.pw = g.pw;
+    ms.hb = p.rows + 1;  // + 1: see PlaneSpec
+    ms.wq = pitch;
+    for (int64_t j = 0; j < g.rank; ++j) {
+      for (int64_t kx = 0; kx < g.kw; ++kx) p.taps2.push_back(ms.offset(j, 0, kx * g.dw));
+    }
+  } else {
+    xs.sw = g.sw;
+    xs.pw = g.pw;
+    xs.wq = pitch;
+    for (int64_t i = 0; i < g.in_channels; ++i) {
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          p.taps1.push_back(xs.offset(i, ky * g.dh, kx * g.dw));
+        }
+      }
+    }
+    p.count1 = round_up(p.rows * pitch, kCountAlign);
+    // 1x1 conv: tap j is row j of the intermediate.
+    for (int64_t j = 0; j < g.rank; ++j) p.taps2.push_back(j * p.count1);
+  }
+  p.pitch2 = pitch;
+  p.count2 = g.spatial ? round_up(p.rows * pitch, kCountAlign) : p.count1;
+  // A band computes up to kCountAlign - 1 positions past its last row, and a tap reads up to
+  // (kw - 1) * dw / sw columns further; that runs into the next plane, or past the last one.
+  p.slack = kCountAlign + (g.kw - 1) * g.dw / g.sw + 64;
+  p.work = p.count1 * g.rank * static_cast<int64_t>(p.taps1.size()) +
+           p.count2 * g.out_channels * static_cast<int64_t>(p.taps2.size());
+  return p;
+}
+
+// A thread's buffers for one band. They are kept between calls (ATen's worker threads live on),
+// so a call neither allocates nor touches fresh pages. The planes are zeroed once per call:
+// build_planes writes only their data columns, and the padding columns and the slack after the
+// last plane stay zero for every band of the call. The rest is written before it is read.
+template <typename T>
+struct Scratch {
+  T* x_planes;
+  T* mid;
+  T* mid_planes;  // spatial scheme only
+  T* out;
+};
+
+template <typename T>
+Scratch<T> thread_scratch(const BandPlan& p, const FconvGeometry& g) {
+  thread_local std::vector<T> storage;
+  const auto aligned = [](int64_t n) { return static_cast<size_t>(round_up(n, 16)); };
+  const size_t x_size = aligned(p.x_planes.size() + p.slack);
+  const size_t mid_size = aligned(g.rank * p.count1);
+  const size_t mid_planes_size = g.spatial ? aligned(p.mid_planes.size() + p.slack) : 0;
+  const size_t out_size = aligned(kMaxRows * p.count2);
+  const size_t total = x_size + mid_size + mid_planes_size + out_size;
+  if (storage.size() < total) storage.resize(total);
+  Scratch<T> s;
+  s.x_planes = storage.data();
+  s.mid = s.x_planes + x_size;
+  s.mid_planes = s.mid + mid_size;
+  s.out = s.mid_planes + mid_planes_size;
+  std::fill(s.x_planes, s.mid, T(0));
+  std::fill(s.mid_planes, s.out, T(0));
+  return s;
+}
+
+template <typename T>
+struct Operands {
+  const T* x;
+  int64_t xs[4];  // strides of x
+  std::vector<T> w1, w2;  // packed for the micro-kernel
+  std::vector<T> bias;    // empty: no bias
+  T* out;
+  int64_t os[4];  // strides of the output
+};
+
+template <typename T>
+void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops, int64_t image,
+              int64_t band, const Scratch<T>& s) {
+  const KernelSet<T>& k = kernels_for<T>();
+  const int64_t oh0 = band * p.rows;
+  const int64_t rows = std::min(p.rows, g.out_h - oh0);
+
+  // 1. Planes of the input rows this band reads.
+  k.build_planes(ops.x + image * ops.xs[0], ops.xs[1], ops.xs[2], ops.xs[3], g.height, g.width,
+               p.x_planes, oh0, s.x_planes);
+  // 2. First conv, into the intermediate (r rows of count1 positions).
+  const int64_t taps1 = static_cast<int64_t>(p.taps1.size());
+  for (const auto& [start, size] : row_blocks(g.rank)) {
+    k.tap_conv(s.x_planes, p.taps1.data(), taps1, ops.w1.data() + start * taps1, size,
+             nullptr, false, s.mid + start * p.count1, p.count1, p.count1);
+  }
+  // 3. Spatial scheme: planes of the intermediate for the 1 x kw conv.
+  const T* stage2_in = s.mid;
+  if (g.spatial) {
+    k.build_planes(s.mid, p.count1, g.width, int64_t{1}, p.rows, g.width, p.mid_planes,
+                 0, s.mid_planes);
+    stage2_in = s.mid_planes;
+  }
+  // 4. Second conv with the epilogue, a block of output channels at a time, then copy-out.
+  const int64_t taps2 = static_cast<int64_t>(p.taps2.size());
+  for (const auto& [start, size] : row_blocks(g.out_channels)) {
+    k.tap_conv(stage2_in, p.taps2.data(), taps2, ops.w2.data() + start * taps2, size,
+             ops.bias.empty() ? nullptr : ops.bias.data() + start, g.relu, s.out,
+             p.count2, p.count2);
+    T* dst = ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2];
+    for (int j = 0; j < size; ++j) {
+      k.copy_rows(s.out + j * p.count2, p.pitch2, rows, g.out_w, dst + j * ops.os[1], ops.os[2],
+                  ops.os[3]);
+    }
+  }
+}
+
+template <typename T>
+void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const at::Tensor& w1,
+                              const at::Tensor& w2, const std::optional<at::Tensor>& bias,
+                              at::Tensor& out) {
+  Operands<T> ops;
+  ops.x = x.const_data_ptr<T>();
+  ops.out = out.data_ptr<T>();
+  for (int d = 0; d < 4; ++d) {
+    ops.xs[d] = x.stride(d);
+    ops.os[d] = out.stride(d);
+  }
+  const int64_t kw2 = g.spatial ? g.kw : 1;
+  ops.w1 = pack_weights<T>(w1, g.rank, w1.numel() / std::max<int64_t>(g.rank, 1));
+  ops.w2 = pack_weights<T>(w2, g.out_channels, g.rank * kw2);
+  if (bias.has_value()) {
+    const at::Tensor b = bias->contiguous();
+    ops.bias.assign(b.const_data_ptr<T>(), b.const_data_ptr<T>() + g.out_channels);
+  }
+  const BandPlan plan = make_plan(g);
+  const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(plan.work, 1));
+  at::parallel_for(0, g.batch * plan.bands, grain, [&](int64_t begin, int64_t end) {
+    const Scratch<T> scratch = thread_scratch<T>(plan, g);
+    for (int64_t item = begin; item < end; ++item) {
+      run_band(g, plan, ops, item / plan.bands, item % plan.bands, scratch);
+    }
+  });
+}
+
+bool cpu_dtype_ok(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
+
+}  // namespace
+
+at::Tensor factored_conv2d_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation,
+                               c10::string_view scheme,
+                               std::optional<c10::string_view> activation) {
+  const FconvGeometry g = check_factored_conv2d_args(x, w1, w2, bias, stride, padding, dilation,
+                                                     scheme, activation, &cpu_dtype_ok,
+                                                     "float32 or float64");
+  at::Tensor out = empty_factored_conv2d_output(x, g);
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "factored_conv2d_cpu", [&] {
+    factored_conv2d_cpu_impl<scalar_t>(g, x, w1, w2, bias, out);
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(trp_ext, CPU, m) { m.impl("factored_conv2d", &factored_conv2d_cpu); }
+
+}  // namespace trp_ext
