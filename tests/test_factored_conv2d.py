@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import trp_ext
 from trp_ext import _reference as ref
 from trp_ext import ops
 
@@ -215,6 +216,12 @@ def test_cuda_runs_on_the_current_stream():
 
 
 # ----------------------------------------------------------------------------- op registration
+def test_kernels_are_registered():
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("trp_ext::factored_conv2d", "CPU")
+    if trp_ext.cuda_kernels_built():
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("trp_ext::factored_conv2d", "CUDA")
+
+
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_opcheck(device, scheme, layout):
