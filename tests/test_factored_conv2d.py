@@ -89,6 +89,16 @@ def test_batch_sizes(device, scheme, batch, size, stride):
     _check(got, x, w1, w2, bias, stride, 1, 1, scheme, "relu", tol=2e-5)
 
 
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_many_input_channels(device, scheme, dtype):
+    """Enough channels that the CPU kernel splits its first conv into channel groups."""
+    x = _input((2, 300, 14, 13), dtype, device)
+    w1, w2, bias = _factors(scheme, 9, 300, 7, (3, 3), dtype, device)
+    got = ops.factored_conv2d(x, w1, w2, bias, 2, 1, 1, scheme, "relu")
+    _check(got, x, w1, w2, bias, 2, 1, 1, scheme, "relu", tol=1e-12 if dtype == torch.float64 else 2e-5)
+
+
 def _layouts(device):
     base = _input((4, 6, 11, 13), torch.float32, device)
     return {

@@ -40,6 +40,10 @@ constexpr int64_t kTargetBandPositions = 384;
 // is ~10 us here, ~1M multiply-adds at the kernel's rate); small calls run on one thread.
 constexpr int64_t kMinWorkPerThread = 1 << 19;
 
+// Stage 1 runs over groups of input channels whose planes fit in this much (accumulating the
+// intermediate group by group), so that the planes stay in L2 across the rank blocks.
+constexpr int64_t kPlaneGroupBytes = 128 << 10;
+
 int64_t round_up(int64_t value, int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
 }
@@ -85,35 +89,20 @@ std::vector<std::pair<int64_t, int>> row_blocks(int64_t rows) {
   return blocks;
 }
 
-// Packs a (rows, taps) row-major weight matrix for the micro-kernel: block by block (as in
-// row_blocks), each block as (taps, block rows), so a tap's weights are adjacent.
-template <typename T>
-std::vector<T> pack_weights(const at::Tensor& weight, int64_t rows, int64_t taps) {
-  const at::Tensor w = weight.contiguous();
-  const T* src = w.const_data_ptr<T>();
-  std::vector<T> packed(static_cast<size_t>(rows * taps));
-  for (const auto& [start, size] : row_blocks(rows)) {
-    T* dst = packed.data() + start * taps;
-    for (int64_t t = 0; t < taps; ++t) {
-      for (int j = 0; j < size; ++j) dst[t * size + j] = src[(start + j) * taps + t];
-    }
-  }
-  return packed;
-}
-
 // Everything about a call that does not depend on the work item.
 struct BandPlan {
   int64_t rows = 0;   // output rows per band
   int64_t bands = 0;  // bands per image
   PlaneSpec x_planes;
   std::vector<int64_t> taps1;
-  int64_t count1 = 0;  // stage-1 positions per band (a multiple of kCountAlign)
+  int64_t count1 = 0;  // stage-1 positions of a full band (a multiple of kCountAlign)
   PlaneSpec mid_planes;  // spatial scheme only
   std::vector<int64_t> taps2;
-  int64_t count2 = 0;  // stage-2 positions per band
+  int64_t count2 = 0;  // stage-2 positions of a full band
   int64_t pitch2 = 0;  // stage-2 positions per output row
   int64_t slack = 0;   // readable elements past the last plane: taps over-read past a band
   int64_t work = 0;    // multiply-adds per band
+  int64_t group = 0;   // input channels per stage-1 group
 };
 
 BandPlan make_plan(const FconvGeometry& g) {
@@ -121,11 +110,13 @@ BandPlan make_plan(const FconvGeometry& g) {
   const int64_t threads = at::get_num_threads();
   // Output row length in stage-2 positions, to size the bands.
   const int64_t pitch = PlaneSpec::row_length(g.width, g.pw, g.sw, g.out_w);
-  p.rows = std::clamp<int64_t>(kTargetBandPositions / pitch, 1, g.out_h);
-  // Enough items for every thread, even at batch 1.
-  if (g.batch * ceil_div(g.out_h, p.rows) < threads) {
-    p.rows = std::max<int64_t>(1, g.out_h / ceil_div(threads, std::max<int64_t>(g.batch, 1)));
+  // Bands of about kTargetBandPositions positions, all of an image's bands the same height.
+  int64_t bands = ceil_div(g.out_h, std::clamp<int64_t>(kTargetBandPositions / pitch, 1, g.out_h));
+  // Few items (a small batch): make their number a multiple of the threads, so that none idles.
+  if (g.batch * bands < 4 * threads) {
+    bands = std::min(g.out_h, ceil_div(round_up(g.batch * bands, threads), g.batch));
   }
+  p.rows = ceil_div(g.out_h, bands);
   p.bands = ceil_div(g.out_h, p.rows);
   const int64_t halo = (g.kh - 1) * g.dh / g.sh;  // plane rows below the band's last row
 
@@ -171,6 +162,8 @@ BandPlan make_plan(const FconvGeometry& g) {
   // A band computes up to kCountAlign - 1 positions past its last row, and a tap reads up to
   // (kw - 1) * dw / sw columns further; that runs into the next plane, or past the last one.
   p.slack = kCountAlign + (g.kw - 1) * g.dw / g.sw + 64;
+  const int64_t channel_bytes = xs.sh * xs.sw * xs.plane_size() * static_cast<int64_t>(sizeof(float));
+  p.group = std::max<int64_t>(1, kPlaneGroupBytes / std::max<int64_t>(channel_bytes, 1));
   p.work = p.count1 * g.rank * static_cast<int64_t>(p.taps1.size()) +
            p.count2 * g.out_channels * static_cast<int64_t>(p.taps2.size());
   return p;
@@ -212,8 +205,9 @@ template <typename T>
 struct Operands {
   const T* x;
   int64_t xs[4];  // strides of x
-  std::vector<T> w1, w2;  // packed for the micro-kernel
-  std::vector<T> bias;    // empty: no bias
+  const T* w1;    // (r, taps1) row-major: w1 as it is, contiguous
+  const T* w2;    // (n, taps2) row-major
+  const T* bias;  // null: no bias
   T* out;
   int64_t os[4];  // strides of the output
 };
@@ -224,29 +218,37 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
   const KernelSet<T>& k = kernels_for<T>();
   const int64_t oh0 = band * p.rows;
   const int64_t rows = std::min(p.rows, g.out_h - oh0);
+  // The last band may be shorter: compute its rows only (buffers keep a full band's layout).
+  const int64_t count1 = round_up(rows * (g.spatial ? g.width : p.pitch2), kCountAlign);
+  const int64_t count2 = g.spatial ? round_up(rows * p.pitch2, kCountAlign) : count1;
 
   // 1. Planes of the input rows this band reads.
   k.build_planes(ops.x + image * ops.xs[0], ops.xs[1], ops.xs[2], ops.xs[3], g.height, g.width,
                p.x_planes, oh0, s.x_planes);
-  // 2. First conv, into the intermediate (r rows of count1 positions).
+  // 2. First conv, into the intermediate (r rows of count1 positions), a group of input
+  //    channels at a time (at least one group, so that c = 0 still writes zeros).
   const int64_t taps1 = static_cast<int64_t>(p.taps1.size());
-  for (const auto& [start, size] : row_blocks(g.rank)) {
-    k.tap_conv(s.x_planes, p.taps1.data(), taps1, ops.w1.data() + start * taps1, size,
-             nullptr, false, s.mid + start * p.count1, p.count1, p.count1);
+  const int64_t taps_per_channel = g.in_channels > 0 ? taps1 / g.in_channels : 0;
+  for (int64_t c0 = 0; c0 == 0 || c0 < g.in_channels; c0 += p.group) {
+    const int64_t t0 = c0 * taps_per_channel;
+    const int64_t tn = std::min(p.group, g.in_channels - c0) * taps_per_channel;
+    for (const auto& [start, size] : row_blocks(g.rank)) {
+      k.tap_conv(s.x_planes, p.taps1.data() + t0, tn, ops.w1 + start * taps1 + t0, taps1, size,
+                 nullptr, c0 > 0, false, s.mid + start * p.count1, p.count1, count1);
+    }
   }
   // 3. Spatial scheme: planes of the intermediate for the 1 x kw conv.
   const T* stage2_in = s.mid;
   if (g.spatial) {
-    k.build_planes(s.mid, p.count1, g.width, int64_t{1}, p.rows, g.width, p.mid_planes,
+    k.build_planes(s.mid, p.count1, g.width, int64_t{1}, rows, g.width, p.mid_planes,
                  0, s.mid_planes);
     stage2_in = s.mid_planes;
   }
   // 4. Second conv with the epilogue, a block of output channels at a time, then copy-out.
   const int64_t taps2 = static_cast<int64_t>(p.taps2.size());
   for (const auto& [start, size] : row_blocks(g.out_channels)) {
-    k.tap_conv(stage2_in, p.taps2.data(), taps2, ops.w2.data() + start * taps2, size,
-             ops.bias.empty() ? nullptr : ops.bias.data() + start, g.relu, s.out,
-             p.count2, p.count2);
+    k.tap_conv(stage2_in, p.taps2.data(), taps2, ops.w2 + start * taps2, taps2, size,
+               ops.bias ? ops.bias + start : nullptr, false, g.relu, s.out, p.count2, count2);
     T* dst = ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2];
     for (int j = 0; j < size; ++j) {
       k.copy_rows(s.out + j * p.count2, p.pitch2, rows, g.out_w, dst + j * ops.os[1], ops.os[2],
@@ -266,13 +268,12 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
     ops.xs[d] = x.stride(d);
     ops.os[d] = out.stride(d);
   }
-  const int64_t kw2 = g.spatial ? g.kw : 1;
-  ops.w1 = pack_weights<T>(w1, g.rank, w1.numel() / std::max<int64_t>(g.rank, 1));
-  ops.w2 = pack_weights<T>(w2, g.out_channels, g.rank * kw2);
-  if (bias.has_value()) {
-    const at::Tensor b = bias->contiguous();
-    ops.bias.assign(b.const_data_ptr<T>(), b.const_data_ptr<T>() + g.out_channels);
-  }
+  const at::Tensor w1c = w1.contiguous();
+  const at::Tensor w2c = w2.contiguous();
+  const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+  ops.w1 = w1c.const_data_ptr<T>();
+  ops.w2 = w2c.const_data_ptr<T>();
+  ops.bias = bc.defined() ? bc.const_data_ptr<T>() : nullptr;
   const BandPlan plan = make_plan(g);
   const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(plan.work, 1));
   at::parallel_for(0, g.batch * plan.bands, grain, [&](int64_t begin, int64_t end) {

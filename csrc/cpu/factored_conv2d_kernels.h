@@ -5,9 +5,12 @@
 //
 // tap_conv, the micro-kernel: a direct convolution written as a sum over taps of shifted runs
 // of one input buffer,
-//   out[j * ldo + q] = act(bias[j] + sum_t w[t * rows + j] * in[off[t] + q]),
+//   out[j * ldo + q] = act(init[j, q] + sum_t w[j * ldw + t] * in[off[t] + q]),
 //   for j < rows <= kMaxRows and q < count,
-// where tap t is one (input channel, kernel offset) pair and off[t] is where its run starts.
+// where tap t is one (input channel, kernel offset) pair and off[t] is where its run starts;
+// init is out[j * ldo + q] itself when accumulating (a reduction split into parts), else
+// bias[j] (or 0 without bias). The weights are read in place: row j of a (rows, taps) matrix
+// with row stride ldw, as a conv weight (n, c, kh, kw) already is.
 // build_planes lays an input out so that every tap is one contiguous run (see PlaneSpec), so the
 // micro-kernel needs no bounds checks and vectorises over q. copy_rows moves finished rows to
 // the output.
@@ -18,8 +21,8 @@
 namespace trp_ext {
 namespace fconv_cpu {
 
-constexpr int kMaxRows = 6;          // output rows per tap_conv call (register blocking)
-constexpr int64_t kCountAlign = 16;  // tap_conv's `count` must be a multiple of this
+constexpr int kMaxRows = 6;         // output rows per tap_conv call (register blocking)
+constexpr int64_t kCountAlign = 8;  // tap_conv's `count` must be a multiple of this
 
 // The zero-padded, stride-phase-split copy of `channels` rows of images that one conv reads.
 // Plane (i, a, b) holds padded rows row0 + rr (rr < hb) of phase a of the row stride, and the
@@ -35,7 +38,11 @@ constexpr int64_t kCountAlign = 16;  // tap_conv's `count` must be a multiple of
 // left-padding zero. So every plane has one row more than its valid outputs read (hb counts it):
 // from a plane's last row a read would otherwise run into the next plane, another phase, whose
 // first columns may hold data. This halves the thrown-away columns at stride 1.
+//
+// Each plane is followed by kPlaneGap elements that no valid output reads, so that
+// build_planes may write a short row as one whole vector, spilling zeros forward (see there).
 struct PlaneSpec {
+  static constexpr int64_t kPlaneGap = 8;  // the widest vector, in elements
   int64_t channels = 0;
   int64_t sh = 1, sw = 1, ph = 0, pw = 0;
   int64_t hb = 0, wq = 0;
@@ -44,7 +51,7 @@ struct PlaneSpec {
     const int64_t shared = (width + pad + stride - 1) / stride;
     return shared > out_width ? shared : out_width;
   }
-  int64_t plane_size() const { return hb * wq; }
+  int64_t plane_size() const { return hb * wq + kPlaneGap; }
   int64_t size() const { return channels * sh * sw * plane_size(); }
   // dy, dx: the tap's dilated kernel offsets (ky * dh, kx * dw).
   int64_t offset(int64_t i, int64_t dy, int64_t dx) const {
@@ -53,8 +60,9 @@ struct PlaneSpec {
 };
 
 template <typename T>
-using TapConvFn = void (*)(const T* in, const int64_t* off, int64_t taps, const T* w, int rows,
-                           const T* bias, bool relu, T* out, int64_t ldo, int64_t count);
+using TapConvFn = void (*)(const T* in, const int64_t* off, int64_t taps, const T* w,
+                           int64_t ldw, int rows, const T* bias, bool accumulate, bool relu,
+                           T* out, int64_t ldo, int64_t count);
 
 // Fills the planes of `spec`, rows from row0, from a (channels, height, width) source with
 // element strides (sc, sy, sx).

@@ -22,8 +22,8 @@ namespace {
 // accumulators, inputs and a broadcast fit in the 16 vector registers of AVX2.
 template <class V, int R, int NV>
 inline void tap_block(const typename V::Scalar* in, const int64_t* off, int64_t taps,
-                      const typename V::Scalar* w, const typename V::Scalar* bias, bool relu,
-                      typename V::Scalar* out, int64_t ldo) {
+                      const typename V::Scalar* w, int64_t ldw, const typename V::Scalar* bias,
+                      bool accumulate, bool relu, typename V::Scalar* out, int64_t ldo) {
   using Reg = typename V::Reg;
   constexpr int L = V::kWidth;
   Reg acc[R][NV];
@@ -31,17 +31,16 @@ inline void tap_block(const typename V::Scalar* in, const int64_t* off, int64_t 
   for (int j = 0; j < R; ++j) {
     const Reg init = bias ? V::set1(bias[j]) : V::zero();
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[j][v] = init;
+    for (int v = 0; v < NV; ++v) acc[j][v] = accumulate ? V::load(out + j * ldo + v * L) : init;
   }
   for (int64_t t = 0; t < taps; ++t) {
     const typename V::Scalar* src = in + off[t];
-    const typename V::Scalar* wt = w + t * R;
     Reg x[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) x[v] = V::load(src + v * L);
 #pragma GCC unroll 8
     for (int j = 0; j < R; ++j) {
-      const Reg b = V::set1(wt[j]);
+      const Reg b = V::set1(w[j * ldw + t]);
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[j][v] = V::fma(b, x[v], acc[j][v]);
     }
@@ -63,32 +62,36 @@ constexpr int vectors_for_rows() {
 
 template <class V, int R>
 void tap_rows(const typename V::Scalar* in, const int64_t* off, int64_t taps,
-              const typename V::Scalar* w, const typename V::Scalar* bias, bool relu,
-              typename V::Scalar* out, int64_t ldo, int64_t count) {
+              const typename V::Scalar* w, int64_t ldw, const typename V::Scalar* bias,
+              bool accumulate, bool relu, typename V::Scalar* out, int64_t ldo, int64_t count) {
   constexpr int NV = vectors_for_rows<R>();
   constexpr int64_t step = NV * V::kWidth;
   int64_t q = 0;
   for (; q + step <= count; q += step) {
-    tap_block<V, R, NV>(in + q, off, taps, w, bias, relu, out + q, ldo);
+    tap_block<V, R, NV>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
   }
   for (; q < count; q += V::kWidth) {
-    tap_block<V, R, 1>(in + q, off, taps, w, bias, relu, out + q, ldo);
+    tap_block<V, R, 1>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
   }
 }
 
 template <class V>
 void tap_conv(const typename V::Scalar* in, const int64_t* off, int64_t taps,
-              const typename V::Scalar* w, int rows, const typename V::Scalar* bias, bool relu,
+              const typename V::Scalar* w, int64_t ldw, int rows,
+              const typename V::Scalar* bias, bool accumulate, bool relu,
               typename V::Scalar* out, int64_t ldo, int64_t count) {
+#define TRP_FCONV_ROWS(R) \
+  return tap_rows<V, R>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, count)
   switch (rows) {
-    case 1: return tap_rows<V, 1>(in, off, taps, w, bias, relu, out, ldo, count);
-    case 2: return tap_rows<V, 2>(in, off, taps, w, bias, relu, out, ldo, count);
-    case 3: return tap_rows<V, 3>(in, off, taps, w, bias, relu, out, ldo, count);
-    case 4: return tap_rows<V, 4>(in, off, taps, w, bias, relu, out, ldo, count);
-    case 5: return tap_rows<V, 5>(in, off, taps, w, bias, relu, out, ldo, count);
-    case 6: return tap_rows<V, 6>(in, off, taps, w, bias, relu, out, ldo, count);
+    case 1: TRP_FCONV_ROWS(1);
+    case 2: TRP_FCONV_ROWS(2);
+    case 3: TRP_FCONV_ROWS(3);
+    case 4: TRP_FCONV_ROWS(4);
+    case 5: TRP_FCONV_ROWS(5);
+    case 6: TRP_FCONV_ROWS(6);
     default: return;  // the driver asks for 1..kMaxRows rows only
   }
+#undef TRP_FCONV_ROWS
 }
 
 // ---------------------------------------------------------------------------- layout
@@ -107,16 +110,22 @@ inline void copy_run(const typename V::Scalar* src, typename V::Scalar* dst, int
   if (k < n) V::store(dst + n - L, V::load(src + n - L));
 }
 
+// For build_planes: a run shorter than a vector is written as a whole vector whose extra lanes
+// are zeros. They land in the row's right padding, the next row (padding, or data written
+// later, as rows are filled in order) or the plane's gap: never on data already written.
 template <class V>
-inline void zero_run(typename V::Scalar* dst, int64_t n) {
-  constexpr int L = V::kWidth;
-  if (n < L) {
-    if (n > 0) V::store_partial(dst, V::zero(), n);
+inline void copy_run_spilling_zeros(const typename V::Scalar* src, typename V::Scalar* dst,
+                                    int64_t n) {
+  if (n < V::kWidth) {
+    if (n > 0) V::store(dst, V::load_partial(src, n));
     return;
   }
-  int64_t k = 0;
-  for (; k + L <= n; k += L) V::store(dst + k, V::zero());
-  if (k < n) V::store(dst + n - L, V::zero());
+  copy_run<V>(src, dst, n);
+}
+
+template <class V>
+inline void zero_run_spilling_zeros(typename V::Scalar* dst, int64_t n) {
+  for (int64_t k = 0; k < n; k += V::kWidth) V::store(dst + k, V::zero());
 }
 
 // Plane columns [first, end) of phase b hold source columns cc * sw + b - pw in [0, width);
@@ -133,9 +142,11 @@ inline int64_t phase_end(const PlaneSpec& s, int64_t b, int64_t width) {
   return end > first ? end : first;
 }
 
-// Fills the data columns of the planes of `s` (see BuildPlanesFn). Padding columns are never
-// written: the caller zeroes the buffer once per call, and as every band has the same layout
-// they stay zero. Rows outside the source are data columns set to zero.
+// Fills the data columns of the planes of `s` (see BuildPlanesFn). Padding columns are only
+// ever written with zeros (short runs spill zeros forward, see copy_run_spilling_zeros): the
+// caller zeroes the buffer once per call, and as every band has the same layout they stay
+// zero. Rows outside the source are data columns set to zero. Each plane's rows are filled in
+// order, and every phase row of a source row before the next source row.
 template <class V>
 void build_planes(const typename V::Scalar* src, int64_t sc, int64_t sy, int64_t sx,
                   int64_t height, int64_t width, const PlaneSpec& s, int64_t row0,
@@ -161,13 +172,13 @@ void build_planes(const typename V::Scalar* src, int64_t sc, int64_t sy, int64_t
           T* row = dst + ((i * s.sh + a) * s.sw + b) * plane + rr * s.wq;
           const int64_t y = (row0 + rr) * s.sh + a - s.ph;
           if (y < 0 || y >= height) {
-            zero_run<V>(row + first, n);
-            if (pair) zero_run<V>(row + plane + first1, end1 - first1);
+            zero_run_spilling_zeros<V>(row + first, n);
+            if (pair) zero_run_spilling_zeros<V>(row + plane + first1, end1 - first1);
             continue;
           }
           const T* line = src + i * sc + y * sy;
           if (s.sw == 1 && sx == 1) {
-            copy_run<V>(line + first - s.pw, row + first, n);
+            copy_run_spilling_zeros<V>(line + first - s.pw, row + first, n);
           } else if (pair) {
             // 2 * L source values per step, split into even (phase 0) and odd (phase 1)
             // columns, over [lo, hi) where both phases hold data (a row shorter than 2 * L values
@@ -190,9 +201,9 @@ void build_planes(const typename V::Scalar* src, int64_t sc, int64_t sy, int64_t
                 const typename V::Reg head = 2 * m >= L ? V::load(p) : V::load_partial(p, 2 * m);
                 const typename V::Reg tail =
                     2 * m > L ? V::load_partial(p + L, 2 * m - L) : V::zero();
-                V::deinterleave(head, tail, &e, &o);
-                V::store_partial(row + cc, e, m);
-                V::store_partial(odd + cc, o, m);
+                V::deinterleave(head, tail, &e, &o);  // lanes from m on are zeros
+                V::store(row + cc, e);
+                V::store(odd + cc, o);
               }
             }
             const int64_t done = hi > lo ? hi : lo;  // [lo, done) is written in both phases
