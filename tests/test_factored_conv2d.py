@@ -124,6 +124,18 @@ def test_memory_layouts(device, scheme, layout):
 
 
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
+def test_weights_in_any_layout(device, scheme):
+    """channels_last, sliced and expanded weights and bias (a converted or shared model's)."""
+    x = _input((2, 5, 9, 11), torch.float32, device).contiguous(memory_format=torch.channels_last)
+    w1, w2, bias = _factors(scheme, 6, 5, 3, (3, 3), torch.float32, device)
+    w1 = w1.contiguous(memory_format=torch.channels_last)
+    w2 = torch.cat([w2, w2], dim=1)[:, ::2]  # strided along r
+    bias = torch.stack([bias, bias], dim=1)[:, 0]  # stride 2
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, scheme, "relu")
+    _check(got, x, w1, w2, bias, 1, 1, 1, scheme, "relu", tol=2e-5)
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
 def test_full_rank_split_reproduces_the_dense_conv(device, scheme):
     n, c = 8, 5
     weight = torch.randn(n, c, 3, 3, dtype=torch.float64)

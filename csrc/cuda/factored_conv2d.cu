@@ -137,7 +137,10 @@ FconvArgs make_args(const FconvGeometry& g, const at::Tensor& x, const at::Tenso
   for (int d = 0; d < 4; ++d) {
     a.xs[d] = x.stride(d);
     a.os[d] = out.stride(d);
+    a.w1s[d] = w1.stride(d);
+    a.w2s[d] = w2.stride(d);
   }
+  a.bs = bias.has_value() ? bias->stride(0) : 0;
   a.N = static_cast<int>(g.batch);
   a.C = static_cast<int>(g.in_channels);
   a.H = static_cast<int>(g.height);
@@ -169,6 +172,13 @@ FconvArgs make_args(const FconvGeometry& g, const at::Tensor& x, const at::Tenso
   return a;
 }
 
+// Elements between a tensor's first and last (its strides may hold gaps, e.g. a slice).
+int64_t span(const at::Tensor& t) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  return last + 1;
+}
+
 // The fused kernel indexes pixels, reduction indices and image offsets with 32-bit ints.
 bool fits_int32(const FconvGeometry& g) {
   constexpr int64_t kLimit = std::numeric_limits<int>::max() - 2 * kBM;
@@ -196,11 +206,10 @@ at::Tensor factored_conv2d_cuda(const at::Tensor& x, const at::Tensor& w1, const
   const bool kernel_runs_dtype = dtype == at::kFloat || (dtype == at::kHalf && props.major >= 7) ||
                                 (dtype == at::kBFloat16 && props.major >= 8);
   if (dtype != at::kDouble && kernel_runs_dtype && tile_rank(g.rank) != 0 && fits_int32(g)) {
-    const at::Tensor w1c = w1.contiguous();
-    const at::Tensor w2c = w2.contiguous();
-    std::optional<at::Tensor> bc;
-    if (bias.has_value()) bc = bias->contiguous();
-    const FconvArgs a = make_args(g, x, w1c, w2c, bc, out);
+    // The kernel reads the weights through their strides (a channels_last model's weights are
+    // not copied each call); only w1 offsets beyond 32 bits need a compact copy.
+    const at::Tensor w1c = span(w1) < std::numeric_limits<int>::max() ? w1 : w1.contiguous();
+    const FconvArgs a = make_args(g, x, w1c, w2, bias, out);
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     bool launched = false;
     if (dtype == at::kFloat) {

@@ -25,7 +25,7 @@ namespace trp_ext {
 namespace fconv_cuda {
 
 // Stage-1 reduction index k -> (input channel, dy, dx, offset in a w1 row), or channel -1 past
-// K1. Order (ci, ky, kx) follows w1's layout, so NCHW gathers run along pixels; order
+// K1 (the host keeps w1's offsets within 32 bits). Order (ci, ky, kx) follows w1's layout, so NCHW gathers run along pixels; order
 // (ky, kx, ci) makes channels_last gathers run along channels.
 __device__ __forceinline__ int4 decode_k(const FconvArgs& a, int k) {
   if (k >= a.K1) return make_int4(-1, 0, 0, 0);
@@ -41,7 +41,8 @@ __device__ __forceinline__ int4 decode_k(const FconvArgs& a, int k) {
     ky = tap / a.kw1;
     kx = tap - ky * a.kw1;
   }
-  return make_int4(ci, ky * a.dh, kx * a.dw1, (ci * a.kh + ky) * a.kw1 + kx);
+  const long long w_offset = ci * a.w1s[1] + ky * a.w1s[2] + kx * a.w1s[3];
+  return make_int4(ci, ky * a.dh, kx * a.dw1, static_cast<int>(w_offset));
 }
 
 // Where stage-1 row `row` of this block reads x (see RowInfo).
@@ -164,7 +165,7 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
         const int j = e / kBK;
         const int4 kt = ktab[kl];
         Bs[kl * L::ld_b1 + j] =
-            kt.x >= 0 && j < a.r ? w1[static_cast<long long>(j) * a.K1 + kt.w] : from_float<T>(0.0f);
+            kt.x >= 0 && j < a.r ? w1[j * a.w1s[0] + kt.w] : from_float<T>(0.0f);
       }
       __syncthreads();
       acc.mma(As + warp_row * L::ld_a, L::ld_a, Bs, L::ld_b1, kBK);
@@ -191,7 +192,7 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
         const int j = e % RP;
         const int o = o0 + e / RP;
         B2s[j * L::ld_b2 + (e / RP)] =
-            j < a.r && o < a.n ? w2[(static_cast<long long>(o) * a.r + j) * kw2 + kx]
+            j < a.r && o < a.n ? w2[o * a.w2s[0] + j * a.w2s[1] + kx * a.w2s[3]]
                                : from_float<T>(0.0f);
       }
       if (kSpatial) {
@@ -217,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
       const long long offset = out_offsets[warp_row + row];
       const int o = o0 + col;
       if (offset < 0 || o >= a.n) return;
-      if (bias != nullptr) v += to_float(bias[o]);
+      if (bias != nullptr) v += to_float(bias[o * a.bs]);
       if (a.relu) v = v < 0.0f ? 0.0f : v;  // NaN stays NaN, as in torch.relu
       out[offset + o * a.os[1]] = from_float<T>(v);
     });

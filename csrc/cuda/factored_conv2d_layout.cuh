@@ -20,12 +20,13 @@ constexpr int kMaxMidRows = 4 * kBM;  // spatial tiles: at most 4 stage-1 passes
 // Everything the kernel needs; plain values, passed by value.
 struct FconvArgs {
   const void* x;
-  const void* w1;    // (r, c, kh, kw1), contiguous
-  const void* w2;    // (n, r, 1, kw2), contiguous
+  const void* w1;    // (r, c, kh, kw1)
+  const void* w2;    // (n, r, 1, kw2)
   const void* bias;  // (n,) or null
   void* out;
-  long long xs[4];  // strides of x and out, in elements
+  long long xs[4];  // strides, in elements (the weights' any layout, e.g. channels_last)
   long long os[4];
+  long long w1s[4], w2s[4], bs;
   int N, C, H, W, r, n, Ho, Wo;
   // First conv (over x). Spatial scheme: kw1 = 1, sw1 = 1, pw1 = 0, dw1 = 1.
   int kh, kw1, sh, sw1, ph, pw1, dh, dw1;
