@@ -169,6 +169,9 @@ FconvArgs make_args(const FconvGeometry& g, const at::Tensor& x, const at::Tenso
   a.relu = g.relu;
   a.cl_in = x.stride(1) == 1 && a.C > 1;
   a.cl_out = out.stride(1) == 1 && a.n > 1;
+  const int64_t vec = 16 / static_cast<int64_t>(x.element_size());
+  a.vec_in = a.cl_in && a.C % vec == 0 && x.stride(0) % vec == 0 && x.stride(2) % vec == 0 &&
+             x.stride(3) % vec == 0 && reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 == 0;
   return a;
 }
 

@@ -140,22 +140,42 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
     for (int k0 = 0; k0 < a.K1p; k0 += kBK) {
       if (tid < kBK) ktab[tid] = decode_k(a, k0 + tid);
       __syncthreads();  // tables written; every warp done with the previous chunk's tiles
-      // A chunk: kBM x kBK gathered from x, 16 values a thread. NCHW: consecutive threads take
-      // consecutive rows (pixels); channels_last: consecutive reduction indices (channels).
-#pragma unroll 4
-      for (int i = 0; i < kBM * kBK / kThreads; ++i) {
-        const int e = tid + i * kThreads;
-        const int m = a.cl_in ? e / kBK : e % kBM;
-        const int kl = a.cl_in ? e % kBK : e / kBM;
-        const int4 kt = ktab[kl];
-        const RowInfo info = rows[m];
-        const int y = info.y0 + kt.y;
-        const int xc = info.x0 + kt.z;
-        T v = from_float<T>(0.0f);
-        if (kt.x >= 0 && y >= 0 && y < a.H && xc >= 0 && xc < a.W) {
-          v = x[info.base + kt.x * a.xs[1] + y * a.xs[2] + xc * a.xs[3]];
+      // A chunk: kBM x kBK gathered from x. NCHW: consecutive threads take consecutive rows
+      // (pixels); channels_last: consecutive reduction indices (channels), 16 bytes at a time
+      // when the host found the channels aligned for it (a group of kVec reduction indices is
+      // then kVec channels of one tap: c is a multiple of kVec).
+      if (a.vec_in) {
+        constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+        constexpr int kGroups = kBK / kVec;
+        for (int e = tid; e < kBM * kGroups; e += kThreads) {
+          const int m = e / kGroups;
+          const int group = e - m * kGroups;
+          const int4 kt = ktab[group * kVec];
+          const RowInfo info = rows[m];
+          const int y = info.y0 + kt.y;
+          const int xc = info.x0 + kt.z;
+          uint4 v = make_uint4(0, 0, 0, 0);
+          if (kt.x >= 0 && y >= 0 && y < a.H && xc >= 0 && xc < a.W) {
+            v = *reinterpret_cast<const uint4*>(x + info.base + kt.x + y * a.xs[2] + xc * a.xs[3]);
+          }
+          *reinterpret_cast<uint4*>(As + m * L::ld_a + group * kVec) = v;
         }
-        As[m * L::ld_a + kl] = v;
+      } else {
+#pragma unroll 4
+        for (int i = 0; i < kBM * kBK / kThreads; ++i) {
+          const int e = tid + i * kThreads;
+          const int m = a.cl_in ? e / kBK : e % kBM;
+          const int kl = a.cl_in ? e % kBK : e / kBM;
+          const int4 kt = ktab[kl];
+          const RowInfo info = rows[m];
+          const int y = info.y0 + kt.y;
+          const int xc = info.x0 + kt.z;
+          T v = from_float<T>(0.0f);
+          if (kt.x >= 0 && y >= 0 && y < a.H && xc >= 0 && xc < a.W) {
+            v = x[info.base + kt.x * a.xs[1] + y * a.xs[2] + xc * a.xs[3]];
+          }
+          As[m * L::ld_a + kl] = v;
+        }
       }
       // B chunk: kBK x RP from w1, consecutive threads along the reduction index.
 #pragma unroll 4

@@ -43,6 +43,7 @@ struct FconvArgs {
   bool relu;
   bool cl_in;   // x has channels stride 1: gather along channels (coalesced for channels_last)
   bool cl_out;  // out has channels stride 1: write channel-fastest
+  bool vec_in;  // cl_in, and 16-byte aligned runs of 16 / sizeof(T) channels: vector gathers
 };
 
 // Where a stage-1 row reads: x rows y0 + dy, columns x0 + dx of image `base`. Rows past the
