@@ -80,7 +80,7 @@ def test_channels_match_reference(device, scheme, c, r, n, dtype, activation):
 
 
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
-@pytest.mark.parametrize("batch,size", [(1, (32, 32)), (1, (7, 7)), (64, (9, 15))])
+@pytest.mark.parametrize("batch,size", [(1, (32, 32)), (1, (7, 7)), (64, (9, 15)), (2, (131, 9))])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_batch_sizes(device, scheme, batch, size, stride):
     x = _input((batch, 16, *size), torch.float32, device)

@@ -5,8 +5,8 @@
 //      so that every tap (input channel, kernel offset) of the first conv reads one contiguous
 //      run. Output pixel (oh, ow) of the band sits at q = oh * wq + ow; the wq - Wo columns past
 //      each row's end are computed and thrown away, which keeps every tap a single run;
-//   2. runs the first conv into an r-row intermediate held in a per-thread buffer of a few
-//      hundred KiB at most, which stays in L1/L2 (the intermediate never goes back to memory);
+//   2. runs the first conv into an r-row intermediate held in a per-thread buffer that stays in
+//      L2 (the intermediate never goes back to memory), a group of input channels at a time;
 //   3. spatial scheme only: lays the intermediate out as planes for the 1 x kw conv (width
 //      padding and stride phases) in the same way;
 //   4. runs the second conv with the bias and ReLU epilogue, a few output channels at a time,
@@ -31,18 +31,22 @@ using fconv_cpu::kMaxRows;
 using fconv_cpu::KernelSet;
 using fconv_cpu::PlaneSpec;
 
-// Output q positions per band. Measured on a 2-core AVX2 EPYC over the CIFAR and ImageNet
-// ResNet shapes (bench/bench_factored_conv.py): bands of ~256-512 positions keep the planes and
-// the intermediate in L2; smaller bands pay for the halo rows, larger ones spill L2.
-constexpr int64_t kTargetBandPositions = 384;
+// Output positions per band (when the batch gives every thread enough bands). A band rebuilds
+// the (kh - 1) * dh / sh + 1 halo rows below it, which favours tall bands; its intermediate
+// (r x positions) must stay in L2 for the second conv. Picked from 192..1536 by measurement on
+// the 2-core AVX2 EPYC (bench/bench_factored_conv.py shapes); 384..1536 were within the noise of
+// that shared machine, 192 was slower.
+constexpr int64_t kTargetBandPositions = 768;
 
 // Below this many multiply-adds a thread costs more to wake than it saves (a parallel region
 // is ~10 us here, ~1M multiply-adds at the kernel's rate); small calls run on one thread.
 constexpr int64_t kMinWorkPerThread = 1 << 19;
 
 // Stage 1 runs over groups of input channels whose planes fit in this much (accumulating the
-// intermediate group by group), so that the planes stay in L2 across the rank blocks.
-constexpr int64_t kPlaneGroupBytes = 128 << 10;
+// intermediate group by group), so that the planes stay in L2 across the rank blocks: without
+// it, the 590 KiB of stride-2 planes of a 512-channel layer came from L3 22 times per band.
+// 64 to 256 KiB measured alike.
+constexpr int64_t kPlaneGroupBytes = 64 << 10;
 
 int64_t round_up(int64_t value, int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
