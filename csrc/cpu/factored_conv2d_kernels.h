@@ -21,8 +21,11 @@
 namespace trp_ext {
 namespace fconv_cpu {
 
-constexpr int kMaxRows = 6;         // output rows per tap_conv call (register blocking)
-constexpr int64_t kCountAlign = 8;  // tap_conv's `count` must be a multiple of this
+constexpr int kMaxRows = 6;  // output rows per tap_conv call (register blocking)
+// tap_conv's `count` must be a multiple of this: two float vectors, the narrowest block that
+// keeps enough FMAs in flight (a one-vector tail block ran at under half speed, so rounding a
+// band up and throwing the extra positions away is cheaper).
+constexpr int64_t kCountAlign = 16;
 
 // The zero-padded, stride-phase-split copy of `channels` rows of images that one conv reads.
 // Plane (i, a, b) holds padded rows row0 + rr (rr < hb) of phase a of the row stride, and the
