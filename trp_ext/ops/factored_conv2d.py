@@ -1,11 +1,14 @@
-"""factored_conv2d: both stages of a factored conv in one op.
+"""factored_conv2d: both stages of a factored conv in one op (``torch.ops.trp_ext.factored_conv2d``).
 
-PLACEHOLDER until the kernel issue (#5) lands: backed by trp_ext._reference (two F.conv2d calls).
-The signature is final; FactoredConv2d does not change when the kernels land.
+The CPU and CUDA kernels keep the r-channel intermediate in cache or shared memory instead of
+writing it to memory between two library calls. The backward composes torch convolutions and
+recomputes the intermediate, so nothing but the inputs (and the output, for the ReLU mask) is
+saved.
 """
 from typing import Optional
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 from trp_ext import _reference as ref
 
@@ -21,5 +24,94 @@ def factored_conv2d(
     scheme: str = "channel",
     activation: Optional[str] = None,
 ) -> torch.Tensor:
-    """The factored conv: conv(x, w1) then conv(., w2), bias, optional ReLU, per `scheme`."""
-    return ref.factored_conv2d(x, w1, w2, bias, stride, padding, dilation, scheme, activation)
+    """The factored conv: conv(x, w1) then conv(., w2), bias, optional ReLU, per `scheme`.
+
+    Args:
+        x: input, ``(N, c, H, W)``, NCHW or channels_last (any strides). float32 or float64 on
+            CPU; float32, float16 or bfloat16 on CUDA (float64 on CUDA runs the unfused
+            composition).
+        w1: first factor. ``channel``: ``(r, c, kh, kw)``; ``spatial``: ``(r, c, kh, 1)``.
+        w2: second factor. ``channel``: ``(n, r, 1, 1)``; ``spatial``: ``(n, r, 1, kw)``.
+        bias: ``(n,)`` or None; a folded BatchNorm goes here.
+        stride, padding, dilation: those of the original ``kh x kw`` conv (an int or a pair).
+            ``channel`` applies them to the first conv; ``spatial`` applies the height parts to
+            the ``kh x 1`` conv and the width parts to the ``1 x kw`` conv, exactly as
+            :func:`trp_ext._reference.factored_conv2d`.
+        scheme: ``"channel"`` or ``"spatial"``.
+        activation: None or ``"relu"``, applied after the bias.
+
+    Returns:
+        ``(N, n, Ho, Wo)``, the shape the original conv gives, in x's memory format.
+
+    Raises:
+        ValueError: a shape that does not fit the scheme (the message names the argument), an
+            unknown scheme or activation, a negative padding, a non-positive stride or
+            dilation, an input smaller than the dilated kernel, or tensors on different devices.
+        TypeError: a dtype the device does not support, or factors or bias in another dtype.
+    """
+    args = (x, w1, w2, bias, ref._pair(stride), ref._pair(padding), ref._pair(dilation), scheme, activation)
+    if torch.compiler.is_compiling() or _may_need_grad(x, w1, w2, bias):
+        return torch.ops.trp_ext.factored_conv2d.default(*args)
+    # Nothing to differentiate: go straight to the kernel. The autograd kernel installed by
+    # register_autograd runs in Python and would only redispatch below autograd here; at ~10 us
+    # a call it is a large share of a small layer's time (inference at batch 1).
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.trp_ext.factored_conv2d.default(*args)
+
+
+def _may_need_grad(x, w1, w2, bias):
+    if not torch.is_grad_enabled():
+        return False
+    tensors = (x, w1, w2) if bias is None else (x, w1, w2, bias)
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def _out_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@torch.library.register_fake("trp_ext::factored_conv2d")
+def _factored_conv2d_fake(x, w1, w2, bias, stride, padding, dilation, scheme, activation):
+    ref.check_scheme(scheme)
+    torch._check(x.dim() == 4 and w1.dim() == 4 and w2.dim() == 4,
+                 lambda: "factored_conv2d(): x, w1 and w2 must be 4-D")
+    kh = w1.shape[2]
+    kw = w2.shape[3] if scheme == "spatial" else w1.shape[3]
+    out_h = _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
+    out_w = _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
+    shape = (x.shape[0], w2.shape[0], out_h, out_w)
+    return x.new_empty(shape).contiguous(memory_format=suggest_memory_format(x))
+
+
+def _setup_context(ctx, inputs, output):
+    x, w1, w2, bias, stride, padding, dilation, scheme, activation = inputs
+    ctx.conv_params = ref.factor_conv_params(scheme, stride, padding, dilation)
+    ctx.has_bias = bias is not None
+    ctx.relu = activation == "relu"
+    ctx.save_for_backward(x, w1, w2, output if ctx.relu else None)
+
+
+def _backward(ctx, grad_out):
+    x, w1, w2, output = ctx.saved_tensors
+    (s1, p1, d1), (s2, p2, d2) = ctx.conv_params
+    need_x, need_w1, need_w2, need_bias = ctx.needs_input_grad[:4]
+    if ctx.relu:
+        grad_out = grad_out * (output > 0).to(grad_out.dtype)
+    grad_bias = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_bias else None
+    grad_x = grad_w1 = grad_w2 = None
+    if need_x or need_w1 or need_w2:
+        # Recompute the intermediate rather than keep it: it is what the fused op avoids storing.
+        middle = torch.nn.functional.conv2d(x, w1, None, s1, p1, d1)
+        grad_middle, grad_w2, _ = torch.ops.aten.convolution_backward(
+            grad_out, middle, w2, None, list(s2), list(p2), list(d2), False, [0, 0], 1,
+            [need_x or need_w1, need_w2, False],
+        )
+        if need_x or need_w1:
+            grad_x, grad_w1, _ = torch.ops.aten.convolution_backward(
+                grad_middle, x, w1, None, list(s1), list(p1), list(d1), False, [0, 0], 1,
+                [need_x, need_w1, False],
+            )
+    return grad_x, grad_w1, grad_w2, grad_bias, None, None, None, None, None
+
+
+torch.library.register_autograd("trp_ext::factored_conv2d", _backward, setup_context=_setup_context)

@@ -1,0 +1,126 @@
+// Argument checks and output geometry of factored_conv2d, shared by its CPU and CUDA kernels.
+//
+// channel scheme: w1 (r, c, kh, kw) with the conv's stride/padding/dilation, then w2 (n, r, 1, 1).
+// spatial scheme: w1 (r, c, kh, 1) with the height parts, then w2 (n, r, 1, kw) with the width
+// parts. Either way the output is (N, n, Ho, Wo), the size the original kh x kw conv would give.
+#pragma once
+
+#include <optional>
+#include <string_view>
+
+#include "common/checks.h"
+
+namespace trp_ext {
+
+struct FconvGeometry {
+  bool spatial = false;  // scheme == "spatial"
+  bool relu = false;     // activation == "relu"
+  int64_t batch = 0, in_channels = 0, height = 0, width = 0;  // x: (N, c, H, W)
+  int64_t rank = 0, out_channels = 0;                         // r, n
+  int64_t kh = 0, kw = 0;  // the original kernel: kh from w1; kw from w1 (channel) or w2 (spatial)
+  int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  int64_t out_h = 0, out_w = 0;
+};
+
+namespace fconv_detail {
+
+constexpr const char* kOp = "factored_conv2d";
+
+inline int64_t checked_pair(at::IntArrayRef values, const char* arg, int64_t minimum,
+                            const char* rule, int64_t* second) {
+  TRP_CHECK_ARG(values.size() == 2, kOp, arg, "must have 2 values (height, width), got ",
+                values.size());
+  TRP_CHECK_ARG(values[0] >= minimum && values[1] >= minimum, kOp, arg, "must be ", rule,
+                ", got ", values);
+  *second = values[1];
+  return values[0];
+}
+
+// Output size of one axis of a conv; the input must hold at least one dilated kernel window.
+inline int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad,
+                             int64_t dil, const char* axis) {
+  const int64_t span = dil * (kernel - 1) + 1;
+  TRP_CHECK_ARG(in + 2 * pad >= span, kOp, "x", "is too small along its ", axis, ": ", in,
+                " plus padding 2*", pad, " is less than the dilated kernel extent ", span);
+  return (in + 2 * pad - span) / stride + 1;
+}
+
+}  // namespace fconv_detail
+
+// Checks everything that does not depend on the device's dtype support and returns the geometry.
+// `dtype_ok` and `dtypes` say which dtypes the calling kernel accepts (e.g. "float32 or float64").
+inline FconvGeometry check_factored_conv2d_args(
+    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+    const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, std::string_view scheme, std::optional<std::string_view> activation,
+    bool (*dtype_ok)(at::ScalarType), const char* dtypes) {
+  using fconv_detail::kOp;
+  FconvGeometry g;
+  TRP_CHECK_ARG(scheme == "channel" || scheme == "spatial", kOp, "scheme",
+                "must be 'channel' or 'spatial', got '", scheme, "'");
+  g.spatial = scheme == "spatial";
+  TRP_CHECK_ARG(!activation.has_value() || *activation == "relu", kOp, "activation",
+                "must be None or 'relu', got '", activation.value_or(""), "'");
+  g.relu = activation.has_value();
+
+  check_dim(x, 4, kOp, "x");
+  check_dim(w1, 4, kOp, "w1");
+  check_dim(w2, 4, kOp, "w2");
+  TRP_CHECK_ARG_TYPE(dtype_ok(x.scalar_type()), kOp, "x", "must be ", dtypes, " on ",
+                     x.device().type(), ", got ", x.scalar_type());
+  check_same_device(x, w1, kOp, "w1");
+  check_same_device(x, w2, kOp, "w2");
+  TRP_CHECK_ARG_TYPE(w1.scalar_type() == x.scalar_type(), kOp, "w1", "must have x's dtype ",
+                     x.scalar_type(), ", got ", w1.scalar_type());
+  TRP_CHECK_ARG_TYPE(w2.scalar_type() == x.scalar_type(), kOp, "w2", "must have x's dtype ",
+                     x.scalar_type(), ", got ", w2.scalar_type());
+
+  g.batch = x.size(0);
+  g.in_channels = x.size(1);
+  g.height = x.size(2);
+  g.width = x.size(3);
+  g.rank = w1.size(0);
+  g.out_channels = w2.size(0);
+  g.kh = w1.size(2);
+  TRP_CHECK_ARG(w1.size(1) == g.in_channels, kOp, "w1", "must have x's ", g.in_channels,
+                " channels in dim 1, got shape ", w1.sizes());
+  TRP_CHECK_ARG(g.kh >= 1 && w1.size(3) >= 1, kOp, "w1", "must have a non-empty kernel, got shape ",
+                w1.sizes());
+  if (g.spatial) {
+    TRP_CHECK_ARG(w1.size(3) == 1, kOp, "w1",
+                  "must be (r, c, kh, 1) for the spatial scheme, got shape ", w1.sizes());
+    TRP_CHECK_ARG(w2.size(1) == g.rank && w2.size(2) == 1 && w2.size(3) >= 1, kOp, "w2",
+                  "must be (n, ", g.rank, ", 1, kw) for the spatial scheme (r = w1.size(0) = ",
+                  g.rank, "), got shape ", w2.sizes());
+    g.kw = w2.size(3);
+  } else {
+    TRP_CHECK_ARG(w2.size(1) == g.rank && w2.size(2) == 1 && w2.size(3) == 1, kOp, "w2",
+                  "must be (n, ", g.rank, ", 1, 1) for the channel scheme (r = w1.size(0) = ",
+                  g.rank, "), got shape ", w2.sizes());
+    g.kw = w1.size(3);
+  }
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    check_same_device(x, b, kOp, "bias");
+    TRP_CHECK_ARG_TYPE(b.scalar_type() == x.scalar_type(), kOp, "bias", "must have x's dtype ",
+                       x.scalar_type(), ", got ", b.scalar_type());
+    TRP_CHECK_ARG(b.dim() == 1 && b.size(0) == g.out_channels, kOp, "bias",
+                  "must be 1-D with w2.size(0) = ", g.out_channels, " values, got shape ",
+                  b.sizes());
+  }
+
+  g.sh = fconv_detail::checked_pair(stride, "stride", 1, "positive", &g.sw);
+  g.ph = fconv_detail::checked_pair(padding, "padding", 0, "non-negative", &g.pw);
+  g.dh = fconv_detail::checked_pair(dilation, "dilation", 1, "positive", &g.dw);
+  g.out_h = fconv_detail::conv_out_size(g.height, g.kh, g.sh, g.ph, g.dh, "height");
+  g.out_w = fconv_detail::conv_out_size(g.width, g.kw, g.sw, g.pw, g.dw, "width");
+  return g;
+}
+
+// The output: (N, n, Ho, Wo) in the memory format torch's convs give for x.
+inline at::Tensor empty_factored_conv2d_output(const at::Tensor& x, const FconvGeometry& g) {
+  return at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
+                   x.options().memory_format(x.suggest_memory_format()));
+}
+
+}  // namespace trp_ext

@@ -1,0 +1,313 @@
+// CPU kernel of factored_conv2d: both convs in one pass per band of output rows.
+//
+// A work item is one image and one band of output rows. It
+//   1. copies the input rows the band needs into "planes": zero-padded and split by stride phase,
+//      so that every tap (input channel, kernel offset) of the first conv reads one contiguous
+//      run. Output pixel (oh, ow) of the band sits at q = oh * wq + ow; the wq - Wo columns past
+//      each row's end are computed and thrown away, which keeps every tap a single run;
+//   2. runs the first conv into an r-row intermediate held in a per-thread buffer that stays in
+//      L2 (the intermediate never goes back to memory), a group of input channels at a time;
+//   3. spatial scheme only: lays the intermediate out as planes for the 1 x kw conv (width
+//      padding and stride phases) in the same way;
+//   4. runs the second conv with the bias and ReLU epilogue, a few output channels at a time,
+//      and copies the valid columns into the output (NCHW or channels_last, any strides).
+// Both convs are the same micro-kernel (factored_conv2d_kernels.h), run over different taps.
+// Items run in parallel with at::parallel_for, so batch 1 still uses every core.
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/factored_conv2d_checks.h"
+#include "cpu/factored_conv2d_kernels.h"
+
+namespace trp_ext {
+namespace {
+
+using fconv_cpu::kCountAlign;
+using fconv_cpu::kMaxRows;
+using fconv_cpu::KernelSet;
+using fconv_cpu::PlaneSpec;
+
+// Output positions per band (when the batch gives every thread enough bands). A band rebuilds
+// the (kh - 1) * dh / sh + 1 halo rows below it, which favours tall bands; its intermediate
+// (r x positions) must stay in L2 for the second conv. Picked from 192..1536 by measurement on
+// the 2-core AVX2 EPYC (bench/bench_factored_conv.py shapes); 384..1536 were within the noise of
+// that shared machine, 192 was slower.
+constexpr int64_t kTargetBandPositions = 768;
+
+// Below this many multiply-adds a thread costs more to wake than it saves (a parallel region
+// is ~10 us here, ~1M multiply-adds at the kernel's rate); small calls run on one thread.
+constexpr int64_t kMinWorkPerThread = 1 << 19;
+
+// Stage 1 runs over groups of input channels whose planes fit in this much (accumulating the
+// intermediate group by group), so that the planes stay in L2 across the rank blocks: without
+// it, the 590 KiB of stride-2 planes of a 512-channel layer came from L3 22 times per band.
+// 64 to 256 KiB measured alike.
+constexpr int64_t kPlaneGroupBytes = 64 << 10;
+
+int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The AVX2+FMA kernels when ATen's CPU capability allows them (ATEN_CPU_CAPABILITY=default
+// turns them off, as it does ATen's own), else the portable ones.
+const fconv_cpu::CpuKernels& cpu_kernels() {
+  static const fconv_cpu::CpuKernels kernels = [] {
+    const std::string capability = at::get_cpu_capability();
+    if (capability == "AVX2" || capability == "AVX512") {
+      const fconv_cpu::CpuKernels avx2 = fconv_cpu::avx2_kernels();
+      if (avx2.f32.tap_conv != nullptr) return avx2;
+    }
+    return fconv_cpu::portable_kernels();
+  }();
+  return kernels;
+}
+
+template <typename T>
+const KernelSet<T>& kernels_for();
+template <>
+const KernelSet<float>& kernels_for<float>() {
+  return cpu_kernels().f32;
+}
+template <>
+const KernelSet<double>& kernels_for<double>() {
+  return cpu_kernels().f64;
+}
+
+// Splits `rows` into near-equal blocks of at most kMaxRows: (first row, size) pairs.
+std::vector<std::pair<int64_t, int>> row_blocks(int64_t rows) {
+  std::vector<std::pair<int64_t, int>> blocks;
+  if (rows == 0) return blocks;
+  const int64_t count = ceil_div(rows, kMaxRows);
+  int64_t start = 0;
+  for (int64_t b = 0; b < count; ++b) {
+    const int size = static_cast<int>(rows / count + (b < rows % count ? 1 : 0));
+    blocks.emplace_back(start, size);
+    start += size;
+  }
+  return blocks;
+}
+
+// Everything about a call that does not depend on the work item.
+struct BandPlan {
+  int64_t rows = 0;   // output rows per band
+  int64_t bands = 0;  // bands per image
+  PlaneSpec x_planes;
+  std::vector<int64_t> taps1;
+  int64_t count1 = 0;  // stage-1 positions of a full band (a multiple of kCountAlign)
+  PlaneSpec mid_planes;  // spatial scheme only
+  std::vector<int64_t> taps2;
+  int64_t count2 = 0;  // stage-2 positions of a full band
+  int64_t pitch2 = 0;  // stage-2 positions per output row
+  int64_t slack = 0;   // readable elements past the last plane: taps over-read past a band
+  int64_t work = 0;    // multiply-adds per band
+  int64_t group = 0;   // input channels per stage-1 group
+};
+
+BandPlan make_plan(const FconvGeometry& g) {
+  BandPlan p;
+  const int64_t threads = at::get_num_threads();
+  // Output row length in stage-2 positions, to size the bands.
+  const int64_t pitch = PlaneSpec::row_length(g.width, g.pw, g.sw, g.out_w);
+  // Bands of about kTargetBandPositions positions, all of an image's bands the same height.
+  int64_t bands = ceil_div(g.out_h, std::clamp<int64_t>(kTargetBandPositions / pitch, 1, g.out_h));
+  // Few items (a small batch): make their number a multiple of the threads, so that none idles.
+  if (g.batch * bands < 4 * threads) {
+    bands = std::min(g.out_h, ceil_div(round_up(g.batch * bands, threads), g.batch));
+  }
+  p.rows = ceil_div(g.out_h, bands);
+  p.bands = ceil_div(g.out_h, p.rows);
+  const int64_t halo = (g.kh - 1) * g.dh / g.sh;  // plane rows below the band's last row
+
+  PlaneSpec& xs = p.x_planes;
+  xs.channels = g.in_channels;
+  xs.sh = g.sh;
+  xs.ph = g.ph;
+  xs.hb = p.rows + halo + 1;  // + 1: see PlaneSpec
+  if (g.spatial) {
+    // kh x 1 conv: the height parts only; planes are the full, unpadded input rows.
+    xs.wq = g.width;
+    for (int64_t i = 0; i < g.in_channels; ++i) {
+      for (int64_t ky = 0; ky < g.kh; ++ky) p.taps1.push_back(xs.offset(i, ky * g.dh, 0));
+    }
+    p.count1 = round_up(p.rows * g.width, kCountAlign);
+    // 1 x kw conv over the band's intermediate rows: the width parts.
+    PlaneSpec& ms = p.mid_planes;
+    ms.channels = g.rank;
+    ms.sw = g.sw;
+    ms.pw = g.pw;
+    ms.hb = p.rows + 1;  // + 1: see PlaneSpec
+    ms.wq = pitch;
+    for (int64_t j = 0; j < g.rank; ++j) {
+      for (int64_t kx = 0; kx < g.kw; ++kx) p.taps2.push_back(ms.offset(j, 0, kx * g.dw));
+    }
+  } else {
+    xs.sw = g.sw;
+    xs.pw = g.pw;
+    xs.wq = pitch;
+    for (int64_t i = 0; i < g.in_channels; ++i) {
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          p.taps1.push_back(xs.offset(i, ky * g.dh, kx * g.dw));
+        }
+      }
+    }
+    p.count1 = round_up(p.rows * pitch, kCountAlign);
+    // 1x1 conv: tap j is row j of the intermediate.
+    for (int64_t j = 0; j < g.rank; ++j) p.taps2.push_back(j * p.count1);
+  }
+  p.pitch2 = pitch;
+  p.count2 = g.spatial ? round_up(p.rows * pitch, kCountAlign) : p.count1;
+  // A band computes up to kCountAlign - 1 positions past its last row, and a tap reads up to
+  // (kw - 1) * dw / sw columns further; that runs into the next plane, or past the last one.
+  p.slack = kCountAlign + (g.kw - 1) * g.dw / g.sw + 64;
+  const int64_t channel_bytes = xs.sh * xs.sw * xs.plane_size() * static_cast<int64_t>(sizeof(float));
+  p.group = std::max<int64_t>(1, kPlaneGroupBytes / std::max<int64_t>(channel_bytes, 1));
+  p.work = p.count1 * g.rank * static_cast<int64_t>(p.taps1.size()) +
+           p.count2 * g.out_channels * static_cast<int64_t>(p.taps2.size());
+  return p;
+}
+
+// A thread's buffers for one band. They are kept between calls (ATen's worker threads live on),
+// so a call neither allocates nor touches fresh pages. The planes are zeroed once per call:
+// build_planes writes only their data columns, and the padding columns and the slack after the
+// last plane stay zero for every band of the call. The rest is written before it is read.
+template <typename T>
+struct Scratch {
+  T* x_planes;
+  T* mid;
+  T* mid_planes;  // spatial scheme only
+  T* out;
+};
+
+template <typename T>
+Scratch<T> thread_scratch(const BandPlan& p, const FconvGeometry& g) {
+  thread_local std::vector<T> storage;
+  const auto aligned = [](int64_t n) { return static_cast<size_t>(round_up(n, 16)); };
+  const size_t x_size = aligned(p.x_planes.size() + p.slack);
+  const size_t mid_size = aligned(g.rank * p.count1);
+  const size_t mid_planes_size = g.spatial ? aligned(p.mid_planes.size() + p.slack) : 0;
+  const size_t out_size = aligned(kMaxRows * p.count2);
+  const size_t total = x_size + mid_size + mid_planes_size + out_size;
+  if (storage.size() < total) storage.resize(total);
+  Scratch<T> s;
+  s.x_planes = storage.data();
+  s.mid = s.x_planes + x_size;
+  s.mid_planes = s.mid + mid_size;
+  s.out = s.mid_planes + mid_planes_size;
+  std::fill(s.x_planes, s.mid, T(0));
+  std::fill(s.mid_planes, s.out, T(0));
+  return s;
+}
+
+template <typename T>
+struct Operands {
+  const T* x;
+  int64_t xs[4];  // strides of x
+  const T* w1;    // (r, taps1) row-major: w1 as it is, contiguous
+  const T* w2;    // (n, taps2) row-major
+  const T* bias;  // null: no bias
+  T* out;
+  int64_t os[4];  // strides of the output
+};
+
+template <typename T>
+void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops, int64_t image,
+              int64_t band, const Scratch<T>& s) {
+  const KernelSet<T>& k = kernels_for<T>();
+  const int64_t oh0 = band * p.rows;
+  const int64_t rows = std::min(p.rows, g.out_h - oh0);
+  // The last band may be shorter: compute its rows only (buffers keep a full band's layout).
+  const int64_t count1 = round_up(rows * (g.spatial ? g.width : p.pitch2), kCountAlign);
+  const int64_t count2 = g.spatial ? round_up(rows * p.pitch2, kCountAlign) : count1;
+
+  // 1. Planes of the input rows this band reads.
+  k.build_planes(ops.x + image * ops.xs[0], ops.xs[1], ops.xs[2], ops.xs[3], g.height, g.width,
+               p.x_planes, oh0, s.x_planes);
+  // 2. First conv, into the intermediate (r rows of count1 positions), a group of input
+  //    channels at a time (at least one group, so that c = 0 still writes zeros).
+  const int64_t taps1 = static_cast<int64_t>(p.taps1.size());
+  const int64_t taps_per_channel = g.in_channels > 0 ? taps1 / g.in_channels : 0;
+  for (int64_t c0 = 0; c0 == 0 || c0 < g.in_channels; c0 += p.group) {
+    const int64_t t0 = c0 * taps_per_channel;
+    const int64_t tn = std::min(p.group, g.in_channels - c0) * taps_per_channel;
+    for (const auto& [start, size] : row_blocks(g.rank)) {
+      k.tap_conv(s.x_planes, p.taps1.data() + t0, tn, ops.w1 + start * taps1 + t0, taps1, size,
+                 nullptr, c0 > 0, false, s.mid + start * p.count1, p.count1, count1);
+    }
+  }
+  // 3. Spatial scheme: planes of the intermediate for the 1 x kw conv.
+  const T* stage2_in = s.mid;
+  if (g.spatial) {
+    k.build_planes(s.mid, p.count1, g.width, int64_t{1}, rows, g.width, p.mid_planes,
+                 0, s.mid_planes);
+    stage2_in = s.mid_planes;
+  }
+  // 4. Second conv with the epilogue, a block of output channels at a time, then copy-out.
+  const int64_t taps2 = static_cast<int64_t>(p.taps2.size());
+  for (const auto& [start, size] : row_blocks(g.out_channels)) {
+    k.tap_conv(stage2_in, p.taps2.data(), taps2, ops.w2 + start * taps2, taps2, size,
+               ops.bias ? ops.bias + start : nullptr, false, g.relu, s.out, p.count2, count2);
+    T* dst = ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2];
+    for (int j = 0; j < size; ++j) {
+      k.copy_rows(s.out + j * p.count2, p.pitch2, rows, g.out_w, dst + j * ops.os[1], ops.os[2],
+                  ops.os[3]);
+    }
+  }
+}
+
+template <typename T>
+void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const at::Tensor& w1,
+                              const at::Tensor& w2, const std::optional<at::Tensor>& bias,
+                              at::Tensor& out) {
+  Operands<T> ops;
+  ops.x = x.const_data_ptr<T>();
+  ops.out = out.data_ptr<T>();
+  for (int d = 0; d < 4; ++d) {
+    ops.xs[d] = x.stride(d);
+    ops.os[d] = out.stride(d);
+  }
+  const at::Tensor w1c = w1.contiguous();
+  const at::Tensor w2c = w2.contiguous();
+  const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+  ops.w1 = w1c.const_data_ptr<T>();
+  ops.w2 = w2c.const_data_ptr<T>();
+  ops.bias = bc.defined() ? bc.const_data_ptr<T>() : nullptr;
+  const BandPlan plan = make_plan(g);
+  const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(plan.work, 1));
+  at::parallel_for(0, g.batch * plan.bands, grain, [&](int64_t begin, int64_t end) {
+    const Scratch<T> scratch = thread_scratch<T>(plan, g);
+    for (int64_t item = begin; item < end; ++item) {
+      run_band(g, plan, ops, item / plan.bands, item % plan.bands, scratch);
+    }
+  });
+}
+
+bool cpu_dtype_ok(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
+
+}  // namespace
+
+at::Tensor factored_conv2d_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation,
+                               c10::string_view scheme,
+                               std::optional<c10::string_view> activation) {
+  const FconvGeometry g = check_factored_conv2d_args(x, w1, w2, bias, stride, padding, dilation,
+                                                     scheme, activation, &cpu_dtype_ok,
+                                                     "float32 or float64");
+  at::Tensor out = empty_factored_conv2d_output(x, g);
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "factored_conv2d_cpu", [&] {
+    factored_conv2d_cpu_impl<scalar_t>(g, x, w1, w2, bias, out);
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(trp_ext, CPU, m) { m.impl("factored_conv2d", &factored_conv2d_cpu); }
+
+}  // namespace trp_ext

@@ -1,0 +1,131 @@
+// The AVX2+FMA build of the factored_conv2d CPU kernels. The rest of the extension is compiled
+// for the baseline instruction set, so this file switches AVX2 on for its own functions only (a
+// target pragma, not a global -mavx2), and the driver calls them only after checking the CPU at
+// run time. Standard headers are included before the pragma: inline functions they define must
+// not be compiled for AVX2, or the linker could hand that copy to code running on a CPU
+// without it. Everything compiled under the pragma has internal linkage.
+#include <cstdint>
+
+#include "cpu/factored_conv2d_kernels.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define TRP_FCONV_HAVE_AVX2 1
+#include <immintrin.h>
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+
+#include "cpu/factored_conv2d_kernels_impl.h"
+
+namespace trp_ext {
+namespace fconv_cpu {
+namespace {
+
+// Masks for the first n lanes: kLaneMask + kMaxLanes - n holds n all-ones words, then zeros.
+constexpr int kMaxLanes = 8;
+alignas(64) constexpr int64_t kLaneMask64[2 * kMaxLanes] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                            0,  0,  0,  0,  0,  0,  0,  0};
+alignas(64) constexpr int32_t kLaneMask32[2 * kMaxLanes] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                            0,  0,  0,  0,  0,  0,  0,  0};
+
+struct Avx2F32 {
+  using Scalar = float;
+  using Reg = __m256;
+  static constexpr int kWidth = 8;
+  static Reg zero() { return _mm256_setzero_ps(); }
+  static Reg set1(float s) { return _mm256_set1_ps(s); }
+  static Reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, Reg r) { _mm256_storeu_ps(p, r); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  // max returns its second operand when either is NaN, so NaN stays NaN as in torch.relu.
+  static Reg relu(Reg r) { return _mm256_max_ps(_mm256_setzero_ps(), r); }
+  static __m256i mask(int64_t n) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask32 + kMaxLanes - n));
+  }
+  // Masked-off lanes are not accessed, so a partial run may end at the end of a tensor.
+  static Reg load_partial(const float* p, int64_t n) { return _mm256_maskload_ps(p, mask(n)); }
+  // Not a masked store: those are slow on AMD CPUs. n is the same for every row of a call, so
+  // the branches predict well.
+  static void store_partial(float* p, Reg r, int64_t n) {
+    __m128 v = _mm256_castps256_ps128(r);
+    if (n & 4) {
+      _mm_storeu_ps(p, v);
+      p += 4;
+      v = _mm256_extractf128_ps(r, 1);
+    }
+    if (n & 2) {
+      _mm_storel_pi(reinterpret_cast<__m64*>(p), v);
+      p += 2;
+      v = _mm_movehl_ps(v, v);
+    }
+    if (n & 1) _mm_store_ss(p, v);
+  }
+  static void deinterleave(Reg a, Reg b, Reg* even, Reg* odd) {
+    // Per 128-bit lane: [a0 a2 b0 b2 | a4 a6 b4 b6]; then 64-bit chunks in order 0, 2, 1, 3.
+    const __m256d e = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88));
+    const __m256d o = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD));
+    *even = _mm256_castpd_ps(_mm256_permute4x64_pd(e, 0xD8));
+    *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(o, 0xD8));
+  }
+};
+
+struct Avx2F64 {
+  using Scalar = double;
+  using Reg = __m256d;
+  static constexpr int kWidth = 4;
+  static Reg zero() { return _mm256_setzero_pd(); }
+  static Reg set1(double s) { return _mm256_set1_pd(s); }
+  static Reg load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, Reg r) { _mm256_storeu_pd(p, r); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_pd(a, b, c); }
+  static Reg relu(Reg r) { return _mm256_max_pd(_mm256_setzero_pd(), r); }
+  static __m256i mask(int64_t n) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask64 + kMaxLanes - n));
+  }
+  static Reg load_partial(const double* p, int64_t n) { return _mm256_maskload_pd(p, mask(n)); }
+  static void store_partial(double* p, Reg r, int64_t n) {
+    __m128d v = _mm256_castpd256_pd128(r);
+    if (n & 2) {
+      _mm_storeu_pd(p, v);
+      p += 2;
+      v = _mm256_extractf128_pd(r, 1);
+    }
+    if (n & 1) _mm_store_sd(p, v);
+  }
+  static void deinterleave(Reg a, Reg b, Reg* even, Reg* odd) {
+    // [a0 b0 a2 b2] and [a1 b1 a3 b3]; then 64-bit chunks in order 0, 2, 1, 3.
+    *even = _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), 0xD8);
+    *odd = _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), 0xD8);
+  }
+};
+
+}  // namespace
+}  // namespace fconv_cpu
+}  // namespace trp_ext
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // x86-64 with GCC or Clang
+
+namespace trp_ext {
+namespace fconv_cpu {
+
+// Only takes addresses: nothing compiled for AVX2 runs here, so any CPU may call it.
+CpuKernels avx2_kernels() {
+  CpuKernels k;
+#ifdef TRP_FCONV_HAVE_AVX2
+  k.f32 = {&tap_conv<Avx2F32>, &build_planes<Avx2F32>, &copy_rows<Avx2F32>};
+  k.f64 = {&tap_conv<Avx2F64>, &build_planes<Avx2F64>, &copy_rows<Avx2F64>};
+  k.isa = "avx2";
+#endif
+  return k;
+}
+
+}  // namespace fconv_cpu
+}  // namespace trp_ext

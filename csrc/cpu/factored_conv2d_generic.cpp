@@ -1,0 +1,73 @@
+// The portable build of the factored_conv2d CPU kernels: plain arrays the compiler may vectorise
+// for whatever the baseline instruction set is. Used when the CPU (or ATEN_CPU_CAPABILITY) rules
+// out AVX2, and on non-x86 targets.
+#include "cpu/factored_conv2d_kernels.h"
+#include "cpu/factored_conv2d_kernels_impl.h"
+
+namespace trp_ext {
+namespace fconv_cpu {
+namespace {
+
+// One "register" of 32 bytes, as on AVX2, so both builds block the same way.
+template <typename T>
+struct PortableVec {
+  using Scalar = T;
+  static constexpr int kWidth = 32 / sizeof(T);
+  struct Reg {
+    T v[kWidth];
+  };
+  static Reg zero() { return set1(T(0)); }
+  static Reg set1(T s) {
+    Reg r;
+    for (int i = 0; i < kWidth; ++i) r.v[i] = s;
+    return r;
+  }
+  static Reg load(const T* p) {
+    Reg r;
+    for (int i = 0; i < kWidth; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static void store(T* p, const Reg& r) {
+    for (int i = 0; i < kWidth; ++i) p[i] = r.v[i];
+  }
+  static Reg fma(const Reg& a, const Reg& b, Reg c) {
+    for (int i = 0; i < kWidth; ++i) c.v[i] += a.v[i] * b.v[i];
+    return c;
+  }
+  // NaN stays NaN, as in torch.relu.
+  static Reg relu(Reg r) {
+    for (int i = 0; i < kWidth; ++i) r.v[i] = r.v[i] < T(0) ? T(0) : r.v[i];
+    return r;
+  }
+  static Reg load_partial(const T* p, int64_t n) {
+    Reg r = zero();
+    for (int64_t i = 0; i < n; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static void store_partial(T* p, const Reg& r, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) p[i] = r.v[i];
+  }
+  static void deinterleave(const Reg& a, const Reg& b, Reg* even, Reg* odd) {
+    for (int i = 0; i < kWidth / 2; ++i) {
+      even->v[i] = a.v[2 * i];
+      odd->v[i] = a.v[2 * i + 1];
+      even->v[kWidth / 2 + i] = b.v[2 * i];
+      odd->v[kWidth / 2 + i] = b.v[2 * i + 1];
+    }
+  }
+};
+
+}  // namespace
+
+CpuKernels portable_kernels() {
+  using F32 = PortableVec<float>;
+  using F64 = PortableVec<double>;
+  CpuKernels k;
+  k.f32 = {&tap_conv<F32>, &build_planes<F32>, &copy_rows<F32>};
+  k.f64 = {&tap_conv<F64>, &build_planes<F64>, &copy_rows<F64>};
+  k.isa = "portable";
+  return k;
+}
+
+}  // namespace fconv_cpu
+}  // namespace trp_ext

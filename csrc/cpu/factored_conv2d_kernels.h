@@ -1,0 +1,101 @@
+// The CPU building blocks of factored_conv2d, compiled twice: for AVX2+FMA
+// (factored_conv2d_avx2.cpp, used only when the CPU has both) and portably
+// (factored_conv2d_generic.cpp). This header declares what both builds export; the driver is
+// factored_conv2d.cpp.
+//
+// tap_conv, the micro-kernel: a direct convolution written as a sum over taps of shifted runs
+// of one input buffer,
+//   out[j * ldo + q] = act(init[j, q] + sum_t w[j * ldw + t] * in[off[t] + q]),
+//   for j < rows <= kMaxRows and q < count,
+// where tap t is one (input channel, kernel offset) pair and off[t] is where its run starts;
+// init is out[j * ldo + q] itself when accumulating (a reduction split into parts), else
+// bias[j] (or 0 without bias). The weights are read in place: row j of a (rows, taps) matrix
+// with row stride ldw, as a conv weight (n, c, kh, kw) already is.
+// build_planes lays an input out so that every tap is one contiguous run (see PlaneSpec), so the
+// micro-kernel needs no bounds checks and vectorises over q. copy_rows moves finished rows to
+// the output.
+#pragma once
+
+#include <cstdint>
+
+namespace trp_ext {
+namespace fconv_cpu {
+
+constexpr int kMaxRows = 6;  // output rows per tap_conv call (register blocking)
+// tap_conv's `count` must be a multiple of this: two float vectors, the narrowest block that
+// keeps enough FMAs in flight (a one-vector tail block ran at under half speed, so rounding a
+// band up and throwing the extra positions away is cheaper).
+constexpr int64_t kCountAlign = 16;
+
+// The zero-padded, stride-phase-split copy of `channels` rows of images that one conv reads.
+// Plane (i, a, b) holds padded rows row0 + rr (rr < hb) of phase a of the row stride, and the
+// padded columns cc * sw + b (cc < wq); output position q = oh * wq + ow then reads tap
+// (i, ky, kx) at q + offset(i, ky * dh, kx * dw). Columns ow >= Wo of each row are computed and
+// thrown away: that keeps every tap one run.
+//
+// Consecutive rows share their zero padding: a row holds its left padding and its data, and a
+// read past its end lands in the next row's left padding. So wq = max(Wo, ceil((width + pw) /
+// sw)) suffices (see row_length; Wo so that each output row fits in one): a valid output reads
+// padded columns below width + 2 * pw, so a read at plane column wq or more is padded column
+// >= wq * sw >= width + pw, a right-padding zero, and lands wq * sw columns earlier in the next row of the same plane, below column 0: a
+// left-padding zero. So every plane has one row more than its valid outputs read (hb counts it):
+// from a plane's last row a read would otherwise run into the next plane, another phase, whose
+// first columns may hold data. This halves the thrown-away columns at stride 1.
+//
+// Each plane is followed by kPlaneGap elements that no valid output reads, so that
+// build_planes may write a short row as one whole vector, spilling zeros forward (see there).
+struct PlaneSpec {
+  static constexpr int64_t kPlaneGap = 8;  // the widest vector, in elements
+  int64_t channels = 0;
+  int64_t sh = 1, sw = 1, ph = 0, pw = 0;
+  int64_t hb = 0, wq = 0;
+
+  static int64_t row_length(int64_t width, int64_t pad, int64_t stride, int64_t out_width) {
+    const int64_t shared = (width + pad + stride - 1) / stride;
+    return shared > out_width ? shared : out_width;
+  }
+  int64_t plane_size() const { return hb * wq + kPlaneGap; }
+  int64_t size() const { return channels * sh * sw * plane_size(); }
+  // dy, dx: the tap's dilated kernel offsets (ky * dh, kx * dw).
+  int64_t offset(int64_t i, int64_t dy, int64_t dx) const {
+    return ((i * sh + dy % sh) * sw + dx % sw) * plane_size() + (dy / sh) * wq + dx / sw;
+  }
+};
+
+template <typename T>
+using TapConvFn = void (*)(const T* in, const int64_t* off, int64_t taps, const T* w,
+                           int64_t ldw, int rows, const T* bias, bool accumulate, bool relu,
+                           T* out, int64_t ldo, int64_t count);
+
+// Fills the planes of `spec`, rows from row0, from a (channels, height, width) source with
+// element strides (sc, sy, sx).
+template <typename T>
+using BuildPlanesFn = void (*)(const T* src, int64_t sc, int64_t sy, int64_t sx, int64_t height,
+                               int64_t width, const PlaneSpec& spec, int64_t row0, T* dst);
+
+// dst[r * dst_row + c * dst_col] = src[r * src_row + c] for r < rows, c < cols.
+template <typename T>
+using CopyRowsFn = void (*)(const T* src, int64_t src_row, int64_t rows, int64_t cols, T* dst,
+                            int64_t dst_row, int64_t dst_col);
+
+template <typename T>
+struct KernelSet {
+  TapConvFn<T> tap_conv = nullptr;
+  BuildPlanesFn<T> build_planes = nullptr;
+  CopyRowsFn<T> copy_rows = nullptr;
+};
+
+struct CpuKernels {
+  KernelSet<float> f32;
+  KernelSet<double> f64;
+  const char* isa = "none";
+};
+
+// Always available.
+CpuKernels portable_kernels();
+// Null kernels when this build has no AVX2 code (a non-x86 target or compiler); only to be
+// called on a CPU with AVX2 and FMA.
+CpuKernels avx2_kernels();
+
+}  // namespace fconv_cpu
+}  // namespace trp_ext

@@ -1,0 +1,248 @@
+// The building blocks of factored_conv2d_kernels.h as templates over a vector type V:
+//   V::Scalar, V::Reg, V::kWidth, V::zero(), V::set1(s), V::load(p), V::store(p, r),
+//   V::fma(a, b, c) = a * b + c, V::relu(r), V::deinterleave(a, b, even, odd) (the even and
+//   odd lanes of the 2 * kWidth values a, b), V::load_partial(p, n) and V::store_partial(p, r,
+//   n) (the first n < kWidth lanes; the others are neither read nor written; loaded as zero).
+// Included by exactly the files that instantiate it for one instruction set; everything here
+// has internal linkage, so the AVX2 and portable copies never mix at link time.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/factored_conv2d_kernels.h"
+
+namespace trp_ext {
+namespace fconv_cpu {
+namespace {
+
+// ---------------------------------------------------------------------------- tap_conv
+// Register blocking: R output rows times NV vectors of consecutive q are accumulated in
+// registers while the taps stream by; each tap costs NV vector loads and R broadcasts for
+// R * NV FMAs. R * NV stays at 8..12 so that enough independent FMAs hide the FMA latency, and
+// accumulators, inputs and a broadcast fit in the 16 vector registers of AVX2.
+template <class V, int R, int NV>
+inline void tap_block(const typename V::Scalar* in, const int64_t* off, int64_t taps,
+                      const typename V::Scalar* w, int64_t ldw, const typename V::Scalar* bias,
+                      bool accumulate, bool relu, typename V::Scalar* out, int64_t ldo) {
+  using Reg = typename V::Reg;
+  constexpr int L = V::kWidth;
+  Reg acc[R][NV];
+#pragma GCC unroll 8
+  for (int j = 0; j < R; ++j) {
+    const Reg init = bias ? V::set1(bias[j]) : V::zero();
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[j][v] = accumulate ? V::load(out + j * ldo + v * L) : init;
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    const typename V::Scalar* src = in + off[t];
+    Reg x[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) x[v] = V::load(src + v * L);
+#pragma GCC unroll 8
+    for (int j = 0; j < R; ++j) {
+      const Reg b = V::set1(w[j * ldw + t]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[j][v] = V::fma(b, x[v], acc[j][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < R; ++j) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      V::store(out + j * ldo + v * L, relu ? V::relu(acc[j][v]) : acc[j][v]);
+    }
+  }
+}
+
+// Vectors per block for R rows: 6x2 and 5x2 run at ~95% of the FMA peak (measured); fewer
+// rows take more vectors, up to the registers, in steps that keep a count that is a multiple of
+// kCountAlign free of one-vector tails.
+template <int R>
+constexpr int vectors_for_rows() {
+  return R >= 4 ? 2 : 4;
+}
+
+template <class V, int R>
+void tap_rows(const typename V::Scalar* in, const int64_t* off, int64_t taps,
+              const typename V::Scalar* w, int64_t ldw, const typename V::Scalar* bias,
+              bool accumulate, bool relu, typename V::Scalar* out, int64_t ldo, int64_t count) {
+  constexpr int NV = vectors_for_rows<R>();
+  constexpr int64_t step = NV * V::kWidth;
+  int64_t q = 0;
+  for (; q + step <= count; q += step) {
+    tap_block<V, R, NV>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
+  }
+  for (; q + 2 * V::kWidth <= count; q += 2 * V::kWidth) {
+    tap_block<V, R, 2>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
+  }
+  for (; q < count; q += V::kWidth) {
+    tap_block<V, R, 1>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
+  }
+}
+
+template <class V>
+void tap_conv(const typename V::Scalar* in, const int64_t* off, int64_t taps,
+              const typename V::Scalar* w, int64_t ldw, int rows,
+              const typename V::Scalar* bias, bool accumulate, bool relu,
+              typename V::Scalar* out, int64_t ldo, int64_t count) {
+#define TRP_FCONV_ROWS(R) \
+  return tap_rows<V, R>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, count)
+  switch (rows) {
+    case 1: TRP_FCONV_ROWS(1);
+    case 2: TRP_FCONV_ROWS(2);
+    case 3: TRP_FCONV_ROWS(3);
+    case 4: TRP_FCONV_ROWS(4);
+    case 5: TRP_FCONV_ROWS(5);
+    case 6: TRP_FCONV_ROWS(6);
+    default: return;  // the driver asks for 1..kMaxRows rows only
+  }
+#undef TRP_FCONV_ROWS
+}
+
+// ---------------------------------------------------------------------------- layout
+// Rows are short (7 to 60 values), so these avoid library calls and scalar loops: a run of n >=
+// kWidth values ends with one vector that overlaps the previous one, a shorter run is one
+// partial (masked) vector. They never write outside [dst, dst + n).
+template <class V>
+inline void copy_run(const typename V::Scalar* src, typename V::Scalar* dst, int64_t n) {
+  constexpr int L = V::kWidth;
+  if (n < L) {
+    if (n > 0) V::store_partial(dst, V::load_partial(src, n), n);
+    return;
+  }
+  int64_t k = 0;
+  for (; k + L <= n; k += L) V::store(dst + k, V::load(src + k));
+  if (k < n) V::store(dst + n - L, V::load(src + n - L));
+}
+
+// For build_planes: a run shorter than a vector is written as a whole vector whose extra lanes
+// are zeros. They land in the row's right padding, the next row (padding, or data written
+// later, as rows are filled in order) or the plane's gap: never on data already written.
+template <class V>
+inline void copy_run_spilling_zeros(const typename V::Scalar* src, typename V::Scalar* dst,
+                                    int64_t n) {
+  if (n < V::kWidth) {
+    if (n > 0) V::store(dst, V::load_partial(src, n));
+    return;
+  }
+  copy_run<V>(src, dst, n);
+}
+
+template <class V>
+inline void zero_run_spilling_zeros(typename V::Scalar* dst, int64_t n) {
+  for (int64_t k = 0; k < n; k += V::kWidth) V::store(dst + k, V::zero());
+}
+
+// Plane columns [first, end) of phase b hold source columns cc * sw + b - pw in [0, width);
+// the other columns are padding.
+inline int64_t phase_first(const PlaneSpec& s, int64_t b) {
+  const int64_t need = s.pw - b;  // cc * sw >= pw - b
+  const int64_t first = need <= 0 ? 0 : (need + s.sw - 1) / s.sw;
+  return first < s.wq ? first : s.wq;
+}
+inline int64_t phase_end(const PlaneSpec& s, int64_t b, int64_t width) {
+  const int64_t last = width - 1 + s.pw - b;  // cc * sw <= width - 1 + pw - b
+  const int64_t end = last < 0 ? 0 : (last / s.sw + 1 < s.wq ? last / s.sw + 1 : s.wq);
+  const int64_t first = phase_first(s, b);
+  return end > first ? end : first;
+}
+
+// Fills the data columns of the planes of `s` (see BuildPlanesFn). Padding columns are only
+// ever written with zeros (short runs spill zeros forward, see copy_run_spilling_zeros): the
+// caller zeroes the buffer once per call, and as every band has the same layout they stay
+// zero. Rows outside the source are data columns set to zero. Each plane's rows are filled in
+// order, and every phase row of a source row before the next source row.
+template <class V>
+void build_planes(const typename V::Scalar* src, int64_t sc, int64_t sy, int64_t sx,
+                  int64_t height, int64_t width, const PlaneSpec& s, int64_t row0,
+                  typename V::Scalar* dst) {
+  using T = typename V::Scalar;
+  constexpr int L = V::kWidth;
+  const int64_t plane = s.plane_size();
+  for (int64_t b = 0; b < s.sw; ++b) {
+    // Per phase, so the column range costs two divisions per call, not per row.
+    const int64_t first = phase_first(s, b);
+    const int64_t end = phase_end(s, b, width);
+    const int64_t n = end - first;
+    // Stride 2 from contiguous rows: both phases in one pass (below, at b == 0).
+    const bool pair = s.sw == 2 && sx == 1;
+    if (pair && b == 1) continue;
+    const int64_t first1 = pair ? phase_first(s, 1) : 0;
+    const int64_t end1 = pair ? phase_end(s, 1, width) : 0;
+    if (n == 0 && end1 == first1) continue;
+    for (int64_t i = 0; i < s.channels; ++i) {
+      // Row phase innermost, so that the source rows are read in order (prefetch-friendly).
+      for (int64_t rr = 0; rr < s.hb; ++rr) {
+        for (int64_t a = 0; a < s.sh; ++a) {
+          T* row = dst + ((i * s.sh + a) * s.sw + b) * plane + rr * s.wq;
+          const int64_t y = (row0 + rr) * s.sh + a - s.ph;
+          if (y < 0 || y >= height) {
+            zero_run_spilling_zeros<V>(row + first, n);
+            if (pair) zero_run_spilling_zeros<V>(row + plane + first1, end1 - first1);
+            continue;
+          }
+          const T* line = src + i * sc + y * sy;
+          if (s.sw == 1 && sx == 1) {
+            copy_run_spilling_zeros<V>(line + first - s.pw, row + first, n);
+          } else if (pair) {
+            // 2 * L source values per step, split into even (phase 0) and odd (phase 1)
+            // columns, over [lo, hi) where both phases hold data (a row shorter than 2 * L values
+            // in one partial step); the
+            // column or two left over one at a time.
+            T* odd = row + plane;
+            const int64_t lo = first > first1 ? first : first1;
+            const int64_t hi = end < end1 ? end : end1;
+            for (int64_t cc = lo; cc < hi; cc += L) {
+              typename V::Reg e, o;
+              if (hi - lo >= L) {
+                cc = cc + L > hi ? hi - L : cc;  // the last step overlaps the one before
+                const T* p = line + 2 * cc - s.pw;
+                V::deinterleave(V::load(p), V::load(p + L), &e, &o);
+                V::store(row + cc, e);
+                V::store(odd + cc, o);
+              } else {
+                const T* p = line + 2 * cc - s.pw;
+                const int64_t m = hi - cc;  // < L pairs
+                const typename V::Reg head = 2 * m >= L ? V::load(p) : V::load_partial(p, 2 * m);
+                const typename V::Reg tail =
+                    2 * m > L ? V::load_partial(p + L, 2 * m - L) : V::zero();
+                V::deinterleave(head, tail, &e, &o);  // lanes from m on are zeros
+                V::store(row + cc, e);
+                V::store(odd + cc, o);
+              }
+            }
+            const int64_t done = hi > lo ? hi : lo;  // [lo, done) is written in both phases
+            for (int64_t c = first; c < end; ++c) {
+              if (c == lo) c = done;  // skip [lo, done)
+              if (c < end) row[c] = line[2 * c - s.pw];
+            }
+            for (int64_t c = first1; c < end1; ++c) {
+              if (c == lo) c = done;
+              if (c < end1) odd[c] = line[2 * c + 1 - s.pw];
+            }
+          } else {
+            for (int64_t cc = first; cc < end; ++cc) row[cc] = line[(cc * s.sw + b - s.pw) * sx];
+          }
+        }
+      }
+    }
+  }
+}
+
+template <class V>
+void copy_rows(const typename V::Scalar* src, int64_t src_row, int64_t rows, int64_t cols,
+               typename V::Scalar* dst, int64_t dst_row, int64_t dst_col) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const typename V::Scalar* s = src + r * src_row;
+    typename V::Scalar* d = dst + r * dst_row;
+    if (dst_col == 1) {
+      copy_run<V>(s, d, cols);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) d[c * dst_col] = s[c];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fconv_cpu
+}  // namespace trp_ext

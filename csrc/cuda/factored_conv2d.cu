@@ -1,0 +1,232 @@
+// CUDA entry of factored_conv2d: checks, picks the tiles, launches the fused kernel
+// (factored_conv2d_kernel.cuh) on the current stream, or runs the unfused composition where the
+// fused kernel does not apply: float64, a rank above kMaxRank, tiles that do not fit the GPU's
+// shared memory, or GPUs without the tensor cores for the dtype.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <vector>
+
+#include "common/factored_conv2d_checks.h"
+#include "cuda/factored_conv2d_kernel.cuh"
+
+namespace trp_ext {
+namespace {
+
+using fconv_cuda::FconvArgs;
+using fconv_cuda::kBK;
+using fconv_cuda::kBM;
+using fconv_cuda::kBN;
+using fconv_cuda::kMaxMidRows;
+using fconv_cuda::kMaxRank;
+using fconv_cuda::Layout;
+
+bool cuda_dtype_ok(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The composition of two library convs, for what the fused kernel does not cover.
+at::Tensor unfused(const FconvGeometry& g, const at::Tensor& x, const at::Tensor& w1,
+                   const at::Tensor& w2, const std::optional<at::Tensor>& bias) {
+  using Pair = std::vector<int64_t>;
+  const std::optional<at::Tensor> none;
+  at::Tensor mid, out;
+  if (g.spatial) {
+    mid = at::conv2d(x, w1, none, Pair{g.sh, 1}, Pair{g.ph, 0}, Pair{g.dh, 1});
+    out = at::conv2d(mid, w2, bias, Pair{1, g.sw}, Pair{0, g.pw}, Pair{1, g.dw});
+  } else {
+    mid = at::conv2d(x, w1, none, Pair{g.sh, g.sw}, Pair{g.ph, g.pw}, Pair{g.dh, g.dw});
+    out = at::conv2d(mid, w2, bias, Pair{1, 1}, Pair{0, 0}, Pair{1, 1});
+  }
+  if (g.relu) out.relu_();
+  return out.contiguous(x.suggest_memory_format());  // the fused kernel's (and fake's) format
+}
+
+// The rank rounded up to a compiled tile width, or 0 past kMaxRank.
+int tile_rank(int64_t r) {
+  for (int rp : {16, 32, 64, 128}) {
+    if (r <= rp) return rp;
+  }
+  return 0;
+}
+
+// Spatial scheme: the output tile (at most kBM pixels) that minimises the tensor-core work,
+// counting the halo of the intermediate (stage 1) and the padding of both GEMMs. Returns false
+// when no tile fits the shared memory.
+template <typename T, int RP>
+bool choose_spatial_tile(FconvArgs& a, size_t smem_limit) {
+  double best = std::numeric_limits<double>::infinity();
+  for (int tw = 1; tw <= std::min(a.Wo, kBM); ++tw) {
+    for (int th = std::min(a.Ho, kBM / tw); th >= 1; --th) {
+      const int wi = (tw - 1) * a.sw2 + (a.kw2 - 1) * a.dw2 + 1;
+      const int m1p = static_cast<int>(ceil_div(static_cast<int64_t>(th) * wi, kBM) * kBM);
+      if (m1p > kMaxMidRows || Layout<T, RP>::bytes(m1p, true) > smem_limit) continue;
+      const double blocks = static_cast<double>(a.N) * ceil_div(a.Ho, th) * ceil_div(a.Wo, tw);
+      const double cost = blocks * (static_cast<double>(m1p) * a.K1p * RP +
+                                    static_cast<double>(kBM) * a.kw2 * RP * a.n_chunks * kBN);
+      if (cost < best) {
+        best = cost;
+        a.tile_h = th;
+        a.tile_w = tw;
+        a.tile_wi = wi;
+        a.m1 = th * wi;
+        a.m1p = m1p;
+      }
+      break;  // the tallest tile that fits is the cheapest for this width
+    }
+  }
+  if (best == std::numeric_limits<double>::infinity()) return false;
+  a.tiles_h = static_cast<int>(ceil_div(a.Ho, a.tile_h));
+  a.tiles_w = static_cast<int>(ceil_div(a.Wo, a.tile_w));
+  return true;
+}
+
+template <typename T, int RP>
+bool launch(FconvArgs a, bool spatial, const cudaDeviceProp& props, cudaStream_t stream) {
+  const size_t smem_limit = props.sharedMemPerBlockOptin;
+  int64_t blocks;
+  if (spatial) {
+    if (!choose_spatial_tile<T, RP>(a, smem_limit)) return false;
+    blocks = static_cast<int64_t>(a.N) * a.tiles_h * a.tiles_w;
+  } else {
+    a.m1p = kBM;
+    blocks = ceil_div(a.pixels, kBM);
+  }
+  const size_t smem = Layout<T, RP>::bytes(a.m1p, spatial);
+  if (smem > smem_limit || blocks > std::numeric_limits<int>::max()) return false;
+  // Split the output channels over blockIdx.y when the pixel blocks alone leave SMs idle.
+  const int64_t want = 2 * static_cast<int64_t>(props.multiProcessorCount);
+  a.n_split = static_cast<int>(std::clamp<int64_t>(ceil_div(want, blocks), 1, a.n_chunks));
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(a.n_split));
+  auto kernel = spatial ? fconv_cuda::factored_conv2d_kernel<T, RP, true>
+                        : fconv_cuda::factored_conv2d_kernel<T, RP, false>;
+  if (smem > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+  }
+  kernel<<<grid, fconv_cuda::kThreads, smem, stream>>>(a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+template <typename T>
+bool launch_for_rank(const FconvArgs& a, bool spatial, const cudaDeviceProp& props,
+                     cudaStream_t stream) {
+  switch (tile_rank(a.r)) {
+    case 16: return launch<T, 16>(a, spatial, props, stream);
+    case 32: return launch<T, 32>(a, spatial, props, stream);
+    case 64: return launch<T, 64>(a, spatial, props, stream);
+    case 128: return launch<T, 128>(a, spatial, props, stream);
+    default: return false;
+  }
+}
+
+FconvArgs make_args(const FconvGeometry& g, const at::Tensor& x, const at::Tensor& w1,
+                    const at::Tensor& w2, const std::optional<at::Tensor>& bias,
+                    const at::Tensor& out) {
+  FconvArgs a{};
+  a.x = x.const_data_ptr();
+  a.w1 = w1.const_data_ptr();
+  a.w2 = w2.const_data_ptr();
+  a.bias = bias.has_value() ? bias->const_data_ptr() : nullptr;
+  a.out = out.data_ptr();
+  for (int d = 0; d < 4; ++d) {
+    a.xs[d] = x.stride(d);
+    a.os[d] = out.stride(d);
+    a.w1s[d] = w1.stride(d);
+    a.w2s[d] = w2.stride(d);
+  }
+  a.bs = bias.has_value() ? bias->stride(0) : 0;
+  a.N = static_cast<int>(g.batch);
+  a.C = static_cast<int>(g.in_channels);
+  a.H = static_cast<int>(g.height);
+  a.W = static_cast<int>(g.width);
+  a.r = static_cast<int>(g.rank);
+  a.n = static_cast<int>(g.out_channels);
+  a.Ho = static_cast<int>(g.out_h);
+  a.Wo = static_cast<int>(g.out_w);
+  a.kh = static_cast<int>(g.kh);
+  a.sh = static_cast<int>(g.sh);
+  a.ph = static_cast<int>(g.ph);
+  a.dh = static_cast<int>(g.dh);
+  if (g.spatial) {
+    a.kw1 = 1, a.sw1 = 1, a.pw1 = 0, a.dw1 = 1;
+    a.kw2 = static_cast<int>(g.kw), a.sw2 = static_cast<int>(g.sw);
+    a.pw2 = static_cast<int>(g.pw), a.dw2 = static_cast<int>(g.dw);
+  } else {
+    a.kw1 = static_cast<int>(g.kw), a.sw1 = static_cast<int>(g.sw);
+    a.pw1 = static_cast<int>(g.pw), a.dw1 = static_cast<int>(g.dw);
+    a.kw2 = 1, a.sw2 = 1, a.pw2 = 0, a.dw2 = 1;
+  }
+  a.K1 = a.C * a.kh * a.kw1;
+  a.K1p = static_cast<int>(ceil_div(a.K1, kBK) * kBK);
+  a.pixels = a.N * a.Ho * a.Wo;
+  a.n_chunks = static_cast<int>(ceil_div(a.n, kBN));
+  a.relu = g.relu;
+  a.cl_in = x.stride(1) == 1 && a.C > 1;
+  a.cl_out = out.stride(1) == 1 && a.n > 1;
+  const int64_t vec = 16 / static_cast<int64_t>(x.element_size());
+  a.vec_in = a.cl_in && a.C % vec == 0 && x.stride(0) % vec == 0 && x.stride(2) % vec == 0 &&
+             x.stride(3) % vec == 0 && reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 == 0;
+  return a;
+}
+
+// Elements between a tensor's first and last (its strides may hold gaps, e.g. a slice).
+int64_t span(const at::Tensor& t) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  return last + 1;
+}
+
+// The fused kernel indexes pixels, reduction indices and image offsets with 32-bit ints.
+bool fits_int32(const FconvGeometry& g) {
+  constexpr int64_t kLimit = std::numeric_limits<int>::max() - 2 * kBM;
+  const int64_t k1 = g.in_channels * g.kh * (g.spatial ? 1 : g.kw);
+  return g.batch * g.out_h * g.out_w < kLimit && k1 < kLimit && g.height < kLimit &&
+         g.width < kLimit && g.rank * k1 < kLimit && g.out_channels * g.rank * g.kw < kLimit;
+}
+
+}  // namespace
+
+at::Tensor factored_conv2d_cuda(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation,
+                                c10::string_view scheme,
+                                std::optional<c10::string_view> activation) {
+  const FconvGeometry g = check_factored_conv2d_args(
+      x, w1, w2, bias, stride, padding, dilation, scheme, activation, &cuda_dtype_ok,
+      "float32, float16, bfloat16 or float64");
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  at::Tensor out = empty_factored_conv2d_output(x, g);
+  if (out.numel() == 0) return out;
+
+  const cudaDeviceProp& props = *at::cuda::getCurrentDeviceProperties();
+  const at::ScalarType dtype = x.scalar_type();
+  const bool kernel_runs_dtype = dtype == at::kFloat || (dtype == at::kHalf && props.major >= 7) ||
+                                (dtype == at::kBFloat16 && props.major >= 8);
+  if (dtype != at::kDouble && kernel_runs_dtype && tile_rank(g.rank) != 0 && fits_int32(g)) {
+    // The kernel reads the weights through their strides (a channels_last model's weights are
+    // not copied each call); only w1 offsets beyond 32 bits need a compact copy.
+    const at::Tensor w1c = span(w1) < std::numeric_limits<int>::max() ? w1 : w1.contiguous();
+    const FconvArgs a = make_args(g, x, w1c, w2, bias, out);
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    bool launched = false;
+    if (dtype == at::kFloat) {
+      launched = launch_for_rank<float>(a, g.spatial, props, stream);
+    } else if (dtype == at::kHalf) {
+      launched = launch_for_rank<__half>(a, g.spatial, props, stream);
+    } else {
+      launched = launch_for_rank<__nv_bfloat16>(a, g.spatial, props, stream);
+    }
+    if (launched) return out;
+  }
+  return unfused(g, x, w1, w2, bias);
+}
+
+TORCH_LIBRARY_IMPL(trp_ext, CUDA, m) { m.impl("factored_conv2d", &factored_conv2d_cuda); }
+
+}  // namespace trp_ext

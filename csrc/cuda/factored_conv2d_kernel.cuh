@@ -1,0 +1,249 @@
+// The fused factored_conv2d CUDA kernel: a back-to-back implicit GEMM whose intermediate never
+// leaves shared memory.
+//
+// A block owns kBM output pixels (channel scheme: kBM consecutive pixels of the flattened
+// (N, Ho, Wo); spatial scheme: a tile_h x tile_w tile of one image) and all n output channels.
+//   Stage 1: mid (m1p x RP) = im2col(x) (m1p x K1) * w1^T (K1 x RP), in passes of kBM rows and
+//            chunks of kBK reduction indices: the block gathers the A chunk from x (zero
+//            padding by bounds checks) and the B chunk from w1 into shared memory, and each warp
+//            multiplies its 16 rows. The result goes to shared memory, rounded to T as the
+//            unfused composition rounds its intermediate.
+//            Channel: mid row m is output pixel m. Spatial: mid rows are the tile's rows of
+//            the kh x 1 conv over the columns the 1 x kw conv reads (the halo), zero outside
+//            the image, which is the second conv's zero padding.
+//   Stage 2: out (kBM x n) = A2 (kBM x kw2 * RP) * w2^T, kBN channels at a time, then bias,
+//            ReLU and the store. Channel: A2 is mid itself. Spatial: for each kx, A2 is
+//            gathered from mid's rows (th, tw * sw2 + kx * dw2).
+// blockIdx.y splits the stage-2 channel chunks when there are too few pixel blocks to fill the
+// GPU (each such block recomputes stage 1, which is cheap next to an idle GPU).
+#pragma once
+
+#include "cuda/factored_conv2d_layout.cuh"
+#include "cuda/factored_conv2d_tile.cuh"
+
+namespace trp_ext {
+namespace fconv_cuda {
+
+// Stage-1 reduction index k -> (input channel, dy, dx, offset in a w1 row), or channel -1 past
+// K1 (the host keeps w1's offsets within 32 bits). Order (ci, ky, kx) follows w1's layout, so NCHW gathers run along pixels; order
+// (ky, kx, ci) makes channels_last gathers run along channels.
+__device__ __forceinline__ int4 decode_k(const FconvArgs& a, int k) {
+  if (k >= a.K1) return make_int4(-1, 0, 0, 0);
+  int ci, ky, kx;
+  if (a.cl_in) {
+    const int tap = k / a.C;
+    ci = k - tap * a.C;
+    ky = tap / a.kw1;
+    kx = tap - ky * a.kw1;
+  } else {
+    ci = k / (a.kh * a.kw1);
+    const int tap = k - ci * a.kh * a.kw1;
+    ky = tap / a.kw1;
+    kx = tap - ky * a.kw1;
+  }
+  const long long w_offset = ci * a.w1s[1] + ky * a.w1s[2] + kx * a.w1s[3];
+  return make_int4(ci, ky * a.dh, kx * a.dw1, static_cast<int>(w_offset));
+}
+
+// Where stage-1 row `row` of this block reads x (see RowInfo).
+template <bool kSpatial>
+__device__ __forceinline__ RowInfo stage1_row(const FconvArgs& a, int row, int p0, int img,
+                                              int oh0, int ow0) {
+  RowInfo info{kInvalidRow, 0, 0};
+  if (kSpatial) {
+    if (row >= a.m1) return info;
+    const int th = row / a.tile_wi;
+    const int oh = oh0 + th;
+    if (oh >= a.Ho) return info;
+    info.y0 = oh * a.sh - a.ph;
+    info.x0 = ow0 * a.sw2 - a.pw2 + (row - th * a.tile_wi);  // the intermediate's column
+    info.base = img * a.xs[0];
+  } else {
+    const int p = p0 + row;
+    if (p >= a.pixels) return info;
+    const int hw = a.Ho * a.Wo;
+    const int n = p / hw;
+    const int oh = (p - n * hw) / a.Wo;
+    const int ow = p - n * hw - oh * a.Wo;
+    info.y0 = oh * a.sh - a.ph;
+    info.x0 = ow * a.sw1 - a.pw1;
+    info.base = n * a.xs[0];
+  }
+  return info;
+}
+
+// Where output pixel `row` of this block goes (offset without the channel), or -1.
+template <bool kSpatial>
+__device__ __forceinline__ long long output_offset(const FconvArgs& a, int row, int p0, int img,
+                                                   int oh0, int ow0) {
+  int n, oh, ow;
+  if (kSpatial) {
+    if (row >= a.tile_h * a.tile_w) return -1;
+    n = img;
+    oh = oh0 + row / a.tile_w;
+    ow = ow0 + row % a.tile_w;
+    if (oh >= a.Ho || ow >= a.Wo) return -1;
+  } else {
+    const int p = p0 + row;
+    if (p >= a.pixels) return -1;
+    const int hw = a.Ho * a.Wo;
+    n = p / hw;
+    oh = (p - n * hw) / a.Wo;
+    ow = p - n * hw - oh * a.Wo;
+  }
+  return n * a.os[0] + oh * a.os[2] + ow * a.os[3];
+}
+
+template <typename T, int RP, bool kSpatial>
+__global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvArgs a) {
+  using L = Layout<T, RP>;
+  using Tile1 = typename WarpTileFor<T, RP>::type;
+  using Tile2 = typename WarpTileFor<T, kBN>::type;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* mid = reinterpret_cast<T*>(smem);
+  unsigned char* work = smem + L::mid_bytes(a.m1p);
+  T* As = reinterpret_cast<T*>(work);  // stage 1
+  T* Bs = As + kBM * L::ld_a;
+  T* B2s = reinterpret_cast<T*>(work);  // stage 2, over stage 1's buffers
+  T* A2s = B2s + RP * L::ld_b2;         // spatial only
+  unsigned char* tail = work + L::work_bytes(kSpatial);
+  float* staging = reinterpret_cast<float*>(tail) + (threadIdx.x / 32) * 256;
+  RowInfo* rows = reinterpret_cast<RowInfo*>(tail + L::staging_bytes);
+  long long* out_offsets = reinterpret_cast<long long*>(rows + kBM);
+  int4* ktab = reinterpret_cast<int4*>(out_offsets + kBM);
+
+  const int tid = threadIdx.x;
+  const int warp_row = (tid / 32) * 16;  // the warp's first row in a pass
+  const T* x = static_cast<const T*>(a.x);
+  const T* w1 = static_cast<const T*>(a.w1);
+  const T* w2 = static_cast<const T*>(a.w2);
+  const T* bias = static_cast<const T*>(a.bias);
+  T* out = static_cast<T*>(a.out);
+
+  int p0 = 0, img = 0, oh0 = 0, ow0 = 0;
+  if (kSpatial) {
+    const int tw_index = blockIdx.x % a.tiles_w;
+    const int rest = blockIdx.x / a.tiles_w;
+    img = rest / a.tiles_h;
+    oh0 = (rest % a.tiles_h) * a.tile_h;
+    ow0 = tw_index * a.tile_w;
+  } else {
+    p0 = blockIdx.x * kBM;
+  }
+
+  // ---- Stage 1: the intermediate, into shared memory.
+  for (int pass = 0; pass * kBM < a.m1p; ++pass) {
+    // Nobody reads `rows` after the previous pass's last chunk barrier, so it is free here.
+    if (tid < kBM) rows[tid] = stage1_row<kSpatial>(a, pass * kBM + tid, p0, img, oh0, ow0);
+    Tile1 acc;
+    acc.zero();
+    for (int k0 = 0; k0 < a.K1p; k0 += kBK) {
+      if (tid < kBK) ktab[tid] = decode_k(a, k0 + tid);
+      __syncthreads();  // tables written; every warp done with the previous chunk's tiles
+      // A chunk: kBM x kBK gathered from x. NCHW: consecutive threads take consecutive rows
+      // (pixels); channels_last: consecutive reduction indices (channels), 16 bytes at a time
+      // when the host found the channels aligned for it (a group of kVec reduction indices is
+      // then kVec channels of one tap: c is a multiple of kVec).
+      if (a.vec_in) {
+        constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+        constexpr int kGroups = kBK / kVec;
+        for (int e = tid; e < kBM * kGroups; e += kThreads) {
+          const int m = e / kGroups;
+          const int group = e - m * kGroups;
+          const int4 kt = ktab[group * kVec];
+          const RowInfo info = rows[m];
+          const int y = info.y0 + kt.y;
+          const int xc = info.x0 + kt.z;
+          uint4 v = make_uint4(0, 0, 0, 0);
+          if (kt.x >= 0 && y >= 0 && y < a.H && xc >= 0 && xc < a.W) {
+            v = *reinterpret_cast<const uint4*>(x + info.base + kt.x + y * a.xs[2] + xc * a.xs[3]);
+          }
+          *reinterpret_cast<uint4*>(As + m * L::ld_a + group * kVec) = v;
+        }
+      } else {
+#pragma unroll 4
+        for (int i = 0; i < kBM * kBK / kThreads; ++i) {
+          const int e = tid + i * kThreads;
+          const int m = a.cl_in ? e / kBK : e % kBM;
+          const int kl = a.cl_in ? e % kBK : e / kBM;
+          const int4 kt = ktab[kl];
+          const RowInfo info = rows[m];
+          const int y = info.y0 + kt.y;
+          const int xc = info.x0 + kt.z;
+          T v = from_float<T>(0.0f);
+          if (kt.x >= 0 && y >= 0 && y < a.H && xc >= 0 && xc < a.W) {
+            v = x[info.base + kt.x * a.xs[1] + y * a.xs[2] + xc * a.xs[3]];
+          }
+          As[m * L::ld_a + kl] = v;
+        }
+      }
+      // B chunk: kBK x RP from w1, consecutive threads along the reduction index.
+#pragma unroll 4
+      for (int i = 0; i < kBK * RP / kThreads; ++i) {
+        const int e = tid + i * kThreads;
+        const int kl = e % kBK;
+        const int j = e / kBK;
+        const int4 kt = ktab[kl];
+        Bs[kl * L::ld_b1 + j] =
+            kt.x >= 0 && j < a.r ? w1[j * a.w1s[0] + kt.w] : from_float<T>(0.0f);
+      }
+      __syncthreads();
+      acc.mma(As + warp_row * L::ld_a, L::ld_a, Bs, L::ld_b1, kBK);
+    }
+    T* dst = mid + (pass * kBM + warp_row) * L::ld_mid;
+    acc.for_each(staging, false, [&](int row, int col, float v) {
+      dst[row * L::ld_mid + col] = from_float<T>(v);
+    });
+  }
+  if (tid < kBM) out_offsets[tid] = output_offset<kSpatial>(a, tid, p0, img, oh0, ow0);
+
+  // ---- Stage 2: out = A2 * w2^T + bias, ReLU; kBN output channels at a time.
+  const int kw2 = kSpatial ? a.kw2 : 1;
+  for (int chunk = blockIdx.y; chunk < a.n_chunks; chunk += a.n_split) {
+    const int o0 = chunk * kBN;
+    Tile2 acc;
+    acc.zero();
+    for (int kx = 0; kx < kw2; ++kx) {
+      __syncthreads();  // mid and the tables complete; the previous users of B2s/A2s done
+      // B: RP x kBN from w2 (o, j, kx), consecutive threads along j.
+#pragma unroll 4
+      for (int i = 0; i < RP * kBN / kThreads; ++i) {
+        const int e = tid + i * kThreads;
+        const int j = e % RP;
+        const int o = o0 + e / RP;
+        B2s[j * L::ld_b2 + (e / RP)] =
+            j < a.r && o < a.n ? w2[o * a.w2s[0] + j * a.w2s[1] + kx * a.w2s[3]]
+                               : from_float<T>(0.0f);
+      }
+      if (kSpatial) {
+        // A2 row p = mid row (th, tw * sw2 + kx * dw2), copied 16 bytes at a time.
+        constexpr int kVecs = RP * static_cast<int>(sizeof(T)) / 16;
+        for (int e = tid; e < kBM * kVecs; e += kThreads) {
+          const int p = e / kVecs;
+          const int q = e - p * kVecs;
+          uint4 v = make_uint4(0, 0, 0, 0);
+          if (p < a.tile_h * a.tile_w) {
+            const int th = p / a.tile_w;
+            const int src = th * a.tile_wi + (p - th * a.tile_w) * a.sw2 + kx * a.dw2;
+            v = reinterpret_cast<const uint4*>(mid + src * L::ld_mid)[q];
+          }
+          reinterpret_cast<uint4*>(A2s + p * L::ld_mid)[q] = v;
+        }
+      }
+      __syncthreads();
+      const T* A2 = kSpatial ? A2s : mid;
+      acc.mma(A2 + warp_row * L::ld_mid, L::ld_mid, B2s, L::ld_b2, RP);
+    }
+    acc.for_each(staging, !a.cl_out, [&](int row, int col, float v) {
+      const long long offset = out_offsets[warp_row + row];
+      const int o = o0 + col;
+      if (offset < 0 || o >= a.n) return;
+      if (bias != nullptr) v += to_float(bias[o * a.bs]);
+      if (a.relu) v = v < 0.0f ? 0.0f : v;  // NaN stays NaN, as in torch.relu
+      out[offset + o * a.os[1]] = from_float<T>(v);
+    });
+  }
+}
+
+}  // namespace fconv_cuda
+}  // namespace trp_ext

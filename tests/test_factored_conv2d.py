@@ -1,0 +1,368 @@
+"""factored_conv2d against the reference composition, opcheck, gradcheck, and bad input."""
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import trp_ext
+from trp_ext import _reference as ref
+from trp_ext import ops
+
+KERNELS = [(3, 3), (3, 1), (1, 3), (5, 3), (2, 4)]
+STRIDES = [1, 2, (2, 1)]
+PADDINGS = [0, 1, 2, (0, 2)]
+DILATIONS = [1, 2, (1, 2)]
+GEOMETRY = list(itertools.product(KERNELS, STRIDES, PADDINGS, DILATIONS))
+
+
+def _factors(scheme, n, c, r, kernel, dtype=torch.float64, device="cpu", seed=0):
+    """Random factors with the scheme's shapes, scaled so every output is O(1)."""
+    gen = torch.Generator().manual_seed(seed)
+    kh, kw = kernel
+    if scheme == "channel":
+        w1 = torch.randn(r, c, kh, kw, generator=gen, dtype=torch.float64) / (c * kh * kw) ** 0.5
+        w2 = torch.randn(n, r, 1, 1, generator=gen, dtype=torch.float64) / r ** 0.5
+    else:
+        w1 = torch.randn(r, c, kh, 1, generator=gen, dtype=torch.float64) / (c * kh) ** 0.5
+        w2 = torch.randn(n, r, 1, kw, generator=gen, dtype=torch.float64) / (r * kw) ** 0.5
+    bias = torch.randn(n, generator=gen, dtype=torch.float64)
+    return [t.to(dtype=dtype, device=device) for t in (w1, w2, bias)]
+
+
+def _input(shape, dtype=torch.float64, device="cpu", seed=1):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return x.to(dtype=dtype, device=device)
+
+
+def _expected(x, w1, w2, bias, stride, padding, dilation, scheme, activation):
+    """The reference composition in float64 on the CPU."""
+    cpu64 = [t.detach().cpu().double() if t is not None else None for t in (x, w1, w2, bias)]
+    return ref.factored_conv2d(*cpu64, stride, padding, dilation, scheme, activation)
+
+
+def _check(got, x, w1, w2, bias, stride, padding, dilation, scheme, activation, tol):
+    expected = _expected(x, w1, w2, bias, stride, padding, dilation, scheme, activation)
+    assert got.shape == expected.shape and got.dtype == x.dtype and got.device == x.device
+    torch.testing.assert_close(got.cpu().double(), expected, rtol=tol, atol=tol)
+
+
+# ----------------------------------------------------------------------------- reference
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("kernel,stride,padding,dilation", GEOMETRY)
+def test_geometry_matches_reference(scheme, kernel, stride, padding, dilation):
+    """Every stride/padding/dilation/kernel combination, odd H and W, float64 on the CPU."""
+    x = _input((2, 3, 11, 9))
+    w1, w2, bias = _factors(scheme, 5, 3, 4, kernel)
+    index = GEOMETRY.index((kernel, stride, padding, dilation))
+    use_bias, activation = index % 2 == 0, "relu" if index % 3 == 0 else None
+    b = bias if use_bias else None
+    got = ops.factored_conv2d(x, w1, w2, b, stride, padding, dilation, scheme, activation)
+    _check(got, x, w1, w2, b, stride, padding, dilation, scheme, activation, tol=1e-12)
+
+
+# (c, r, n): r = 1; r > c; n != c; ranks and channel counts that split into uneven register
+# blocks; the CIFAR shape.
+CHANNELS = [(3, 1, 5), (2, 7, 3), (16, 6, 16), (8, 13, 24), (5, 12, 1)]
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("c,r,n", CHANNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_channels_match_reference(device, scheme, c, r, n, dtype, activation):
+    x = _input((3, c, 13, 10), dtype, device)
+    w1, w2, bias = _factors(scheme, n, c, r, (3, 3), dtype, device)
+    got = ops.factored_conv2d(x, w1, w2, bias, (2, 1), 1, 1, scheme, activation)
+    _check(got, x, w1, w2, bias, (2, 1), 1, 1, scheme, activation, tol=1e-12 if dtype == torch.float64 else 2e-5)
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("batch,size", [(1, (32, 32)), (1, (7, 7)), (64, (9, 15)), (2, (131, 9))])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_batch_sizes(device, scheme, batch, size, stride):
+    x = _input((batch, 16, *size), torch.float32, device)
+    w1, w2, bias = _factors(scheme, 16, 16, 6, (3, 3), torch.float32, device)
+    got = ops.factored_conv2d(x, w1, w2, bias, stride, 1, 1, scheme, "relu")
+    _check(got, x, w1, w2, bias, stride, 1, 1, scheme, "relu", tol=2e-5)
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_many_input_channels(device, scheme, dtype):
+    """Enough channels that the CPU kernel splits its first conv into channel groups."""
+    x = _input((2, 300, 14, 13), dtype, device)
+    w1, w2, bias = _factors(scheme, 9, 300, 7, (3, 3), dtype, device)
+    got = ops.factored_conv2d(x, w1, w2, bias, 2, 1, 1, scheme, "relu")
+    _check(got, x, w1, w2, bias, 2, 1, 1, scheme, "relu", tol=1e-12 if dtype == torch.float64 else 2e-5)
+
+
+def _layouts(device):
+    base = _input((4, 6, 11, 13), torch.float32, device)
+    return {
+        "contiguous": base,
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "sliced": _input((4, 6, 11, 26), torch.float32, device)[..., ::2],
+        "permuted": base.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2),
+        "channels_last_sliced": _input((4, 12, 11, 13), torch.float32, device)
+        .contiguous(memory_format=torch.channels_last)[:, ::2],
+    }
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted", "channels_last_sliced"])
+def test_memory_layouts(device, scheme, layout):
+    x = _layouts(device)[layout]
+    w1, w2, bias = _factors(scheme, 7, 6, 4, (3, 3), torch.float32, device)
+    got = ops.factored_conv2d(x, w1, w2, bias, 2, 1, 1, scheme, None)
+    _check(got, x, w1, w2, bias, 2, 1, 1, scheme, None, tol=2e-5)
+    # The output follows the input's memory format, as torch's convs do.
+    expected_format = torch._prims_common.suggest_memory_format(x)
+    assert got.is_contiguous(memory_format=expected_format)
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+def test_weights_in_any_layout(device, scheme):
+    """channels_last, sliced and expanded weights and bias (a converted or shared model's)."""
+    x = _input((2, 5, 9, 11), torch.float32, device).contiguous(memory_format=torch.channels_last)
+    w1, w2, bias = _factors(scheme, 6, 5, 3, (3, 3), torch.float32, device)
+    w1 = w1.contiguous(memory_format=torch.channels_last)
+    w2 = torch.cat([w2, w2], dim=1)[:, ::2]  # strided along r
+    bias = torch.stack([bias, bias], dim=1)[:, 0]  # stride 2
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, scheme, "relu")
+    _check(got, x, w1, w2, bias, 1, 1, 1, scheme, "relu", tol=2e-5)
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+def test_full_rank_split_reproduces_the_dense_conv(device, scheme):
+    n, c = 8, 5
+    weight = torch.randn(n, c, 3, 3, dtype=torch.float64)
+    w1, w2 = ref.split_conv_weight(weight, scheme, min(ref.conv_weight_to_matrix(weight, scheme).shape))
+    x = _input((2, c, 12, 9))
+    bias = torch.randn(n, dtype=torch.float64)
+    got = ops.factored_conv2d(x.to(device), w1.to(device), w2.to(device), bias.to(device), 2, 1, 1, scheme)
+    expected = torch.nn.functional.conv2d(x, weight, bias, 2, 1, 1)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_relu_keeps_nan(device):
+    x = _input((1, 2, 5, 5), torch.float32, device)
+    x[0, 0, 2, 2] = float("nan")
+    w1, w2, bias = _factors("channel", 3, 2, 2, (3, 3), torch.float32, device)
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
+    assert torch.isnan(got[0, :, 1:4, 1:4]).all()  # every window that holds the NaN
+    assert not torch.isnan(got[0, :, 0, :]).any()
+
+
+def test_empty_batch(device):
+    x = torch.zeros(0, 4, 6, 6, device=device)
+    w1, w2, bias = _factors("channel", 3, 4, 2, (3, 3), torch.float32, device)
+    assert ops.factored_conv2d(x, w1, w2, bias, 1, 1).shape == (0, 3, 6, 6)
+
+
+def test_portable_kernels_match_reference():
+    """ATEN_CPU_CAPABILITY=default switches off the AVX2 kernels, as it does ATen's own."""
+    script = (
+        "import torch, trp_ext\n"
+        "from trp_ext import ops, _reference as ref\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "for scheme, (kh, kw) in (('channel', (3, 3)), ('spatial', (3, 3)), ('channel', (2, 5))):\n"
+        "    x = torch.randn(2, 5, 13, 11, generator=g)\n"
+        "    w1 = torch.randn(7, 5, kh, kw if scheme == 'channel' else 1, generator=g)\n"
+        "    w2 = torch.randn(9, 7, 1, 1 if scheme == 'channel' else kw, generator=g)\n"
+        "    b = torch.randn(9, generator=g)\n"
+        "    for dtype in (torch.float32, torch.float64):\n"
+        "        for stride in (1, 2, (2, 1)):\n"
+        "            args = (b.to(dtype), stride, 1, (1, 2), scheme, 'relu')\n"
+        "            got = ops.factored_conv2d(x.to(dtype), w1.to(dtype), w2.to(dtype), *args)\n"
+        "            want = ref.factored_conv2d(x.double(), w1.double(), w2.double(), b.double(),\n"
+        "                                       stride, 1, (1, 2), scheme, 'relu')\n"
+        "            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+# ----------------------------------------------------------------------------- low precision
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("c,r,n,stride", [(16, 6, 16, 1), (64, 16, 128, 2), (24, 40, 20, 1)])
+@pytest.mark.cuda
+def test_low_precision_error_at_most_twice_torch(dtype, scheme, channels_last, c, r, n, stride):
+    """flash-attention's rule: the error against a float64 reference is at most twice that of
+    the PyTorch composition in the same dtype."""
+    device = "cuda"
+    x = _input((8, c, 17, 15), torch.float64, device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w1, w2, bias = _factors(scheme, n, c, r, (3, 3), torch.float64, device)
+    args = (stride, 1, 1, scheme, "relu")
+    expected = ref.factored_conv2d(x, w1, w2, bias, *args)
+    low = [t.to(dtype) for t in (x, w1, w2, bias)]
+    ours = ops.factored_conv2d(*low, *args)
+    torch_low = ref.factored_conv2d(*low, *args)
+    assert ours.dtype == dtype and ours.is_contiguous(memory_format=torch._prims_common.suggest_memory_format(low[0]))
+    err_ours = (ours.double() - expected).abs().max().item()
+    err_torch = (torch_low.double() - expected).abs().max().item()
+    assert err_ours <= 2 * err_torch, (err_ours, err_torch)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+def test_cuda_falls_back_for_ranks_beyond_the_fast_path(dtype, scheme):
+    """A rank too large for the fused kernel's shared memory still gives the right answer."""
+    x = _input((2, 8, 9, 9), torch.float64, "cuda")
+    w1, w2, bias = _factors(scheme, 6, 8, 300, (3, 3), torch.float64, "cuda")
+    expected = ref.factored_conv2d(x, w1, w2, bias, 1, 1, 1, scheme, None)
+    got = ops.factored_conv2d(*(t.to(dtype) for t in (x, w1, w2, bias)), 1, 1, 1, scheme)
+    tol = {torch.float32: 1e-4, torch.float16: 5e-2, torch.bfloat16: 2e-1}[dtype]
+    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+def test_cuda_runs_on_the_current_stream():
+    x = _input((4, 16, 16, 16), torch.float16, "cuda")
+    w1, w2, bias = _factors("channel", 32, 16, 8, (3, 3), torch.float16, "cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        got = ops.factored_conv2d(x, w1, w2, bias, 1, 1)
+    stream.synchronize()
+    expected = ops.factored_conv2d(x, w1, w2, bias, 1, 1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- op registration
+def test_kernels_are_registered():
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("trp_ext::factored_conv2d", "CPU")
+    if trp_ext.cuda_kernels_built():
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("trp_ext::factored_conv2d", "CUDA")
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck(device, scheme, layout):
+    x = _layouts(device)[layout]
+    w1, w2, bias = _factors(scheme, 5, 6, 3, (3, 3), torch.float32, device)
+    for args in ((bias, [2, 1], [1, 1], [1, 2], scheme, "relu"), (None, [1, 1], [0, 1], [1, 1], scheme, None)):
+        torch.library.opcheck(torch.ops.trp_ext.factored_conv2d, (x, w1, w2, *args))
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+def test_opcheck_with_grad(scheme):
+    x = _input((2, 3, 7, 8)).requires_grad_()
+    w1, w2, bias = (t.requires_grad_() for t in _factors(scheme, 4, 3, 2, (3, 3)))
+    torch.library.opcheck(torch.ops.trp_ext.factored_conv2d, (x, w1, w2, bias, [2, 1], [1, 1], [1, 1], scheme, "relu"))
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), ((2, 1), (0, 2), (1, 2))])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_gradcheck(scheme, stride, padding, dilation, activation):
+    x = _input((2, 2, 6, 5)).requires_grad_()
+    w1, w2, bias = (t.requires_grad_() for t in _factors(scheme, 3, 2, 2, (3, 3), seed=3))
+    fn = lambda *a: ops.factored_conv2d(*a, stride, padding, dilation, scheme, activation)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w1, w2, bias))
+
+
+def test_gradients_of_some_inputs_only():
+    x = _input((2, 3, 7, 6))
+    w1, w2, bias = _factors("channel", 4, 3, 2, (3, 3))
+    w2.requires_grad_()
+    out = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
+    out.sum().backward()
+    w2_ref = w2.detach().clone().requires_grad_()
+    ref.factored_conv2d(x, w1, w2_ref, bias, 1, 1, 1, "channel", "relu").sum().backward()
+    torch.testing.assert_close(w2.grad, w2_ref.grad)
+
+
+def test_no_grad_result_equals_autograd_result():
+    x = _input((2, 3, 7, 6))
+    w1, w2, bias = _factors("spatial", 4, 3, 2, (3, 3))
+    with torch.no_grad():
+        plain = ops.factored_conv2d(x, w1, w2, bias, 2, 1, 1, "spatial", "relu")
+    tracked = ops.factored_conv2d(x, w1.requires_grad_(), w2, bias, 2, 1, 1, "spatial", "relu")
+    assert plain.grad_fn is None and tracked.grad_fn is not None
+    torch.testing.assert_close(plain, tracked.detach(), rtol=0, atol=0)
+
+
+def test_meta_shapes_and_compile():
+    x = torch.empty(2, 6, 11, 13, device="meta").contiguous(memory_format=torch.channels_last)
+    w1, w2 = torch.empty(4, 6, 3, 1, device="meta"), torch.empty(5, 4, 1, 3, device="meta")
+    out = torch.ops.trp_ext.factored_conv2d(x, w1, w2, None, [2, 1], [1, 1], [1, 2], "spatial", None)
+    assert out.shape == (2, 5, 6, 11) and out.is_contiguous(memory_format=torch.channels_last)
+
+    def layer(x, w1, w2, bias):
+        return ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu") * 2
+
+    x = _input((2, 4, 9, 9), torch.float32)
+    w1, w2, bias = _factors("channel", 5, 4, 3, (3, 3), torch.float32)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, w1, w2, bias), layer(x, w1, w2, bias))
+
+
+# ----------------------------------------------------------------------------- bad input
+def _good(device, scheme="channel", dtype=torch.float32):
+    x = _input((2, 4, 9, 9), dtype, device)
+    w1, w2, bias = _factors(scheme, 5, 4, 3, (3, 3), dtype, device)
+    return x, w1, w2, bias
+
+
+def _call(x, w1, w2, bias, stride=(1, 1), padding=(1, 1), dilation=(1, 1), scheme="channel", activation=None):
+    return torch.ops.trp_ext.factored_conv2d(x, w1, w2, bias, stride, padding, dilation, scheme, activation)
+
+
+@pytest.mark.parametrize(
+    "change,error,message",
+    [
+        (lambda a: dict(a, w1=a["w1"][:, :3]), ValueError, "argument 'w1' must have x's 4 channels"),
+        (lambda a: dict(a, w2=a["w2"][:, :2]), ValueError, r"argument 'w2' must be \(n, 3, 1, 1\) for the channel"),
+        (lambda a: dict(a, w2=a["w2"].expand(5, 3, 1, 3)), ValueError, "argument 'w2' must be .* channel scheme"),
+        (lambda a: dict(a, scheme="diagonal"), ValueError, "argument 'scheme' must be 'channel' or 'spatial'"),
+        (lambda a: dict(a, activation="gelu"), ValueError, "argument 'activation' must be None or 'relu'"),
+        (lambda a: dict(a, padding=(1, -1)), ValueError, "argument 'padding' must be non-negative"),
+        (lambda a: dict(a, stride=(0, 1)), ValueError, "argument 'stride' must be positive"),
+        (lambda a: dict(a, dilation=(1, 0)), ValueError, "argument 'dilation' must be positive"),
+        (lambda a: dict(a, bias=a["bias"][:4]), ValueError, "argument 'bias' must be 1-D with w2.size"),
+        (lambda a: dict(a, w1=a["w1"].double()), TypeError, "argument 'w1' must have x's dtype"),
+        (lambda a: dict(a, w2=a["w2"].double()), TypeError, "argument 'w2' must have x's dtype"),
+        (lambda a: dict(a, bias=a["bias"].double()), TypeError, "argument 'bias' must have x's dtype"),
+        (lambda a: dict(a, x=a["x"].long(), w1=a["w1"].long(), w2=a["w2"].long(), bias=None), TypeError,
+         "argument 'x' must be"),
+        (lambda a: dict(a, x=a["x"][0]), ValueError, "argument 'x' must be 4-D"),
+        (lambda a: dict(a, x=a["x"][..., :2], padding=(0, 0)), ValueError, "argument 'x' is too small along its width"),
+    ],
+)
+def test_bad_input_names_the_argument(device, change, error, message):
+    x, w1, w2, bias = _good(device)
+    args = change(dict(x=x, w1=w1, w2=w2, bias=bias))
+    with pytest.raises(error, match=message):
+        _call(**args)
+
+
+def test_bad_spatial_shapes(device):
+    x, w1, w2, bias = _good(device, "spatial")
+    with pytest.raises(ValueError, match=r"argument 'w1' must be \(r, c, kh, 1\) for the spatial scheme"):
+        _call(x, w1.expand(3, 4, 3, 2), w2, bias, scheme="spatial")
+    with pytest.raises(ValueError, match=r"argument 'w2' must be \(n, 3, 1, kw\) for the spatial scheme"):
+        _call(x, w1, w2.transpose(2, 3), bias, scheme="spatial")
+
+
+def test_half_precision_is_cuda_only():
+    x, w1, w2, bias = (t.half() for t in _good("cpu"))
+    with pytest.raises(TypeError, match="argument 'x' must be float32 or float64 on cpu"):
+        _call(x, w1, w2, bias)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["w1", "w2", "bias"])
+def test_device_mismatch_names_the_argument(name):
+    args = dict(zip(("x", "w1", "w2", "bias"), _good("cuda")))
+    args[name] = args[name].cpu()
+    with pytest.raises(ValueError, match=f"argument '{name}' must be on cuda"):
+        _call(**args)
