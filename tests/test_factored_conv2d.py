@@ -63,6 +63,22 @@ def test_geometry_matches_reference(scheme, kernel, stride, padding, dilation):
     _check(got, x, w1, w2, b, stride, padding, dilation, scheme, activation, tol=1e-12)
 
 
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize(
+    "kernel,stride,padding,dilation,size",
+    [((1, 1), (4, 4), (0, 0), (1, 1), (9, 9)),  # strides past the generic phase split
+     ((5, 5), (5, 3), (2, 3), (1, 2), (12, 13)),
+     ((11, 11), (2, 2), (5, 5), (1, 1), (23, 19)),  # kernel larger than half the input
+     ((7, 7), (1, 1), (5, 5), (1, 1), (3, 3)),  # input smaller than the kernel
+     ((1, 3), (2, 3), (0, 4), (2, 1), (1, 9))],  # one row
+)
+def test_unusual_geometry(device, scheme, kernel, stride, padding, dilation, size):
+    x = _input((2, 3, *size), torch.float64, device)
+    w1, w2, bias = _factors(scheme, 7, 3, 5, kernel, torch.float64, device)
+    got = ops.factored_conv2d(x, w1, w2, bias, stride, padding, dilation, scheme, "relu")
+    _check(got, x, w1, w2, bias, stride, padding, dilation, scheme, "relu", tol=1e-12)
+
+
 # (c, r, n): r = 1; r > c; n != c; ranks and channel counts that split into uneven register
 # blocks; the CIFAR shape.
 CHANNELS = [(3, 1, 5), (2, 7, 3), (16, 6, 16), (8, 13, 24), (5, 12, 1)]
