@@ -43,6 +43,16 @@ def _expected(x, w1, w2, bias, stride, padding, dilation, scheme, activation):
     return ref.factored_conv2d(*cpu64, stride, padding, dilation, scheme, activation)
 
 
+@pytest.fixture
+def one_thread():
+    """gradcheck and opcheck make thousands of calls on tiny tensors: threads only add wake-ups
+    (on a loaded machine, OpenMP barriers there cost milliseconds each)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _check(got, x, w1, w2, bias, stride, padding, dilation, scheme, activation, tol):
     expected = _expected(x, w1, w2, bias, stride, padding, dilation, scheme, activation)
     assert got.shape == expected.shape and got.dtype == x.dtype and got.device == x.device
@@ -61,6 +71,22 @@ def test_geometry_matches_reference(scheme, kernel, stride, padding, dilation):
     b = bias if use_bias else None
     got = ops.factored_conv2d(x, w1, w2, b, stride, padding, dilation, scheme, activation)
     _check(got, x, w1, w2, b, stride, padding, dilation, scheme, activation, tol=1e-12)
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize(
+    "kernel,stride,padding,dilation,size",
+    [((1, 1), (4, 4), (0, 0), (1, 1), (9, 9)),  # strides past the generic phase split
+     ((5, 5), (5, 3), (2, 3), (1, 2), (12, 13)),
+     ((11, 11), (2, 2), (5, 5), (1, 1), (23, 19)),  # kernel larger than half the input
+     ((7, 7), (1, 1), (5, 5), (1, 1), (3, 3)),  # input smaller than the kernel
+     ((1, 3), (2, 3), (0, 4), (2, 1), (1, 9))],  # one row
+)
+def test_unusual_geometry(device, scheme, kernel, stride, padding, dilation, size):
+    x = _input((2, 3, *size), torch.float64, device)
+    w1, w2, bias = _factors(scheme, 7, 3, 5, kernel, torch.float64, device)
+    got = ops.factored_conv2d(x, w1, w2, bias, stride, padding, dilation, scheme, "relu")
+    _check(got, x, w1, w2, bias, stride, padding, dilation, scheme, "relu", tol=1e-12)
 
 
 # (c, r, n): r = 1; r > c; n != c; ranks and channel counts that split into uneven register
@@ -246,7 +272,7 @@ def test_kernels_are_registered():
 
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_opcheck(device, scheme, layout):
+def test_opcheck(device, scheme, layout, one_thread):
     x = _layouts(device)[layout]
     w1, w2, bias = _factors(scheme, 5, 6, 3, (3, 3), torch.float32, device)
     for args in ((bias, [2, 1], [1, 1], [1, 2], scheme, "relu"), (None, [1, 1], [0, 1], [1, 1], scheme, None)):
@@ -254,7 +280,7 @@ def test_opcheck(device, scheme, layout):
 
 
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
-def test_opcheck_with_grad(scheme):
+def test_opcheck_with_grad(scheme, one_thread):
     x = _input((2, 3, 7, 8)).requires_grad_()
     w1, w2, bias = (t.requires_grad_() for t in _factors(scheme, 4, 3, 2, (3, 3)))
     torch.library.opcheck(torch.ops.trp_ext.factored_conv2d, (x, w1, w2, bias, [2, 1], [1, 1], [1, 1], scheme, "relu"))
@@ -263,7 +289,7 @@ def test_opcheck_with_grad(scheme):
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), ((2, 1), (0, 2), (1, 2))])
 @pytest.mark.parametrize("activation", [None, "relu"])
-def test_gradcheck(scheme, stride, padding, dilation, activation):
+def test_gradcheck(scheme, stride, padding, dilation, activation, one_thread):
     x = _input((2, 2, 6, 5)).requires_grad_()
     w1, w2, bias = (t.requires_grad_() for t in _factors(scheme, 3, 2, 2, (3, 3), seed=3))
     fn = lambda *a: ops.factored_conv2d(*a, stride, padding, dilation, scheme, activation)  # noqa: E731

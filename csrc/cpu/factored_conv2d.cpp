@@ -43,10 +43,14 @@ constexpr int64_t kTargetBandPositions = 768;
 constexpr int64_t kMinWorkPerThread = 1 << 19;
 
 // Stage 1 runs over groups of input channels whose planes fit in this much (accumulating the
-// intermediate group by group), so that the planes stay in L2 across the rank blocks: without
-// it, the 590 KiB of stride-2 planes of a 512-channel layer came from L3 22 times per band.
-// 64 to 256 KiB measured alike.
+// intermediate group by group), so that the planes stay near the core across the rank
+// blocks: without it, the 590 KiB of stride-2 planes of a 512-channel layer came from L3 22
+// times per band. A group also spans at least kMinGroupTaps taps: each group reloads and
+// stores the accumulators, which short tap loops (3 taps a channel, spatial) cannot amortise.
+// Interleaved A/B runs over the bench shapes: 64 KiB beat 256 KiB and "no groups" by up to
+// 35% on stride-2 layers and was never worse; 16-32 KiB and 1-256 minimum taps were alike.
 constexpr int64_t kPlaneGroupBytes = 64 << 10;
+constexpr int64_t kMinGroupTaps = 96;
 
 int64_t round_up(int64_t value, int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
@@ -167,7 +171,9 @@ BandPlan make_plan(const FconvGeometry& g) {
   // (kw - 1) * dw / sw columns further; that runs into the next plane, or past the last one.
   p.slack = kCountAlign + (g.kw - 1) * g.dw / g.sw + 64;
   const int64_t channel_bytes = xs.sh * xs.sw * xs.plane_size() * static_cast<int64_t>(sizeof(float));
-  p.group = std::max<int64_t>(1, kPlaneGroupBytes / std::max<int64_t>(channel_bytes, 1));
+  const int64_t taps_per_channel = g.in_channels > 0 ? static_cast<int64_t>(p.taps1.size()) / g.in_channels : 1;
+  p.group = std::max({int64_t{1}, kPlaneGroupBytes / std::max<int64_t>(channel_bytes, 1),
+                      ceil_div(kMinGroupTaps, std::max<int64_t>(taps_per_channel, 1))});
   p.work = p.count1 * g.rank * static_cast<int64_t>(p.taps1.size()) +
            p.count2 * g.out_channels * static_cast<int64_t>(p.taps2.size());
   return p;

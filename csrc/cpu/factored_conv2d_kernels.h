@@ -68,7 +68,7 @@ using TapConvFn = void (*)(const T* in, const int64_t* off, int64_t taps, const 
                            T* out, int64_t ldo, int64_t count);
 
 // Fills the planes of `spec`, rows from row0, from a (channels, height, width) source with
-// element strides (sc, sy, sx).
+// element strides (sc, sy, sx); all but each plane's last row, which only supplies padding.
 template <typename T>
 using BuildPlanesFn = void (*)(const T* src, int64_t sc, int64_t sy, int64_t sx, int64_t height,
                                int64_t width, const PlaneSpec& spec, int64_t row0, T* dst);

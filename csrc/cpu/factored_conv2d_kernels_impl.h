@@ -172,7 +172,9 @@ void build_planes(const typename V::Scalar* src, int64_t sc, int64_t sy, int64_t
     if (n == 0 && end1 == first1) continue;
     for (int64_t i = 0; i < s.channels; ++i) {
       // Row phase innermost, so that the source rows are read in order (prefetch-friendly).
-      for (int64_t rr = 0; rr < s.hb; ++rr) {
+      // The last row is skipped: it is there for its left padding only (see PlaneSpec); its
+      // data columns, never read by a valid output, stay as zeroed.
+      for (int64_t rr = 0; rr + 1 < s.hb; ++rr) {
         for (int64_t a = 0; a < s.sh; ++a) {
           T* row = dst + ((i * s.sh + a) * s.sw + b) * plane + rr * s.wq;
           const int64_t y = (row0 + rr) * s.sh + a - s.ph;
