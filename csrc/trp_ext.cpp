@@ -10,6 +10,16 @@ TORCH_LIBRARY(trp_ext, m) {
   // Per row of singular values s (descending, zero-padded): the smallest r with
   // sum(s[:r]^2) >= energy * sum(s^2); 0 for an all-zero row.
   m.def("energy_rank(Tensor s, float energy) -> Tensor");
+  // Per matrix (of any shapes): the truncated-SVD projection at the energy rank (capped by
+  // value_threshold and max_rank), optionally the sub-gradient U_r V_r^T, and a basis that
+  // warm-starts the next call on the same list of shapes.
+  m.def(
+      "lowrank_project(Tensor[] mats, float energy, float? value_threshold, int? max_rank, "
+      "Tensor[]? bases, bool want_subgradient) -> (Tensor[] projected, Tensor ranks, "
+      "Tensor[] subgradients, Tensor[] bases)");
+  // Process-wide counts of matrices lowrank_project solved [cold, warm, widened, fallback],
+  // then the total of warm-start subspace iterations.
+  m.def("lowrank_project_stats(bool reset=False) -> int[]");
 }
 
 namespace {
