@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/energy_rule.h"
+#include "common/lowrank_project_policy.h"
 #include "common/ritz_certificate.h"
 #include "cpu/lowrank_linalg.h"
 #include "cpu/partial_eigen.h"
@@ -24,48 +25,16 @@ namespace trp_ext {
 namespace cpu {
 namespace {
 
-constexpr double kEps64 = std::numeric_limits<double>::epsilon();
 // A warm start gives up (-> cold solve) rather than exceed this many products with G, which
 // would cost about as much as the cold solve.
 constexpr int64_t kMaxWarmSteps = 8;
 constexpr int kMaxWidenings = 2;
 // A residual that contracts slower than this per power step is not worth iterating on: widen.
 constexpr double kSlowestRate = 0.5;
-// The returned basis keeps this many columns beyond the rank (at least kMinOversample): they
-// make the next warm start converge at the rate lambda_{b+1} / lambda_r per iteration.
-constexpr int64_t kMinOversample = 4;
-// Inputs whose largest magnitude lies outside 2^+-256 are rescaled by a power of two (exact), so
-// that squares and Gram sums stay clear of overflow and underflow.
-constexpr int kMaxUnscaledExponent = 256;
 // Ritz values (or column norms of G Q) below this fraction of the largest do not advance in the
 // next iterate: dividing by them would only amplify rounding, and their directions hold no
 // energy worth resolving.
 constexpr double kStagnantRitz = 1e-12;
-
-struct Tolerances {
-  double rank;  // slack of the top-(r-1) energy, relative to ||A||_F^2
-  double proj;  // ||P - P*||_F / ||A||_F
-  double sub;   // ||S - S*||_F / ||S*||_F
-};
-
-// float32: 5x below the contract's 1e-5 floor. float64: what a float64 Gram resolves.
-Tolerances warm_tolerances(at::ScalarType dtype) {
-  if (dtype == at::kFloat) return {1e-10, 2e-6, 1e-5};
-  return {1e-10, 1e-10, 1e-8};
-}
-
-// Singular values at or below this fraction of s_1 are left out of the sub-gradient: the
-// LAPACK-style rank tolerance max(m, n) eps of the dtype, and never below what the float64 Gram
-// resolves to ~1e-3 relative accuracy, sqrt(1e3 (m + n) eps64) (~1e-5 for these shapes).
-double subgradient_floor(at::ScalarType dtype, int64_t m, int64_t n) {
-  const double eps = dtype == at::kFloat ? std::numeric_limits<float>::epsilon() : kEps64;
-  return std::max(static_cast<double>(std::max(m, n)) * eps,
-                  std::sqrt(1e3 * static_cast<double>(m + n) * kEps64));
-}
-
-int64_t basis_width(int64_t rank, int64_t k) {
-  return std::min(k, rank + std::max(kMinOversample, (rank + 1) / 2));
-}
 
 // Reproducible pseudo-random numbers in [-1, 1) (splitmix64) for the columns a widened basis adds.
 double random_unit(uint64_t* state) {
@@ -118,9 +87,9 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
     int exponent = 0;
     std::frexp(amax, &exponent);
     if (std::abs(exponent) > kMaxUnscaledExponent) {
+      // ldexp per element: 2^-exponent itself overflows for subnormal-only matrices.
       p.exponent = exponent;
-      const double scale = std::ldexp(1.0, -exponent);
-      for (int64_t i = 0; i < size; ++i) a[i] *= scale;
+      for (int64_t i = 0; i < size; ++i) a[i] = std::ldexp(a[i], -exponent);
     }
   }
   double total = 0.0;
@@ -207,7 +176,7 @@ bool power_step(const Problem& p, std::vector<double>& q, int64_t b, std::vector
 // when the rate is too slow or the basis misses energy, and gives up (-> cold solve) when
 // either would exceed kMaxWarmSteps products with G.
 bool warm_solve(const Problem& p, const at::Tensor& basis, const ProjectOptions& options,
-                const Tolerances& tol, double sub_floor, uint64_t seed, Spectrum& s,
+                const WarmTolerances& tol, double sub_floor, uint64_t seed, Spectrum& s,
                 bool* widened, int64_t* steps_used) {
   const int64_t k = p.k;
   int64_t b = basis.size(1);
@@ -337,8 +306,7 @@ void write_outputs(const at::Tensor& mat, const Problem& p, const Spectrum& s,
     double* pp = projected.data_ptr<double>();
     matmul(ur.data(), false, w.data(), false, pp, k, len, r);  // P = U_r W
     if (p.exponent != 0) {
-      const double scale = std::ldexp(1.0, p.exponent);
-      for (int64_t i = 0; i < k * len; ++i) pp[i] *= scale;
+      for (int64_t i = 0; i < k * len; ++i) pp[i] = std::ldexp(pp[i], p.exponent);
     }
     if (options.want_subgradient) {
       // U_r V_r^T = U_r S_r^-1 W, leaving out the values at or below the tolerance.
@@ -385,7 +353,8 @@ MatrixResult project_matrix(const at::Tensor& mat, const at::Tensor* basis,
     result.nonfinite_basis = true;
     return result;
   }
-  const double sub_floor = subgradient_floor(mat.scalar_type(), p.m, p.n);
+  const bool single = mat.scalar_type() == at::kFloat;
+  const double sub_floor = subgradient_floor(single, p.m, p.n);
   Spectrum s;
   if (p.k == 0 || p.total == 0.0) {
     // Zero (or empty) matrix: rank 0, zero projection and sub-gradient, an empty basis.
@@ -397,7 +366,7 @@ MatrixResult project_matrix(const at::Tensor& mat, const at::Tensor* basis,
   const bool try_warm = basis != nullptr && basis->size(1) > 0 && options.energy < 1.0;
   if (try_warm) {
     bool widened = false;
-    if (warm_solve(p, *basis, options, warm_tolerances(mat.scalar_type()), sub_floor, seed, s,
+    if (warm_solve(p, *basis, options, warm_tolerances(single), sub_floor, seed, s,
                    &widened, &result.warm_iterations)) {
       result.path = widened ? ProjectPath::kWidened : ProjectPath::kWarm;
     } else {
