@@ -48,8 +48,8 @@ struct RitzCertificate {
   int status;         // RitzStatus
   // When not converged: how far the worst bound is above its tolerance, in units of the
   // residual norm (>= 1), and the contraction of the residual per power step,
-  // lambda_{b+1} / lambda_r estimated as alpha(r) / theta_r. Callers size their next batch
-  // of power steps with them, or give up when convergence would be too slow.
+  // lambda_{b+1} / lambda_r estimated as beta / theta_r. Callers size their next batch of
+  // power steps with them, or give up when convergence would be too slow.
   double shortfall;
   double rate;
 };
@@ -156,7 +156,10 @@ TRP_HOST_DEVICE inline RitzCertificate certify_ritz(const RitzProblem& p) {
   if (!(gap > 0.0)) {
     return {rank, beta >= p.theta[rank - 1] ? kRitzNeedWider : kRitzNotConverged, INFINITY, 1.0};
   }
-  const double rate = alpha(p, rank, beta, slack) / p.theta[rank - 1];
+  // Subspace iteration shrinks the residuals by lambda_{b+1} / lambda_r per power step: beta
+  // bounds the eigenvalues outside span(Q). (The gap inside the block, theta_{r+1} / theta_r,
+  // only sets how small they must get.)
+  const double rate = (beta + slack) / p.theta[rank - 1];
   const double lambda1 = (theta1 > beta ? theta1 : beta) + sqrt(sum_res2(p, 0, b)) + slack;
   const double proj_err = sqrt(2.0 * sum_res2(p, 0, rank)) / gap * sqrt(lambda1);  // absolute
   const double proj_ratio = proj_err / (p.tol_proj * sqrt(p.total));

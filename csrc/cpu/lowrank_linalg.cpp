@@ -39,18 +39,6 @@ bool cholesky_in_place(double* s, int64_t n, double* spread) {
   return true;
 }
 
-// x <- x L^{-T} for every row x of q: a forward substitution per row.
-TRP_INLINE void solve_rows_impl(double* q, int64_t rows, int64_t cols, const double* lower) {
-  std::vector<double> inv(cols);
-  for (int64_t j = 0; j < cols; ++j) inv[j] = 1.0 / lower[j * cols + j];
-  for (int64_t r = 0; r < rows; ++r) {
-    double* x = q + r * cols;
-    for (int64_t j = 0; j < cols; ++j) x[j] = (x[j] - simd::dot(lower + j * cols, x, j)) * inv[j];
-  }
-}
-TRP_CPU_DISPATCH(void, solve_rows, (double* q, int64_t rows, int64_t cols, const double* lower),
-                 (q, rows, cols, lower))
-
 }  // namespace
 
 void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double* c, int64_t m,
@@ -66,6 +54,19 @@ void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double
   at::mm_out(c_view, a_view, b_view);
 }
 
+void matmul_accumulate(const double* a, bool trans_a, const double* b, bool trans_b, double* c,
+                       int64_t m, int64_t n, int64_t k, double alpha, double beta) {
+  if (m == 0 || n == 0) return;
+  at::Tensor c_view = view(c, m, n);
+  if (k == 0) {
+    c_view.mul_(beta);
+    return;
+  }
+  const at::Tensor a_view = trans_a ? view(a, k, m).t() : view(a, m, k);
+  const at::Tensor b_view = trans_b ? view(b, n, k).t() : view(b, k, n);
+  at::addmm_out(c_view, c_view, a_view, b_view, beta, alpha);
+}
+
 bool orthonormalize_columns(double* q, int64_t rows, int64_t cols) {
   if (cols == 0) return true;
   // Cholesky QR leaves ||Q^T Q - I|| ~ eps * cond(Q)^2: one pass for a well-conditioned block,
@@ -75,7 +76,10 @@ bool orthonormalize_columns(double* q, int64_t rows, int64_t cols) {
     matmul(q, true, q, false, gram.data(), cols, cols, rows);
     double spread = 0.0;
     if (!cholesky_in_place(gram.data(), cols, &spread)) break;
-    solve_rows(q, rows, cols, gram.data());
+    // Q <- Q L^-T through LAPACK's triangular solve (reads only the lower triangle of gram).
+    at::Tensor block = view(q, rows, cols);
+    block.copy_(at::linalg_solve_triangular(view(gram.data(), cols, cols).t(), block,
+                                            /*upper=*/true, /*left=*/false));
     if (spread < 1e2) return true;
   }
   // Householder QR, through LAPACK.

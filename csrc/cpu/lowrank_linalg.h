@@ -13,6 +13,10 @@ namespace cpu {
 void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double* c, int64_t m,
             int64_t n, int64_t k);
 
+// C = beta C + alpha op(A) op(B), shapes as for matmul.
+void matmul_accumulate(const double* a, bool trans_a, const double* b, bool trans_b, double* c,
+                       int64_t m, int64_t n, int64_t k, double alpha, double beta);
+
 // Replaces the columns of q (rows x cols, rows >= cols) by an orthonormal basis of their span:
 // Cholesky QR (level 3, and exact enough for the nearly orthonormal blocks of a converging
 // subspace iteration), repeated while the pivots spread, and Householder QR through LAPACK when

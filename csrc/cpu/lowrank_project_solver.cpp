@@ -20,30 +20,34 @@
 #include "common/ritz_certificate.h"
 #include "cpu/lowrank_linalg.h"
 #include "cpu/partial_eigen.h"
+#include "cpu/pseudo_random.h"
+#include "cpu/simd.h"
 
 namespace trp_ext {
 namespace cpu {
 namespace {
 
-// A warm start gives up (-> cold solve) rather than exceed this many products with G, which
-// would cost about as much as the cold solve.
-constexpr int64_t kMaxWarmSteps = 8;
+// A warm start gives up (-> cold solve) once it would cost more than kWarmBudget cold solves: a
+// product with a k x b basis and the Rayleigh-Ritz work around it cost roughly b / k of a cold
+// solve (measured at b / k ~ 0.44: one power step and one Rayleigh-Ritz step ~ 60% of it). At
+// least two products are always allowed: the step every drifted basis needs, and one check.
+constexpr double kWarmBudget = 1.3;
+constexpr int64_t kMaxWarmSteps = 24;  // a safety net: the cost budget is the real limit
 constexpr int kMaxWidenings = 2;
+// A basis is widened only while it stays below this fraction of k: wider, the warm start costs
+// more than the cold solve it would replace.
+constexpr double kMaxWidenedFraction = 0.5;
+// Below this size a cold solve is cheaper than a warm start (measured: at k = 16, 32 and 48 the
+// ~10 GEMM and QR calls of one power step and Rayleigh-Ritz cost more than the whole partial
+// eigensolver; from k = 64 on, warm starts win), so smaller matrices are solved cold even when
+// a basis is given.
+constexpr int64_t kWarmMinSize = 64;
 // A residual that contracts slower than this per power step is not worth iterating on: widen.
 constexpr double kSlowestRate = 0.5;
 // Ritz values (or column norms of G Q) below this fraction of the largest do not advance in the
 // next iterate: dividing by them would only amplify rounding, and their directions hold no
 // energy worth resolving.
 constexpr double kStagnantRitz = 1e-12;
-
-// Reproducible pseudo-random numbers in [-1, 1) (splitmix64) for the columns a widened basis adds.
-double random_unit(uint64_t* state) {
-  uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * 0x1.0p-52 - 1.0;
-}
 
 // The matrix as k x len float64 (transposed when it has more rows than columns), scaled.
 struct Problem {
@@ -65,6 +69,16 @@ struct Spectrum {
   int64_t rank = 0;
 };
 
+TRP_INLINE double scan_matrix_impl(const double* a, int64_t size, bool* finite) {
+  return simd::max_abs_if_finite(a, size, finite);
+}
+TRP_CPU_DISPATCH(double, scan_matrix, (const double* a, int64_t size, bool* finite),
+                 (a, size, finite))
+TRP_INLINE double sum_of_squares_impl(const double* a, int64_t size) {
+  return simd::sum_squares(a, size);
+}
+TRP_CPU_DISPATCH(double, sum_of_squares, (const double* a, int64_t size), (a, size))
+
 // Returns false when the matrix holds NaN or Inf.
 bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
   p.m = mat.size(0);
@@ -76,12 +90,8 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
   p.a.copy_(p.transposed ? mat.t() : mat);
   double* a = p.a.data_ptr<double>();
   const int64_t size = p.k * p.len;
-  double amax = 0.0;
   bool finite = true;
-  for (int64_t i = 0; i < size; ++i) {
-    finite &= std::isfinite(a[i]);
-    amax = std::max(amax, std::abs(a[i]));
-  }
+  const double amax = scan_matrix(a, size, &finite);
   if (!finite) return false;
   if (amax > 0.0) {
     int exponent = 0;
@@ -92,9 +102,7 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
       for (int64_t i = 0; i < size; ++i) a[i] = std::ldexp(a[i], -exponent);
     }
   }
-  double total = 0.0;
-  for (int64_t i = 0; i < size; ++i) total += a[i] * a[i];
-  p.total = total;
+  p.total = sum_of_squares(a, size);
   if (options.value_threshold >= 0.0) p.value_cut = std::ldexp(options.value_threshold, -p.exponent);
   return true;
 }
@@ -173,29 +181,40 @@ bool power_step(const Problem& p, std::vector<double>& q, int64_t b, std::vector
 // certifies the result (returns true, `s` filled). Power steps without Rayleigh-Ritz are cheap
 // (a GEMM and a Cholesky QR), so after a failed certificate the solver runs as many as the
 // certificate's shortfall and contraction rate predict, then tries again; it widens the basis
-// when the rate is too slow or the basis misses energy, and gives up (-> cold solve) when
-// either would exceed kMaxWarmSteps products with G.
+// when the rate is too slow or the basis misses energy, and gives up (-> cold solve) when that
+// would exceed kWarmBudget cold solves or a basis of kMaxWidenedFraction of k.
 bool warm_solve(const Problem& p, const at::Tensor& basis, const ProjectOptions& options,
                 const WarmTolerances& tol, double sub_floor, uint64_t seed, Spectrum& s,
                 bool* widened, int64_t* steps_used) {
   const int64_t k = p.k;
   int64_t b = basis.size(1);
   std::vector<double> q(k * b), work, gq, h, e, u, gu, res2, singular;
+  // The basis needs no orthonormalisation of its own: it was orthonormal to its dtype's rounding
+  // when returned, and the first power step orthonormalises G Q anyway.
   at::from_blob(q.data(), {k, b}, at::TensorOptions(at::kDouble)).copy_(basis);
-  if (!orthonormalize_columns(q.data(), k, b)) return false;
   SymmetricEigen eigen;
   uint64_t random_state = seed * 0x2545F4914F6CDD1DULL + 1;
   int widenings = 0;
   // Any drift since the basis was computed needs at least one step before Rayleigh-Ritz.
   int64_t pending = 1;
+  double spent = 0.0;  // in cold solves
+  auto affordable = [&](int64_t products) {
+    return *steps_used + products <= 2 ||
+           (*steps_used + products <= kMaxWarmSteps &&
+            spent + static_cast<double>(products * b) / static_cast<double>(k) <= kWarmBudget);
+  };
+  auto pay = [&]() {
+    ++*steps_used;
+    spent += static_cast<double>(b) / static_cast<double>(k);
+  };
   for (;;) {
     for (; pending > 0; --pending) {
-      if (*steps_used >= kMaxWarmSteps) return false;
-      ++*steps_used;
+      if (!affordable(1)) return false;
+      pay();
       if (!power_step(p, q, b, work)) return false;
     }
-    if (*steps_used >= kMaxWarmSteps) return false;
-    ++*steps_used;
+    if (!affordable(1)) return false;
+    pay();
     // Rayleigh-Ritz: H = Q^T G Q = E Theta E^T, Ritz vectors U = Q E, and G U = (G Q) E.
     gq.resize(k * b);
     h.resize(b * b);
@@ -252,21 +271,20 @@ bool warm_solve(const Problem& p, const at::Tensor& basis, const ProjectOptions&
       return true;
     }
     if (certificate.status == kRitzNeedCold) return false;
-    // Power steps still needed at the certificate's rate; G U = W E below is the first.
+    // Power steps still needed at the certificate's rate; G U = W E below is the first. The
+    // Rayleigh-Ritz step after them costs one more product.
     int64_t needed = kMaxWarmSteps + 1;
     if (certificate.status == kRitzNotConverged && certificate.rate < kSlowestRate) {
       needed = static_cast<int64_t>(
           std::ceil(std::log(certificate.shortfall) / -std::log(certificate.rate)));
       needed = std::max<int64_t>(needed, 1);
     }
-    // The Rayleigh-Ritz step after them costs one more product.
-    const bool affordable = *steps_used + needed + 1 <= kMaxWarmSteps;
     int64_t next_b = b;
-    if (!affordable) {
-      if (widenings == kMaxWidenings || b == k) return false;
+    if (!affordable(needed)) {
+      next_b = std::min(k, b + std::max<int64_t>(4, b / 2));
+      if (widenings == kMaxWidenings || next_b > kMaxWidenedFraction * k) return false;
       ++widenings;
       *widened = true;
-      next_b = std::min(k, b + std::max<int64_t>(4, b / 2));
       needed = 2;  // new random columns need a step to point at the top of the spectrum
     }
     // Next iterate: G U Theta^-1 = U + R Theta^-1 spans G span(Q) and is nearly orthonormal.
@@ -284,47 +302,53 @@ bool warm_solve(const Problem& p, const at::Tensor& basis, const ProjectOptions&
   }
 }
 
-at::Tensor to_output(const at::Tensor& buffer, const Problem& p, const at::Tensor& mat) {
-  at::Tensor out = at::empty({p.m, p.n}, mat.options());
-  out.copy_(p.transposed ? buffer.t() : buffer);
-  return out;
-}
-
+// P = U_r (U_r^T A) and the sub-gradient U_r S_r^-1 (U_r^T A), in mat's orientation and dtype.
+// float32 inputs are multiplied in float32 straight from mat (never rescaled: |exponent| < 128):
+// rounding adds ~sqrt(r) eps32 ~ 1e-6 relative, within the contract next to the certified
+// tolerance, at twice the GEMM speed. float64 inputs use the rescaled copy and are scaled back.
 void write_outputs(const at::Tensor& mat, const Problem& p, const Spectrum& s,
                    const ProjectOptions& options, double sub_floor, MatrixResult& result) {
-  const int64_t k = p.k, len = p.len, r = s.rank;
-  const at::TensorOptions f64 = mat.options().dtype(at::kDouble);
-  at::Tensor projected = at::zeros({k, len}, f64);
-  at::Tensor subgradient = options.want_subgradient ? at::zeros({k, len}, f64) : at::Tensor();
-  if (r > 0) {
-    std::vector<double> ur(k * r), w(r * len);
+  const int64_t k = p.k, r = s.rank;
+  if (r == 0) {
+    result.projected = at::zeros({p.m, p.n}, mat.options());
+    if (options.want_subgradient) result.subgradient = at::zeros({p.m, p.n}, mat.options());
+  } else {
+    const bool single = mat.scalar_type() == at::kFloat;
+    at::Tensor ur = at::empty({k, r}, mat.options().dtype(at::kDouble));
+    double* up = ur.data_ptr<double>();
     for (int64_t i = 0; i < k; ++i) {
-      for (int64_t j = 0; j < r; ++j) ur[i * r + j] = s.vectors[i * s.width + j];
+      std::copy(&s.vectors[i * s.width], &s.vectors[i * s.width] + r, up + i * r);
     }
-    const double* a = p.a.const_data_ptr<double>();
-    matmul(ur.data(), true, a, false, w.data(), r, len, k);  // W = U_r^T A
-    double* pp = projected.data_ptr<double>();
-    matmul(ur.data(), false, w.data(), false, pp, k, len, r);  // P = U_r W
-    if (p.exponent != 0) {
-      for (int64_t i = 0; i < k * len; ++i) pp[i] = std::ldexp(pp[i], p.exponent);
-    }
+    const at::Tensor a = single ? (p.transposed ? mat.t() : mat) : p.a;
+    const at::Tensor u = ur.to(a.scalar_type());
+    const at::Tensor w = at::mm(u.t(), a);  // U_r^T A, r x len
+    // P (or P^T for a transposed matrix, written straight in mat's orientation).
+    auto product = [&](const at::Tensor& left) {
+      at::Tensor out = p.transposed ? at::mm(w.t(), left.t()) : at::mm(left, w);
+      if (!single && p.exponent != 0) {
+        double* o = out.data_ptr<double>();
+        for (int64_t i = 0; i < out.numel(); ++i) o[i] = std::ldexp(o[i], p.exponent);
+      }
+      return out.to(mat.scalar_type());
+    };
+    result.projected = product(u);
     if (options.want_subgradient) {
       // U_r V_r^T = U_r S_r^-1 W, leaving out the values at or below the tolerance.
       const double floor2 = sub_floor * sub_floor * s.values[0];
+      at::Tensor inverse = at::empty({r}, ur.options());
       for (int64_t j = 0; j < r; ++j) {
-        const double inv = s.values[j] > floor2 ? 1.0 / std::sqrt(s.values[j]) : 0.0;
-        for (int64_t i = 0; i < k; ++i) ur[i * r + j] *= inv;
+        inverse.data_ptr<double>()[j] = s.values[j] > floor2 ? 1.0 / std::sqrt(s.values[j]) : 0.0;
       }
-      matmul(ur.data(), false, w.data(), false, subgradient.data_ptr<double>(), k, len, r);
+      const at::Tensor scaled = (ur * inverse).to(a.scalar_type());
+      at::Tensor sub = p.transposed ? at::mm(w.t(), scaled.t()) : at::mm(scaled, w);
+      result.subgradient = sub.to(mat.scalar_type());  // scale-free: no exponent to undo
     }
   }
-  result.projected = to_output(projected, p, mat);
-  if (options.want_subgradient) result.subgradient = to_output(subgradient, p, mat);
   const int64_t width = p.total > 0.0 ? std::min(s.width, basis_width(r, k)) : 0;
-  at::Tensor basis = at::empty({k, width}, f64);
+  at::Tensor basis = at::empty({k, width}, mat.options().dtype(at::kDouble));
   double* bp = basis.data_ptr<double>();
   for (int64_t i = 0; i < k; ++i) {
-    for (int64_t j = 0; j < width; ++j) bp[i * width + j] = s.vectors[i * s.width + j];
+    std::copy(&s.vectors[i * s.width], &s.vectors[i * s.width] + width, bp + i * width);
   }
   result.basis = basis.to(mat.scalar_type());
   result.rank = r;
@@ -362,8 +386,10 @@ MatrixResult project_matrix(const at::Tensor& mat, const at::Tensor* basis,
     return result;
   }
   form_gram(p);
-  // A warm start needs columns, and is pointless when energy = 1 asks for every nonzero value.
-  const bool try_warm = basis != nullptr && basis->size(1) > 0 && options.energy < 1.0;
+  // A warm start needs columns, is pointless when energy = 1 asks for every nonzero value, and
+  // loses to a cold solve on small matrices.
+  const bool try_warm = basis != nullptr && basis->size(1) > 0 && options.energy < 1.0 &&
+                        p.k >= kWarmMinSize;
   if (try_warm) {
     bool widened = false;
     if (warm_solve(p, *basis, options, warm_tolerances(single), sub_floor, seed, s,

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "cpu/lowrank_linalg.h"
+#include "cpu/pseudo_random.h"
 #include "cpu/simd.h"
 
 namespace trp_ext {
@@ -155,8 +156,9 @@ bool ql_eigenvalues(double* d, double* e, int64_t n, double norm) {
           deflated = true;
           break;
         }
-        s = f / r;
-        c = g / r;
+        const double inv_r = 1.0 / r;  // one division on the chain instead of two
+        s = f * inv_r;
+        c = g * inv_r;
         g = d[i + 1] - p;
         r = (d[i] - g) * s + 2.0 * c * b;
         p = s * r;
@@ -237,15 +239,6 @@ struct TridiagonalLu {
   }
 };
 
-// Reproducible pseudo-random start vectors in [-1, 1) (splitmix64).
-double random_unit(uint64_t* state) {
-  uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * 0x1.0p-52 - 1.0;
-}
-
 // Eigenvectors of the tridiagonal (d, e) for the descending eigenvalues lambda[0..m), by
 // inverse iteration, into zt (m x n: row j is the vector of lambda[j]).
 TRP_INLINE void tridiagonal_vectors_impl(const double* d, const double* e, int64_t n,
@@ -297,15 +290,12 @@ TRP_CPU_DISPATCH(void, tridiagonal_vectors,
                   double* zt),
                  (d, e, n, lambda, m, zt))
 
-// out (n x m) = Q z for z given transposed (zt, m x n), Q = H_0 H_1 ... H_{n-3} from the
-// reflectors kept in `house`: apply the last reflector first.
+// out (n x m) <- Q out, Q = H_first ... H_{last-1} of the reflectors kept in `house`: the last
+// reflector first, one at a time (level 2).
 TRP_INLINE void back_transform_impl(const double* house, const double* tau, int64_t n,
-                                    const double* zt, int64_t m, double* out) {
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < m; ++j) out[i * m + j] = zt[j * n + i];
-  }
+                                    int64_t m, double* out, int64_t first, int64_t last) {
   std::vector<double> w(m);
-  for (int64_t i = n - 3; i >= 0; --i) {
+  for (int64_t i = last - 1; i >= first; --i) {
     const double t = tau[i];
     if (t == 0.0) continue;
     const double* v = house + i * n + i + 1;  // v[0] = 1 implicit, v[l] for l >= 1
@@ -319,9 +309,56 @@ TRP_INLINE void back_transform_impl(const double* house, const double* tau, int6
   }
 }
 TRP_CPU_DISPATCH(void, back_transform,
-                 (const double* house, const double* tau, int64_t n, const double* zt,
-                  int64_t m, double* out),
-                 (house, tau, n, zt, m, out))
+                 (const double* house, const double* tau, int64_t n, int64_t m, double* out,
+                  int64_t first, int64_t last),
+                 (house, tau, n, m, out, first, last))
+
+// Reflectors per block of the blocked back-transformation, and the size from which it pays.
+constexpr int64_t kReflectorBlock = 32;
+constexpr int64_t kBlockedFromSize = 64;
+
+// The same in blocks of kReflectorBlock reflectors, each applied as I - V T V^T (the compact
+// WY form, T upper triangular) by two GEMMs: the flops of the level-2 version at GEMM speed.
+void back_transform_blocked(const double* house, const double* tau, int64_t n, double* out,
+                            int64_t m) {
+  const int64_t count = n - 2;  // reflectors 0..n-3
+  std::vector<double> vt, t, w;
+  for (int64_t end = count; end > 0; end -= kReflectorBlock) {
+    const int64_t begin = std::max<int64_t>(0, end - kReflectorBlock);
+    const int64_t nb = end - begin;
+    const int64_t len = n - begin - 1;  // rows begin+1..n-1
+    // V^T (nb x len): reflector begin+c is 1 at local row c, house's v below, zero above.
+    vt.assign(nb * len, 0.0);
+    for (int64_t c = 0; c < nb; ++c) {
+      const int64_t i = begin + c;
+      double* row = vt.data() + c * len;
+      row[c] = 1.0;
+      std::copy(house + i * n + i + 2, house + i * n + n, row + c + 1);
+    }
+    // T: T_cc = tau_c, T[0:c, c] = -tau_c T[0:c, 0:c] V[:, 0:c]^T v_c.
+    t.assign(nb * nb, 0.0);
+    std::vector<double> y(nb);
+    for (int64_t c = 0; c < nb; ++c) {
+      const double tc = tau[begin + c];
+      t[c * nb + c] = tc;
+      if (tc == 0.0) continue;
+      for (int64_t j = 0; j < c; ++j) {
+        y[j] = simd::dot(vt.data() + j * len + c, vt.data() + c * len + c, len - c);
+      }
+      for (int64_t j = 0; j < c; ++j) {
+        double sum = 0.0;
+        for (int64_t l = j; l < c; ++l) sum += t[j * nb + l] * y[l];
+        t[j * nb + c] = -tc * sum;
+      }
+    }
+    double* rows = out + (begin + 1) * m;
+    w.resize(nb * m);
+    matmul(vt.data(), false, rows, false, w.data(), nb, m, len);        // W = V^T Z
+    std::vector<double> tw(nb * m);
+    matmul(t.data(), false, w.data(), false, tw.data(), nb, m, nb);     // W = T W
+    matmul_accumulate(vt.data(), true, tw.data(), false, rows, len, m, nb, -1.0, 1.0);  // Z -= V W
+  }
+}
 
 }  // namespace
 
@@ -361,7 +398,14 @@ void SymmetricEigen::vectors(int64_t m, double* out) {
   }
   std::vector<double> zt(m * n);
   tridiagonal_vectors(diag_.data(), offdiag_.data(), n, values_.data(), m, zt.data());
-  back_transform(house_.data(), tau_.data(), n, zt.data(), m, out);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < m; ++j) out[i * m + j] = zt[j * n + i];
+  }
+  if (n >= kBlockedFromSize) {
+    back_transform_blocked(house_.data(), tau_.data(), n, out, m);
+  } else {
+    back_transform(house_.data(), tau_.data(), n, m, out, 0, std::max<int64_t>(n - 2, 0));
+  }
 }
 
 }  // namespace cpu

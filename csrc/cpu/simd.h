@@ -64,13 +64,15 @@ TRP_INLINE double dot(const double* __restrict x, const double* __restrict y, in
   int64_t i = 0;
   double s = 0.0;
 #if TRP_VECTOR_LOOPS
-  vd4 a0 = splat4(0.0), a1 = splat4(0.0);
-  for (; i + 8 <= n; i += 8) {
+  vd4 a0 = splat4(0.0), a1 = splat4(0.0), a2 = splat4(0.0), a3 = splat4(0.0);
+  for (; i + 16 <= n; i += 16) {  // four accumulators: FMA latency 4, two FMA pipes
     a0 += load4(x + i) * load4(y + i);
     a1 += load4(x + i + 4) * load4(y + i + 4);
+    a2 += load4(x + i + 8) * load4(y + i + 8);
+    a3 += load4(x + i + 12) * load4(y + i + 12);
   }
   for (; i + 4 <= n; i += 4) a0 += load4(x + i) * load4(y + i);
-  s = sum4(a0 + a1);
+  s = sum4((a0 + a1) + (a2 + a3));
 #endif
   for (; i < n; ++i) s += x[i] * y[i];
   return s;
@@ -78,6 +80,34 @@ TRP_INLINE double dot(const double* __restrict x, const double* __restrict y, in
 
 // sum_i x[i]^2
 TRP_INLINE double sum_squares(const double* x, int64_t n) { return dot(x, x, n); }
+
+// The largest |x[i]|, and whether every x[i] is finite (x - x is NaN exactly for NaN or Inf).
+TRP_INLINE double max_abs_if_finite(const double* x, int64_t n, bool* finite) {
+  int64_t i = 0;
+  double best = 0.0, poison = 0.0;
+#if TRP_VECTOR_LOOPS
+  vd4 m0 = splat4(0.0), m1 = splat4(0.0), p0 = splat4(0.0);
+  for (; i + 8 <= n; i += 8) {
+    const vd4 a = load4(x + i), b = load4(x + i + 4);
+    const vd4 abs_a = a < 0.0 ? -a : a, abs_b = b < 0.0 ? -b : b;
+    m0 = abs_a > m0 ? abs_a : m0;
+    m1 = abs_b > m1 ? abs_b : m1;
+    p0 += (a - a) + (b - b);
+  }
+  const vd4 m = m0 > m1 ? m0 : m1;
+  best = m[0] > m[1] ? m[0] : m[1];
+  best = m[2] > best ? m[2] : best;
+  best = m[3] > best ? m[3] : best;
+  poison = sum4(p0);
+#endif
+  for (; i < n; ++i) {
+    const double a = x[i] < 0.0 ? -x[i] : x[i];
+    best = a > best ? a : best;
+    poison += x[i] - x[i];
+  }
+  *finite = poison == 0.0;
+  return best;
+}
 
 // y[i] += alpha x[i]
 TRP_INLINE void axpy(double alpha, const double* __restrict x, double* __restrict y, int64_t n) {
@@ -96,14 +126,22 @@ TRP_INLINE double dot_and_axpy(const double* __restrict row, const double* __res
   int64_t i = 0;
   double s = 0.0;
 #if TRP_VECTOR_LOOPS
-  vd4 acc = splat4(0.0);
+  // Two accumulators: one chain of dependent FMAs would run at the FMA latency.
+  vd4 acc0 = splat4(0.0), acc1 = splat4(0.0);
   const vd4 b = splat4(vj);
+  for (; i + 8 <= n; i += 8) {
+    const vd4 r0 = load4(row + i), r1 = load4(row + i + 4);
+    acc0 += r0 * load4(v + i);
+    acc1 += r1 * load4(v + i + 4);
+    store4(w + i, load4(w + i) + r0 * b);
+    store4(w + i + 4, load4(w + i + 4) + r1 * b);
+  }
   for (; i + 4 <= n; i += 4) {
     const vd4 r = load4(row + i);
-    acc += r * load4(v + i);
+    acc0 += r * load4(v + i);
     store4(w + i, load4(w + i) + r * b);
   }
-  s = sum4(acc);
+  s = sum4(acc0 + acc1);
 #endif
   for (; i < n; ++i) {
     s += row[i] * v[i];
