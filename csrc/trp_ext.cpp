@@ -16,6 +16,16 @@ TORCH_LIBRARY(trp_ext, m) {
   m.def(
       "factored_conv2d(Tensor x, Tensor w1, Tensor w2, Tensor? bias, int[2] stride, "
       "int[2] padding, int[2] dilation, str scheme, str? activation) -> Tensor");
+  // Per matrix (of any shapes): the truncated-SVD projection at the energy rank (capped by
+  // value_threshold and max_rank), optionally the sub-gradient U_r V_r^T, and a basis that
+  // warm-starts the next call on the same list of shapes.
+  m.def(
+      "lowrank_project(Tensor[] mats, float energy, float? value_threshold, int? max_rank, "
+      "Tensor[]? bases, bool want_subgradient) -> (Tensor[] projected, Tensor ranks, "
+      "Tensor[] subgradients, Tensor[] bases)");
+  // Process-wide counts of matrices lowrank_project solved [cold, warm, widened, fallback],
+  // then the total of warm-start subspace iterations.
+  m.def("lowrank_project_stats(bool reset=False) -> int[]");
 }
 
 namespace {

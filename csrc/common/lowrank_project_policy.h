@@ -1,0 +1,46 @@
+// The numerical policy of lowrank_project, shared by its CPU and CUDA kernels: the tolerances a
+// warm start is certified to, the singular-value floor of the sub-gradient, the width of the
+// returned bases, and when inputs are rescaled.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace trp_ext {
+
+struct WarmTolerances {
+  double rank;  // slack of the top-(r-1) energy, relative to ||A||_F^2 (the contract allows 1e-6)
+  double proj;  // ||P - P*||_F / ||A||_F
+  double sub;   // ||S - S*||_F / ||S*||_F (the contract allows 1e-3)
+};
+
+// float32: 5x below the contract's 1e-5 floor. float64: about what a float64 Gram resolves.
+inline WarmTolerances warm_tolerances(bool single_precision) {
+  if (single_precision) return {1e-10, 2e-6, 1e-5};
+  return {1e-10, 1e-10, 1e-8};
+}
+
+// Singular values at or below this fraction of s_1 are left out of the sub-gradient: the
+// LAPACK-style rank tolerance max(m, n) eps of the dtype, and never below what the float64 Gram
+// resolves to ~1e-3 relative accuracy, sqrt(1e3 (m + n) eps64) (~1e-5 for conv-weight shapes).
+inline double subgradient_floor(bool single_precision, int64_t m, int64_t n) {
+  const double eps64 = std::numeric_limits<double>::epsilon();
+  const double eps = single_precision ? std::numeric_limits<float>::epsilon() : eps64;
+  return std::max(static_cast<double>(std::max(m, n)) * eps,
+                  std::sqrt(1e3 * static_cast<double>(m + n) * eps64));
+}
+
+// The returned basis keeps this many columns beyond the rank (at least kMinOversample): they
+// make the next warm start converge at the rate lambda_{b+1} / lambda_r per power step.
+constexpr int64_t kMinOversample = 4;
+inline int64_t basis_width(int64_t rank, int64_t k) {
+  return std::min(k, rank + std::max(kMinOversample, (rank + 1) / 2));
+}
+
+// Inputs whose largest magnitude lies outside 2^+-256 are rescaled by a power of two (exact), so
+// that squares and Gram sums stay clear of overflow and underflow.
+constexpr int kMaxUnscaledExponent = 256;
+
+}  // namespace trp_ext

@@ -1,0 +1,76 @@
+// CPU kernel of lowrank_project: every matrix of the list in one call, in parallel over matrices.
+// Matrices differ in size by orders of magnitude (a ResNet's 16 x 144 and 512 x 4608 weights),
+// so a static split of the list would leave one thread with all the big ones: threads instead
+// take the next matrix, largest first, from a shared counter.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <numeric>
+#include <tuple>
+#include <vector>
+
+#include "common/lowrank_project_checks.h"
+#include "common/lowrank_project_stats.h"
+#include "cpu/lowrank_project_solver.h"
+
+namespace trp_ext {
+
+std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+lowrank_project_cpu(at::TensorList mats, double energy, std::optional<double> value_threshold,
+                    std::optional<int64_t> max_rank, std::optional<at::TensorList> bases,
+                    bool want_subgradient) {
+  check_lowrank_project_args(mats, energy, value_threshold, max_rank, bases);
+  const int64_t count = static_cast<int64_t>(mats.size());
+  cpu::ProjectOptions options;
+  options.energy = energy;
+  options.value_threshold = value_threshold.value_or(-1.0);
+  options.max_rank = max_rank.value_or(-1);
+  options.want_subgradient = want_subgradient;
+
+  // Largest Gram first (cost ~ k^2 len), so that the schedule ends on small matrices.
+  std::vector<int64_t> order(count);
+  std::iota(order.begin(), order.end(), 0);
+  auto cost = [&](int64_t i) {
+    const double k = static_cast<double>(lowrank_side(mats[i]));
+    return k * k * static_cast<double>(std::max(mats[i].size(0), mats[i].size(1)));
+  };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t x, int64_t y) { return cost(x) > cost(y); });
+
+  std::vector<cpu::MatrixResult> results(count);
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t t = next.fetch_add(1); t < count; t = next.fetch_add(1)) {
+      const int64_t i = order[t];
+      const at::Tensor* basis = bases.has_value() ? &(*bases)[i] : nullptr;
+      results[i] = cpu::project_matrix(mats[i], basis, options, static_cast<uint64_t>(i));
+    }
+  });
+
+  for (int64_t i = 0; i < count; ++i) {
+    if (results[i].nonfinite_matrix) raise_nonfinite("mats", i);
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    if (results[i].nonfinite_basis) raise_nonfinite("bases", i);
+  }
+
+  std::vector<at::Tensor> projected(count), subgradients, new_bases(count);
+  at::Tensor ranks = at::empty({count}, mats[0].options().dtype(at::kLong));
+  int64_t* rank_out = ranks.data_ptr<int64_t>();
+  if (want_subgradient) subgradients.resize(count);
+  for (int64_t i = 0; i < count; ++i) {
+    projected[i] = std::move(results[i].projected);
+    new_bases[i] = std::move(results[i].basis);
+    if (want_subgradient) subgradients[i] = std::move(results[i].subgradient);
+    rank_out[i] = results[i].rank;
+    count_project_path(results[i].path, results[i].warm_iterations);
+  }
+  return {projected, ranks, subgradients, new_bases};
+}
+
+TORCH_LIBRARY_IMPL(trp_ext, CPU, m) { m.impl("lowrank_project", &lowrank_project_cpu); }
+
+}  // namespace trp_ext

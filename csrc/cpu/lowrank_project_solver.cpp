@@ -1,0 +1,410 @@
+// One matrix of the CPU lowrank_project kernel (see lowrank_project_solver.h).
+//
+// The matrix A (k x len, k = the shorter side) is loaded as float64 and scaled by a power of two.
+// Its Gram matrix G = A A^T is formed in float64: a float32 Gram would square the condition
+// number and lose the small singular values the contract checks. The top eigenpairs of G give
+// U_r, and P = U_r (U_r^T A), the sub-gradient U_r V_r^T = U_r S_r^-1 (U_r^T A): V is never formed.
+//
+// Cold: the full eigen-decomposition of G. Warm: subspace iteration on G from the previous
+// call's basis, then Rayleigh-Ritz, certified by common/ritz_certificate.h; a basis that does
+// not hold the energy is widened, and a warm start that cannot be certified falls back to cold.
+#include "cpu/lowrank_project_solver.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/energy_rule.h"
+#include "common/lowrank_project_policy.h"
+#include "common/ritz_certificate.h"
+#include "cpu/lowrank_linalg.h"
+#include "cpu/partial_eigen.h"
+#include "cpu/pseudo_random.h"
+#include "cpu/simd.h"
+
+namespace trp_ext {
+namespace cpu {
+namespace {
+
+// A warm start gives up (-> cold solve) once it would cost more than kWarmBudget cold solves: a
+// product with a k x b basis and the Rayleigh-Ritz work around it cost roughly b / k of a cold
+// solve (measured at b / k ~ 0.44: one power step and one Rayleigh-Ritz step ~ 60% of it). At
+// least two products are always allowed: the step every drifted basis needs, and one check.
+constexpr double kWarmBudget = 1.3;
+constexpr int64_t kMaxWarmSteps = 24;  // a safety net: the cost budget is the real limit
+constexpr int kMaxWidenings = 2;
+// A basis is widened only while it stays below this fraction of k: wider, the warm start costs
+// more than the cold solve it would replace.
+constexpr double kMaxWidenedFraction = 0.5;
+// Below this size a cold solve is cheaper than a warm start (measured: at k = 16, 32 and 48 the
+// ~10 GEMM and QR calls of one power step and Rayleigh-Ritz cost more than the whole partial
+// eigensolver; from k = 64 on, warm starts win), so smaller matrices are solved cold even when
+// a basis is given.
+constexpr int64_t kWarmMinSize = 64;
+// A residual that contracts slower than this per power step is not worth iterating on: widen.
+constexpr double kSlowestRate = 0.5;
+// Ritz values (or column norms of G Q) below this fraction of the largest do not advance in the
+// next iterate: dividing by them would only amplify rounding, and their directions hold no
+// energy worth resolving.
+constexpr double kStagnantRitz = 1e-12;
+
+// The matrix as k x len float64 (transposed when it has more rows than columns), scaled.
+struct Problem {
+  int64_t m = 0, n = 0, k = 0, len = 0;
+  bool transposed = false;
+  at::Tensor a;               // k x len: mat (or mat^T) * 2^-exponent
+  int exponent = 0;
+  double total = 0.0;         // ||a||_F^2
+  std::vector<double> gram;   // k x k
+  double gram_fro2 = 0.0;     // ||gram||_F^2
+  double value_cut = -1.0;    // value_threshold in the units of a; < 0 when not given
+};
+
+// The top eigenpairs of the Gram matrix, descending, and the rank chosen from them.
+struct Spectrum {
+  int64_t width = 0;
+  std::vector<double> values;   // width
+  std::vector<double> vectors;  // k x width
+  int64_t rank = 0;
+};
+
+TRP_INLINE double scan_matrix_impl(const double* a, int64_t size, bool* finite) {
+  return simd::max_abs_if_finite(a, size, finite);
+}
+TRP_CPU_DISPATCH(double, scan_matrix, (const double* a, int64_t size, bool* finite),
+                 (a, size, finite))
+TRP_INLINE double sum_of_squares_impl(const double* a, int64_t size) {
+  return simd::sum_squares(a, size);
+}
+TRP_CPU_DISPATCH(double, sum_of_squares, (const double* a, int64_t size), (a, size))
+
+// Returns false when the matrix holds NaN or Inf.
+bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
+  p.m = mat.size(0);
+  p.n = mat.size(1);
+  p.transposed = p.m > p.n;
+  p.k = std::min(p.m, p.n);
+  p.len = std::max(p.m, p.n);
+  p.a = at::empty({p.k, p.len}, mat.options().dtype(at::kDouble));
+  p.a.copy_(p.transposed ? mat.t() : mat);
+  double* a = p.a.data_ptr<double>();
+  const int64_t size = p.k * p.len;
+  bool finite = true;
+  const double amax = scan_matrix(a, size, &finite);
+  if (!finite) return false;
+  if (amax > 0.0) {
+    int exponent = 0;
+    std::frexp(amax, &exponent);
+    if (std::abs(exponent) > kMaxUnscaledExponent) {
+      // ldexp per element: 2^-exponent itself overflows for subnormal-only matrices.
+      p.exponent = exponent;
+      for (int64_t i = 0; i < size; ++i) a[i] = std::ldexp(a[i], -exponent);
+    }
+  }
+  p.total = sum_of_squares(a, size);
+  if (options.value_threshold >= 0.0) p.value_cut = std::ldexp(options.value_threshold, -p.exponent);
+  return true;
+}
+
+void form_gram(Problem& p) {
+  const int64_t k = p.k;
+  p.gram.assign(k * k, 0.0);
+  matmul(p.a.const_data_ptr<double>(), false, p.a.const_data_ptr<double>(), true, p.gram.data(),
+         k, k, p.len);
+  // GEMM may round G_ij and G_ji differently; the eigensolvers want exact symmetry.
+  double fro2 = 0.0;
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < i; ++j) {
+      const double v = 0.5 * (p.gram[i * k + j] + p.gram[j * k + i]);
+      p.gram[i * k + j] = p.gram[j * k + i] = v;
+      fro2 += 2.0 * v * v;
+    }
+    fro2 += p.gram[i * k + i] * p.gram[i * k + i];
+  }
+  p.gram_fro2 = fro2;
+}
+
+// The rank rule on a full, descending spectrum of G: energy, then the caps.
+int64_t rank_of_spectrum(const std::vector<double>& values, const Problem& p,
+                         const ProjectOptions& options) {
+  std::vector<double> singular(values.size());
+  for (size_t i = 0; i < values.size(); ++i) singular[i] = std::sqrt(values[i]);
+  int64_t rank = energy_rank_of_row(singular.data(), static_cast<int64_t>(singular.size()),
+                                    options.energy);
+  if (p.value_cut >= 0.0) {
+    int64_t count = 0;
+    while (count < rank && singular[count] >= p.value_cut) ++count;
+    rank = count;
+  }
+  if (options.max_rank >= 0) rank = std::min(rank, options.max_rank);
+  return rank;
+}
+
+void cold_solve(const Problem& p, const ProjectOptions& options, Spectrum& s) {
+  SymmetricEigen eigen;
+  eigen.reduce(p.gram.data(), p.k);
+  std::vector<double> values = eigen.values();
+  for (double& v : values) v = std::max(v, 0.0);  // G is PSD; rounding may say otherwise
+  s.rank = rank_of_spectrum(values, p, options);
+  // Vectors only for the rank and the oversampling the returned basis keeps.
+  s.width = basis_width(s.rank, p.k);
+  s.values.assign(values.begin(), values.begin() + s.width);
+  s.vectors.resize(p.k * s.width);
+  eigen.vectors(s.width, s.vectors.data());
+}
+
+// One power step q <- orth(G q). The columns of G q are first scaled to unit norm: q's columns
+// track Ritz vectors, so the scaled block is nearly orthonormal and Cholesky QR is exact enough.
+// A column that G nearly annihilates keeps its old direction (its eigenvalues hold no energy).
+bool power_step(const Problem& p, std::vector<double>& q, int64_t b, std::vector<double>& work) {
+  const int64_t k = p.k;
+  work.resize(k * b);
+  matmul(p.gram.data(), false, q.data(), false, work.data(), k, b, k);
+  std::vector<double> norm2(b, 0.0);
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < b; ++j) norm2[j] += work[i * b + j] * work[i * b + j];
+  }
+  const double largest = *std::max_element(norm2.begin(), norm2.end());
+  for (int64_t j = 0; j < b; ++j) {
+    const bool stagnant = !(norm2[j] > kStagnantRitz * kStagnantRitz * largest);
+    const double scale = stagnant ? 0.0 : 1.0 / std::sqrt(norm2[j]);
+    for (int64_t i = 0; i < k; ++i) {
+      work[i * b + j] = stagnant ? q[i * b + j] : work[i * b + j] * scale;
+    }
+  }
+  q.swap(work);
+  return orthonormalize_columns(q.data(), k, b);
+}
+
+// Subspace iteration on G from `basis` with Rayleigh-Ritz, until common/ritz_certificate.h
+// certifies the result (returns true, `s` filled). Power steps without Rayleigh-Ritz are cheap
+// (a GEMM and a Cholesky QR), so after a failed certificate the solver runs as many as the
+// certificate's shortfall and contraction rate predict, then tries again; it widens the basis
+// when the rate is too slow or the basis misses energy, and gives up (-> cold solve) when that
+// would exceed kWarmBudget cold solves or a basis of kMaxWidenedFraction of k.
+bool warm_solve(const Problem& p, const at::Tensor& basis, const ProjectOptions& options,
+                const WarmTolerances& tol, double sub_floor, uint64_t seed, Spectrum& s,
+                bool* widened, int64_t* steps_used) {
+  const int64_t k = p.k;
+  int64_t b = basis.size(1);
+  std::vector<double> q(k * b), work, gq, h, e, u, gu, res2, singular;
+  // The basis needs no orthonormalisation of its own: it was orthonormal to its dtype's rounding
+  // when returned, and the first power step orthonormalises G Q anyway.
+  at::from_blob(q.data(), {k, b}, at::TensorOptions(at::kDouble)).copy_(basis);
+  SymmetricEigen eigen;
+  uint64_t random_state = seed * 0x2545F4914F6CDD1DULL + 1;
+  int widenings = 0;
+  // Any drift since the basis was computed needs at least one step before Rayleigh-Ritz.
+  int64_t pending = 1;
+  double spent = 0.0;  // in cold solves
+  auto affordable = [&](int64_t products) {
+    return *steps_used + products <= 2 ||
+           (*steps_used + products <= kMaxWarmSteps &&
+            spent + static_cast<double>(products * b) / static_cast<double>(k) <= kWarmBudget);
+  };
+  auto pay = [&]() {
+    ++*steps_used;
+    spent += static_cast<double>(b) / static_cast<double>(k);
+  };
+  for (;;) {
+    for (; pending > 0; --pending) {
+      if (!affordable(1)) return false;
+      pay();
+      if (!power_step(p, q, b, work)) return false;
+    }
+    if (!affordable(1)) return false;
+    pay();
+    // Rayleigh-Ritz: H = Q^T G Q = E Theta E^T, Ritz vectors U = Q E, and G U = (G Q) E.
+    gq.resize(k * b);
+    h.resize(b * b);
+    matmul(p.gram.data(), false, q.data(), false, gq.data(), k, b, k);
+    matmul(q.data(), true, gq.data(), false, h.data(), b, b, k);
+    eigen.reduce(h.data(), b);  // reads the upper triangle only: H need not be exactly symmetric
+    const std::vector<double>& theta = eigen.values();
+    e.resize(b * b);
+    eigen.vectors(b, e.data());
+    u.resize(k * b);
+    gu.resize(k * b);
+    matmul(q.data(), false, e.data(), false, u.data(), k, b, b);
+    matmul(gq.data(), false, e.data(), false, gu.data(), k, b, b);
+    res2.assign(b, 0.0);
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < b; ++j) {
+        const double r = gu[i * b + j] - theta[j] * u[i * b + j];
+        res2[j] += r * r;
+      }
+    }
+    // The rank rule on the Ritz values, the energy outside span(Q) lumped as one more value.
+    double captured = 0.0;
+    singular.resize(b + 1);
+    for (int64_t j = 0; j < b; ++j) {
+      captured += std::max(theta[j], 0.0);
+      singular[j] = std::sqrt(std::max(theta[j], 0.0));
+    }
+    singular[b] = b < k ? std::sqrt(std::max(p.total - captured, 0.0)) : 0.0;
+    RitzProblem problem;
+    problem.k = k;
+    problem.b = b;
+    problem.theta = theta.data();
+    problem.res2 = res2.data();
+    problem.gram_fro2 = p.gram_fro2;
+    problem.total = p.total;
+    problem.energy_rank = energy_rank_of_row(singular.data(), b + 1, options.energy);
+    problem.value_cut2 = p.value_cut >= 0.0 ? p.value_cut * p.value_cut : -1.0;
+    problem.max_rank = options.max_rank;
+    problem.want_subgradient = options.want_subgradient;
+    problem.sub_floor2 = sub_floor * sub_floor * std::max(theta[0], 0.0);
+    problem.tol_rank = tol.rank;
+    problem.tol_proj = tol.proj;
+    problem.tol_sub = tol.sub;
+    const RitzCertificate certificate = certify_ritz(problem);
+    if (certificate.status == kRitzCertified) {
+      s.rank = certificate.rank;
+      s.width = std::min(b, basis_width(s.rank, k));
+      s.values.resize(s.width);
+      for (int64_t j = 0; j < s.width; ++j) s.values[j] = std::max(theta[j], 0.0);
+      s.vectors.resize(k * s.width);
+      for (int64_t i = 0; i < k; ++i) {
+        std::copy(&u[i * b], &u[i * b] + s.width, &s.vectors[i * s.width]);
+      }
+      return true;
+    }
+    if (certificate.status == kRitzNeedCold) return false;
+    // Power steps still needed at the certificate's rate; G U = W E below is the first. The
+    // Rayleigh-Ritz step after them costs one more product.
+    int64_t needed = kMaxWarmSteps + 1;
+    if (certificate.status == kRitzNotConverged && certificate.rate < kSlowestRate) {
+      needed = static_cast<int64_t>(
+          std::ceil(std::log(certificate.shortfall) / -std::log(certificate.rate)));
+      needed = std::max<int64_t>(needed, 1);
+    }
+    int64_t next_b = b;
+    if (!affordable(needed)) {
+      next_b = std::min(k, b + std::max<int64_t>(4, b / 2));
+      if (widenings == kMaxWidenings || next_b > kMaxWidenedFraction * k) return false;
+      ++widenings;
+      *widened = true;
+      needed = 2;  // new random columns need a step to point at the top of the spectrum
+    }
+    // Next iterate: G U Theta^-1 = U + R Theta^-1 spans G span(Q) and is nearly orthonormal.
+    const double stagnant = kStagnantRitz * std::max(theta[0], 0.0);
+    q.assign(k * next_b, 0.0);
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < b; ++j) {
+        q[i * next_b + j] = theta[j] > stagnant ? gu[i * b + j] / theta[j] : u[i * b + j];
+      }
+      for (int64_t j = b; j < next_b; ++j) q[i * next_b + j] = random_unit(&random_state);
+    }
+    b = next_b;
+    if (!orthonormalize_columns(q.data(), k, b)) return false;
+    pending = needed - 1;
+  }
+}
+
+// P = U_r (U_r^T A) and the sub-gradient U_r S_r^-1 (U_r^T A), in mat's orientation and dtype.
+// float32 inputs are multiplied in float32 straight from mat (never rescaled: |exponent| < 128):
+// rounding adds ~sqrt(r) eps32 ~ 1e-6 relative, within the contract next to the certified
+// tolerance, at twice the GEMM speed. float64 inputs use the rescaled copy and are scaled back.
+void write_outputs(const at::Tensor& mat, const Problem& p, const Spectrum& s,
+                   const ProjectOptions& options, double sub_floor, MatrixResult& result) {
+  const int64_t k = p.k, r = s.rank;
+  if (r == 0) {
+    result.projected = at::zeros({p.m, p.n}, mat.options());
+    if (options.want_subgradient) result.subgradient = at::zeros({p.m, p.n}, mat.options());
+  } else {
+    const bool single = mat.scalar_type() == at::kFloat;
+    at::Tensor ur = at::empty({k, r}, mat.options().dtype(at::kDouble));
+    double* up = ur.data_ptr<double>();
+    for (int64_t i = 0; i < k; ++i) {
+      std::copy(&s.vectors[i * s.width], &s.vectors[i * s.width] + r, up + i * r);
+    }
+    const at::Tensor a = single ? (p.transposed ? mat.t() : mat) : p.a;
+    const at::Tensor u = ur.to(a.scalar_type());
+    const at::Tensor w = at::mm(u.t(), a);  // U_r^T A, r x len
+    // P (or P^T for a transposed matrix, written straight in mat's orientation).
+    auto product = [&](const at::Tensor& left) {
+      at::Tensor out = p.transposed ? at::mm(w.t(), left.t()) : at::mm(left, w);
+      if (!single && p.exponent != 0) {
+        double* o = out.data_ptr<double>();
+        for (int64_t i = 0; i < out.numel(); ++i) o[i] = std::ldexp(o[i], p.exponent);
+      }
+      return out.to(mat.scalar_type());
+    };
+    result.projected = product(u);
+    if (options.want_subgradient) {
+      // U_r V_r^T = U_r S_r^-1 W, leaving out the values at or below the tolerance.
+      const double floor2 = sub_floor * sub_floor * s.values[0];
+      at::Tensor inverse = at::empty({r}, ur.options());
+      for (int64_t j = 0; j < r; ++j) {
+        inverse.data_ptr<double>()[j] = s.values[j] > floor2 ? 1.0 / std::sqrt(s.values[j]) : 0.0;
+      }
+      const at::Tensor scaled = (ur * inverse).to(a.scalar_type());
+      at::Tensor sub = p.transposed ? at::mm(w.t(), scaled.t()) : at::mm(scaled, w);
+      result.subgradient = sub.to(mat.scalar_type());  // scale-free: no exponent to undo
+    }
+  }
+  const int64_t width = p.total > 0.0 ? std::min(s.width, basis_width(r, k)) : 0;
+  at::Tensor basis = at::empty({k, width}, mat.options().dtype(at::kDouble));
+  double* bp = basis.data_ptr<double>();
+  for (int64_t i = 0; i < k; ++i) {
+    std::copy(&s.vectors[i * s.width], &s.vectors[i * s.width] + width, bp + i * width);
+  }
+  result.basis = basis.to(mat.scalar_type());
+  result.rank = r;
+}
+
+bool all_finite(const at::Tensor& t) {
+  const at::Tensor values = t.to(at::kDouble).contiguous();
+  const double* v = values.const_data_ptr<double>();
+  for (int64_t i = 0; i < values.numel(); ++i) {
+    if (!std::isfinite(v[i])) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+MatrixResult project_matrix(const at::Tensor& mat, const at::Tensor* basis,
+                            const ProjectOptions& options, uint64_t seed) {
+  MatrixResult result;
+  Problem p;
+  if (!load(mat, options, p)) {
+    result.nonfinite_matrix = true;
+    return result;
+  }
+  if (basis != nullptr && !all_finite(*basis)) {
+    result.nonfinite_basis = true;
+    return result;
+  }
+  const bool single = mat.scalar_type() == at::kFloat;
+  const double sub_floor = subgradient_floor(single, p.m, p.n);
+  Spectrum s;
+  if (p.k == 0 || p.total == 0.0) {
+    // Zero (or empty) matrix: rank 0, zero projection and sub-gradient, an empty basis.
+    write_outputs(mat, p, s, options, sub_floor, result);
+    return result;
+  }
+  form_gram(p);
+  // A warm start needs columns, is pointless when energy = 1 asks for every nonzero value, and
+  // loses to a cold solve on small matrices.
+  const bool try_warm = basis != nullptr && basis->size(1) > 0 && options.energy < 1.0 &&
+                        p.k >= kWarmMinSize;
+  if (try_warm) {
+    bool widened = false;
+    if (warm_solve(p, *basis, options, warm_tolerances(single), sub_floor, seed, s,
+                   &widened, &result.warm_iterations)) {
+      result.path = widened ? ProjectPath::kWidened : ProjectPath::kWarm;
+    } else {
+      result.path = ProjectPath::kFallback;
+    }
+  }
+  if (result.path == ProjectPath::kCold || result.path == ProjectPath::kFallback) {
+    cold_solve(p, options, s);
+  }
+  write_outputs(mat, p, s, options, sub_floor, result);
+  return result;
+}
+
+}  // namespace cpu
+}  // namespace trp_ext

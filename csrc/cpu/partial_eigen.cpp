@@ -1,0 +1,412 @@
+// Partial symmetric eigen-decomposition (see partial_eigen.h).
+#include "cpu/partial_eigen.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+
+#include "cpu/lowrank_linalg.h"
+#include "cpu/pseudo_random.h"
+#include "cpu/simd.h"
+
+namespace trp_ext {
+namespace cpu {
+namespace {
+
+constexpr double kEps = std::numeric_limits<double>::epsilon();
+constexpr int kMaxQlIterations = 60;  // per eigenvalue; QL needs ~1.5 on average
+// Inverse iteration from a random start with an eigenvalue accurate to eps ||T|| gains a factor
+// gap / (eps ||T||) per solve: past kClusterTol that is > 1e10, so 2 solves leave nothing of the
+// other vectors.
+constexpr int kInverseIterations = 2;
+// Eigenvalues closer than this (relative to ||T||) form a cluster whose vectors are
+// re-orthogonalised against each other; outside a cluster inverse iteration alone leaves them
+// orthogonal to eps / kClusterTol ~ 2e-11. (LAPACK's dstein uses 1e-3, which on the decaying
+// spectra here makes most of the tail one cluster and re-orthogonalisation the dominant cost.)
+// Equal eigenvalues are first pulled apart by kSeparation, so that the shifts differ.
+constexpr double kClusterTol = 1e-5;
+constexpr double kSeparation = 10.0 * kEps;
+// Inverse iteration grows vectors by up to 1 / pivot per step; rescaling at this size keeps
+// clusters of tiny pivots from overflowing.
+constexpr double kRescale = 1e150;
+
+// Householder reflector of row i of a (the column i below the diagonal, by symmetry) that
+// zeroes its columns i+2..n-1: stores v (v_0 = 1 implicit) there and in v_out, the new
+// off-diagonal in offdiag[i], and returns tau (0 when the row is already reduced).
+TRP_INLINE double make_reflector(double* a, int64_t n, int64_t i, double* v_out, double* tau,
+                                 double* offdiag) {
+  double* x = a + i * n + i + 1;
+  const int64_t m = n - i - 1;
+  const double tail2 = simd::sum_squares(x + 1, m - 1);
+  const double alpha = x[0];
+  if (tail2 == 0.0) {
+    tau[i] = 0.0;
+    offdiag[i] = alpha;
+    return 0.0;
+  }
+  const double beta = -std::copysign(std::sqrt(alpha * alpha + tail2), alpha);
+  const double scale = 1.0 / (alpha - beta);
+  v_out[0] = 1.0;
+  for (int64_t l = 1; l < m; ++l) v_out[l] = x[l] *= scale;
+  tau[i] = (beta - alpha) / beta;
+  offdiag[i] = beta;
+  return tau[i];
+}
+
+// p = tau * A22 v for the block [from, n) of a, from its upper triangle.
+TRP_INLINE void symmetric_product(const double* a, int64_t n, int64_t from, const double* v,
+                                  double tau, double* p) {
+  const int64_t m = n - from;
+  std::fill(p, p + m, 0.0);
+  for (int64_t j = 0; j < m; ++j) {
+    const double* row = a + (from + j) * n + (from + j);
+    p[j] += row[0] * v[j] + simd::dot_and_axpy(row + 1, v + j + 1, v[j], p + j + 1, m - j - 1);
+  }
+  for (int64_t j = 0; j < m; ++j) p[j] *= tau;
+}
+
+// Householder reduction A = Q T Q^T of the symmetric n x n row-major a, reading and updating
+// only the upper triangle. Row i of a keeps reflector i (v_0 = 1 implicit) in columns i+2..n-1.
+// Step i applies A22 -= v w^T + w v^T with w = p - (tau/2)(p.v) v, p = tau A22 v. The product
+// p of step i+1 is accumulated in the same pass over the rows as the update of step i (each
+// row is updated, then used while it is still in L1): one pass over the matrix per step
+// instead of two, on a reduction that is bound by cache bandwidth.
+TRP_INLINE void tridiagonalize_impl(double* a, int64_t n, double* tau, double* diag,
+                                    double* offdiag) {
+  std::vector<double> v(n), w(n), v_next(n), p_next(n);
+  if (n >= 3 && make_reflector(a, n, 0, v.data(), tau, offdiag) != 0.0) {
+    symmetric_product(a, n, 1, v.data(), tau[0], w.data());
+  }
+  for (int64_t i = 0; i + 2 < n; ++i) {
+    const int64_t m = n - i - 1;  // the block [i+1, n)
+    diag[i] = a[i * n + i];
+    const double t = tau[i];
+    if (t != 0.0) {
+      const double half = 0.5 * t * simd::dot(w.data(), v.data(), m);
+      simd::axpy(-half, v.data(), w.data(), m);
+      simd::rank2_row(a + (i + 1) * n + (i + 1), v[0], w.data(), w[0], v.data(), m);
+    }
+    const double t_next =
+        i + 3 < n ? make_reflector(a, n, i + 1, v_next.data(), tau, offdiag) : 0.0;
+    if (t_next != 0.0) std::fill(p_next.begin(), p_next.begin() + (m - 1), 0.0);
+    for (int64_t jj = 1; jj < m; ++jj) {
+      double* row = a + (i + 1 + jj) * n + (i + 1 + jj);
+      if (t != 0.0) simd::rank2_row(row, v[jj], w.data() + jj, w[jj], v.data() + jj, m - jj);
+      if (t_next != 0.0) {
+        const int64_t r = jj - 1;  // the row's index in the next block [i+2, n)
+        p_next[r] += row[0] * v_next[r] + simd::dot_and_axpy(row + 1, v_next.data() + r + 1,
+                                                             v_next[r], p_next.data() + r + 1,
+                                                             m - jj - 1);
+      }
+    }
+    if (t_next != 0.0) {
+      for (int64_t r = 0; r + 1 < m; ++r) p_next[r] *= t_next;
+    }
+    v.swap(v_next);
+    w.swap(p_next);
+  }
+  if (n >= 2) {
+    diag[n - 2] = a[(n - 2) * n + n - 2];
+    offdiag[n - 2] = a[(n - 2) * n + n - 1];
+  }
+  if (n >= 1) diag[n - 1] = a[(n - 1) * n + n - 1];
+}
+TRP_CPU_DISPATCH(void, tridiagonalize,
+                 (double* a, int64_t n, double* tau, double* diag, double* offdiag),
+                 (a, n, tau, diag, offdiag))
+
+// Eigenvalues of the tridiagonal (d, e) by implicit QL with Wilkinson-type shifts; d is
+// overwritten with them (unsorted), e (size n, e[i] couples i and i+1) is destroyed.
+// An off-diagonal deflates once below eps * ||T||: absolute accuracy eps ||T||, all the Gram
+// matrix itself carries, and a relative test would stall on noise-sized blocks of a
+// rank-deficient Gram. Works on T / ||T||, where sqrt(f^2 + g^2) cannot overflow (|g| stays
+// below ~1/eps), instead of hypot, which took more time than the whole tridiagonalisation.
+bool ql_eigenvalues(double* d, double* e, int64_t n, double norm) {
+  if (n == 0) return true;
+  e[n - 1] = 0.0;
+  if (norm == 0.0) return true;
+  for (int64_t i = 0; i < n; ++i) {
+    d[i] /= norm;
+    e[i] /= norm;
+  }
+  const double negligible = kEps;
+  for (int64_t l = 0; l < n; ++l) {
+    int iterations = 0;
+    for (;;) {
+      int64_t m = l;
+      for (; m + 1 < n; ++m) {
+        if (std::abs(e[m]) <= negligible) break;
+      }
+      if (m == l) break;
+      if (++iterations > kMaxQlIterations) return false;
+      double g = (d[l + 1] - d[l]) / (2.0 * e[l]);
+      double r = std::sqrt(g * g + 1.0);
+      g = d[m] - d[l] + e[l] / (g + std::copysign(r, g));
+      double s = 1.0, c = 1.0, p = 0.0;
+      bool deflated = false;
+      for (int64_t i = m - 1; i >= l; --i) {
+        const double f = s * e[i];
+        const double b = c * e[i];
+        r = std::sqrt(f * f + g * g);
+        e[i + 1] = r;
+        if (r == 0.0) {  // underflow: the matrix split; restart on the smaller problem
+          d[i + 1] -= p;
+          e[m] = 0.0;
+          deflated = true;
+          break;
+        }
+        const double inv_r = 1.0 / r;  // one division on the chain instead of two
+        s = f * inv_r;
+        c = g * inv_r;
+        g = d[i + 1] - p;
+        r = (d[i] - g) * s + 2.0 * c * b;
+        p = s * r;
+        d[i + 1] = g + p;
+        g = c * r - b;
+      }
+      if (deflated) continue;
+      d[l] -= p;
+      e[l] = g;
+      e[m] = 0.0;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) d[i] *= norm;
+  return true;
+}
+
+// LU with partial pivoting of the tridiagonal T - shift I, laid out like LAPACK's dgttrf:
+// U has two superdiagonals. Pivots below `floor` are raised to it, so that solves with a shift
+// at an eigenvalue stay finite (inverse iteration wants exactly that near-singularity).
+struct TridiagonalLu {
+  std::vector<double> lower, diag, inv_diag, upper, upper2;
+  std::vector<char> swapped;
+
+  void factor(const double* d, const double* e, int64_t n, double shift, double floor) {
+    lower.assign(e, e + std::max<int64_t>(n - 1, 0));
+    upper = lower;
+    upper2.assign(std::max<int64_t>(n - 2, 0), 0.0);
+    diag.resize(n);
+    swapped.assign(n, 0);
+    for (int64_t i = 0; i < n; ++i) diag[i] = d[i] - shift;
+    for (int64_t i = 0; i + 1 < n; ++i) {
+      if (std::abs(diag[i]) >= std::abs(lower[i])) {
+        if (diag[i] == 0.0) diag[i] = floor;  // then lower[i] == 0 too
+        const double factor = lower[i] / diag[i];
+        lower[i] = factor;
+        diag[i + 1] -= factor * upper[i];
+      } else {
+        swapped[i] = 1;
+        const double factor = diag[i] / lower[i];
+        diag[i] = lower[i];
+        lower[i] = factor;
+        const double old_upper = upper[i];
+        upper[i] = diag[i + 1];
+        diag[i + 1] = old_upper - factor * diag[i + 1];
+        if (i + 2 < n) {
+          upper2[i] = upper[i + 1];
+          upper[i + 1] = -factor * upper[i + 1];
+        }
+      }
+    }
+    inv_diag.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      if (std::abs(diag[i]) < floor) diag[i] = std::copysign(floor, diag[i]);
+      inv_diag[i] = 1.0 / diag[i];  // solves then multiply: no division on their critical path
+    }
+  }
+
+  // x <- (T - shift I)^-1 x, up to a positive scale (rescaled against overflow).
+  void solve(double* x, int64_t n) const {
+    for (int64_t i = 0; i + 1 < n; ++i) {
+      if (swapped[i]) {
+        const double top = x[i];
+        x[i] = x[i + 1];
+        x[i + 1] = top - lower[i] * x[i];
+      } else {
+        x[i + 1] -= lower[i] * x[i];
+      }
+    }
+    for (int64_t i = n - 1; i >= 0; --i) {
+      double v = x[i];
+      if (i + 1 < n) v -= upper[i] * x[i + 1];
+      if (i + 2 < n) v -= upper2[i] * x[i + 2];
+      x[i] = v * inv_diag[i];
+      if (std::abs(x[i]) > kRescale) {
+        for (int64_t l = 0; l < n; ++l) x[l] /= kRescale;
+      }
+    }
+  }
+};
+
+// Eigenvectors of the tridiagonal (d, e) for the descending eigenvalues lambda[0..m), by
+// inverse iteration, into zt (m x n: row j is the vector of lambda[j]).
+TRP_INLINE void tridiagonal_vectors_impl(const double* d, const double* e, int64_t n,
+                                         const double* lambda, int64_t m, double* zt) {
+  double norm = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    norm = std::max(norm, std::abs(d[i]) + (i > 0 ? std::abs(e[i - 1]) : 0.0) +
+                              (i + 1 < n ? std::abs(e[i]) : 0.0));
+  }
+  if (norm == 0.0) norm = 1.0;  // T = 0: every unit vector is an eigenvector
+  std::vector<double> dn(n), en(std::max<int64_t>(n - 1, 0));
+  for (int64_t i = 0; i < n; ++i) dn[i] = d[i] / norm;
+  for (int64_t i = 0; i + 1 < n; ++i) en[i] = e[i] / norm;
+  TridiagonalLu lu;
+  uint64_t state = 0x5DEECE66DULL + static_cast<uint64_t>(n);
+  int64_t cluster = 0;
+  double previous = 0.0;
+  for (int64_t j = 0; j < m; ++j) {
+    double shift = lambda[j] / norm;
+    if (j > 0) {
+      if (previous - shift > kClusterTol) cluster = j;
+      if (previous - shift < kSeparation) shift = previous - kSeparation;
+    }
+    previous = shift;
+    lu.factor(dn.data(), en.data(), n, shift, kEps);
+    double* x = zt + j * n;
+    for (int64_t i = 0; i < n; ++i) x[i] = random_unit(&state);
+    for (int it = 0; it < kInverseIterations; ++it) {
+      lu.solve(x, n);
+      // Twice is enough (Kahan-Parlett) to make x orthogonal to the cluster's vectors.
+      for (int pass = 0; pass < 2 && cluster < j; ++pass) {
+        for (int64_t c = cluster; c < j; ++c) {
+          const double* other = zt + c * n;
+          simd::axpy(-simd::dot(x, other, n), other, x, n);
+        }
+      }
+      const double norm2 = simd::sum_squares(x, n);
+      if (!(norm2 > 0.0) || !std::isfinite(norm2)) {  // lost to cancellation: restart
+        for (int64_t i = 0; i < n; ++i) x[i] = random_unit(&state);
+        continue;
+      }
+      const double inv = 1.0 / std::sqrt(norm2);
+      for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+    }
+  }
+}
+TRP_CPU_DISPATCH(void, tridiagonal_vectors,
+                 (const double* d, const double* e, int64_t n, const double* lambda, int64_t m,
+                  double* zt),
+                 (d, e, n, lambda, m, zt))
+
+// out (n x m) <- Q out, Q = H_first ... H_{last-1} of the reflectors kept in `house`: the last
+// reflector first, one at a time (level 2).
+TRP_INLINE void back_transform_impl(const double* house, const double* tau, int64_t n,
+                                    int64_t m, double* out, int64_t first, int64_t last) {
+  std::vector<double> w(m);
+  for (int64_t i = last - 1; i >= first; --i) {
+    const double t = tau[i];
+    if (t == 0.0) continue;
+    const double* v = house + i * n + i + 1;  // v[0] = 1 implicit, v[l] for l >= 1
+    double* rows = out + (i + 1) * m;          // rows i+1..n-1 of out
+    const int64_t len = n - i - 1;
+    std::copy(rows, rows + m, w.begin());
+    for (int64_t l = 1; l < len; ++l) simd::axpy(v[l], rows + l * m, w.data(), m);
+    for (int64_t c = 0; c < m; ++c) w[c] *= t;
+    simd::axpy(-1.0, w.data(), rows, m);
+    for (int64_t l = 1; l < len; ++l) simd::axpy(-v[l], w.data(), rows + l * m, m);
+  }
+}
+TRP_CPU_DISPATCH(void, back_transform,
+                 (const double* house, const double* tau, int64_t n, int64_t m, double* out,
+                  int64_t first, int64_t last),
+                 (house, tau, n, m, out, first, last))
+
+// Reflectors per block of the blocked back-transformation, and the size from which it pays.
+constexpr int64_t kReflectorBlock = 32;
+constexpr int64_t kBlockedFromSize = 64;
+
+// The same in blocks of kReflectorBlock reflectors, each applied as I - V T V^T (the compact
+// WY form, T upper triangular) by two GEMMs: the flops of the level-2 version at GEMM speed.
+void back_transform_blocked(const double* house, const double* tau, int64_t n, double* out,
+                            int64_t m) {
+  const int64_t count = n - 2;  // reflectors 0..n-3
+  std::vector<double> vt, t, w;
+  for (int64_t end = count; end > 0; end -= kReflectorBlock) {
+    const int64_t begin = std::max<int64_t>(0, end - kReflectorBlock);
+    const int64_t nb = end - begin;
+    const int64_t len = n - begin - 1;  // rows begin+1..n-1
+    // V^T (nb x len): reflector begin+c is 1 at local row c, house's v below, zero above.
+    vt.assign(nb * len, 0.0);
+    for (int64_t c = 0; c < nb; ++c) {
+      const int64_t i = begin + c;
+      double* row = vt.data() + c * len;
+      row[c] = 1.0;
+      std::copy(house + i * n + i + 2, house + i * n + n, row + c + 1);
+    }
+    // T: T_cc = tau_c, T[0:c, c] = -tau_c T[0:c, 0:c] V[:, 0:c]^T v_c.
+    t.assign(nb * nb, 0.0);
+    std::vector<double> y(nb);
+    for (int64_t c = 0; c < nb; ++c) {
+      const double tc = tau[begin + c];
+      t[c * nb + c] = tc;
+      if (tc == 0.0) continue;
+      for (int64_t j = 0; j < c; ++j) {
+        y[j] = simd::dot(vt.data() + j * len + c, vt.data() + c * len + c, len - c);
+      }
+      for (int64_t j = 0; j < c; ++j) {
+        double sum = 0.0;
+        for (int64_t l = j; l < c; ++l) sum += t[j * nb + l] * y[l];
+        t[j * nb + c] = -tc * sum;
+      }
+    }
+    double* rows = out + (begin + 1) * m;
+    w.resize(nb * m);
+    matmul(vt.data(), false, rows, false, w.data(), nb, m, len);        // W = V^T Z
+    std::vector<double> tw(nb * m);
+    matmul(t.data(), false, w.data(), false, tw.data(), nb, m, nb);     // W = T W
+    matmul_accumulate(vt.data(), true, tw.data(), false, rows, len, m, nb, -1.0, 1.0);  // Z -= V W
+  }
+}
+
+}  // namespace
+
+void SymmetricEigen::reduce(const double* a, int64_t n) {
+  n_ = n;
+  lapack_ = n >= kLapackFromSize;
+  if (!lapack_) {
+    house_.assign(a, a + n * n);
+    tau_.assign(std::max<int64_t>(n - 2, 0), 0.0);
+    diag_.assign(n, 0.0);
+    offdiag_.assign(n, 0.0);
+    tridiagonalize(house_.data(), n, tau_.data(), diag_.data(), offdiag_.data());
+    double norm = 0.0;  // ||T||_inf (T symmetric, so also ||T||_1)
+    for (int64_t i = 0; i < n; ++i) {
+      norm = std::max(norm, std::abs(diag_[i]) + std::abs(offdiag_[i]) +
+                                (i > 0 ? std::abs(offdiag_[i - 1]) : 0.0));
+    }
+    values_ = diag_;
+    std::vector<double> e = offdiag_;
+    lapack_ = !ql_eigenvalues(values_.data(), e.data(), n, norm);
+    if (!lapack_) {
+      std::sort(values_.begin(), values_.end(), std::greater<double>());
+      return;
+    }
+  }
+  values_.resize(n);
+  house_.resize(n * n);
+  lapack_eigh(a, n, values_.data(), house_.data());
+}
+
+void SymmetricEigen::vectors(int64_t m, double* out) {
+  const int64_t n = n_;
+  if (m == 0 || n == 0) return;
+  if (lapack_) {
+    for (int64_t i = 0; i < n; ++i) std::copy(&house_[i * n], &house_[i * n] + m, out + i * m);
+    return;
+  }
+  std::vector<double> zt(m * n);
+  tridiagonal_vectors(diag_.data(), offdiag_.data(), n, values_.data(), m, zt.data());
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < m; ++j) out[i * m + j] = zt[j * n + i];
+  }
+  if (n >= kBlockedFromSize) {
+    back_transform_blocked(house_.data(), tau_.data(), n, out, m);
+  } else {
+    back_transform(house_.data(), tau_.data(), n, m, out, 0, std::max<int64_t>(n - 2, 0));
+  }
+}
+
+}  // namespace cpu
+}  // namespace trp_ext

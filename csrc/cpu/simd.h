@@ -1,0 +1,180 @@
+// Vector loops for the CPU kernels' level-1/2 hot spots, and runtime dispatch to AVX2+FMA.
+//
+// The extension is built without -march flags (it must load on any x86-64), so plain loops
+// compile to SSE2, and GCC never vectorises a floating-point reduction without -ffast-math.
+// Kernels are therefore written once with explicit 4-wide vector accumulators (GCC/Clang vector
+// extensions) as always-inline `*_impl` functions, and TRP_CPU_DISPATCH compiles each twice:
+// inlined into a target("avx2,fma") wrapper and into a generic one, picked at run time.
+// A target attribute (unlike `#pragma GCC target`) changes nothing outside the wrapper, so no
+// AVX2 code can leak into shared inline functions.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define TRP_X86_DISPATCH 1
+#define TRP_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define TRP_X86_DISPATCH 0
+#define TRP_TARGET_AVX2
+#endif
+
+#if defined(__GNUC__)
+#define TRP_INLINE inline __attribute__((always_inline))
+#else
+#define TRP_INLINE inline
+#endif
+
+namespace trp_ext {
+namespace cpu {
+namespace simd {
+
+inline bool has_avx2_fma() {
+#if TRP_X86_DISPATCH
+  static const bool available = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return available;
+#else
+  return false;
+#endif
+}
+
+#if defined(__GNUC__)
+// The 32-byte vector type only ever lives inside always-inline functions; GCC's note that
+// passing it by value outside AVX code would change the ABI does not apply.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef double vd4 __attribute__((vector_size(32)));
+TRP_INLINE vd4 load4(const double* p) {
+  vd4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+TRP_INLINE void store4(double* p, vd4 v) { std::memcpy(p, &v, sizeof v); }
+TRP_INLINE vd4 splat4(double x) { return vd4{x, x, x, x}; }
+TRP_INLINE double sum4(vd4 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+#pragma GCC diagnostic pop
+#define TRP_VECTOR_LOOPS 1
+#else
+#define TRP_VECTOR_LOOPS 0
+#endif
+
+// sum_i x[i] y[i]
+TRP_INLINE double dot(const double* __restrict x, const double* __restrict y, int64_t n) {
+  int64_t i = 0;
+  double s = 0.0;
+#if TRP_VECTOR_LOOPS
+  vd4 a0 = splat4(0.0), a1 = splat4(0.0), a2 = splat4(0.0), a3 = splat4(0.0);
+  for (; i + 16 <= n; i += 16) {  // four accumulators: FMA latency 4, two FMA pipes
+    a0 += load4(x + i) * load4(y + i);
+    a1 += load4(x + i + 4) * load4(y + i + 4);
+    a2 += load4(x + i + 8) * load4(y + i + 8);
+    a3 += load4(x + i + 12) * load4(y + i + 12);
+  }
+  for (; i + 4 <= n; i += 4) a0 += load4(x + i) * load4(y + i);
+  s = sum4((a0 + a1) + (a2 + a3));
+#endif
+  for (; i < n; ++i) s += x[i] * y[i];
+  return s;
+}
+
+// sum_i x[i]^2
+TRP_INLINE double sum_squares(const double* x, int64_t n) { return dot(x, x, n); }
+
+// The largest |x[i]|, and whether every x[i] is finite (x - x is NaN exactly for NaN or Inf).
+TRP_INLINE double max_abs_if_finite(const double* x, int64_t n, bool* finite) {
+  int64_t i = 0;
+  double best = 0.0, poison = 0.0;
+#if TRP_VECTOR_LOOPS
+  vd4 m0 = splat4(0.0), m1 = splat4(0.0), p0 = splat4(0.0);
+  for (; i + 8 <= n; i += 8) {
+    const vd4 a = load4(x + i), b = load4(x + i + 4);
+    const vd4 abs_a = a < 0.0 ? -a : a, abs_b = b < 0.0 ? -b : b;
+    m0 = abs_a > m0 ? abs_a : m0;
+    m1 = abs_b > m1 ? abs_b : m1;
+    p0 += (a - a) + (b - b);
+  }
+  const vd4 m = m0 > m1 ? m0 : m1;
+  best = m[0] > m[1] ? m[0] : m[1];
+  best = m[2] > best ? m[2] : best;
+  best = m[3] > best ? m[3] : best;
+  poison = sum4(p0);
+#endif
+  for (; i < n; ++i) {
+    const double a = x[i] < 0.0 ? -x[i] : x[i];
+    best = a > best ? a : best;
+    poison += x[i] - x[i];
+  }
+  *finite = poison == 0.0;
+  return best;
+}
+
+// y[i] += alpha x[i]
+TRP_INLINE void axpy(double alpha, const double* __restrict x, double* __restrict y, int64_t n) {
+  int64_t i = 0;
+#if TRP_VECTOR_LOOPS
+  const vd4 a = splat4(alpha);
+  for (; i + 4 <= n; i += 4) store4(y + i, load4(y + i) + a * load4(x + i));
+#endif
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// One row of a symmetric matrix-vector product from the upper triangle: returns
+// sum_l row[l] v[l] and adds row[l] * vj to w[l], for l in [0, n).
+TRP_INLINE double dot_and_axpy(const double* __restrict row, const double* __restrict v,
+                               double vj, double* __restrict w, int64_t n) {
+  int64_t i = 0;
+  double s = 0.0;
+#if TRP_VECTOR_LOOPS
+  // Two accumulators: one chain of dependent FMAs would run at the FMA latency.
+  vd4 acc0 = splat4(0.0), acc1 = splat4(0.0);
+  const vd4 b = splat4(vj);
+  for (; i + 8 <= n; i += 8) {
+    const vd4 r0 = load4(row + i), r1 = load4(row + i + 4);
+    acc0 += r0 * load4(v + i);
+    acc1 += r1 * load4(v + i + 4);
+    store4(w + i, load4(w + i) + r0 * b);
+    store4(w + i + 4, load4(w + i + 4) + r1 * b);
+  }
+  for (; i + 4 <= n; i += 4) {
+    const vd4 r = load4(row + i);
+    acc0 += r * load4(v + i);
+    store4(w + i, load4(w + i) + r * b);
+  }
+  s = sum4(acc0 + acc1);
+#endif
+  for (; i < n; ++i) {
+    s += row[i] * v[i];
+    w[i] += row[i] * vj;
+  }
+  return s;
+}
+
+// row[l] -= a x[l] + b y[l]: one row of a symmetric rank-2 update.
+TRP_INLINE void rank2_row(double* __restrict row, double a, const double* __restrict x, double b,
+                          const double* __restrict y, int64_t n) {
+  int64_t i = 0;
+#if TRP_VECTOR_LOOPS
+  const vd4 va = splat4(a), vb = splat4(b);
+  for (; i + 4 <= n; i += 4) store4(row + i, load4(row + i) - (va * load4(x + i) + vb * load4(y + i)));
+#endif
+  for (; i < n; ++i) row[i] -= a * x[i] + b * y[i];
+}
+
+}  // namespace simd
+}  // namespace cpu
+}  // namespace trp_ext
+
+// Defines `static ret name params` that runs name##_impl args compiled for AVX2+FMA when the
+// CPU has it, else compiled for the build's baseline. name##_impl must be TRP_INLINE.
+#if TRP_X86_DISPATCH
+#define TRP_CPU_DISPATCH(ret, name, params, args)                                 \
+  TRP_TARGET_AVX2 static ret name##_avx2 params { return name##_impl args; }      \
+  static ret name##_baseline params { return name##_impl args; }                  \
+  static ret name params {                                                        \
+    return ::trp_ext::cpu::simd::has_avx2_fma() ? name##_avx2 args : name##_baseline args; \
+  }
+#else
+#define TRP_CPU_DISPATCH(ret, name, params, args) \
+  static ret name params { return name##_impl args; }
+#endif

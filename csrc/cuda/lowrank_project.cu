@@ -1,0 +1,501 @@
+// CUDA kernel of lowrank_project: the whole list in a fixed number of batched steps.
+//
+// Matrices are grouped by shape (k x len after orienting the shorter side first); each group is
+// one batch of float64 work: Gram matrices by bmm, eigen-decompositions by the shared-memory
+// Jacobi kernel (k <= 112) or cuSOLVER through ATen, ranks by the energy_rank op (one call for
+// all matrices), projections and sub-gradients by bmm with the columns beyond each rank masked.
+// A warm start runs kWarmPowerSteps batched power steps (Cholesky QR) and one Rayleigh-Ritz
+// step, and certify_ritz_batch accepts a matrix under the same bounds as the CPU kernel; the
+// rest are solved cold. Host syncs: energy_rank's own NaN check per call of it, one to read
+// which warm starts held, and one at the end for the ranks (the bases' widths depend on them)
+// and the NaN/Inf flags. None per matrix.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <map>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "common/lowrank_project_checks.h"
+#include "common/lowrank_project_policy.h"
+#include "common/lowrank_project_stats.h"
+#include "common/ritz_certificate.h"
+#include "cuda/lowrank_project_kernels.cuh"
+
+namespace trp_ext {
+namespace {
+
+// A drifted basis needs a step before Rayleigh-Ritz (see the CPU kernel); a second one makes a
+// batch certify far more often for little cost on a GPU. No data-dependent loop: each round
+// of checks would cost a host sync.
+constexpr int kWarmPowerSteps = 2;
+// Column norms of G Q below this fraction of the largest keep their old direction.
+constexpr double kStagnant = 1e-12;
+// Cholesky QR is accepted when ||Q^T Q - I||_max stays below this; the certificate assumes an
+// orthonormal basis.
+constexpr double kOrthonormalTol = 1e-10;
+
+using at::Tensor;
+
+// The matrices of one oriented shape k x len (k <= len), as one batch.
+struct Group {
+  int64_t k = 0, len = 0;
+  std::vector<int64_t> index;      // positions in `mats`
+  std::vector<char> transposed;    // stored len x k
+  Tensor a;                        // (B, k, len) float64, scaled by scale_lo * scale_hi
+  Tensor scale_lo, scale_hi;       // (B): powers of two, each within range
+  Tensor total, gram, gram_fro2;   // (B), (B, k, k), (B)
+  Tensor value_cut, value_cut2;    // (B): value_threshold in the units of a, its square; -1: none
+  Tensor bad, bad_basis;           // (B) bool: NaN/Inf in the matrix / in its basis
+  double sub_floor = 0.0;
+};
+
+// Eigenpairs of some matrices of a group and their ranks: what the outputs are built from.
+struct Solved {
+  Group* group = nullptr;
+  std::vector<int64_t> local;  // positions in the group
+  Tensor sel;                  // the same, on the device
+  Tensor vectors, values;      // (n, k, w), (n, w) descending
+  Tensor rank;                 // (n) int64
+  Tensor converged;            // (n) bool: the eigensolver converged
+  Tensor projected, subgradient;  // (n, k, len) float64, unscaled
+};
+
+at::TensorOptions f64(const Tensor& like) { return like.options().dtype(at::kDouble); }
+
+Tensor device_index(const std::vector<int64_t>& host, const Tensor& like) {
+  return at::tensor(host, at::TensorOptions(at::kLong)).to(like.device());
+}
+
+// Deterministic pseudo-random entries in [-1, 1): columns a warm basis is padded with.
+Tensor pseudo_random(int64_t batch, int64_t k, int64_t b, const at::TensorOptions& options) {
+  const Tensor x = at::arange(batch * k * b, options).view({batch, k, b});
+  return at::frac(at::sin(x * 12.9898 + 78.233) * 43758.5453) * 2.0 - 1.0;
+}
+
+void load_group(Group& g, at::TensorList mats, std::optional<double> value_threshold,
+                bool single) {
+  std::vector<Tensor> views;
+  for (size_t j = 0; j < g.index.size(); ++j) {
+    const Tensor& mat = mats[g.index[j]];
+    views.push_back(g.transposed[j] ? mat.t() : mat);
+  }
+  Tensor a = at::stack(views).to(at::kDouble);
+  g.bad = at::isfinite(a).flatten(1).all(1).logical_not();
+  a.masked_fill_(g.bad.view({-1, 1, 1}), 0.0);  // flagged matrices are raised on, not solved
+  // Power-of-two rescaling where max|a| lies outside 2^+-256; split in two factors, since
+  // 2^-exponent alone overflows for subnormal-only matrices.
+  const Tensor exponent = std::get<1>(at::frexp(a.abs().flatten(1).amax(1))).to(at::kDouble);
+  const Tensor rescale = exponent.abs() > kMaxUnscaledExponent;
+  const Tensor lo = at::where(rescale, at::floor(-exponent / 2), at::zeros_like(exponent));
+  const Tensor hi = at::where(rescale, -exponent - lo, at::zeros_like(exponent));
+  g.scale_lo = at::exp2(lo);
+  g.scale_hi = at::exp2(hi);
+  a.mul_(g.scale_lo.view({-1, 1, 1})).mul_(g.scale_hi.view({-1, 1, 1}));
+  g.a = a;
+  g.total = a.square().flatten(1).sum(1);
+  const Tensor gram = at::bmm(a, a.transpose(1, 2));
+  g.gram = (gram + gram.transpose(1, 2)).mul_(0.5);  // bmm may round G_ij and G_ji differently
+  g.gram_fro2 = g.gram.square().flatten(1).sum(1);
+  g.value_cut = value_threshold.has_value() ? g.scale_lo * g.scale_hi * *value_threshold
+                                            : at::full_like(g.total, -1.0);
+  g.value_cut2 = at::where(g.value_cut >= 0.0, g.value_cut.square(), g.value_cut);
+  g.bad_basis = at::zeros_like(g.bad);
+  const Tensor& first = mats[g.index[0]];
+  g.sub_floor = subgradient_floor(single, first.size(0), first.size(1));
+}
+
+// Eigen-decomposition of a batch of symmetric matrices, descending.
+std::tuple<Tensor, Tensor, Tensor> eigh_descending(const Tensor& h, bool force_lapack) {
+  const int64_t batch = h.size(0), n = h.size(1);
+  if (!force_lapack && cuda::jacobi_eigh_fits(n)) {
+    Tensor values = at::empty({batch, n}, h.options());
+    Tensor vectors = at::empty({batch, n, n}, h.options());
+    Tensor converged = at::empty({batch}, h.options().dtype(at::kInt));
+    cuda::jacobi_eigh(h.contiguous(), values, vectors, converged);
+    return {values, vectors, converged.ne(0)};
+  }
+  auto [values, vectors] = at::linalg_eigh(h);  // ascending; syncs once to check its infos
+  return {values.flip(1), vectors.flip(2), at::ones({batch}, h.options().dtype(at::kBool))};
+}
+
+// Cholesky QR, twice, of each (k, b) block; ok &= factorisation succeeded and the result is
+// orthonormal. A failed factorisation is replaced by the identity so that the batch stays finite.
+Tensor orthonormalize(const Tensor& q, Tensor& ok) {
+  const int64_t batch = q.size(0), b = q.size(2);
+  const Tensor eye = at::eye(b, q.options()).expand({batch, b, b});
+  Tensor x = q;
+  for (int pass = 0; pass < 2; ++pass) {
+    const Tensor s = at::bmm(x.transpose(1, 2), x);
+    auto [lower, info] = at::linalg_cholesky_ex(s);
+    const Tensor good = info.eq(0);
+    ok = ok.logical_and(good);
+    lower = at::where(good.view({-1, 1, 1}), lower, eye);
+    x = at::linalg_solve_triangular(lower.transpose(1, 2), x, /*upper=*/true, /*left=*/false);
+  }
+  const Tensor deviation = (at::bmm(x.transpose(1, 2), x) - eye).abs().flatten(1).amax(1);
+  ok = ok.logical_and(deviation.le(kOrthonormalTol));
+  return x;
+}
+
+// The energy_rank op over rows of different widths: zero-padded to one batch, one call.
+std::vector<Tensor> energy_ranks(const std::vector<Tensor>& rows, double energy) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("trp_ext::energy_rank", "")
+                             .typed<Tensor(const Tensor&, double)>();
+  std::vector<Tensor> out;
+  if (rows.empty()) return out;
+  int64_t width = 0;
+  for (const Tensor& r : rows) width = std::max(width, r.size(1));
+  std::vector<Tensor> padded;
+  for (const Tensor& r : rows) {
+    // NaN only reaches here from flagged matrices, which are raised on later with their index.
+    padded.push_back(at::constant_pad_nd(at::nan_to_num(r, 0.0, 0.0, 0.0), {0, width - r.size(1)}));
+  }
+  const Tensor ranks = op.call(at::cat(padded), energy);
+  int64_t offset = 0;
+  for (const Tensor& r : rows) {
+    out.push_back(ranks.narrow(0, offset, r.size(0)));
+    offset += r.size(0);
+  }
+  return out;
+}
+
+// The warm attempt on one group: power steps and Rayleigh-Ritz from the given bases.
+struct WarmAttempt {
+  Group* group = nullptr;
+  std::vector<char> tried;  // the matrix has a non-empty basis
+  int64_t b = 0;
+  Tensor usable, vectors, values, res2, rows, rank, status;
+};
+
+WarmAttempt warm_start(Group& g, at::TensorList bases) {
+  WarmAttempt w;
+  w.group = &g;
+  const int64_t batch = g.index.size(), k = g.k;
+  for (int64_t j = 0; j < batch; ++j) {
+    const int64_t width = bases[g.index[j]].size(1);
+    w.tried.push_back(width > 0);
+    w.b = std::max(w.b, width);
+  }
+  if (w.b == 0) return w;
+  const Tensor noise = pseudo_random(batch, k, w.b, f64(g.a));
+  Tensor q = noise.clone();
+  for (int64_t j = 0; j < batch; ++j) {  // narrower bases are padded with noise columns
+    const Tensor& basis = bases[g.index[j]];
+    if (basis.size(1) > 0) q[j].narrow(1, 0, basis.size(1)).copy_(basis);
+  }
+  g.bad_basis = at::isfinite(q).flatten(1).all(1).logical_not();
+  std::vector<int64_t> tried(w.tried.begin(), w.tried.end());
+  Tensor ok = device_index(tried, g.a).ne(0).logical_and(g.bad.logical_or(g.bad_basis).logical_not());
+  q = at::where(ok.view({-1, 1, 1}), q, noise);
+  q = orthonormalize(q, ok);
+  for (int step = 0; step < kWarmPowerSteps; ++step) {
+    // Columns of G Q scaled to unit norm: q tracks Ritz vectors, so this is nearly orthonormal.
+    Tensor z = at::bmm(g.gram, q);
+    const Tensor norms = at::linalg_vector_norm(z, 2, {1}, /*keepdim=*/true);
+    const Tensor stagnant = norms.le(kStagnant * norms.amax({2}, /*keepdim=*/true));
+    z = at::where(stagnant, q, z / norms.clamp_min(DBL_MIN));
+    q = orthonormalize(z, ok);
+  }
+  // Rayleigh-Ritz: H = Q^T G Q = E Theta E^T, U = Q E, G U = (G Q) E.
+  const Tensor gq = at::bmm(g.gram, q);
+  Tensor h = at::bmm(q.transpose(1, 2), gq);
+  h = (h + h.transpose(1, 2)).mul_(0.5);
+  h = at::where(ok.view({-1, 1, 1}), h, at::zeros_like(h));
+  auto [theta, e, converged] = eigh_descending(h, /*force_lapack=*/false);
+  w.usable = ok.logical_and(converged);
+  w.values = theta;
+  w.vectors = at::bmm(q, e);
+  const Tensor gu = at::bmm(gq, e);
+  w.res2 = (gu - w.vectors * theta.unsqueeze(1)).square().sum(1);
+  // The rank rule on the Ritz values, the energy outside span(Q) lumped as one more value.
+  const Tensor captured = theta.clamp_min(0.0).sum(1);
+  const Tensor tail = w.b < k ? (g.total - captured).clamp_min(0.0) : at::zeros_like(captured);
+  w.rows = at::cat({theta.clamp_min(0.0).sqrt(), tail.sqrt().unsqueeze(1)}, 1);
+  return w;
+}
+
+void certify(WarmAttempt& w, const Tensor& energy_rank, const std::optional<int64_t>& max_rank,
+             bool want_subgradient, bool single) {
+  Group& g = *w.group;
+  const WarmTolerances tol = warm_tolerances(single);
+  cuda::RitzBatch batch;
+  batch.k = g.k;
+  batch.b = w.b;
+  batch.theta = w.values.contiguous();
+  batch.res2 = w.res2.contiguous();
+  batch.gram_fro2 = g.gram_fro2.contiguous();
+  batch.total = g.total.contiguous();
+  batch.value_cut2 = g.value_cut2.contiguous();
+  batch.sub_floor2 = (w.values.select(1, 0).clamp_min(0.0) * (g.sub_floor * g.sub_floor)).contiguous();
+  batch.energy_rank = energy_rank.contiguous();
+  batch.usable = w.usable.contiguous();
+  batch.max_rank = max_rank.value_or(-1);
+  batch.want_subgradient = want_subgradient;
+  batch.tol_rank = tol.rank;
+  batch.tol_proj = tol.proj;
+  batch.tol_sub = tol.sub;
+  w.rank = at::empty({static_cast<int64_t>(g.index.size())}, g.total.options().dtype(at::kLong));
+  w.status = at::empty({static_cast<int64_t>(g.index.size())}, g.total.options().dtype(at::kInt));
+  cuda::certify_ritz_batch(batch, w.rank, w.status);
+}
+
+// Full eigen-decompositions of the given matrices of a group; ranks follow from `rows`.
+Solved solve_cold(Group& g, std::vector<int64_t> local, bool force_lapack) {
+  Solved s;
+  s.group = &g;
+  s.local = std::move(local);
+  s.sel = device_index(s.local, g.a);
+  const Tensor gram = g.gram.index_select(0, s.sel);
+  auto [values, vectors, converged] = eigh_descending(gram, force_lapack);
+  s.values = values.clamp_min(0.0);  // G is PSD; rounding may say otherwise
+  s.vectors = vectors;
+  s.converged = converged;
+  return s;
+}
+
+// The caps of the rank rule on a full spectrum: count of singular values >= value_threshold
+// (compared as singular values, as on the CPU), then max_rank.
+Tensor cap_ranks(const Tensor& energy_rank, const Tensor& singular, const Tensor& value_cut,
+                 const std::optional<double>& value_threshold, const std::optional<int64_t>& max_rank) {
+  Tensor rank = energy_rank;
+  if (value_threshold.has_value()) {
+    const Tensor count = (singular >= value_cut.unsqueeze(1)).sum(1);
+    rank = at::minimum(rank, count);
+  }
+  if (max_rank.has_value()) rank = rank.clamp_max(*max_rank);
+  return rank;
+}
+
+// P = U_r (U_r^T A) and U_r S_r^-1 (U_r^T A), with the columns beyond each rank masked out.
+void build_outputs(Solved& s, bool want_subgradient) {
+  Group& g = *s.group;
+  const int64_t width = s.vectors.size(2);
+  const Tensor a = g.a.index_select(0, s.sel);
+  const Tensor keep = at::arange(width, s.rank.options()).unsqueeze(0) < s.rank.unsqueeze(1);
+  const Tensor u = s.vectors * keep.unsqueeze(1);
+  const Tensor w = at::bmm(u.transpose(1, 2), a);
+  // Undo the scaling in two factors, like it was applied: exact, and never overflowing.
+  s.projected = at::bmm(u, w)
+                    .mul_(g.scale_lo.index_select(0, s.sel).reciprocal().view({-1, 1, 1}))
+                    .mul_(g.scale_hi.index_select(0, s.sel).reciprocal().view({-1, 1, 1}));
+  if (want_subgradient) {
+    const Tensor floor2 = s.values.select(1, 0).unsqueeze(1) * (g.sub_floor * g.sub_floor);
+    const Tensor kept = keep.logical_and(s.values > floor2);
+    const Tensor inverse =
+        at::where(kept, s.values.clamp_min(DBL_MIN).rsqrt(), at::zeros_like(s.values));
+    s.subgradient = at::bmm(s.vectors * inverse.unsqueeze(1), w);
+  }
+}
+
+std::vector<int64_t> global_index(const Solved& s) {
+  std::vector<int64_t> global;
+  for (int64_t j : s.local) global.push_back(s.group->index[j]);
+  return global;
+}
+
+Tensor to_output(const Tensor& oriented, bool transposed, const Tensor& like) {
+  Tensor out = at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
+  out.copy_(transposed ? oriented.t() : oriented);
+  return out;
+}
+
+}  // namespace
+
+std::tuple<std::vector<Tensor>, Tensor, std::vector<Tensor>, std::vector<Tensor>>
+lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> value_threshold,
+                     std::optional<int64_t> max_rank, std::optional<at::TensorList> bases,
+                     bool want_subgradient) {
+  check_lowrank_project_args(mats, energy, value_threshold, max_rank, bases);
+  const c10::cuda::CUDAGuard device_guard(mats[0].device());
+  const int64_t count = static_cast<int64_t>(mats.size());
+  const bool single = mats[0].scalar_type() == at::kFloat;
+  const bool try_warm = bases.has_value() && energy < 1.0;
+
+  // 1. Group by oriented shape; empty matrices need no device work.
+  std::map<std::pair<int64_t, int64_t>, Group> groups;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t m = mats[i].size(0), n = mats[i].size(1);
+    if (std::min(m, n) == 0) continue;
+    Group& g = groups[{std::min(m, n), std::max(m, n)}];
+    g.k = std::min(m, n);
+    g.len = std::max(m, n);
+    g.index.push_back(i);
+    g.transposed.push_back(m > n);
+  }
+  for (auto& [shape, g] : groups) load_group(g, mats, value_threshold, single);
+
+  // 2. Warm starts, certified; then one sync to learn which held.
+  std::vector<ProjectPath> path(count, ProjectPath::kCold);
+  std::vector<char> warm_held(count, 0), zero_matrix(count, 0);
+  std::vector<WarmAttempt> attempts;
+  if (try_warm) {
+    for (auto& [shape, g] : groups) {
+      WarmAttempt w = warm_start(g, *bases);
+      if (w.b > 0) attempts.push_back(std::move(w));
+    }
+    std::vector<Tensor> rows;
+    for (WarmAttempt& w : attempts) rows.push_back(w.rows);
+    const std::vector<Tensor> ranks = energy_ranks(rows, energy);
+    for (size_t t = 0; t < attempts.size(); ++t) {
+      certify(attempts[t], ranks[t], max_rank, want_subgradient, single);
+    }
+  }
+  // Flags per matrix: NaN/Inf in it or its basis, zero matrix, warm status. Read at once when
+  // warm starts were tried (their outcome decides what to solve cold), else with the ranks.
+  Tensor flags = at::full({count, 4}, -1, mats[0].options().dtype(at::kLong));
+  for (auto& [shape, g] : groups) {
+    const Tensor index = device_index(g.index, g.a);
+    flags.index_copy_(0, index, at::stack({g.bad.to(at::kLong), g.bad_basis.to(at::kLong),
+                                           g.total.eq(0.0).to(at::kLong),
+                                           at::full_like(g.total, -1, at::kLong)}, 1));
+  }
+  for (WarmAttempt& w : attempts) {
+    const Tensor index = device_index(w.group->index, w.group->a);
+    flags.select(1, 3).index_copy_(0, index, w.status.to(at::kLong));
+  }
+  auto read_flags = [&](const int64_t* f) {
+    for (int64_t i = 0; i < count; ++i) {
+      if (f[i * 4 + 0] == 1) raise_nonfinite("mats", i);
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      if (f[i * 4 + 1] == 1) raise_nonfinite("bases", i);
+      zero_matrix[i] = f[i * 4 + 2] == 1;
+    }
+    for (WarmAttempt& w : attempts) {
+      for (size_t j = 0; j < w.group->index.size(); ++j) {
+        const int64_t i = w.group->index[j];
+        if (!w.tried[j] || zero_matrix[i]) continue;  // no basis, or a zero matrix: cold
+        warm_held[i] = f[i * 4 + 3] == kRitzCertified;
+        path[i] = warm_held[i] ? ProjectPath::kWarm : ProjectPath::kFallback;
+      }
+    }
+  };
+  if (try_warm) {
+    const Tensor host = flags.cpu();  // host sync: NaN/Inf checks and which warm starts held
+    read_flags(host.const_data_ptr<int64_t>());
+  }
+
+  // 3. Certified warm results, and cold solves of the rest.
+  std::vector<Solved> solved;
+  for (WarmAttempt& w : attempts) {
+    Solved s;
+    s.group = w.group;
+    for (size_t j = 0; j < w.group->index.size(); ++j) {
+      if (warm_held[w.group->index[j]]) s.local.push_back(static_cast<int64_t>(j));
+    }
+    if (s.local.empty()) continue;
+    s.sel = device_index(s.local, w.group->a);
+    s.vectors = w.vectors.index_select(0, s.sel);
+    s.values = w.values.index_select(0, s.sel).clamp_min(0.0);
+    s.rank = w.rank.index_select(0, s.sel);
+    s.converged = at::ones_like(s.rank, at::kBool);
+    solved.push_back(std::move(s));
+  }
+  using Work = std::vector<std::pair<Group*, std::vector<int64_t>>>;
+  auto solve_and_rank = [&](Work work, bool force_lapack) {
+    std::vector<Solved> cold;
+    std::vector<Tensor> rows;
+    for (auto& [g, local] : work) {
+      cold.push_back(solve_cold(*g, std::move(local), force_lapack));
+      rows.push_back(cold.back().values.sqrt());
+    }
+    const std::vector<Tensor> ranks = energy_ranks(rows, energy);
+    for (size_t t = 0; t < cold.size(); ++t) {
+      const Tensor cut = cold[t].group->value_cut.index_select(0, cold[t].sel);
+      cold[t].rank = cap_ranks(ranks[t], rows[t], cut, value_threshold, max_rank);
+    }
+    return cold;
+  };
+  {
+    Work work;
+    for (auto& [shape, g] : groups) {
+      std::vector<int64_t> local;
+      for (size_t j = 0; j < g.index.size(); ++j) {
+        if (!warm_held[g.index[j]]) local.push_back(static_cast<int64_t>(j));
+      }
+      if (!local.empty()) work.emplace_back(&g, std::move(local));
+    }
+    for (Solved& s : solve_and_rank(std::move(work), /*force_lapack=*/false)) solved.push_back(std::move(s));
+  }
+
+  // 4. Ranks and convergence flags to the host, one sync. A part whose Jacobi solve hit the
+  // sweep limit (never seen) is solved again through cuSOLVER, at the cost of one more sync.
+  std::vector<int64_t> rank_of(count, 0);
+  std::vector<std::pair<int64_t, int64_t>> found(count, {-1, -1});  // (part, row in the part)
+  for (int attempt = 0;; ++attempt) {
+    std::vector<Tensor> parts;
+    const bool with_flags = !try_warm && attempt == 0;
+    if (with_flags) parts.push_back(flags.view({-1, 2}));
+    for (Solved& s : solved) parts.push_back(at::stack({s.rank, s.converged.to(at::kLong)}, 1));
+    if (parts.empty()) break;  // only empty matrices
+    const Tensor host = at::cat(parts).cpu();  // host sync: the ranks (and flags)
+    const int64_t* h = host.const_data_ptr<int64_t>();
+    if (with_flags) {
+      read_flags(h);
+      h += count * 4;
+    }
+    Work redo;
+    std::vector<Solved> kept;
+    int64_t row = 0;
+    for (Solved& s : solved) {
+      bool converged = true;
+      for (size_t j = 0; j < s.local.size(); ++j) converged &= h[(row + j) * 2 + 1] != 0;
+      if (converged) {
+        for (size_t j = 0; j < s.local.size(); ++j) {
+          const int64_t i = s.group->index[s.local[j]];
+          rank_of[i] = h[(row + j) * 2];
+          found[i] = {static_cast<int64_t>(kept.size()), static_cast<int64_t>(j)};
+        }
+        kept.push_back(std::move(s));
+      } else {
+        redo.emplace_back(s.group, s.local);
+      }
+      row += static_cast<int64_t>(s.local.size());
+    }
+    solved = std::move(kept);
+    if (redo.empty()) break;
+    TORCH_CHECK(attempt == 0, "lowrank_project(): cuSOLVER's eigensolver did not converge");
+    for (Solved& s : solve_and_rank(std::move(redo), /*force_lapack=*/true)) solved.push_back(std::move(s));
+  }
+  for (Solved& s : solved) build_outputs(s, want_subgradient);
+
+  // 5. Outputs in the order of `mats`.
+  std::vector<Tensor> projected(count), subgradients, new_bases(count);
+  if (want_subgradient) subgradients.resize(count);
+  Tensor ranks = at::zeros({count}, mats[0].options().dtype(at::kLong));
+  for (Solved& s : solved) ranks.index_copy_(0, device_index(global_index(s), ranks), s.rank);
+  for (int64_t i = 0; i < count; ++i) {
+    const Tensor& mat = mats[i];
+    const int64_t k = std::min(mat.size(0), mat.size(1));
+    const auto [part, j] = found[i];
+    if (part < 0) {  // an empty matrix
+      projected[i] = at::zeros(mat.sizes(), mat.options());
+      if (want_subgradient) subgradients[i] = at::zeros(mat.sizes(), mat.options());
+      new_bases[i] = at::empty({k, 0}, mat.options());
+      count_project_path(ProjectPath::kCold, 0);
+      continue;
+    }
+    const Solved& s = solved[part];
+    const bool transposed = mat.size(0) > mat.size(1);
+    projected[i] = to_output(s.projected[j], transposed, mat);
+    if (want_subgradient) subgradients[i] = to_output(s.subgradient[j], transposed, mat);
+    // A zero matrix returns an empty basis, as on the CPU: it warm-starts nothing.
+    const int64_t width =
+        zero_matrix[i] ? 0 : std::min<int64_t>(s.vectors.size(2), basis_width(rank_of[i], k));
+    new_bases[i] = at::empty({k, width}, mat.options());
+    new_bases[i].copy_(s.vectors[j].narrow(1, 0, width));
+    count_project_path(path[i], path[i] == ProjectPath::kCold ? 0 : kWarmPowerSteps + 1);
+  }
+  return {projected, ranks, subgradients, new_bases};
+}
+
+TORCH_LIBRARY_IMPL(trp_ext, CUDA, m) { m.impl("lowrank_project", &lowrank_project_cuda); }
+
+}  // namespace trp_ext

@@ -1,0 +1,206 @@
+// Batched symmetric eigen-decomposition for lowrank_project: one block per matrix, cyclic Jacobi
+// with a parallel round-robin ordering, A and V in shared memory (float64).
+//
+// Each round pairs every index with another (the circle method: n-1 rounds meet every pair
+// once per sweep); the n/2 rotations of a round touch disjoint rows and columns, so the block
+// applies them all at once: rotations, then J^T A (rows), then A J and V J (columns), with a
+// barrier between the phases. A sweep without a rotation above the Demmel-Veselic threshold
+// ends the iteration. Matrices here are Gram and Rayleigh-Ritz matrices, a few sweeps from
+// diagonal; kMaxSweeps only guards against non-convergence, which is reported, not hidden.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <cfloat>
+
+#include "cuda/lowrank_project_kernels.cuh"
+
+namespace trp_ext {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxSweeps = 50;
+constexpr double kEps = DBL_EPSILON;
+
+struct JacobiLayout {
+  int n, ld, padded, pairs;
+  size_t bytes;
+};
+
+__host__ __device__ inline JacobiLayout jacobi_layout(int n) {
+  JacobiLayout l;
+  l.n = n;
+  l.ld = n + 1;  // an odd leading dimension spreads a column over the shared-memory banks
+  l.padded = n + (n & 1);  // an odd n gets a dummy index, whose rotations are the identity
+  l.pairs = l.padded / 2;
+  l.bytes = (2 * static_cast<size_t>(n) * l.ld + 2 * static_cast<size_t>(l.pairs)) * sizeof(double) +
+            (2 * static_cast<size_t>(l.pairs) + n) * sizeof(int);
+  return l;
+}
+
+// Pair t of round r (circle method): index 0 stays, indices 1..padded-1 rotate by one per round.
+__device__ inline void round_pair(int round, int t, int padded, int* p, int* q) {
+  const int ring = padded - 1;
+  if (t == 0) {
+    *p = 0;
+    *q = round % ring + 1;
+  } else {
+    *p = (t + round) % ring + 1;
+    *q = (padded - 1 - t + round) % ring + 1;
+  }
+  if (*p > *q) {
+    const int swap = *p;
+    *p = *q;
+    *q = swap;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    jacobi_eigh_kernel(const double* __restrict__ matrices, int n, double* __restrict__ values,
+                       double* __restrict__ vectors, int* __restrict__ converged) {
+  extern __shared__ double smem[];
+  const JacobiLayout l = jacobi_layout(n);
+  const int ld = l.ld;
+  double* a = smem;                 // n x ld
+  double* v = a + n * ld;           // n x ld
+  double* cs = v + n * ld;          // pairs
+  double* sn = cs + l.pairs;        // pairs
+  int* pp = reinterpret_cast<int*>(sn + l.pairs);  // pairs
+  int* qq = pp + l.pairs;           // pairs
+  int* pos = qq + l.pairs;          // n: rank of each eigenvalue in descending order
+  __shared__ int rotated;
+  __shared__ double floor_abs;
+
+  const int64_t matrix = blockIdx.x;
+  const double* g = matrices + matrix * n * n;
+  for (int idx = threadIdx.x; idx < n * n; idx += blockDim.x) {
+    const int i = idx / n, j = idx % n;
+    a[i * ld + j] = g[idx];
+    v[i * ld + j] = i == j ? 1.0 : 0.0;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double dmax = 0.0;
+    for (int i = 0; i < n; ++i) dmax = fmax(dmax, fabs(a[i * ld + i]));
+    floor_abs = kEps * kEps * dmax * n + DBL_MIN;
+  }
+  __syncthreads();
+
+  bool done = false;
+  for (int sweep = 0; sweep < kMaxSweeps && !done; ++sweep) {
+    if (threadIdx.x == 0) rotated = 0;
+    __syncthreads();
+    for (int round = 0; round < l.padded - 1; ++round) {
+      for (int t = threadIdx.x; t < l.pairs; t += blockDim.x) {
+        int p, q;
+        round_pair(round, t, l.padded, &p, &q);
+        double c = 1.0, s = 0.0;
+        if (q < n) {
+          const double apq = a[p * ld + q];
+          const double app = a[p * ld + p];
+          const double aqq = a[q * ld + q];
+          if (fabs(apq) > kEps * sqrt(fabs(app * aqq)) && fabs(apq) > floor_abs) {
+            const double zeta = (aqq - app) / (2.0 * apq);
+            // tan of the rotation angle, the smaller root; 1/(2 zeta) once zeta^2 would overflow
+            const double tangent = fabs(zeta) > 1e150
+                                       ? 0.5 / zeta
+                                       : (zeta >= 0.0 ? 1.0 : -1.0) / (fabs(zeta) + sqrt(1.0 + zeta * zeta));
+            c = 1.0 / sqrt(1.0 + tangent * tangent);
+            s = tangent * c;
+            rotated = 1;
+          }
+        }
+        pp[t] = p;
+        qq[t] = q;
+        cs[t] = c;
+        sn[t] = s;
+      }
+      __syncthreads();
+      // A <- J^T A: rows p and q of every pair.
+      for (int idx = threadIdx.x; idx < l.pairs * n; idx += blockDim.x) {
+        const int t = idx / n, j = idx % n;
+        const double s = sn[t];
+        if (s == 0.0) continue;
+        const double c = cs[t];
+        double* row_p = a + pp[t] * ld;
+        double* row_q = a + qq[t] * ld;
+        const double x = row_p[j], y = row_q[j];
+        row_p[j] = c * x - s * y;
+        row_q[j] = s * x + c * y;
+      }
+      __syncthreads();
+      // A <- A J and V <- V J: columns p and q of every pair.
+      for (int idx = threadIdx.x; idx < l.pairs * n; idx += blockDim.x) {
+        const int t = idx / n, i = idx % n;
+        const double s = sn[t];
+        if (s == 0.0) continue;
+        const double c = cs[t];
+        const int p = pp[t], q = qq[t];
+        const double x = a[i * ld + p], y = a[i * ld + q];
+        a[i * ld + p] = c * x - s * y;
+        a[i * ld + q] = s * x + c * y;
+        const double vx = v[i * ld + p], vy = v[i * ld + q];
+        v[i * ld + p] = c * vx - s * vy;
+        v[i * ld + q] = s * vx + c * vy;
+      }
+      __syncthreads();
+    }
+    done = rotated == 0;  // every thread reads it after the round's last barrier
+    __syncthreads();      // ... before thread 0 resets it for the next sweep
+  }
+
+  // Descending order: the position of value i is the number of values before it.
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const double d = a[i * ld + i];
+    int rank = 0;
+    for (int j = 0; j < n; ++j) {
+      const double e = a[j * ld + j];
+      rank += (e > d) || (e == d && j < i);
+    }
+    pos[i] = rank;
+    values[matrix * n + rank] = d;
+  }
+  __syncthreads();
+  double* out = vectors + matrix * n * n;
+  for (int idx = threadIdx.x; idx < n * n; idx += blockDim.x) {
+    const int row = idx / n, i = idx % n;
+    out[row * n + pos[i]] = v[row * ld + i];
+  }
+  if (threadIdx.x == 0) converged[matrix] = done ? 1 : 0;
+}
+
+}  // namespace
+
+bool jacobi_eigh_fits(int64_t n) {
+  if (n > kJacobiMaxSize) return false;
+  const size_t bytes = jacobi_layout(static_cast<int>(n)).bytes;
+  return bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+}
+
+void jacobi_eigh(const at::Tensor& matrices, const at::Tensor& values, const at::Tensor& vectors,
+                 const at::Tensor& converged) {
+  TORCH_CHECK(matrices.dim() == 3 && matrices.size(1) == matrices.size(2) &&
+                  matrices.scalar_type() == at::kDouble && matrices.is_contiguous(),
+              "jacobi_eigh: expected contiguous float64 (B, n, n) matrices");
+  const int64_t batch = matrices.size(0);
+  const int n = static_cast<int>(matrices.size(1));
+  TORCH_CHECK(values.is_contiguous() && vectors.is_contiguous() && converged.is_contiguous() &&
+                  values.numel() == batch * n && vectors.numel() == batch * n * n &&
+                  converged.numel() == batch && converged.scalar_type() == at::kInt,
+              "jacobi_eigh: output tensors of the wrong shape or layout");
+  TORCH_CHECK(jacobi_eigh_fits(n), "jacobi_eigh: n = ", n, " does not fit in shared memory");
+  TORCH_CHECK(batch <= 2147483647LL, "jacobi_eigh: too many matrices for one launch");
+  if (batch == 0 || n == 0) return;
+  const size_t bytes = jacobi_layout(n).bytes;
+  // Above the default 48 KiB a kernel must opt in to its dynamic shared memory.
+  C10_CUDA_CHECK(cudaFuncSetAttribute(jacobi_eigh_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  jacobi_eigh_kernel<<<static_cast<unsigned>(batch), kThreads, bytes, stream>>>(
+      matrices.const_data_ptr<double>(), n, values.data_ptr<double>(), vectors.data_ptr<double>(),
+      converged.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace cuda
+}  // namespace trp_ext

@@ -1,0 +1,493 @@
+"""lowrank_project against torch.linalg.svd in float64: ranks, projections, sub-gradients, warm starts.
+
+The contract (issue #4), checked on decaying spectra, random matrices and briefly trained weights:
+  * ranks equal the exact ones, except where the exact cumulative energy lies within 1e-6
+    (relative) of the threshold;
+  * ||P - P_exact||_F / ||W||_F is at most twice the error of torch.linalg.svd in the same dtype,
+    or 1e-5 in float32 (1e-10 in float64), whichever is larger; P_exact is taken at the returned
+    rank, so that an allowed rank difference does not count twice;
+  * the sub-gradient is within 1e-3 (relative, Frobenius) of U_r V_r^T from the exact SVD, over
+    the kept singular values above the documented tolerance;
+  * warm-started results obey the same bounds.
+"""
+import math
+
+import pytest
+import torch
+
+from trp_ext import _reference as ref
+from trp_ext import ops
+from trp_ext.models import build_model
+from trp_ext.selection import select_layers
+
+RANK_BAND = 1e-6
+FLOOR = {torch.float32: 1e-5, torch.float64: 1e-10}
+SUB_TOL = 1e-3
+EPS64 = torch.finfo(torch.float64).eps
+
+
+# ----------------------------------------------------------------------------- matrices
+def decaying(m, n, tau, dtype=torch.float32, seed=0, device="cpu"):
+    """U diag(exp(-i / tau)) V^T with random orthonormal U, V."""
+    gen = torch.Generator().manual_seed(seed)
+    k = min(m, n)
+    u, _ = torch.linalg.qr(torch.randn(m, k, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64))
+    s = torch.exp(-torch.arange(k, dtype=torch.float64) / tau)
+    return ((u * s) @ v.T).to(dtype=dtype, device=device)
+
+
+def gaussian(m, n, dtype=torch.float32, seed=0, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(m, n, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+def drift(mat, relative, seed):
+    """A few SGD steps' worth of change: a random perturbation of the given relative size."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(mat.shape, generator=gen, dtype=torch.float64).to(mat.device)
+    return (mat.double() + relative * mat.double().norm() / math.sqrt(mat.numel()) * noise).to(mat.dtype)
+
+
+def mixed_list(dtype, device, seed=0):
+    """Different shapes in one call: channel- and spatial-scheme sizes, both orientations."""
+    shapes_taus = [((16, 144), 2.0), ((144, 16), 3.0), ((32, 288), 4.0), ((48, 48), 6.0),
+                   ((96, 96), 12.0), ((48, 96), 6.0), ((64, 576), 8.0), ((7, 5), 1.0)]
+    mats = [decaying(m, n, tau, dtype, seed + i, device) for i, ((m, n), tau) in enumerate(shapes_taus)]
+    mats += [gaussian(20, 60, dtype, seed + 50, device), gaussian(33, 12, dtype, seed + 51, device)]
+    return mats
+
+
+def warm_list(dtype, device, seed=0):
+    """Sizes where warm starts apply on every device (the CPU solves k < 64 cold)."""
+    shapes_taus = [((64, 576), 8.0), ((576, 64), 8.0), ((96, 96), 12.0), ((128, 300), 16.0), ((70, 70), 9.0)]
+    return [decaying(m, n, tau, dtype, seed + i, device) for i, ((m, n), tau) in enumerate(shapes_taus)]
+
+
+def counted(stats):
+    return stats["cold"] + stats["warm"] + stats["widened"] + stats["fallback"]
+
+
+@pytest.fixture(scope="module")
+def trained_weights():
+    """Conv weights of a ResNet-20 after a few SGD steps on random data, in both schemes."""
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x = torch.randn(16, 3, 32, 32, generator=gen)
+        y = torch.randint(0, 10, (16,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    layers = select_layers(model)
+    return {scheme: [ref.conv_weight_to_matrix(m.weight.detach(), scheme).contiguous() for _, m in layers]
+            for scheme in ref.SCHEMES}
+
+
+# ----------------------------------------------------------------------------- the contract
+def subgradient_floor(mat):
+    """Relative singular value at or below which a direction is left out of the sub-gradient."""
+    m, n = mat.shape
+    eps = torch.finfo(mat.dtype).eps
+    return max(max(m, n) * eps, math.sqrt(1e3 * (m + n) * EPS64))
+
+
+def energy_band_ok(s, energy, r1, r2):
+    """Ranks r1 != r2 are allowed where every cumulative energy between them is within the band."""
+    c = torch.cumsum(s * s, 0)
+    total = c[-1]
+    target = energy * total
+    lo, hi = min(r1, r2), max(r1, r2)
+    between = c[max(lo - 1, 0):hi] if lo > 0 else torch.cat([c.new_zeros(1), c[:hi]])
+    return bool(((between - target).abs() <= RANK_BAND * total).all())
+
+
+def svd_error(mat, rank, p_exact):
+    """The projection error of torch.linalg.svd run in mat's dtype, at the given rank."""
+    if rank == 0:
+        return 0.0
+    u, s, vh = torch.linalg.svd(mat.cpu(), full_matrices=False)
+    p = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    return float((p.double() - p_exact).norm() / mat.double().norm())
+
+
+def check(mat, projected, rank, energy, value_threshold=None, max_rank=None, subgradient=None):
+    """Asserts the contract for one matrix; returns the projection error."""
+    a = mat.detach().cpu().double()
+    assert projected.shape == mat.shape and projected.dtype == mat.dtype
+    assert projected.device == mat.device
+    p = projected.cpu().double()
+    assert torch.isfinite(p).all()
+    if a.norm() == 0:
+        assert rank == 0 and p.abs().max() == 0
+        if subgradient is not None:
+            assert subgradient.abs().max() == 0
+        return 0.0
+    u, s, vh = ref.svd64(a)
+    exact = ref.select_rank(s, energy, value_threshold, max_rank)
+    if rank != exact:
+        capped = ((value_threshold is not None and (s - value_threshold).abs().min() <= RANK_BAND * s[0])
+                  or (max_rank is not None and min(rank, exact) == max_rank))
+        assert energy_band_ok(s, energy, rank, exact) or capped, (
+            f"rank {rank} != exact {exact} for shape {tuple(mat.shape)}; spectrum head {s[:8].tolist()}")
+    p_exact = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    err = float((p - p_exact).norm() / a.norm())
+    bound = max(2 * svd_error(mat, rank, p_exact), FLOOR[mat.dtype])
+    assert err <= bound, f"projection error {err:.3e} > {bound:.3e} (rank {rank}, shape {tuple(mat.shape)})"
+    if subgradient is not None:
+        assert subgradient.shape == mat.shape and subgradient.dtype == mat.dtype
+        kept = int((s[:rank] > subgradient_floor(mat) * s[0]).sum())
+        sub_exact = u[:, :kept] @ vh[:kept]
+        sub = subgradient.cpu().double()
+        if kept == 0:
+            assert sub.abs().max() == 0
+        else:
+            rel = float((sub - sub_exact).norm() / sub_exact.norm())
+            assert rel <= SUB_TOL, f"sub-gradient error {rel:.3e} (rank {rank}, shape {tuple(mat.shape)})"
+    return err
+
+
+def check_all(mats, result, energy, value_threshold=None, max_rank=None, want_subgradient=False):
+    assert result.ranks.dtype == torch.int64 and result.ranks.shape == (len(mats),)
+    assert result.ranks.device == mats[0].device
+    assert len(result.projected) == len(mats) and len(result.bases) == len(mats)
+    assert len(result.subgradients) == (len(mats) if want_subgradient else 0)
+    for i, mat in enumerate(mats):
+        sub = result.subgradients[i] if want_subgradient else None
+        check(mat, result.projected[i], int(result.ranks[i]), energy, value_threshold, max_rank, sub)
+        basis = result.bases[i]
+        assert basis.dtype == mat.dtype and basis.device == mat.device
+        assert basis.shape[0] == min(mat.shape) and basis.shape[1] <= min(mat.shape)
+
+
+# ----------------------------------------------------------------------------- cold
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("energy", [0.5, 0.9, 0.99, 1.0])
+def test_mixed_shapes_match_svd(device, dtype, energy):
+    mats = mixed_list(dtype, device)
+    result = ops.lowrank_project(mats, energy, want_subgradient=True)
+    check_all(mats, result, energy, want_subgradient=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+def test_trained_weights_match_svd(device, dtype, scheme, trained_weights):
+    mats = [m.to(dtype=dtype, device=device) for m in trained_weights[scheme]]
+    for energy in (0.9, 0.99):
+        result = ops.lowrank_project(mats, energy, want_subgradient=True)
+        check_all(mats, result, energy, want_subgradient=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_random_matrices_match_svd(device, dtype):
+    mats = [gaussian(m, n, dtype, seed, device) for seed, (m, n) in
+            enumerate([(10, 10), (64, 64), (64, 576), (200, 40), (1, 30), (30, 1), (2, 2), (96, 97)])]
+    for energy in (0.7, 0.95):
+        result = ops.lowrank_project(mats, energy, want_subgradient=True)
+        check_all(mats, result, energy, want_subgradient=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_larger_matrices_match_svd(device, dtype):
+    """Sizes past the CUDA shared-memory eigensolver (k > 112), ImageNet-like channel shapes."""
+    mats = [decaying(150, 300, 20.0, dtype, 21, device), decaying(256, 1152, 32.0, dtype, 22, device),
+            decaying(200, 130, 25.0, dtype, 23, device)]
+    result = ops.lowrank_project(mats, 0.99, want_subgradient=True)
+    check_all(mats, result, 0.99, want_subgradient=True)
+    warm = ops.lowrank_project([drift(p, 1e-3, 30 + i) for i, p in enumerate(result.projected)], 0.99,
+                               bases=result.bases, want_subgradient=True)
+    check_all([drift(p, 1e-3, 30 + i) for i, p in enumerate(result.projected)], warm, 0.99, want_subgradient=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_value_threshold_and_max_rank(device, dtype):
+    mats = mixed_list(dtype, device, seed=3)
+    for value_threshold, max_rank in [(0.5, None), (None, 3), (0.2, 5), (0.0, 0), (10.0, None), (math.inf, None)]:
+        result = ops.lowrank_project(mats, 0.95, value_threshold, max_rank, want_subgradient=True)
+        check_all(mats, result, 0.95, value_threshold, max_rank, want_subgradient=True)
+        if max_rank is not None:
+            assert int(result.ranks.max()) <= max_rank
+
+
+def test_hand_example(device):
+    # Singular values 3, 2, 1 along known directions: energies 9, 13, 14 of 14.
+    u, _ = torch.linalg.qr(torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    v, _ = torch.linalg.qr(torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    w = ((u * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)) @ v.T).to(device)
+    for energy, rank in [(9 / 14, 1), (9.1 / 14, 2), (13 / 14, 2), (0.95, 3)]:
+        result = ops.lowrank_project([w], energy, want_subgradient=True)
+        assert int(result.ranks[0]) == rank
+        expected = (u[:, :rank] * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)[:rank]) @ v[:, :rank].T
+        torch.testing.assert_close(result.projected[0].cpu(), expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(result.subgradients[0].cpu(), u[:, :rank] @ v[:, :rank].T, rtol=0, atol=1e-12)
+    assert int(ops.lowrank_project([w], 0.99, value_threshold=1.5).ranks[0]) == 2
+    assert int(ops.lowrank_project([w], 0.99, max_rank=1).ranks[0]) == 1
+
+
+# ----------------------------------------------------------------------------- edge cases
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_and_degenerate_shapes(device, dtype):
+    mats = [torch.zeros(8, 20, dtype=dtype, device=device), torch.zeros(1, 1, dtype=dtype, device=device),
+            torch.zeros(0, 5, dtype=dtype, device=device), torch.zeros(4, 0, dtype=dtype, device=device),
+            gaussian(1, 9, dtype, 1, device), gaussian(9, 1, dtype, 2, device),
+            torch.full((1, 1), -2.5, dtype=dtype, device=device)]
+    result = ops.lowrank_project(mats, 0.9, want_subgradient=True)
+    assert result.ranks.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    for mat, p, sub, basis in zip(mats, result.projected, result.subgradients, result.bases):
+        assert p.shape == mat.shape and sub.shape == mat.shape
+        assert torch.isfinite(p).all() and torch.isfinite(sub).all()
+        assert basis.shape[0] == min(mat.shape)
+    for i in range(4):
+        assert result.projected[i].abs().sum() == 0 and result.subgradients[i].abs().sum() == 0
+    for i in (4, 5, 6):  # rank-one matrices are their own projection; U V^T = W / ||W||
+        torch.testing.assert_close(result.projected[i], mats[i])
+        torch.testing.assert_close(result.subgradients[i], mats[i] / mats[i].norm())
+    # The bases of zero matrices are empty and warm-start nothing: those matrices stay cold.
+    again = ops.lowrank_project(mats, 0.9, bases=result.bases)
+    assert again.ranks.tolist() == result.ranks.tolist()
+
+
+def test_extreme_magnitudes_float64(device):
+    base = decaying(24, 40, 4.0, torch.float64, 5, device)
+    for scale in (1e-300 * 2.0 ** -40, 1e-200, 1e-30, 1e30, 1e200):  # the first is subnormal-only
+        mats = [base * scale]
+        result = ops.lowrank_project(mats, 0.95, value_threshold=0.05 * scale, want_subgradient=True)
+        # Checked after an exact power-of-two rescaling: the reference's own sums would under- or
+        # overflow, and the contract is scale-invariant.
+        e = torch.tensor(-round(math.log2(scale)), device=device)
+        check(torch.ldexp(mats[0], e), torch.ldexp(result.projected[0], e), int(result.ranks[0]), 0.95,
+              math.ldexp(0.05 * scale, int(e)), None, result.subgradients[0])
+        assert torch.isfinite(result.bases[0]).all()
+        assert int(result.ranks[0]) == int(ops.lowrank_project([base], 0.95, 0.05).ranks[0])
+
+
+def test_rank_deficient_and_repeated_values(device):
+    gen = torch.Generator().manual_seed(4)
+    low = (torch.randn(40, 3, generator=gen, dtype=torch.float64) @ torch.randn(3, 70, generator=gen, dtype=torch.float64))
+    for mats in ([low.to(device)], [low.float().to(device)]):
+        for energy in (0.6, 0.999, 1.0):
+            result = ops.lowrank_project(mats, energy, want_subgradient=True)
+            check_all(mats, result, energy, want_subgradient=True)
+    assert int(ops.lowrank_project([low.to(device)], 1.0).ranks[0]) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cut_inside_a_cluster_of_equal_values(device, dtype):
+    """All singular values equal: any rank-r projection onto r of them is a best one (P_exact is
+    not unique), so check Eckart-Young optimality and that U_r V_r^T is a partial isometry."""
+    gen = torch.Generator().manual_seed(5)
+    q, _ = torch.linalg.qr(torch.randn(30, 30, generator=gen, dtype=torch.float64))
+    flat = (2.0 * q[:, :20].T).to(dtype=dtype, device=device)  # 20 x 30, all singular values 2
+    tol = 10 * torch.finfo(dtype).eps * 30
+    for energy, rank in [(0.6, 12), (0.05, 1), (1.0, 20)]:
+        result = ops.lowrank_project([flat], energy, want_subgradient=True)
+        assert int(result.ranks[0]) == rank
+        a, p, sub = flat.cpu().double(), result.projected[0].cpu().double(), result.subgradients[0].cpu().double()
+        assert abs(float((a - p).norm() ** 2) - 4.0 * (20 - rank)) <= tol * 80
+        assert abs(float(p.norm() ** 2) - 4.0 * rank) <= tol * 80
+        torch.testing.assert_close(p, 2.0 * sub, rtol=0, atol=tol * 10)  # P = U_r S_r V_r^T, S_r = 2
+        torch.testing.assert_close(sub @ sub.T @ sub, sub, rtol=0, atol=tol * 10)
+
+
+def test_non_contiguous_inputs(device):
+    mats = [decaying(30, 50, 5.0, torch.float32, 6, device).t(), gaussian(40, 40, torch.float32, 7, device)[::2, 1::3]]
+    assert not mats[0].is_contiguous() and not mats[1].is_contiguous()
+    result = ops.lowrank_project(mats, 0.9, want_subgradient=True)
+    check_all(mats, result, 0.9, want_subgradient=True)
+    for p in result.projected:
+        assert p.is_contiguous()
+
+
+def test_inputs_are_not_modified(device):
+    mats = mixed_list(torch.float32, device)
+    copies = [m.clone() for m in mats]
+    result = ops.lowrank_project(mats, 0.9)
+    bases = [b.clone() for b in result.bases]
+    ops.lowrank_project(mats, 0.9, bases=result.bases, want_subgradient=True)
+    for m, c in zip(mats, copies):
+        assert torch.equal(m, c)
+    for b, c in zip(result.bases, bases):
+        assert torch.equal(b, c)
+
+
+# ----------------------------------------------------------------------------- warm starts
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("from_projection", [True, False])
+def test_warm_start_matches_cold(device, dtype, from_projection):
+    mats = warm_list(dtype, device, seed=8) + mixed_list(dtype, device, seed=8)
+    eligible = sum(min(m.shape) >= 64 for m in mats)
+    first = ops.lowrank_project(mats, 0.95)
+    # TRP's step(): the projected weights, then a few SGD steps; or weights that were not projected.
+    start = first.projected if from_projection else mats
+    moved = [drift(m, 1e-3, 100 + i) for i, m in enumerate(start)]
+    ops.lowrank_project_stats(reset=True)
+    warm = ops.lowrank_project(moved, 0.95, bases=first.bases, want_subgradient=True)
+    stats = ops.lowrank_project_stats(reset=True)
+    check_all(moved, warm, 0.95, want_subgradient=True)
+    cold = ops.lowrank_project(moved, 0.95, want_subgradient=True)
+    assert counted(stats) == len(mats)
+    assert stats["warm"] + stats["widened"] + stats["fallback"] >= eligible
+    if from_projection:  # a spectral gap at the rank: warm starts hold (without one they may
+        assert stats["warm"] + stats["widened"] > 0  # fall back, which costs less than widening)
+    differ = (warm.ranks != cold.ranks).nonzero().flatten().tolist()
+    for i in differ:  # only where the energy sits within the band of the threshold
+        s = torch.linalg.svdvals(moved[i].cpu().double())
+        assert energy_band_ok(s, 0.95, int(warm.ranks[i]), int(cold.ranks[i]))
+
+
+def test_warm_start_chain_like_trp(device):
+    """Repeated projections with drift in between, each warm-started from the previous bases."""
+    mats = warm_list(torch.float32, device, seed=9)
+    result = ops.lowrank_project(mats, 0.99)
+    ops.lowrank_project_stats(reset=True)
+    for step in range(4):
+        mats = [drift(p, 3e-3, 1000 * step + i) for i, p in enumerate(result.projected)]
+        result = ops.lowrank_project(mats, 0.99, bases=result.bases, want_subgradient=True)
+        check_all(mats, result, 0.99, want_subgradient=True)
+    stats = ops.lowrank_project_stats()
+    assert stats["warm"] + stats["widened"] + stats["fallback"] == 4 * len(mats)
+    assert stats["warm"] >= 2 * len(mats)
+    assert stats["warm_iterations"] >= stats["warm"]
+
+
+def test_small_matrices_count_once(device):
+    """Every matrix is counted once, whichever way it was solved."""
+    mats = mixed_list(torch.float32, device, seed=10)
+    result = ops.lowrank_project(mats, 0.9)
+    ops.lowrank_project_stats(reset=True)
+    ops.lowrank_project([drift(m, 1e-3, 7) for m in mats], 0.9, bases=result.bases)
+    assert counted(ops.lowrank_project_stats(reset=True)) == len(mats)
+
+
+def test_bad_warm_basis_is_widened_or_falls_back(device):
+    """A basis narrower than the rank, along the weakest directions: it cannot hold the energy
+    without widening, so no plain warm result may be certified, and the results stay right."""
+    for dtype in (torch.float32, torch.float64):
+        mats = [decaying(64, 200, 6.0, dtype, 11, device), decaying(80, 80, 4.0, dtype, 12, device)]
+        bases = []
+        for m in mats:
+            u, _, _ = torch.linalg.svd(m.cpu().double(), full_matrices=False)
+            bases.append(u[:, -3:].to(dtype=dtype, device=device).contiguous())  # ranks here are 7 and 5
+        ops.lowrank_project_stats(reset=True)
+        result = ops.lowrank_project(mats, 0.9, bases=bases, want_subgradient=True)
+        stats = ops.lowrank_project_stats(reset=True)
+        check_all(mats, result, 0.9, want_subgradient=True)
+        assert stats["warm"] == 0 and stats["widened"] + stats["fallback"] == 2
+
+
+def test_narrow_basis_is_widened(device):
+    """The top 3 singular vectors of a rank-5 problem: they cannot hold the energy, but widened
+    by random columns and iterated they can (the CPU widens; CUDA falls back to cold)."""
+    mats = [decaying(200, 400, 4.0, torch.float32, 13, device)]
+    u, _, _ = torch.linalg.svd(mats[0].cpu().double(), full_matrices=False)
+    ops.lowrank_project_stats(reset=True)
+    result = ops.lowrank_project(mats, 0.9, bases=[u[:, :3].float().to(device)], want_subgradient=True)
+    stats = ops.lowrank_project_stats(reset=True)
+    check_all(mats, result, 0.9, want_subgradient=True)
+    assert int(result.ranks[0]) == 5
+    assert stats["warm"] == 0
+    assert stats["widened" if device == "cpu" else "fallback"] == 1
+
+
+def test_energy_one_and_empty_bases_count_as_cold(device):
+    mats = mixed_list(torch.float32, device)[:3]
+    result = ops.lowrank_project(mats, 0.9)
+    ops.lowrank_project_stats(reset=True)
+    ops.lowrank_project(mats, 1.0, bases=result.bases)
+    ops.lowrank_project(mats, 0.9, bases=[b[:, :0] for b in result.bases])
+    stats = ops.lowrank_project_stats(reset=True)
+    assert stats == {"cold": 6, "warm": 0, "widened": 0, "fallback": 0, "warm_iterations": 0}
+
+
+def test_stats_reset():
+    ops.lowrank_project([torch.randn(4, 6)], 0.9)
+    assert ops.lowrank_project_stats(reset=True)["cold"] >= 1
+    assert ops.lowrank_project_stats() == {"cold": 0, "warm": 0, "widened": 0, "fallback": 0, "warm_iterations": 0}
+
+
+# ----------------------------------------------------------------------------- opcheck
+@pytest.mark.parametrize("warm", [False, True])
+@pytest.mark.parametrize("want_subgradient", [False, True])
+def test_opcheck(device, warm, want_subgradient):
+    mats = [decaying(12, 30, 3.0, torch.float32, 1, device), gaussian(9, 4, torch.float32, 2, device),
+            torch.zeros(3, 5, device=device)]
+    bases = ops.lowrank_project(mats, 0.9).bases if warm else None
+    torch.library.opcheck(torch.ops.trp_ext.lowrank_project, (mats, 0.9, 0.01, 6, bases, want_subgradient))
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("bad_value", [math.nan, math.inf, -math.inf])
+def test_nonfinite_matrix_raises_naming_its_index(device, bad_value):
+    mats = [torch.ones(3, 4, device=device), torch.ones(5, 2, device=device), torch.ones(6, 6, device=device)]
+    mats[2][4, 1] = bad_value
+    with pytest.raises(ValueError, match="argument 'mats' has a NaN or Inf value in matrix 2"):
+        ops.lowrank_project(mats, 0.9)
+
+
+def test_nonfinite_basis_raises_naming_its_index(device):
+    mats = [gaussian(6, 9, torch.float32, 1, device), gaussian(7, 3, torch.float32, 2, device)]
+    bases = [b.clone() for b in ops.lowrank_project(mats, 0.9).bases]
+    bases[1][0, 0] = math.nan
+    with pytest.raises(ValueError, match="argument 'bases' has a NaN or Inf value in basis 1"):
+        ops.lowrank_project(mats, 0.9, bases=bases)
+
+
+def test_empty_list_raises(device):
+    with pytest.raises(ValueError, match="argument 'mats' must hold at least one matrix"):
+        ops.lowrank_project([], 0.9)
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3, 4), ()])
+def test_non_matrix_raises(device, shape):
+    with pytest.raises(ValueError, match="argument 'mats' must hold 2-D tensors, got shape .* at index 1"):
+        ops.lowrank_project([torch.ones(2, 2, device=device), torch.ones(shape, device=device)], 0.9)
+
+
+def test_wrong_dtypes_raise(device):
+    with pytest.raises(TypeError, match="argument 'mats' must hold float32 or float64 tensors, got Long"):
+        ops.lowrank_project([torch.ones(2, 2, dtype=torch.long, device=device)], 0.9)
+    with pytest.raises(TypeError, match="must hold tensors of one dtype, got Float at index 0 and Double at index 1"):
+        ops.lowrank_project([torch.ones(2, 2, device=device), torch.ones(2, 2, dtype=torch.float64, device=device)], 0.9)
+
+
+def test_mixed_devices_raise(device):
+    other = "meta" if device == "cpu" else "cpu"
+    with pytest.raises(ValueError, match="argument 'mats' must hold tensors on one device"):
+        ops.lowrank_project([torch.ones(2, 2, device=device), torch.ones(2, 2, device=other)], 0.9)
+
+
+@pytest.mark.parametrize("energy", [0.0, -0.5, 1.5, math.nan, math.inf])
+def test_bad_energy_raises(device, energy):
+    with pytest.raises(ValueError, match="argument 'energy' must lie in"):
+        ops.lowrank_project([torch.ones(2, 2, device=device)], energy)
+
+
+def test_bad_caps_raise(device):
+    mats = [torch.ones(2, 2, device=device)]
+    with pytest.raises(ValueError, match="argument 'max_rank' must be None or >= 0, got -1"):
+        ops.lowrank_project(mats, 0.9, max_rank=-1)
+    for value in (-0.1, math.nan):
+        with pytest.raises(ValueError, match="argument 'value_threshold' must be None or >= 0"):
+            ops.lowrank_project(mats, 0.9, value_threshold=value)
+
+
+def test_mismatched_bases_raise(device):
+    mats = [gaussian(6, 9, torch.float32, 1, device), gaussian(7, 3, torch.float32, 2, device)]
+    bases = ops.lowrank_project(mats, 0.9).bases
+    with pytest.raises(ValueError, match="argument 'bases' must hold one basis per matrix"):
+        ops.lowrank_project(mats, 0.9, bases=bases[:1])
+    with pytest.raises(ValueError, match="argument 'bases' does not fit matrix 1 of shape"):
+        ops.lowrank_project(mats, 0.9, bases=[bases[0], torch.zeros(6, 2, device=device)])
+    with pytest.raises(ValueError, match="argument 'bases' does not fit matrix 0"):
+        ops.lowrank_project(mats, 0.9, bases=[torch.zeros(6, 7, device=device), bases[1]])
+    with pytest.raises(ValueError, match="argument 'bases' does not fit matrix 0"):
+        ops.lowrank_project(mats, 0.9, bases=[torch.zeros(6, device=device), bases[1]])
+    with pytest.raises(TypeError, match="argument 'bases' must match the dtype of 'mats'"):
+        ops.lowrank_project(mats, 0.9, bases=[bases[0].double(), bases[1]])
+    # The bases of another list of shapes do not fit.
+    other = ops.lowrank_project([gaussian(9, 6, torch.float32, 3, device), mats[0]], 0.9).bases
+    with pytest.raises(ValueError, match="argument 'bases' does not fit matrix 1"):
+        ops.lowrank_project(mats, 0.9, bases=other)
