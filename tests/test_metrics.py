@@ -3,7 +3,8 @@ import torch
 import torch.nn as nn
 
 from trp_ext import FactoredConv2d
-from trp_ext.metrics import accuracy, count_cost, measure_latency, theoretical_speedup
+from trp_ext.metrics import (accuracy, compare_latency, count_cost, deployment_form, measure_latency,
+                             theoretical_speedup)
 from trp_ext.models import resnet20, resnet56
 
 
@@ -36,3 +37,40 @@ def test_speedup_and_latency_and_accuracy():
         classifier[1].bias.zero_()
     batches = [(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), torch.tensor([0, 0]))]
     assert accuracy(classifier, batches) == 50.0
+
+
+def test_deployment_form_folds_batchnorm_and_keeps_outputs():
+    torch.manual_seed(0)
+    model = resnet20()
+    for module in model.modules():  # non-trivial running statistics, as after training
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    deployed = deployment_form(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_deployment_form_of_an_untraceable_model_is_an_unfolded_copy():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x  # fx cannot trace the branch
+
+    model = DataDependent().eval()
+    deployed = deployment_form(model)
+    assert deployed is not model and isinstance(deployed.bn, nn.BatchNorm2d)
+
+
+def test_compare_latency_times_both_models():
+    dense = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16))
+    factored = nn.Sequential(FactoredConv2d(3, 16, 2, 3, padding=1))
+    dense_s, factored_s = compare_latency(dense, factored, torch.zeros(1, 3, 8, 8), repeats=3, warmup=1)
+    assert dense_s > 0 and factored_s > 0

@@ -168,7 +168,8 @@ def cmd_eval(args):
 def cmd_bench(args):
     from trp_ext.data import load_dataset
     from trp_ext.decompose import decompose
-    from trp_ext.metrics import count_cost, measure_latency, theoretical_speedup
+    from trp_ext.metrics import compare_latency, count_cost, theoretical_speedup
+    from trp_ext.report import rank_rule
 
     state, config = _checkpoint_config(args.checkpoint, dict(scheme=args.scheme, energy=args.energy,
                                                              device=args.device, data_dir=args.data_dir))
@@ -176,14 +177,13 @@ def cmd_bench(args):
         raise SystemExit("trp-ext bench: the checkpoint is a baseline; pass --scheme channel or spatial")
     dataset = load_dataset(config.data, config.data_dir)
     dense = _model_from_checkpoint(state, config, dataset).eval()
-    compressed, _ = decompose(dense, config.scheme, energy=config.energy, value_threshold=config.value_threshold)
+    compressed, _ = decompose(dense, config.scheme, **rank_rule(config), fold_bn=True)
     example = torch.zeros(1, dataset.in_channels, *dataset.image_size, device=config.device)
     print(f"FLOPs speedup {theoretical_speedup(count_cost(dense, example), count_cost(compressed, example)):.2f}x")
     print(f"{'batch':>6}  {'dense ms':>10}  {'compressed ms':>13}  {'speedup':>8}")
     for batch in args.batch_sizes:
         inputs = example.expand(batch, *example.shape[1:]).contiguous()
-        dense_s = measure_latency(dense, inputs, repeats=args.repeats)
-        comp_s = measure_latency(compressed, inputs, repeats=args.repeats)
+        dense_s, comp_s = compare_latency(dense, compressed, inputs, repeats=args.repeats)
         print(f"{batch:>6}  {dense_s * 1e3:>10.3f}  {comp_s * 1e3:>13.3f}  {dense_s / comp_s:>7.2f}x")
 
 

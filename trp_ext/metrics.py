@@ -85,6 +85,36 @@ def theoretical_speedup(dense_cost, compressed_cost):
     return dense_cost.conv_macs / max(1, compressed_cost.conv_macs)
 
 
+def deployment_form(model):
+    """An eval-mode copy of ``model`` with each conv -> BatchNorm pair folded into the conv, as a
+    deployed network runs (torch.fx's fuse). Compressed models have their factored layers' BN
+    folded by decompose(); folding the dense model's too keeps a latency comparison fair. A model
+    torch.fx cannot trace is returned as an eval-mode copy, unfolded."""
+    import copy
+
+    from torch.fx.experimental.optimization import fuse
+
+    model = copy.deepcopy(model).eval()
+    try:
+        return fuse(model)
+    except Exception:  # noqa: BLE001 (any tracing failure: fall back to the module as it is)
+        return model
+
+
+@torch.no_grad()
+def compare_latency(dense, compressed, example_input, repeats=20, warmup=3):
+    """Median seconds of one forward pass of each model, both in deployment form (BN folded),
+    timed in alternation so that a load change on a shared machine hits both alike."""
+    dense, compressed = deployment_form(dense), deployment_form(compressed)
+    times = ([], [])
+    for _ in range(warmup):
+        dense(example_input), compressed(example_input)
+    for _ in range(repeats):
+        for model, series in zip((dense, compressed), times):
+            series.append(measure_latency(model, example_input, repeats=1, warmup=0))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 @torch.no_grad()
 def measure_latency(model, example_input, repeats=20, warmup=3):
     """Median wall-clock seconds of one forward pass (synchronised on CUDA)."""

@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 
 from trp_ext.decompose import decompose
-from trp_ext.metrics import count_cost, measure_latency, theoretical_speedup
+from trp_ext.metrics import compare_latency, count_cost, deployment_form, measure_latency, theoretical_speedup
 
 
 @dataclass
@@ -24,9 +24,10 @@ def rank_rule(config, trained_with_trp=None):
 
 
 def latency_pair(dense, compressed, example, repeats):
-    dense_s = measure_latency(dense, example, repeats=repeats)
-    compressed_s = measure_latency(compressed, example, repeats=repeats) if compressed is not None else None
-    return dense_s, compressed_s
+    """Dense and compressed seconds per forward pass, both BN-folded, timed in alternation."""
+    if compressed is None:
+        return measure_latency(deployment_form(dense), example, repeats=repeats), None
+    return compare_latency(dense, compressed, example, repeats=repeats)
 
 
 def compress_and_report(model, config, evaluate, dataset, device, latency_repeats=20):
