@@ -92,6 +92,13 @@ TRP_INLINE void tridiagonalize_impl(double* a, int64_t n, double* tau, double* d
     if (t_next != 0.0) std::fill(p_next.begin(), p_next.begin() + (m - 1), 0.0);
     for (int64_t jj = 1; jj < m; ++jj) {
       double* row = a + (i + 1 + jj) * n + (i + 1 + jj);
+      if (t != 0.0 && t_next != 0.0) {  // the common case: both in one pass over the row
+        const int64_t r = jj - 1;
+        p_next[r] += simd::rank2_dot_axpy(row, v[jj], w.data() + jj, w[jj], v.data() + jj,
+                                          v_next.data() + r, v_next[r], p_next.data() + r,
+                                          m - jj);
+        continue;
+      }
       if (t != 0.0) simd::rank2_row(row, v[jj], w.data() + jj, w[jj], v.data() + jj, m - jj);
       if (t_next != 0.0) {
         const int64_t r = jj - 1;  // the row's index in the next block [i+2, n)
