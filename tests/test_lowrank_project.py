@@ -274,6 +274,17 @@ def test_rank_deficient_and_repeated_values(device):
     assert int(ops.lowrank_project([low.to(device)], 1.0).ranks[0]) == 3
 
 
+def test_energy_one_gives_the_numerical_rank(device):
+    """At energy 1 the rank of a rank-deficient float64 matrix is its numerical rank, as with a
+    float64 SVD: the rounding noise of the Gram's null space must not count as energy."""
+    for (m, n) in [(40, 70), (70, 40), (96, 96), (64, 576)]:
+        for seed in range(12):
+            gen = torch.Generator().manual_seed(100 + seed)
+            r = 1 + seed % 6
+            low = torch.randn(m, r, generator=gen, dtype=torch.float64) @ torch.randn(r, n, generator=gen, dtype=torch.float64)
+            assert int(ops.lowrank_project([low.to(device)], 1.0).ranks[0]) == r, (m, n, seed)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cut_inside_a_cluster_of_equal_values(device, dtype):
     """All singular values equal: any rank-r projection onto r of them is a best one (P_exact is

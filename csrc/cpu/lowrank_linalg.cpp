@@ -9,9 +9,40 @@
 
 #include "cpu/simd.h"
 
+// The BLAS/LAPACK that libtorch_cpu exports (MKL or OpenBLAS, LP64), called directly: the
+// kernel makes ~20 small products per matrix, and at::mm's dispatch, views and checks cost
+// several microseconds each, as much as a 32 x 32 product itself. Weak references: a torch
+// build that does not export them leaves them null, and the ATen path below is used instead.
+extern "C" {
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info)
+    __attribute__((weak));
+}
+
 namespace trp_ext {
 namespace cpu {
 namespace {
+
+// Sizes beyond int are left to ATen (never reached by conv weights).
+bool fits_int(int64_t a, int64_t b, int64_t c) {
+  constexpr int64_t kMax = 1 << 30;
+  return a < kMax && b < kMax && c < kMax;
+}
+
+// Row-major C (m x n) = alpha op(A) op(B) + beta C as the column-major C^T = op(B)^T op(A)^T.
+bool blas_gemm(const double* a, bool trans_a, const double* b, bool trans_b, double* c,
+               int64_t m, int64_t n, int64_t k, double alpha, double beta) {
+  if (dgemm_ == nullptr || !fits_int(m, n, k)) return false;
+  const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+  const int lda = static_cast<int>(std::max<int64_t>(1, trans_a ? m : k));
+  const int ldb = static_cast<int>(std::max<int64_t>(1, trans_b ? k : n));
+  const int ldc = static_cast<int>(std::max<int64_t>(1, n));
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+  dgemm_(&tb, &ta, &ni, &mi, &ki, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
+  return true;
+}
 
 at::Tensor view(const double* data, int64_t rows, int64_t cols) {
   return at::from_blob(const_cast<double*>(data), {rows, cols}, at::TensorOptions(at::kDouble));
@@ -39,16 +70,33 @@ bool cholesky_in_place(double* s, int64_t n, double* spread) {
   return true;
 }
 
+// inverse <- L^-1 for the lower triangle L of the row-major n x n l. Row i of L^-1 is
+// -(sum_{j<i} L_ij row_j(L^-1)) / L_ii, with 1 / L_ii on the diagonal.
+TRP_INLINE void lower_inverse_impl(const double* l, int64_t n, double* inverse) {
+  std::fill(inverse, inverse + n * n, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    double* row = inverse + i * n;
+    const double* l_row = l + i * n;
+    for (int64_t j = 0; j < i; ++j) simd::axpy(l_row[j], inverse + j * n, row, j + 1);
+    const double inv = 1.0 / l_row[i];
+    for (int64_t j = 0; j < i; ++j) row[j] *= -inv;
+    row[i] = inv;
+  }
+}
+TRP_CPU_DISPATCH(void, lower_inverse, (const double* l, int64_t n, double* inverse),
+                 (l, n, inverse))
+
 }  // namespace
 
 void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double* c, int64_t m,
             int64_t n, int64_t k) {
   if (m == 0 || n == 0) return;
-  at::Tensor c_view = view(c, m, n);
   if (k == 0) {
-    c_view.zero_();
+    std::fill(c, c + m * n, 0.0);
     return;
   }
+  if (blas_gemm(a, trans_a, b, trans_b, c, m, n, k, 1.0, 0.0)) return;
+  at::Tensor c_view = view(c, m, n);
   const at::Tensor a_view = trans_a ? view(a, k, m).t() : view(a, m, k);
   const at::Tensor b_view = trans_b ? view(b, n, k).t() : view(b, k, n);
   at::mm_out(c_view, a_view, b_view);
@@ -57,21 +105,65 @@ void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double
 void matmul_accumulate(const double* a, bool trans_a, const double* b, bool trans_b, double* c,
                        int64_t m, int64_t n, int64_t k, double alpha, double beta) {
   if (m == 0 || n == 0) return;
-  at::Tensor c_view = view(c, m, n);
   if (k == 0) {
-    c_view.mul_(beta);
+    for (int64_t i = 0; i < m * n; ++i) c[i] *= beta;
     return;
   }
+  if (blas_gemm(a, trans_a, b, trans_b, c, m, n, k, alpha, beta)) return;
+  at::Tensor c_view = view(c, m, n);
   const at::Tensor a_view = trans_a ? view(a, k, m).t() : view(a, m, k);
   const at::Tensor b_view = trans_b ? view(b, n, k).t() : view(b, k, n);
   at::addmm_out(c_view, c_view, a_view, b_view, beta, alpha);
 }
+
+namespace {
+// Householder QR, through LAPACK: for columns too close to dependent for Cholesky QR.
+bool householder_qr(double* q, int64_t rows, int64_t cols) {
+  at::Tensor block = view(q, rows, cols);
+  auto [basis, r] = at::linalg_qr(block);
+  const at::Tensor diag = r.diagonal().abs();
+  if (!(diag.min().item<double>() > 1e-13 * diag.max().item<double>())) return false;
+  block.copy_(basis);
+  return true;
+}
+}  // namespace
 
 bool orthonormalize_columns(double* q, int64_t rows, int64_t cols) {
   if (cols == 0) return true;
   // Cholesky QR leaves ||Q^T Q - I|| ~ eps * cond(Q)^2: one pass for a well-conditioned block,
   // another (cond ~ 1 by then) when the pivots spread.
   std::vector<double> gram(cols * cols);
+  if (dpotrf_ != nullptr && dgemm_ != nullptr && fits_int(rows, cols, cols)) {
+    // The same through dpotrf. Row-major gram read column-major is the same symmetric matrix;
+    // its upper Cholesky factor (column-major) is, read row-major, the lower L of
+    // Q^T Q = L L^T. Q <- Q L^-T then takes L^-1 (cols^3 / 6, level 1) and one GEMM: twice as
+    // fast as dtrsm on these tall, narrow blocks, and exact enough for the passes here (the
+    // inverse's error ~ eps cond(L) is below the eps cond(L)^2 of Cholesky QR itself).
+    const int n = static_cast<int>(cols);
+    std::vector<double> diag(cols), inverse(cols * cols), product(rows * cols);
+    for (int pass = 0; pass < 3; ++pass) {
+      matmul(q, true, q, false, gram.data(), cols, cols, rows);
+      for (int64_t j = 0; j < cols; ++j) diag[j] = gram[j * cols + j];
+      int info = 0;
+      const char upper = 'U';
+      dpotrf_(&upper, &n, gram.data(), &n, &info);
+      if (info != 0) break;
+      double lo = INFINITY, hi = 0.0;
+      bool dependent = false;
+      for (int64_t j = 0; j < cols; ++j) {
+        const double d = gram[j * cols + j] * gram[j * cols + j];  // the pivot
+        if (!(d > 1e-12 * diag[j]) || !(d > 0.0)) dependent = true;
+        lo = std::min(lo, d);
+        hi = std::max(hi, d);
+      }
+      if (dependent) break;
+      lower_inverse(gram.data(), cols, inverse.data());
+      matmul(q, false, inverse.data(), true, product.data(), rows, cols, cols);
+      std::copy(product.begin(), product.end(), q);
+      if (hi / lo < 1e2) return true;
+    }
+    return householder_qr(q, rows, cols);
+  }
   for (int pass = 0; pass < 3; ++pass) {
     matmul(q, true, q, false, gram.data(), cols, cols, rows);
     double spread = 0.0;
@@ -82,13 +174,7 @@ bool orthonormalize_columns(double* q, int64_t rows, int64_t cols) {
                                             /*upper=*/true, /*left=*/false));
     if (spread < 1e2) return true;
   }
-  // Householder QR, through LAPACK.
-  at::Tensor block = view(q, rows, cols);
-  auto [basis, r] = at::linalg_qr(block);
-  const at::Tensor diag = r.diagonal().abs();
-  if (!(diag.min().item<double>() > 1e-13 * diag.max().item<double>())) return false;
-  block.copy_(basis);
-  return true;
+  return householder_qr(q, rows, cols);
 }
 
 void lapack_eigh(const double* a, int64_t n, double* values, double* vectors) {

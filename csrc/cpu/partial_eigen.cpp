@@ -92,6 +92,13 @@ TRP_INLINE void tridiagonalize_impl(double* a, int64_t n, double* tau, double* d
     if (t_next != 0.0) std::fill(p_next.begin(), p_next.begin() + (m - 1), 0.0);
     for (int64_t jj = 1; jj < m; ++jj) {
       double* row = a + (i + 1 + jj) * n + (i + 1 + jj);
+      if (t != 0.0 && t_next != 0.0) {  // the common case: both in one pass over the row
+        const int64_t r = jj - 1;
+        p_next[r] += simd::rank2_dot_axpy(row, v[jj], w.data() + jj, w[jj], v.data() + jj,
+                                          v_next.data() + r, v_next[r], p_next.data() + r,
+                                          m - jj);
+        continue;
+      }
       if (t != 0.0) simd::rank2_row(row, v[jj], w.data() + jj, w[jj], v.data() + jj, m - jj);
       if (t_next != 0.0) {
         const int64_t r = jj - 1;  // the row's index in the next block [i+2, n)
@@ -116,59 +123,87 @@ TRP_CPU_DISPATCH(void, tridiagonalize,
                  (double* a, int64_t n, double* tau, double* diag, double* offdiag),
                  (a, n, tau, diag, offdiag))
 
-// Eigenvalues of the tridiagonal (d, e) by implicit QL with Wilkinson-type shifts; d is
-// overwritten with them (unsorted), e (size n, e[i] couples i and i+1) is destroyed.
+// Eigenvalues of the 2 x 2 symmetric [[a, b], [b, c]] (LAPACK's dlae2), in any order.
+void eigenvalues_2x2(double a, double b, double c, double* rt1, double* rt2) {
+  const double sm = a + c, adf = std::abs(a - c), ab = std::abs(b + b);
+  const double acmx = std::abs(a) > std::abs(c) ? a : c;
+  const double acmn = std::abs(a) > std::abs(c) ? c : a;
+  double rt;
+  if (adf > ab) {
+    rt = adf * std::sqrt(1.0 + (ab / adf) * (ab / adf));
+  } else if (adf < ab) {
+    rt = ab * std::sqrt(1.0 + (adf / ab) * (adf / ab));
+  } else {
+    rt = ab * std::sqrt(2.0);
+  }
+  if (sm == 0.0) {
+    *rt1 = 0.5 * rt;
+    *rt2 = -0.5 * rt;
+    return;
+  }
+  *rt1 = 0.5 * (sm < 0.0 ? sm - rt : sm + rt);
+  // The smaller one from the determinant: no cancellation.
+  *rt2 = (acmx / *rt1) * acmn - (b / *rt1) * b;
+}
+
+// Eigenvalues of the tridiagonal (d, e) by implicit QL with Wilkinson-type shifts in the
+// root-free form of Pal, Walker and Kahan (LAPACK's dsterf): it carries the squared
+// off-diagonals, so that a rotation costs two divisions and no square root. The sweep is one
+// dependent chain, bound by the latency of those operations: the square root and division of
+// the classic form took twice as long. d is overwritten with the eigenvalues (unsorted), e
+// (size n, e[i] couples i and i+1) is destroyed.
 // An off-diagonal deflates once below eps * ||T||: absolute accuracy eps ||T||, all the Gram
 // matrix itself carries, and a relative test would stall on noise-sized blocks of a
-// rank-deficient Gram. Works on T / ||T||, where sqrt(f^2 + g^2) cannot overflow (|g| stays
-// below ~1/eps), instead of hypot, which took more time than the whole tridiagonalisation.
+// rank-deficient Gram. Works on T / ||T||, where no square or sum below can overflow, and
+// every squared off-diagonal still in play is above eps^2, far from underflow.
 bool ql_eigenvalues(double* d, double* e, int64_t n, double norm) {
   if (n == 0) return true;
   e[n - 1] = 0.0;
   if (norm == 0.0) return true;
   for (int64_t i = 0; i < n; ++i) {
     d[i] /= norm;
-    e[i] /= norm;
+    e[i] = (e[i] / norm) * (e[i] / norm);
   }
-  const double negligible = kEps;
+  const double negligible2 = kEps * kEps;
   for (int64_t l = 0; l < n; ++l) {
     int iterations = 0;
     for (;;) {
       int64_t m = l;
       for (; m + 1 < n; ++m) {
-        if (std::abs(e[m]) <= negligible) break;
+        if (e[m] <= negligible2) break;
       }
       if (m == l) break;
-      if (++iterations > kMaxQlIterations) return false;
-      double g = (d[l + 1] - d[l]) / (2.0 * e[l]);
-      double r = std::sqrt(g * g + 1.0);
-      g = d[m] - d[l] + e[l] / (g + std::copysign(r, g));
-      double s = 1.0, c = 1.0, p = 0.0;
-      bool deflated = false;
-      for (int64_t i = m - 1; i >= l; --i) {
-        const double f = s * e[i];
-        const double b = c * e[i];
-        r = std::sqrt(f * f + g * g);
-        e[i + 1] = r;
-        if (r == 0.0) {  // underflow: the matrix split; restart on the smaller problem
-          d[i + 1] -= p;
-          e[m] = 0.0;
-          deflated = true;
-          break;
-        }
-        const double inv_r = 1.0 / r;  // one division on the chain instead of two
-        s = f * inv_r;
-        c = g * inv_r;
-        g = d[i + 1] - p;
-        r = (d[i] - g) * s + 2.0 * c * b;
-        p = s * r;
-        d[i + 1] = g + p;
-        g = c * r - b;
+      if (m == l + 1) {  // a 2 x 2 block: closed form (d[l + 1] is then found at once)
+        double rt1, rt2;
+        eigenvalues_2x2(d[l], std::sqrt(e[l]), d[l + 1], &rt1, &rt2);
+        d[l] = rt1;
+        d[l + 1] = rt2;
+        e[l] = 0.0;
+        break;
       }
-      if (deflated) continue;
-      d[l] -= p;
-      e[l] = g;
-      e[m] = 0.0;
+      if (++iterations > kMaxQlIterations) return false;
+      const double rte = std::sqrt(e[l]);
+      double sigma = (d[l + 1] - d[l]) / (2.0 * rte);
+      const double r0 = std::sqrt(sigma * sigma + 1.0);
+      sigma = d[l] - rte / (sigma + std::copysign(r0, sigma));
+      double c = 1.0, s = 0.0;
+      double gamma = d[m] - sigma;
+      double p = gamma * gamma;
+      for (int64_t i = m - 1; i >= l; --i) {
+        const double bb = e[i];
+        const double r = p + bb;  // > 0: bb > eps^2 for every i < m
+        if (i != m - 1) e[i + 1] = s * r;
+        const double old_c = c;
+        c = p / r;
+        s = bb / r;
+        const double old_gamma = gamma;
+        const double alpha = d[i];
+        gamma = c * (alpha - sigma) - s * old_gamma;
+        d[i + 1] = old_gamma + (alpha - gamma);
+        p = c != 0.0 ? (gamma * gamma) / c : old_c * bb;
+      }
+      e[l] = s * p;
+      d[l] = sigma + gamma;
     }
   }
   for (int64_t i = 0; i < n; ++i) d[i] *= norm;

@@ -161,6 +161,47 @@ TRP_INLINE void rank2_row(double* __restrict row, double a, const double* __rest
   for (; i < n; ++i) row[i] -= a * x[i] + b * y[i];
 }
 
+// rank2_row, then dot_and_axpy of the next reduction step on the updated row, in one pass:
+// row[l] -= a x[l] + b y[l] for l in [0, n); returns sum_{l>=0} row[l] v[l] (the diagonal
+// row[0] included) and adds row[l] * vj to w[l] for l in [1, n). One load and store of the row
+// instead of two: the Householder reduction streams the trailing matrix through L2 each step.
+TRP_INLINE double rank2_dot_axpy(double* __restrict row, double a, const double* __restrict x,
+                                 double b, const double* __restrict y,
+                                 const double* __restrict v, double vj, double* __restrict w,
+                                 int64_t n) {
+  if (n == 0) return 0.0;
+  row[0] -= a * x[0] + b * y[0];
+  double s = row[0] * v[0];
+  int64_t i = 1;
+#if TRP_VECTOR_LOOPS
+  const vd4 va = splat4(a), vb = splat4(b), vv = splat4(vj);
+  vd4 acc0 = splat4(0.0), acc1 = splat4(0.0);
+  for (; i + 8 <= n; i += 8) {
+    const vd4 r0 = load4(row + i) - (va * load4(x + i) + vb * load4(y + i));
+    const vd4 r1 = load4(row + i + 4) - (va * load4(x + i + 4) + vb * load4(y + i + 4));
+    store4(row + i, r0);
+    store4(row + i + 4, r1);
+    acc0 += r0 * load4(v + i);
+    acc1 += r1 * load4(v + i + 4);
+    store4(w + i, load4(w + i) + r0 * vv);
+    store4(w + i + 4, load4(w + i + 4) + r1 * vv);
+  }
+  for (; i + 4 <= n; i += 4) {
+    const vd4 r = load4(row + i) - (va * load4(x + i) + vb * load4(y + i));
+    store4(row + i, r);
+    acc0 += r * load4(v + i);
+    store4(w + i, load4(w + i) + r * vv);
+  }
+  s += sum4(acc0 + acc1);
+#endif
+  for (; i < n; ++i) {
+    row[i] -= a * x[i] + b * y[i];
+    s += row[i] * v[i];
+    w[i] += row[i] * vj;
+  }
+  return s;
+}
+
 }  // namespace simd
 }  // namespace cpu
 }  // namespace trp_ext
