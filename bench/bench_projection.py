@@ -31,6 +31,7 @@ from trp_ext import _reference as ref
 from trp_ext import ops
 from trp_ext.models import build_model
 from trp_ext.selection import select_layers
+from trp_ext.train import read_checkpoint
 from conftest import CUDA, measure
 
 ENERGY = 0.99
@@ -71,7 +72,7 @@ def _synthetic(arch, scheme):
 
 @functools.lru_cache(maxsize=None)
 def _trained(path):
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path)  # weights_only=True, and a clear error for a foreign file
     config = state["config"]
     model = build_model(config["arch"], num_classes=10 if config["arch"] in CIFAR else 1000)
     model.load_state_dict(state["model"])
