@@ -11,6 +11,9 @@ The contract (issue #4), checked on decaying spectra, random matrices and briefl
   * warm-started results obey the same bounds.
 """
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -502,3 +505,16 @@ def test_mismatched_bases_raise(device):
     other = ops.lowrank_project([gaussian(9, 6, torch.float32, 3, device), mats[0]], 0.9).bases
     with pytest.raises(ValueError, match="argument 'bases' does not fit matrix 1"):
         ops.lowrank_project(mats, 0.9, bases=other)
+
+
+@pytest.mark.skipif(os.environ.get("TRP_EXT_NO_DIRECT_BLAS") == "1", reason="already on the ATen path")
+def test_aten_fallback_path_meets_the_same_contract():
+    """The CPU kernel calls the BLAS/LAPACK libtorch exports directly when it can; a torch build
+    that does not export them takes the ATen path. Run the core checks on that path (the variable
+    is read once per process, hence a subprocess)."""
+    env = dict(os.environ, TRP_EXT_NO_DIRECT_BLAS="1")
+    selection = "cpu and (match_svd or warm_start or widened or rank_deficient or numerical_rank)"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "cpu/simd.h"
@@ -25,6 +27,16 @@ namespace trp_ext {
 namespace cpu {
 namespace {
 
+// TRP_EXT_NO_DIRECT_BLAS=1 takes the ATen path even where the symbols exist: the tests run it
+// that way too, so the path a torch build without exported BLAS takes is not left untested.
+bool direct_blas() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("TRP_EXT_NO_DIRECT_BLAS");
+    return value == nullptr || std::string(value) != "1";
+  }();
+  return enabled && dgemm_ != nullptr && dpotrf_ != nullptr;
+}
+
 // Sizes beyond int are left to ATen (never reached by conv weights).
 bool fits_int(int64_t a, int64_t b, int64_t c) {
   constexpr int64_t kMax = 1 << 30;
@@ -34,7 +46,7 @@ bool fits_int(int64_t a, int64_t b, int64_t c) {
 // Row-major C (m x n) = alpha op(A) op(B) + beta C as the column-major C^T = op(B)^T op(A)^T.
 bool blas_gemm(const double* a, bool trans_a, const double* b, bool trans_b, double* c,
                int64_t m, int64_t n, int64_t k, double alpha, double beta) {
-  if (dgemm_ == nullptr || !fits_int(m, n, k)) return false;
+  if (!direct_blas() || !fits_int(m, n, k)) return false;
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
   const int lda = static_cast<int>(std::max<int64_t>(1, trans_a ? m : k));
   const int ldb = static_cast<int>(std::max<int64_t>(1, trans_b ? k : n));
@@ -133,7 +145,7 @@ bool orthonormalize_columns(double* q, int64_t rows, int64_t cols) {
   // Cholesky QR leaves ||Q^T Q - I|| ~ eps * cond(Q)^2: one pass for a well-conditioned block,
   // another (cond ~ 1 by then) when the pivots spread.
   std::vector<double> gram(cols * cols);
-  if (dpotrf_ != nullptr && dgemm_ != nullptr && fits_int(rows, cols, cols)) {
+  if (direct_blas() && fits_int(rows, cols, cols)) {
     // The same through dpotrf. Row-major gram read column-major is the same symmetric matrix;
     // its upper Cholesky factor (column-major) is, read row-major, the lower L of
     // Q^T Q = L L^T. Q <- Q L^-T then takes L^-1 (cols^3 / 6, level 1) and one GEMM: twice as
