@@ -4,21 +4,19 @@ Every selected conv is given a TRP-like rank (n/3 for CIFAR: 6, 10, 20 for 16, 3
 n/4 for ImageNet), then decompose() factors it (channel scheme, BN folded). Variants per case:
 "dense" (the original net), "ours" (the compressed net on the fused factored_conv2d op), and
 "pair" (the same compressed net with each factored conv run as two F.conv2d calls).
-Every variant has its remaining conv -> BatchNorm pairs folded (torch.fx's eval-mode fuse), as a
+Every variant has its remaining conv -> BatchNorm pairs folded (metrics.deployment_form), as a
 deployed dense net would, so the dense baseline pays no BatchNorm pass that ours skips.
 flop_ratio = dense conv FLOPs / compressed conv FLOPs, so the report's realisation is
 (t_dense / t_ours) / flop_ratio; the target is at least 0.8.
 """
 import contextlib
-import copy
 
 import pytest
 import torch
-from torch.fx.experimental.optimization import fuse as fuse_conv_bn
 
 from trp_ext import _reference, decompose, ops
 from trp_ext.lowrank import conv_weight_to_matrix, matrix_to_conv_weight
-from trp_ext.metrics import count_cost, theoretical_speedup
+from trp_ext.metrics import count_cost, deployment_form, theoretical_speedup
 from trp_ext.models import resnet50, resnet56
 from trp_ext.selection import select_layers
 
@@ -69,7 +67,7 @@ def unfused_pair():
 
 
 def _prepare(model, device, dtype, channels_last, example):
-    model = fuse_conv_bn(copy.deepcopy(model).eval()).to(device=device, dtype=dtype)
+    model = deployment_form(model).to(device=device, dtype=dtype)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         example = example.contiguous(memory_format=torch.channels_last)
