@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from trp_ext import _reference as ref
 from trp_ext.lowrank import check_scheme, layer_matrix
-from trp_ext.nn import FactoredConv2d
+from trp_ext.nn import FactoredConv2d, replace_submodule
 from trp_ext.selection import select_layers
 from trp_ext.trp import unwrap_model
 
@@ -102,12 +102,6 @@ def _fold_batchnorm(factored, bn):
         factored.bias.copy_(factored.bias * scale + shift)
 
 
-def _set_submodule(model, name, module):
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 @torch.no_grad()
 def decompose(model, scheme="channel", energy: Optional[float] = None, value_threshold: Optional[float] = None,
               max_rank: Optional[int] = None, fold_bn: bool = True, include=None, exclude=None, predicate=None,
@@ -151,8 +145,8 @@ def decompose(model, scheme="channel", energy: Optional[float] = None, value_thr
             if name in batchnorms:
                 bn_name = batchnorms[name]
                 _fold_batchnorm(module, model.get_submodule(bn_name))
-                _set_submodule(model, bn_name, nn.Identity())
+                replace_submodule(model, bn_name, nn.Identity())
                 decision.bn_folded = True
-            _set_submodule(model, name, module)
+            replace_submodule(model, name, module)
         decisions.append(decision)
     return model, DecomposeReport(scheme, decisions)

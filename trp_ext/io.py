@@ -12,7 +12,7 @@ import tempfile
 import torch
 import torch.nn as nn
 
-from trp_ext.nn import FactoredConv2d
+from trp_ext.nn import FactoredConv2d, replace_submodule
 
 COMPRESSED_FORMAT = "trp-ext-compressed"
 COMPRESSED_VERSION = 1
@@ -95,11 +95,6 @@ def save_compressed(model, path, arch=None):
     atomic_torch_save(payload, path)
 
 
-def _set_submodule(model, name, module):
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 def load_compressed(path, model=None, map_location="cpu"):
     """Rebuilds a model saved by :func:`save_compressed`.
 
@@ -121,9 +116,9 @@ def load_compressed(path, model=None, map_location="cpu"):
         arch = dict(payload["arch"])
         model = build_model(arch.pop("name"), **arch)
     for name, spec in payload["factored"].items():
-        _set_submodule(model, name, FactoredConv2d(**spec))
+        replace_submodule(model, name, FactoredConv2d(**spec))
     for name in payload["identity"]:
-        _set_submodule(model, name, nn.Identity())
+        replace_submodule(model, name, nn.Identity())
     model.load_state_dict(payload["state_dict"], strict=True)
     model.trp_arch = payload["arch"]
     return model

@@ -66,3 +66,9 @@ class FactoredConv2d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, rank={self.rank}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, scheme={self.scheme!r}, "
                 f"bias={self.bias is not None}, activation={self.activation!r}")
+
+
+def replace_submodule(model, name, module):
+    """Puts ``module`` at the dotted ``name`` inside ``model`` (``"layer1.0.conv1"``)."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

@@ -112,7 +112,8 @@ class TRP:
 
     def _lowrank(self, purpose, energy, want_subgradient):
         """One batched lowrank_project call, warm-started per purpose; sharded across ranks when
-        that pays. Returns (per-layer projections or sub-gradients, int64 ranks)."""
+        that pays. Returns (per-layer projections or sub-gradients, int64 ranks; None for the
+        sub-gradients of a sharded run, whose ranks nobody reads)."""
         mats = self._matrices()
         mine = list(range(len(mats))) if self._resolve_mode(mats) == "replicate" else \
             self._plan.owned(distributed.rank())
@@ -125,6 +126,8 @@ class TRP:
         if self._plan is None:
             return outputs, result.ranks
         outputs = distributed.all_gather_results(self._plan, mine, outputs, mats)
+        if purpose != "project":  # regularize() runs every step and does not use the ranks
+            return outputs, None
         return outputs, distributed.all_gather_ranks(self._plan, mine, result.ranks, mats[0].device)
 
     @torch.no_grad()
