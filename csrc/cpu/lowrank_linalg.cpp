@@ -118,7 +118,8 @@ void matmul_accumulate(const double* a, bool trans_a, const double* b, bool tran
                        int64_t m, int64_t n, int64_t k, double alpha, double beta) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
-    for (int64_t i = 0; i < m * n; ++i) c[i] *= beta;
+    // beta == 0 makes C write-only, as in BLAS: whatever it held (NaN included) is not kept.
+    for (int64_t i = 0; i < m * n; ++i) c[i] = beta == 0.0 ? 0.0 : c[i] * beta;
     return;
   }
   if (blas_gemm(a, trans_a, b, trans_b, c, m, n, k, alpha, beta)) return;
