@@ -26,6 +26,7 @@ from trp_ext.report import compress_and_report
 from trp_ext.trp import TRP
 
 CHECKPOINT_FORMAT = "trp-ext-checkpoint"
+POSTFIX_EVERY = 10  # steps between progress-bar updates (each one syncs with the GPU)
 
 
 class DistributedJobError(RuntimeError):
@@ -165,10 +166,14 @@ class Run:
         self.train_loader.set_epoch(self.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.epoch)
-        total_loss = correct = seen = 0
+        # Running sums stay on the device: a .item() per step would sync the host with the GPU
+        # every step. The progress bar reads them (one sync) every POSTFIX_EVERY steps.
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
                    disable=self.quiet, dynamic_ncols=True)
-        for images, labels in bar:
+        for step, (images, labels) in enumerate(bar):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             if self.config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -181,16 +186,17 @@ class Run:
             self.optimizer.step()
             if self.trp is not None:
                 self.trp.step()
-            total_loss += loss.item() * labels.numel()
-            correct += (logits.argmax(1) == labels).sum().item()
+            total_loss += loss.detach().double() * labels.numel()
+            correct += (logits.argmax(1) == labels).sum()
             seen += labels.numel()
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+            if not self.quiet and step % POSTFIX_EVERY == 0:
+                bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
         if self.world > 1:
             # Each rank's BatchNorm statistics followed its own shard; rank 0's become everyone's,
             # so that evaluation and checkpoints see one model.
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, 0)
-        return total_loss / max(1, seen), 100.0 * correct / max(1, seen)
+        return total_loss.item() / max(1, seen), 100.0 * correct.item() / max(1, seen)
 
     def evaluate(self, model=None):
         """Test accuracy; under torch.distributed each rank scores its shard and the counts are summed."""
