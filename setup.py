@@ -117,6 +117,22 @@ def _nvidia_wheel_include_dirs():
     return found
 
 
+def _openmp_flags():
+    """-fopenmp when torch's intra-op parallelism is OpenMP, else nothing; and why.
+
+    at::parallel_for is a header template: with torch's OpenMP backend it expands to a
+    `#pragma omp parallel` in *our* objects, which a compiler without -fopenmp ignores, so every
+    CPU kernel would silently run on one thread. The flag links libgomp.so.1, which resolves to
+    the copy torch has already loaded (same soname), so the process keeps one OpenMP runtime.
+    """
+    info = torch.__config__.parallel_info()
+    if "ATen parallel backend: OpenMP" not in info:
+        return [], "not needed (torch's parallel backend is not OpenMP)"
+    if sys.platform == "darwin":
+        return [], "off (macOS compilers need a separate libomp)"
+    return ["-fopenmp"], "-fopenmp (torch's parallel backend is OpenMP)"
+
+
 def _extension():
     use_cuda, cuda_reason = _resolve_cuda()
     debug = _flag("TRP_EXT_DEBUG")
@@ -124,8 +140,10 @@ def _extension():
     sources = [os.path.join("csrc", "trp_ext.cpp")]
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     include_dirs = [os.path.join(ROOT, "csrc")]
-    extra = {"cxx": opt + ["-fvisibility=hidden"]}
+    openmp, openmp_reason = _openmp_flags()
+    extra = {"cxx": opt + ["-fvisibility=hidden"] + openmp}
     settings = {
+        "OpenMP": openmp_reason,
         "torch": torch.__version__,
         "cuda kernels": f"{'ON' if use_cuda else 'OFF'} ({cuda_reason})",
         "MAX_JOBS": os.environ.get("MAX_JOBS", "(ninja default)"),
@@ -153,6 +171,7 @@ def _extension():
         sources=sources,
         include_dirs=include_dirs,
         extra_compile_args=extra,
+        extra_link_args=openmp,
         py_limited_api=False,
     )
 

@@ -4,6 +4,7 @@
 // library with the dispatcher, and it reports how it was built.
 #include <Python.h>
 #include <torch/version.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(trp_ext, m) {
@@ -36,13 +37,21 @@ PyObject* build_info(PyObject* /*self*/, PyObject* /*args*/) {
 #else
   PyObject* cuda = Py_False;
 #endif
-  return Py_BuildValue("{s:O,s:(iii)}", "cuda", cuda, "torch_version", TORCH_VERSION_MAJOR,
-                       TORCH_VERSION_MINOR, TORCH_VERSION_PATCH);
+  // Whether at::parallel_for really runs in parallel in this library: with torch's OpenMP
+  // backend that takes -fopenmp here (see setup.py), else every CPU kernel runs on one thread.
+#ifdef INTRA_OP_PARALLEL
+  PyObject* parallel = Py_True;
+#else
+  PyObject* parallel = Py_False;
+#endif
+  return Py_BuildValue("{s:O,s:(iii),s:O}", "cuda", cuda, "torch_version", TORCH_VERSION_MAJOR,
+                       TORCH_VERSION_MINOR, TORCH_VERSION_PATCH, "intra_op_parallel", parallel);
 }
 
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS,
-     "{'cuda': bool, 'torch_version': (major, minor, patch)} this library was compiled with."},
+     "{'cuda': bool, 'torch_version': (major, minor, patch), 'intra_op_parallel': bool} this "
+     "library was compiled with."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "trp_ext compiled kernels", -1, methods};

@@ -2,6 +2,7 @@
 import os
 import shutil
 import sys
+import threading
 
 import pytest
 import torch
@@ -43,3 +44,44 @@ def test_library_built_for_other_torch_gives_rebuild_hint(monkeypatch):
     monkeypatch.setattr(_ext, "_running_torch_version", lambda: (1, 0, 0))
     with pytest.raises(_ext.ExtensionLoadError, match="compiled against torch .* but torch"):
         _ext.load_library()
+
+
+def test_cpu_kernels_are_compiled_with_intra_op_parallelism():
+    # at::parallel_for is a header template: built without torch's OpenMP flag it silently runs
+    # every CPU kernel on one thread.
+    assert trp_ext.BUILD_INFO["intra_op_parallel"]
+
+
+def _thread_cpu_ticks():
+    """{thread id: user + system CPU ticks} of this process's threads (Linux /proc)."""
+    ticks = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        ticks[tid] = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return ticks
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs 2 intra-op threads")
+def test_cpu_kernel_work_is_shared_between_threads():
+    # A serial build passes every other test: only the threads' CPU time tells. Ten calls are
+    # ~0.4 s of work (2-core AVX2 VM), so a helper thread that does its half shows ~20 ticks of
+    # 10 ms, as many as the calling thread; a serial kernel leaves the helpers at the few ticks
+    # they spin between calls.
+    x = torch.randn(32, 256, 14, 14)
+    w1, w2 = torch.randn(64, 256, 3, 3), torch.randn(256, 64, 1, 1)
+    call = lambda: trp_ext.ops.factored_conv2d(x, w1, w2, None, (1, 1), (1, 1), (1, 1), "channel", None)
+    call()  # starts the worker threads
+    before = _thread_cpu_ticks()
+    for _ in range(10):
+        call()
+    after = _thread_cpu_ticks()
+    main = str(threading.get_native_id())
+    used = {tid: after[tid] - before.get(tid, 0) for tid in after}
+    helpers = max((ticks for tid, ticks in used.items() if tid != main), default=0)
+    assert used[main] > 0
+    assert helpers >= 0.25 * used[main], used
