@@ -32,6 +32,16 @@ inline double subgradient_floor(bool single_precision, int64_t m, int64_t n) {
                   std::sqrt(1e3 * static_cast<double>(m + n) * eps64));
 }
 
+// A cold solve counts eigenvalues of the float64 Gram at or below gram_noise_factor(k, len) *
+// lambda_1 as zero: they are within the rounding of the Gram and of its eigensolver (~(k + len)
+// eps lambda_1). Counted, that noise would push the rank at energy = 1 of a rank-deficient
+// matrix past its numerical rank (a float64 SVD's noise, ~eps^2 lambda_1 here, vanishes in the
+// sums); for every energy < 1 it lies far below the contract's 1e-6 band.
+constexpr double kGramNoise = 16.0;
+inline double gram_noise_factor(int64_t k, int64_t len) {
+  return kGramNoise * static_cast<double>(k + len) * std::numeric_limits<double>::epsilon();
+}
+
 // The returned basis keeps this many columns beyond the rank (at least kMinOversample): they
 // make the next warm start converge at the rate lambda_{b+1} / lambda_r per power step.
 constexpr int64_t kMinOversample = 4;

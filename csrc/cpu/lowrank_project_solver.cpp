@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "common/energy_rule.h"
@@ -48,9 +47,6 @@ constexpr double kSlowestRate = 0.5;
 // next iterate: dividing by them would only amplify rounding, and their directions hold no
 // energy worth resolving.
 constexpr double kStagnantRitz = 1e-12;
-
-// Eigenvalues of G at or below kGramNoise (k + len) eps lambda_1 count as zero in a cold solve.
-constexpr double kGramNoise = 16.0;
 
 // The matrix as k x len float64 (transposed when it has more rows than columns), scaled.
 struct Problem {
@@ -158,14 +154,8 @@ void cold_solve(const Problem& p, const ProjectOptions& options, Spectrum& s) {
   SymmetricEigen eigen;
   eigen.reduce(p.gram.data(), p.k);
   std::vector<double> values = eigen.values();
-  // G is PSD, and eigenvalues within the rounding of the float64 Gram and of its reduction
-  // (~(k + len) eps lambda_1) are indistinguishable from zero: counted, that noise would push
-  // the rank at energy = 1 of a rank-deficient matrix past its numerical rank (a float64 SVD's
-  // noise, ~eps^2 lambda_1 in these units, vanishes in the sums). Below the 1e-6 band of the
-  // contract for every energy < 1.
-  const double noise = values.empty() ? 0.0
-                                      : kGramNoise * static_cast<double>(p.k + p.len) *
-                                            std::numeric_limits<double>::epsilon() * values[0];
+  // G is PSD; eigenvalues within its rounding count as zero (see gram_noise_factor).
+  const double noise = values.empty() ? 0.0 : gram_noise_factor(p.k, p.len) * values[0];
   for (double& v : values) v = v > noise ? v : 0.0;
   s.rank = rank_of_spectrum(values, p, options);
   // Vectors only for the rank and the oversampling the returned basis keeps.

@@ -254,7 +254,10 @@ Solved solve_cold(Group& g, std::vector<int64_t> local, bool force_lapack) {
   s.sel = device_index(s.local, g.a);
   const Tensor gram = g.gram.index_select(0, s.sel);
   auto [values, vectors, converged] = eigh_descending(gram, force_lapack);
-  s.values = values.clamp_min(0.0);  // G is PSD; rounding may say otherwise
+  // G is PSD; eigenvalues within its rounding count as zero, as on the CPU (see
+  // gram_noise_factor): without it, energy = 1 ranks would count the null space's noise.
+  const Tensor floor = values.select(1, 0).unsqueeze(1) * gram_noise_factor(g.k, g.len);
+  s.values = at::where(values > floor, values, at::zeros_like(values));
   s.vectors = vectors;
   s.converged = converged;
   return s;
