@@ -7,6 +7,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_features.h"
+
 TORCH_LIBRARY(trp_ext, m) {
   // Per row of singular values s (descending, zero-padded): the smallest r with
   // sum(s[:r]^2) >= energy * sum(s^2); 0 for an all-zero row.
@@ -48,10 +50,17 @@ PyObject* build_info(PyObject* /*self*/, PyObject* /*args*/) {
                        TORCH_VERSION_MINOR, TORCH_VERSION_PATCH, "intra_op_parallel", parallel);
 }
 
+PyObject* cpu_kernels(PyObject* /*self*/, PyObject* /*args*/) {
+  return PyUnicode_FromString(trp_ext::cpu::cpu_kernel_isa());
+}
+
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS,
      "{'cuda': bool, 'torch_version': (major, minor, patch), 'intra_op_parallel': bool} this "
      "library was compiled with."},
+    {"cpu_kernels", cpu_kernels, METH_NOARGS,
+     "'avx2' or 'portable': the instruction set every CPU kernel of this process runs with "
+     "(portable when the CPU lacks AVX2+FMA or ATEN_CPU_CAPABILITY=default)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "trp_ext compiled kernels", -1, methods};

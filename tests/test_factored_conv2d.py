@@ -188,11 +188,18 @@ def test_empty_batch(device):
     assert ops.factored_conv2d(x, w1, w2, bias, 1, 1).shape == (0, 3, 6, 6)
 
 
+def test_cpu_kernels_follow_aten_capability():
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert trp_ext._C.cpu_kernels() == ("avx2" if capability in ("AVX2", "AVX512") else "portable")
+
+
 def test_portable_kernels_match_reference():
-    """ATEN_CPU_CAPABILITY=default switches off the AVX2 kernels, as it does ATen's own."""
+    """ATEN_CPU_CAPABILITY=default switches off the AVX2 kernels, as it does ATen's own: in
+    factored_conv2d and in lowrank_project's vector loops alike."""
     script = (
         "import torch, trp_ext\n"
         "from trp_ext import ops, _reference as ref\n"
+        "assert trp_ext._C.cpu_kernels() == 'portable', trp_ext._C.cpu_kernels()\n"
         "g = torch.Generator().manual_seed(0)\n"
         "for scheme, (kh, kw) in (('channel', (3, 3)), ('spatial', (3, 3)), ('channel', (2, 5))):\n"
         "    x = torch.randn(2, 5, 13, 11, generator=g)\n"
@@ -206,6 +213,15 @@ def test_portable_kernels_match_reference():
         "            want = ref.factored_conv2d(x.double(), w1.double(), w2.double(), b.double(),\n"
         "                                       stride, 1, (1, 2), scheme, 'relu')\n"
         "            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)\n"
+        "for shape in ((192, 192), (40, 300)):\n"
+        "    q1, _ = torch.linalg.qr(torch.randn(shape[0], shape[0], generator=g, dtype=torch.float64))\n"
+        "    q2, _ = torch.linalg.qr(torch.randn(shape[1], shape[0], generator=g, dtype=torch.float64))\n"
+        "    s = torch.exp(-torch.arange(shape[0], dtype=torch.float64) / 20)\n"
+        "    w = (q1 * s) @ q2.T\n"
+        "    r = int(ref.energy_rank(s, 0.99))\n"
+        "    got = ops.lowrank_project([w], 0.99)\n"
+        "    assert int(got.ranks[0]) == r, (int(got.ranks[0]), r)\n"
+        "    torch.testing.assert_close(got.projected[0], (q1[:, :r] * s[:r]) @ q2[:, :r].T, rtol=0, atol=1e-10)\n"
         "print('ok')\n"
     )
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")

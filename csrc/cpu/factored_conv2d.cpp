@@ -14,13 +14,13 @@
 // Both convs are the same micro-kernel (factored_conv2d_kernels.h), run over different taps.
 // Items run in parallel with at::parallel_for, so batch 1 still uses every core.
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "common/factored_conv2d_checks.h"
+#include "cpu/cpu_features.h"
 #include "cpu/factored_conv2d_kernels.h"
 
 namespace trp_ext {
@@ -58,12 +58,10 @@ int64_t round_up(int64_t value, int64_t multiple) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The AVX2+FMA kernels when ATen's CPU capability allows them (ATEN_CPU_CAPABILITY=default
-// turns them off, as it does ATen's own), else the portable ones.
+// The AVX2+FMA kernels when cpu::use_avx2_fma() allows them, else the portable ones.
 const fconv_cpu::CpuKernels& cpu_kernels() {
   static const fconv_cpu::CpuKernels kernels = [] {
-    const std::string capability = at::get_cpu_capability();
-    if (capability == "AVX2" || capability == "AVX512") {
+    if (cpu::use_avx2_fma()) {
       const fconv_cpu::CpuKernels avx2 = fconv_cpu::avx2_kernels();
       if (avx2.f32.tap_conv != nullptr) return avx2;
     }
@@ -113,7 +111,8 @@ struct BandPlan {
   int64_t group = 0;   // input channels per stage-1 group
 };
 
-BandPlan make_plan(const FconvGeometry& g) {
+// element_size: bytes per value of the call's dtype.
+BandPlan make_plan(const FconvGeometry& g, int64_t element_size) {
   BandPlan p;
   const int64_t threads = at::get_num_threads();
   // Output row length in stage-2 positions, to size the bands.
@@ -170,7 +169,7 @@ BandPlan make_plan(const FconvGeometry& g) {
   // A band computes up to kCountAlign - 1 positions past its last row, and a tap reads up to
   // (kw - 1) * dw / sw columns further; that runs into the next plane, or past the last one.
   p.slack = kCountAlign + (g.kw - 1) * g.dw / g.sw + 64;
-  const int64_t channel_bytes = xs.sh * xs.sw * xs.plane_size() * static_cast<int64_t>(sizeof(float));
+  const int64_t channel_bytes = xs.sh * xs.sw * xs.plane_size() * element_size;
   const int64_t taps_per_channel = g.in_channels > 0 ? static_cast<int64_t>(p.taps1.size()) / g.in_channels : 1;
   p.group = std::max({int64_t{1}, kPlaneGroupBytes / std::max<int64_t>(channel_bytes, 1),
                       ceil_div(kMinGroupTaps, std::max<int64_t>(taps_per_channel, 1))});
@@ -284,7 +283,7 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
   ops.w1 = w1c.const_data_ptr<T>();
   ops.w2 = w2c.const_data_ptr<T>();
   ops.bias = bc.defined() ? bc.const_data_ptr<T>() : nullptr;
-  const BandPlan plan = make_plan(g);
+  const BandPlan plan = make_plan(g, static_cast<int64_t>(sizeof(T)));
   const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(plan.work, 1));
   at::parallel_for(0, g.batch * plan.bands, grain, [&](int64_t begin, int64_t end) {
     const Scratch<T> scratch = thread_scratch<T>(plan, g);

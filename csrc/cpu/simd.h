@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/cpu_features.h"
+
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define TRP_X86_DISPATCH 1
 #define TRP_TARGET_AVX2 __attribute__((target("avx2,fma")))
@@ -30,13 +32,10 @@ namespace trp_ext {
 namespace cpu {
 namespace simd {
 
+// One decision for every kernel (cpu_features.h), cached here for the dispatch wrappers.
 inline bool has_avx2_fma() {
-#if TRP_X86_DISPATCH
-  static const bool available = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool available = use_avx2_fma();
   return available;
-#else
-  return false;
-#endif
 }
 
 #if defined(__GNUC__)
