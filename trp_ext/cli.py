@@ -102,10 +102,11 @@ def cmd_demo(args):
     cmd_train(args_like)
 
 
-def _checkpoint_config(path, overrides):
-    from trp_ext.train import TrainConfig, read_checkpoint
+def _checkpoint_config(path, overrides, payload=None):
+    """(checkpoint, its config with the non-None overrides); ``payload``: the file, if already read."""
+    from trp_ext.train import TrainConfig, checked_checkpoint, read_checkpoint
 
-    state = read_checkpoint(path)
+    state = read_checkpoint(path) if payload is None else checked_checkpoint(payload, path)
     config = TrainConfig.from_dict(state["config"])
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     return state, config
@@ -147,12 +148,12 @@ def cmd_eval(args):
     from trp_ext.data import TensorLoader, load_dataset
     from trp_ext.metrics import accuracy, count_cost
 
-    payload = io.safe_torch_load(args.model, "model")
+    payload = io.safe_torch_load(args.model, "model")  # read once: it may be large
     if isinstance(payload, dict) and payload.get("format") == io.COMPRESSED_FORMAT:
-        model = io.load_compressed(args.model)
+        model = io.model_from_compressed(payload, args.model)
         data, data_dir = args.data or "digits", args.data_dir
     else:
-        state, config = _checkpoint_config(args.model, dict(data_dir=args.data_dir))
+        state, config = _checkpoint_config(args.model, dict(data_dir=args.data_dir), payload)
         data, data_dir = args.data or config.data, config.data_dir
         model = None
     dataset = load_dataset(data, data_dir)

@@ -101,7 +101,11 @@ def load_compressed(path, model=None, map_location="cpu"):
     ``model``: the dense base network to rebuild on; by default it is built from the recorded
     architecture (needed for models outside ``trp_ext.models``).
     """
-    payload = safe_torch_load(path, "compressed model", map_location)
+    return model_from_compressed(safe_torch_load(path, "compressed model", map_location), path, model)
+
+
+def model_from_compressed(payload, path, model=None):
+    """:func:`load_compressed` on a payload already read from ``path`` (named in errors)."""
     if not isinstance(payload, dict) or payload.get("format") != COMPRESSED_FORMAT:
         raise ValueError(f"{path} is not a trp-ext compressed model (no '{COMPRESSED_FORMAT}' header); "
                          "save it with trp_ext.save_compressed")

@@ -255,7 +255,11 @@ class Run:
 
 
 def read_checkpoint(path):
-    state = io.safe_torch_load(path, "checkpoint")
+    return checked_checkpoint(io.safe_torch_load(path, "checkpoint"), path)
+
+
+def checked_checkpoint(state, path):
+    """``state`` (read from ``path``) if it is a trp-ext training checkpoint, else a ValueError."""
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a trp-ext training checkpoint (no '{CHECKPOINT_FORMAT}' header)")
     return state
