@@ -130,6 +130,8 @@ def _openmp_flags():
         return [], "not needed (torch's parallel backend is not OpenMP)"
     if sys.platform == "darwin":
         return [], "off (macOS compilers need a separate libomp)"
+    if sys.platform == "win32":
+        return ["/openmp"], "/openmp (torch's parallel backend is OpenMP)"
     return ["-fopenmp"], "-fopenmp (torch's parallel backend is OpenMP)"
 
 
@@ -171,7 +173,7 @@ def _extension():
         sources=sources,
         include_dirs=include_dirs,
         extra_compile_args=extra,
-        extra_link_args=openmp,
+        extra_link_args=[] if sys.platform == "win32" else openmp,
         py_limited_api=False,
     )
 
