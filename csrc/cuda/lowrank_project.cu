@@ -68,8 +68,13 @@ struct Solved {
 
 at::TensorOptions f64(const Tensor& like) { return like.options().dtype(at::kDouble); }
 
+// Through pinned memory and asynchronously: a blocking copy from pageable memory makes ATen
+// synchronise the stream, and this runs several times per shape group. The caching host
+// allocator keeps the pinned block until the copy has run.
 Tensor device_index(const std::vector<int64_t>& host, const Tensor& like) {
-  return at::tensor(host, at::TensorOptions(at::kLong)).to(like.device());
+  return at::tensor(host, at::TensorOptions(at::kLong))
+      .pin_memory()
+      .to(at::TensorOptions(like.device()).dtype(at::kLong), /*non_blocking=*/true);
 }
 
 // Deterministic pseudo-random entries in [-1, 1): columns a warm basis is padded with.
