@@ -95,6 +95,38 @@ def test_sharded_trp_matches_across_ranks_and_single_process(tmp_path, wrap):
     assert r0["bases_world"] == 2 or r0["bases_world"] is None
 
 
+def _one_layer_net():
+    torch.manual_seed(0)  # select_layers skips the first conv: one selected layer for two ranks
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def _empty_share_worker(rank, world, port, out_dir):
+    _env(rank, world, port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = _one_layer_net()
+    trp = TRP(model, period=2, lam=1e-3, energy=0.8, scheme="spatial", distributed="shard")
+    _train(model, trp, rank, world)
+    trp.state_dict()  # collective under sharding
+    torch.save({"model": model.state_dict(), "history": trp.history, "owned": trp._plan.owned(rank)},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_a_rank_that_owns_no_layer_still_takes_part(tmp_path):
+    mp.start_processes(_empty_share_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert sorted([len(r0["owned"]), len(r1["owned"])]) == [0, 1]
+    for key in r0["model"]:
+        assert torch.equal(r0["model"][key], r1["model"][key]), key
+    single_model = _one_layer_net()
+    single = TRP(single_model, period=2, lam=1e-3, energy=0.8, scheme="spatial")
+    _train(single_model, single, 0, 1)
+    assert single.history == r0["history"] == r1["history"]
+    for key, value in single_model.state_dict().items():
+        torch.testing.assert_close(r0["model"][key], value, rtol=1e-4, atol=1e-5)
+
+
 def test_shard_plan_balances_cost_not_count():
     shapes = [(512, 4608)] + [(64, 576)] * 12
     plan = trp_dist.plan_shards(shapes, 2)

@@ -206,3 +206,14 @@ def test_linear_layers_optional():
     trp.step()
     assert trp.names == ["1", "3"]
     assert torch.linalg.matrix_rank(model[1].weight.detach().double(), rtol=1e-5).item() == trp.ranks["1"]
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_layer_matrix_shape_is_the_built_matrix_shape(scheme):
+    # TRP plans shards from these shapes without building the matrices.
+    from trp_ext.lowrank import layer_matrix, layer_matrix_shape, matrix_to_layer_weight
+
+    for module in (nn.Conv2d(5, 7, 3), nn.Conv2d(4, 6, (3, 5), stride=2), nn.Conv2d(3, 2, (1, 4)), nn.Linear(9, 4)):
+        matrix = layer_matrix(module, scheme)
+        assert layer_matrix_shape(module, scheme) == tuple(matrix.shape)
+        assert torch.equal(matrix_to_layer_weight(matrix, module, scheme), module.weight.detach())

@@ -14,6 +14,7 @@ with C the projection's work in flops, F the device's rate on it, B the bytes of
 results (the selected weights) and W the world size. :func:`choose_mode` applies this rule.
 """
 import datetime
+import math
 import os
 from dataclasses import dataclass
 from typing import List
@@ -97,28 +98,29 @@ def choose_mode(shapes, element_bytes, world, device_type, **rates):
     return "shard" if sharded < replicated else "replicate"
 
 
-def all_gather_results(plan, local_indices, local_tensors, like):
+def all_gather_results(plan, local_indices, local_tensors, shapes, dtype, device):
     """Every rank's owned tensors to every rank, in one all-gather.
 
-    ``like[i]`` gives matrix i's shape and dtype (the same on every rank). Returns the full list.
+    ``shapes[i]``: matrix i's shape (the same on every rank); all have ``dtype`` and live on
+    ``device``. Returns the full list.
     """
     world, me = plan.world, dist.get_rank()
-    sizes = [sum(like[i].numel() for i in plan.owned(r)) for r in range(world)]
+    numel = [math.prod(shape) for shape in shapes]
+    sizes = [sum(numel[i] for i in plan.owned(r)) for r in range(world)]
     width = max(sizes) if sizes else 0
-    dtype, device = like[0].dtype, like[0].device
     flat = torch.zeros(width, dtype=dtype, device=device)
     if local_tensors:
         packed = torch.cat([t.reshape(-1).to(dtype) for t in local_tensors])
         flat[: packed.numel()] = packed
     buffers = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(buffers, flat)
-    out = [None] * len(like)
+    out = [None] * len(shapes)
     for r in range(world):
         offset = 0
         for i in plan.owned(r):
-            count = like[i].numel()
+            count = numel[i]
             out[i] = local_tensors[local_indices.index(i)] if r == me else \
-                buffers[r][offset:offset + count].view(like[i].shape)
+                buffers[r][offset:offset + count].view(shapes[i])
             offset += count
     return out
 

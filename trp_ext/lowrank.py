@@ -23,6 +23,16 @@ def layer_matrix(module, scheme):
     return conv_weight_to_matrix(weight, scheme)
 
 
+def layer_matrix_shape(module, scheme):
+    """The shape of :func:`layer_matrix`, without building the matrix."""
+    shape = tuple(module.weight.shape)
+    if isinstance(module, nn.Linear):
+        return shape
+    check_scheme(scheme)
+    n, c, kh, kw = shape
+    return (n, c * kh * kw) if scheme == "channel" else (c * kh, kw * n)
+
+
 def matrix_to_layer_weight(matrix, module, scheme):
     """Inverse of :func:`layer_matrix`, shaped like ``module.weight``."""
     if isinstance(module, nn.Linear):

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from trp_ext import distributed, ops
-from trp_ext.lowrank import check_scheme, layer_matrix, matrix_to_layer_weight
+from trp_ext.lowrank import check_scheme, layer_matrix, layer_matrix_shape, matrix_to_layer_weight
 from trp_ext.selection import select_layers
 
 SUBGRADIENTS = ("truncated", "full")
@@ -93,42 +93,51 @@ class TRP:
         self._mode = None
 
     # ------------------------------------------------------------------ projection
-    def _matrices(self):
-        return [layer_matrix(module, self.scheme) for _, module in self.layers]
+    def _matrix_shapes(self):
+        return [layer_matrix_shape(module, self.scheme) for _, module in self.layers]
 
-    def _resolve_mode(self, mats):
+    def _resolve_mode(self):
         """Shard or replicate; decided once, from shapes alone, so every rank decides alike."""
         if self._mode is None:
             world = distributed.world_size()
+            shapes = self._matrix_shapes()
+            weight = self.layers[0][1].weight
             mode = self.distributed
             if world <= 1:
                 mode = "replicate"
             elif mode == "auto":
-                mode = distributed.choose_mode([tuple(m.shape) for m in mats], mats[0].element_size(), world,
-                                               mats[0].device.type)
+                mode = distributed.choose_mode(shapes, weight.element_size(), world, weight.device.type)
             self._mode = mode
-            self._plan = distributed.plan_shards([tuple(m.shape) for m in mats], world) if mode == "shard" else None
+            self._plan = distributed.plan_shards(shapes, world) if mode == "shard" else None
         return self._mode
 
     def _lowrank(self, purpose, energy, want_subgradient):
         """One batched lowrank_project call, warm-started per purpose; sharded across ranks when
         that pays. Returns (per-layer projections or sub-gradients, int64 ranks; None for the
         sub-gradients of a sharded run, whose ranks nobody reads)."""
-        mats = self._matrices()
-        mine = list(range(len(mats))) if self._resolve_mode(mats) == "replicate" else \
+        mine = list(range(len(self.layers))) if self._resolve_mode() == "replicate" else \
             self._plan.owned(distributed.rank())
-        bases = self._bases[purpose] if self.warm_start else None
-        result = ops.lowrank_project([mats[i] for i in mine], energy, self.value_threshold, self.max_rank,
-                                     bases=bases, want_subgradient=want_subgradient)
+        # Only this process's matrices: under sharding the others' would be built for nothing
+        # (in the spatial scheme each one is a copy of its weight).
+        mats = [layer_matrix(self.layers[i][1], self.scheme) for i in mine]
+        weight = self.layers[0][1].weight
+        if mats:
+            bases = self._bases[purpose] if self.warm_start else None
+            result = ops.lowrank_project(mats, energy, self.value_threshold, self.max_rank,
+                                         bases=bases, want_subgradient=want_subgradient)
+            outputs, ranks, new_bases = list(result.subgradients if want_subgradient else result.projected), \
+                result.ranks, result.bases
+        else:  # a rank with no layer of its own (more ranks than layers) still joins the gathers
+            outputs, ranks, new_bases = [], torch.empty(0, dtype=torch.long, device=weight.device), []
         self.matrices_projected += len(mine)
-        self._bases[purpose] = list(result.bases) if self.warm_start and result.bases else None
-        outputs = list(result.subgradients if want_subgradient else result.projected)
+        self._bases[purpose] = list(new_bases) if self.warm_start and new_bases else None
         if self._plan is None:
-            return outputs, result.ranks
-        outputs = distributed.all_gather_results(self._plan, mine, outputs, mats)
+            return outputs, ranks
+        outputs = distributed.all_gather_results(self._plan, mine, outputs, self._matrix_shapes(),
+                                                 weight.dtype, weight.device)
         if purpose != "project":  # regularize() runs every step and does not use the ranks
             return outputs, None
-        return outputs, distributed.all_gather_ranks(self._plan, mine, result.ranks, mats[0].device)
+        return outputs, distributed.all_gather_ranks(self._plan, mine, ranks, weight.device)
 
     @torch.no_grad()
     def project(self):
@@ -209,7 +218,7 @@ class TRP:
                                  f"{getattr(self, key)!r}")
         self.steps = int(state["steps"])
         self.history = [{"step": int(h["step"]), "ranks": [int(r) for r in h["ranks"]]} for h in state["history"]]
-        self._resolve_mode(self._matrices())
+        self._resolve_mode()
         device = self.layers[0][1].weight.device  # a checkpoint may be loaded onto another device
         self._bases = {}
         for purpose, saved in state["bases"].items():
