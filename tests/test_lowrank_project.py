@@ -53,9 +53,11 @@ def drift(mat, relative, seed):
 
 
 def mixed_list(dtype, device, seed=0):
-    """Different shapes in one call: channel- and spatial-scheme sizes, both orientations."""
+    """Different shapes in one call: channel- and spatial-scheme sizes, both orientations, and
+    rows longer than the CPU's own Gram kernel takes (1300: BLAS forms that Gram)."""
     shapes_taus = [((16, 144), 2.0), ((144, 16), 3.0), ((32, 288), 4.0), ((48, 48), 6.0),
-                   ((96, 96), 12.0), ((48, 96), 6.0), ((64, 576), 8.0), ((7, 5), 1.0)]
+                   ((96, 96), 12.0), ((48, 96), 6.0), ((64, 576), 8.0), ((7, 5), 1.0),
+                   ((1300, 24), 3.0)]
     mats = [decaying(m, n, tau, dtype, seed + i, device) for i, ((m, n), tau) in enumerate(shapes_taus)]
     mats += [gaussian(20, 60, dtype, seed + 50, device), gaussian(33, 12, dtype, seed + 51, device)]
     return mats

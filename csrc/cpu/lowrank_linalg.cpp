@@ -95,10 +95,92 @@ TRP_INLINE void lower_inverse_impl(const double* l, int64_t n, double* inverse) 
     row[i] = inv;
   }
 }
+// Dot products of rows x0, x1 with rows y0..y3 (length len) into out[2][4]: eight vector
+// accumulators, as many as FMA latency times its two pipes needs, six loads per eight FMAs.
+TRP_INLINE void dot_block_2x4(const double* x0, const double* x1, const double* const* y,
+                              int64_t len, double out[2][4]) {
+  int64_t l = 0;
+#if TRP_VECTOR_LOOPS
+  simd::vd4 s[2][4];
+  for (int r = 0; r < 2; ++r) {
+    for (int c = 0; c < 4; ++c) s[r][c] = simd::splat4(0.0);
+  }
+  for (; l + 4 <= len; l += 4) {
+    const simd::vd4 u0 = simd::load4(x0 + l), u1 = simd::load4(x1 + l);
+    for (int c = 0; c < 4; ++c) {
+      const simd::vd4 v = simd::load4(y[c] + l);
+      s[0][c] += u0 * v;
+      s[1][c] += u1 * v;
+    }
+  }
+  for (int c = 0; c < 4; ++c) {
+    out[0][c] = simd::sum4(s[0][c]);
+    out[1][c] = simd::sum4(s[1][c]);
+  }
+#else
+  for (int c = 0; c < 4; ++c) out[0][c] = out[1][c] = 0.0;
+#endif
+  for (; l < len; ++l) {
+    for (int c = 0; c < 4; ++c) {
+      out[0][c] += x0[l] * y[c][l];
+      out[1][c] += x1[l] * y[c][l];
+    }
+  }
+}
+
+// The lower triangle by blocks of 2 rows x 4 columns, the few pairs left next to the diagonal
+// by single dot products; every value is written to both triangles.
+TRP_INLINE void gram_own_impl(const double* a, int64_t k, int64_t len, double* g) {
+  const auto put = [&](int64_t r, int64_t c, double v) {
+    g[r * k + c] = v;
+    g[c * k + r] = v;
+  };
+  int64_t i = 0;
+  for (; i + 2 <= k; i += 2) {
+    const double* x0 = a + i * len;
+    const double* x1 = x0 + len;
+    int64_t j = 0;
+    for (; j + 4 <= i + 2; j += 4) {
+      const double* y[4] = {a + j * len, a + (j + 1) * len, a + (j + 2) * len, a + (j + 3) * len};
+      double out[2][4];
+      dot_block_2x4(x0, x1, y, len, out);
+      for (int c = 0; c < 4; ++c) {
+        put(i, j + c, out[0][c]);
+        put(i + 1, j + c, out[1][c]);
+      }
+    }
+    for (; j <= i + 1; ++j) {
+      const double* yj = a + j * len;
+      if (j <= i) put(i, j, simd::dot(x0, yj, len));
+      put(i + 1, j, simd::dot(x1, yj, len));
+    }
+  }
+  for (; i < k; ++i) {
+    for (int64_t j = 0; j <= i; ++j) put(i, j, simd::dot(a + i * len, a + j * len, len));
+  }
+}
+TRP_CPU_DISPATCH(void, gram_own, (const double* a, int64_t k, int64_t len, double* g),
+                 (a, k, len, g))
+
 TRP_CPU_DISPATCH(void, lower_inverse, (const double* l, int64_t n, double* inverse),
                  (l, n, inverse))
 
+// Rows of up to this many values: a 2 x 4 block's six rows (at most 48 KiB) stay in L1/L2 across
+// the length; longer ones go to BLAS, whose blocking wins there.
+constexpr int64_t kOwnGramMaxLength = 1024;
+
 }  // namespace
+
+void gram(const double* a, int64_t k, int64_t len, double* g) {
+  if (len <= kOwnGramMaxLength) {
+    gram_own(a, k, len, g);
+    return;
+  }
+  matmul(a, false, a, true, g, k, k, len);
+  for (int64_t i = 0; i < k; ++i) {  // BLAS may round G_ij and G_ji differently
+    for (int64_t j = 0; j < i; ++j) g[i * k + j] = g[j * k + i] = 0.5 * (g[i * k + j] + g[j * k + i]);
+  }
+}
 
 void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double* c, int64_t m,
             int64_t n, int64_t k) {

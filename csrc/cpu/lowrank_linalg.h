@@ -17,6 +17,11 @@ void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double
 void matmul_accumulate(const double* a, bool trans_a, const double* b, bool trans_b, double* c,
                        int64_t m, int64_t n, int64_t k, double alpha, double beta);
 
+// G (k x k) = A A^T for the row-major A (k x len), both triangles, exactly symmetric: each pair
+// of rows' dot product is computed once. Own vector kernel up to kOwnGramMaxLength (rows that
+// stay near the core), BLAS beyond.
+void gram(const double* a, int64_t k, int64_t len, double* g);
+
 // Replaces the columns of q (rows x cols, rows >= cols) by an orthonormal basis of their span:
 // Cholesky QR (level 3, and exact enough for the nearly orthonormal blocks of a converging
 // subspace iteration), repeated while the pivots spread, and Householder QR through LAPACK when

@@ -109,29 +109,8 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
 void form_gram(Problem& p) {
   const int64_t k = p.k;
   p.gram.resize(k * k);
-  matmul(p.a.const_data_ptr<double>(), false, p.a.const_data_ptr<double>(), true, p.gram.data(),
-         k, k, p.len);
-  // GEMM may round G_ij and G_ji differently; the eigensolvers want exact symmetry. In square
-  // tiles: the transposed half is read column-wise, and a whole-row stride of 8k bytes per
-  // element missed the cache at k = 192.
-  constexpr int64_t kTile = 32;
-  double* g = p.gram.data();
-  double fro2 = 0.0;
-  for (int64_t i0 = 0; i0 < k; i0 += kTile) {
-    const int64_t i1 = std::min(k, i0 + kTile);
-    for (int64_t j0 = 0; j0 <= i0; j0 += kTile) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t j1 = std::min(i, j0 + kTile);
-        for (int64_t j = j0; j < j1; ++j) {
-          const double v = 0.5 * (g[i * k + j] + g[j * k + i]);
-          g[i * k + j] = g[j * k + i] = v;
-          fro2 += 2.0 * v * v;
-        }
-      }
-    }
-  }
-  for (int64_t i = 0; i < k; ++i) fro2 += g[i * k + i] * g[i * k + i];
-  p.gram_fro2 = fro2;
+  gram(p.a.const_data_ptr<double>(), k, p.len, p.gram.data());  // exactly symmetric
+  p.gram_fro2 = sum_of_squares(p.gram.data(), k * k);
 }
 
 // The rank rule on a full, descending spectrum of G: energy, then the caps.
