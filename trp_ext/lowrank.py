@@ -3,6 +3,7 @@
 The conv reshapes themselves are the reference's (trp_ext._reference), so the production path
 and the test oracle cannot drift apart. A linear layer's matrix is its weight, in every scheme.
 """
+import torch
 import torch.nn as nn
 
 from trp_ext._reference import (  # noqa: F401  (re-exported)
@@ -24,13 +25,12 @@ def layer_matrix(module, scheme):
 
 
 def layer_matrix_shape(module, scheme):
-    """The shape of :func:`layer_matrix`, without building the matrix."""
-    shape = tuple(module.weight.shape)
+    """The shape of :func:`layer_matrix`, without building the matrix (the same reshape, on the
+    meta device)."""
+    weight = torch.empty(module.weight.shape, device="meta")
     if isinstance(module, nn.Linear):
-        return shape
-    check_scheme(scheme)
-    n, c, kh, kw = shape
-    return (n, c * kh * kw) if scheme == "channel" else (c * kh, kw * n)
+        return tuple(weight.shape)
+    return tuple(conv_weight_to_matrix(weight, scheme).shape)
 
 
 def matrix_to_layer_weight(matrix, module, scheme):

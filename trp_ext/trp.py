@@ -91,16 +91,14 @@ class TRP:
         self._bases = {"project": None, "regularize": None}
         self._plan = None  # ShardPlan when this process projects only its share
         self._mode = None
+        self._shapes = None  # the layers' matrix shapes, for the shard plan and the all-gathers
 
     # ------------------------------------------------------------------ projection
-    def _matrix_shapes(self):
-        return [layer_matrix_shape(module, self.scheme) for _, module in self.layers]
-
     def _resolve_mode(self):
         """Shard or replicate; decided once, from shapes alone, so every rank decides alike."""
         if self._mode is None:
             world = distributed.world_size()
-            shapes = self._matrix_shapes()
+            shapes = self._shapes = [layer_matrix_shape(module, self.scheme) for _, module in self.layers]
             weight = self.layers[0][1].weight
             mode = self.distributed
             if world <= 1:
@@ -133,8 +131,8 @@ class TRP:
         self._bases[purpose] = list(new_bases) if self.warm_start and new_bases else None
         if self._plan is None:
             return outputs, ranks
-        outputs = distributed.all_gather_results(self._plan, mine, outputs, self._matrix_shapes(),
-                                                 weight.dtype, weight.device)
+        outputs = distributed.all_gather_results(self._plan, mine, outputs, self._shapes, weight.dtype,
+                                                 weight.device)
         if purpose != "project":  # regularize() runs every step and does not use the ranks
             return outputs, None
         return outputs, distributed.all_gather_ranks(self._plan, mine, ranks, weight.device)

@@ -95,6 +95,9 @@ TRP_INLINE void lower_inverse_impl(const double* l, int64_t n, double* inverse) 
     row[i] = inv;
   }
 }
+TRP_CPU_DISPATCH(void, lower_inverse, (const double* l, int64_t n, double* inverse),
+                 (l, n, inverse))
+
 // Dot products of rows x0, x1 with rows y0..y3 (length len) into out[2][4]: eight vector
 // accumulators, as many as FMA latency times its two pipes needs, six loads per eight FMAs.
 TRP_INLINE void dot_block_2x4(const double* x0, const double* x1, const double* const* y,
@@ -161,9 +164,6 @@ TRP_INLINE void gram_own_impl(const double* a, int64_t k, int64_t len, double* g
 }
 TRP_CPU_DISPATCH(void, gram_own, (const double* a, int64_t k, int64_t len, double* g),
                  (a, k, len, g))
-
-TRP_CPU_DISPATCH(void, lower_inverse, (const double* l, int64_t n, double* inverse),
-                 (l, n, inverse))
 
 // Rows of up to this many values: a 2 x 4 block's six rows (at most 48 KiB) stay in L1/L2 across
 // the length; longer ones go to BLAS, whose blocking wins there.

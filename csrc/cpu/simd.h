@@ -32,11 +32,8 @@ namespace trp_ext {
 namespace cpu {
 namespace simd {
 
-// One decision for every kernel (cpu_features.h), cached here for the dispatch wrappers.
-inline bool has_avx2_fma() {
-  static const bool available = use_avx2_fma();
-  return available;
-}
+// One decision for every kernel (cpu_features.h), made once per process there.
+inline bool has_avx2_fma() { return use_avx2_fma(); }
 
 #if defined(__GNUC__)
 // The 32-byte vector type only ever lives inside always-inline functions; GCC's note that
