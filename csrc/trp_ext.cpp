@@ -3,11 +3,14 @@
 // (trp_ext/ops.py). The Python module below has no ops of its own: loading it registers the
 // library with the dispatcher, and it reports how it was built.
 #include <Python.h>
+
+#include <string>
 #include <torch/version.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "cpu/cpu_features.h"
+#include "cpu/factored_conv2d_winograd.h"
 
 TORCH_LIBRARY(trp_ext, m) {
   // Per row of singular values s (descending, zero-padded): the smallest r with
@@ -54,6 +57,27 @@ PyObject* cpu_kernels(PyObject* /*self*/, PyObject* /*args*/) {
   return PyUnicode_FromString(trp_ext::cpu::cpu_kernel_isa());
 }
 
+// cpu_winograd(mode=None): the CPU factored_conv2d's Winograd mode, set first when given.
+PyObject* cpu_winograd(PyObject* /*self*/, PyObject* args) {
+  using trp_ext::fconv_cpu::WinogradMode;
+  static const char* const names[] = {"auto", "never", "always"};
+  const char* mode = nullptr;
+  if (!PyArg_ParseTuple(args, "|z", &mode)) return nullptr;
+  if (mode != nullptr) {
+    int found = -1;
+    for (int i = 0; i < 3; ++i) {
+      if (std::string(mode) == names[i]) found = i;
+    }
+    if (found < 0) {
+      PyErr_Format(PyExc_ValueError,
+                   "cpu_winograd(): mode must be 'auto', 'never' or 'always', got '%s'", mode);
+      return nullptr;
+    }
+    trp_ext::fconv_cpu::set_winograd_mode(static_cast<WinogradMode>(found));
+  }
+  return PyUnicode_FromString(names[static_cast<int>(trp_ext::fconv_cpu::winograd_mode())]);
+}
+
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS,
      "{'cuda': bool, 'torch_version': (major, minor, patch), 'intra_op_parallel': bool} this "
@@ -61,6 +85,10 @@ PyMethodDef methods[] = {
     {"cpu_kernels", cpu_kernels, METH_NOARGS,
      "'avx2' or 'portable': the instruction set every CPU kernel of this process runs with "
      "(portable when the CPU lacks AVX2+FMA or ATEN_CPU_CAPABILITY=default)."},
+    {"cpu_winograd", cpu_winograd, METH_VARARGS,
+     "cpu_winograd(mode=None) -> str: the CPU factored_conv2d's use of Winograd F(2x2, 3x3) "
+     "for channel-scheme 3x3 stride-1 layers, set to mode ('auto', 'never', 'always') when "
+     "given; returns the mode in force."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "trp_ext compiled kernels", -1, methods};

@@ -20,16 +20,21 @@
 #include <vector>
 
 #include "common/factored_conv2d_checks.h"
-#include "cpu/cpu_features.h"
 #include "cpu/factored_conv2d_kernels.h"
+#include "cpu/factored_conv2d_shared.h"
+#include "cpu/factored_conv2d_winograd.h"
 
 namespace trp_ext {
 namespace {
 
+using fconv_cpu::ceil_div;
 using fconv_cpu::kCountAlign;
-using fconv_cpu::kMaxRows;
+using fconv_cpu::kernels_for;
 using fconv_cpu::KernelSet;
+using fconv_cpu::kMaxRows;
 using fconv_cpu::PlaneSpec;
+using fconv_cpu::round_up;
+using fconv_cpu::row_blocks;
 
 // Output positions per band (when the batch gives every thread enough bands). A band rebuilds
 // the (kh - 1) * dh / sh + 1 halo rows below it, which favours tall bands; its intermediate
@@ -51,49 +56,6 @@ constexpr int64_t kMinWorkPerThread = 1 << 19;
 // 35% on stride-2 layers and was never worse; 16-32 KiB and 1-256 minimum taps were alike.
 constexpr int64_t kPlaneGroupBytes = 64 << 10;
 constexpr int64_t kMinGroupTaps = 96;
-
-int64_t round_up(int64_t value, int64_t multiple) {
-  return (value + multiple - 1) / multiple * multiple;
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// The AVX2+FMA kernels when cpu::use_avx2_fma() allows them, else the portable ones.
-const fconv_cpu::CpuKernels& cpu_kernels() {
-  static const fconv_cpu::CpuKernels kernels = [] {
-    if (cpu::use_avx2_fma()) {
-      const fconv_cpu::CpuKernels avx2 = fconv_cpu::avx2_kernels();
-      if (avx2.f32.tap_conv != nullptr) return avx2;
-    }
-    return fconv_cpu::portable_kernels();
-  }();
-  return kernels;
-}
-
-template <typename T>
-const KernelSet<T>& kernels_for();
-template <>
-const KernelSet<float>& kernels_for<float>() {
-  return cpu_kernels().f32;
-}
-template <>
-const KernelSet<double>& kernels_for<double>() {
-  return cpu_kernels().f64;
-}
-
-// Splits `rows` into near-equal blocks of at most kMaxRows: (first row, size) pairs.
-std::vector<std::pair<int64_t, int>> row_blocks(int64_t rows) {
-  std::vector<std::pair<int64_t, int>> blocks;
-  if (rows == 0) return blocks;
-  const int64_t count = ceil_div(rows, kMaxRows);
-  int64_t start = 0;
-  for (int64_t b = 0; b < count; ++b) {
-    const int size = static_cast<int>(rows / count + (b < rows % count ? 1 : 0));
-    blocks.emplace_back(start, size);
-    start += size;
-  }
-  return blocks;
-}
 
 // Everything about a call that does not depend on the work item.
 struct BandPlan {
@@ -283,6 +245,11 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
   ops.w1 = w1c.const_data_ptr<T>();
   ops.w2 = w2c.const_data_ptr<T>();
   ops.bias = bc.defined() ? bc.const_data_ptr<T>() : nullptr;
+  if (fconv_cpu::use_winograd(g)) {
+    fconv_cpu::winograd_factored_conv2d<T>(g, ops.x, ops.xs, ops.w1, ops.w2, ops.bias, ops.out,
+                                           ops.os);
+    return;
+  }
   const BandPlan plan = make_plan(g, static_cast<int64_t>(sizeof(T)));
   const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(plan.work, 1));
   at::parallel_for(0, g.batch * plan.bands, grain, [&](int64_t begin, int64_t end) {

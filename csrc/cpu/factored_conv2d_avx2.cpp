@@ -40,6 +40,8 @@ struct Avx2F32 {
   static Reg load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, Reg r) { _mm256_storeu_ps(p, r); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
+  static Reg sub(Reg a, Reg b) { return _mm256_sub_ps(a, b); }
   // max returns its second operand when either is NaN, so NaN stays NaN as in torch.relu.
   static Reg relu(Reg r) { return _mm256_max_ps(_mm256_setzero_ps(), r); }
   static __m256i mask(int64_t n) {
@@ -70,6 +72,13 @@ struct Avx2F32 {
     *even = _mm256_castpd_ps(_mm256_permute4x64_pd(e, 0xD8));
     *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(o, 0xD8));
   }
+  // The inverse of deinterleave: first = (a0 b0 a1 b1 .. a3 b3), second = (a4 b4 .. a7 b7).
+  static void interleave(Reg a, Reg b, Reg* first, Reg* second) {
+    const Reg lo = _mm256_unpacklo_ps(a, b);  // a0 b0 a1 b1 | a4 b4 a5 b5
+    const Reg hi = _mm256_unpackhi_ps(a, b);  // a2 b2 a3 b3 | a6 b6 a7 b7
+    *first = _mm256_permute2f128_ps(lo, hi, 0x20);
+    *second = _mm256_permute2f128_ps(lo, hi, 0x31);
+  }
 };
 
 struct Avx2F64 {
@@ -81,6 +90,8 @@ struct Avx2F64 {
   static Reg load(const double* p) { return _mm256_loadu_pd(p); }
   static void store(double* p, Reg r) { _mm256_storeu_pd(p, r); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_pd(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm256_add_pd(a, b); }
+  static Reg sub(Reg a, Reg b) { return _mm256_sub_pd(a, b); }
   static Reg relu(Reg r) { return _mm256_max_pd(_mm256_setzero_pd(), r); }
   static __m256i mask(int64_t n) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask64 + kMaxLanes - n));
@@ -99,6 +110,12 @@ struct Avx2F64 {
     // [a0 b0 a2 b2] and [a1 b1 a3 b3]; then 64-bit chunks in order 0, 2, 1, 3.
     *even = _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), 0xD8);
     *odd = _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), 0xD8);
+  }
+  static void interleave(Reg a, Reg b, Reg* first, Reg* second) {
+    const Reg lo = _mm256_unpacklo_pd(a, b);  // a0 b0 | a2 b2
+    const Reg hi = _mm256_unpackhi_pd(a, b);  // a1 b1 | a3 b3
+    *first = _mm256_permute2f128_pd(lo, hi, 0x20);
+    *second = _mm256_permute2f128_pd(lo, hi, 0x31);
   }
 };
 
@@ -120,8 +137,10 @@ namespace fconv_cpu {
 CpuKernels avx2_kernels() {
   CpuKernels k;
 #ifdef TRP_FCONV_HAVE_AVX2
-  k.f32 = {&tap_conv<Avx2F32>, &build_planes<Avx2F32>, &copy_rows<Avx2F32>};
-  k.f64 = {&tap_conv<Avx2F64>, &build_planes<Avx2F64>, &copy_rows<Avx2F64>};
+  k.f32 = {&tap_conv<Avx2F32>, &build_planes<Avx2F32>, &copy_rows<Avx2F32>,
+           &winograd_input<Avx2F32>, &winograd_output<Avx2F32>};
+  k.f64 = {&tap_conv<Avx2F64>, &build_planes<Avx2F64>, &copy_rows<Avx2F64>,
+           &winograd_input<Avx2F64>, &winograd_output<Avx2F64>};
   k.isa = "avx2";
 #endif
   return k;

@@ -34,6 +34,14 @@ struct PortableVec {
     for (int i = 0; i < kWidth; ++i) c.v[i] += a.v[i] * b.v[i];
     return c;
   }
+  static Reg add(Reg a, const Reg& b) {
+    for (int i = 0; i < kWidth; ++i) a.v[i] += b.v[i];
+    return a;
+  }
+  static Reg sub(Reg a, const Reg& b) {
+    for (int i = 0; i < kWidth; ++i) a.v[i] -= b.v[i];
+    return a;
+  }
   // NaN stays NaN, as in torch.relu.
   static Reg relu(Reg r) {
     for (int i = 0; i < kWidth; ++i) r.v[i] = r.v[i] < T(0) ? T(0) : r.v[i];
@@ -46,6 +54,14 @@ struct PortableVec {
   }
   static void store_partial(T* p, const Reg& r, int64_t n) {
     for (int64_t i = 0; i < n; ++i) p[i] = r.v[i];
+  }
+  static void interleave(const Reg& a, const Reg& b, Reg* first, Reg* second) {
+    for (int i = 0; i < kWidth / 2; ++i) {
+      first->v[2 * i] = a.v[i];
+      first->v[2 * i + 1] = b.v[i];
+      second->v[2 * i] = a.v[kWidth / 2 + i];
+      second->v[2 * i + 1] = b.v[kWidth / 2 + i];
+    }
   }
   static void deinterleave(const Reg& a, const Reg& b, Reg* even, Reg* odd) {
     for (int i = 0; i < kWidth / 2; ++i) {
@@ -63,8 +79,10 @@ CpuKernels portable_kernels() {
   using F32 = PortableVec<float>;
   using F64 = PortableVec<double>;
   CpuKernels k;
-  k.f32 = {&tap_conv<F32>, &build_planes<F32>, &copy_rows<F32>};
-  k.f64 = {&tap_conv<F64>, &build_planes<F64>, &copy_rows<F64>};
+  k.f32 = {&tap_conv<F32>, &build_planes<F32>, &copy_rows<F32>,
+           &winograd_input<F32>, &winograd_output<F32>};
+  k.f64 = {&tap_conv<F64>, &build_planes<F64>, &copy_rows<F64>,
+           &winograd_input<F64>, &winograd_output<F64>};
   k.isa = "portable";
   return k;
 }

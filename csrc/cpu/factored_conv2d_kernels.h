@@ -78,11 +78,36 @@ template <typename T>
 using CopyRowsFn = void (*)(const T* src, int64_t src_row, int64_t rows, int64_t cols, T* dst,
                             int64_t dst_row, int64_t dst_col);
 
+// Winograd F(2x2, 3x3) transforms (cpu/factored_conv2d_winograd.cpp).
+// input: V = B^T d B for the tiles of `tile_rows` rows of `tiles_w` tiles, from zero-padded
+//   planes (channel c at planes + c * plane_stride, rows of wq values; tile (ty, tx) reads rows
+//   2 ty .. 2 ty + 3, columns 2 tx .. 2 tx + 3; wq is a multiple of the vector width
+//   L = 32 / sizeof(T), at least 2 L ceil(tiles_w / L) + 2 (whole vectors of tiles stay in the
+//   row) and at most kWinogradMaxPlaneWidth). Point xi of channel c, tile t = ty *
+//   tiles_w + tx goes to v[xi * point_stride + c * channel_stride + t]; up to kWidth - 1
+//   values past the last tile are written too.
+// output: the products M (point xi of row j, tile t at m[xi * point_stride + j * count + t])
+//   -> Y = A^T M A, in image order: output (2 ty + dy, 2 tx + dx) of row j at
+//   y[j * row_stride + (2 ty + dy) * pitch + 2 tx + dx], pitch >= 2 tiles_w. Up to 2 L - 1
+//   values past each image row's last tile are written too (onto the next row, or past the
+//   last), and M is read up to L values past each row's last tile.
+constexpr int64_t kWinogradMaxPlaneWidth = 1024;
+template <typename T>
+using WinogradInputFn = void (*)(const T* planes, int64_t plane_stride, int64_t wq,
+                                 int64_t channels, int64_t tile_rows, int64_t tiles_w, T* v,
+                                 int64_t channel_stride, int64_t point_stride);
+template <typename T>
+using WinogradOutputFn = void (*)(const T* m, int64_t rows, int64_t count, int64_t point_stride,
+                                  int64_t tile_rows, int64_t tiles_w, T* y, int64_t pitch,
+                                  int64_t row_stride);
+
 template <typename T>
 struct KernelSet {
   TapConvFn<T> tap_conv = nullptr;
   BuildPlanesFn<T> build_planes = nullptr;
   CopyRowsFn<T> copy_rows = nullptr;
+  WinogradInputFn<T> winograd_input = nullptr;
+  WinogradOutputFn<T> winograd_output = nullptr;
 };
 
 struct CpuKernels {

@@ -1,8 +1,10 @@
 // The building blocks of factored_conv2d_kernels.h as templates over a vector type V:
 //   V::Scalar, V::Reg, V::kWidth, V::zero(), V::set1(s), V::load(p), V::store(p, r),
-//   V::fma(a, b, c) = a * b + c, V::relu(r), V::deinterleave(a, b, even, odd) (the even and
-//   odd lanes of the 2 * kWidth values a, b), V::load_partial(p, n) and V::store_partial(p, r,
-//   n) (the first n < kWidth lanes; the others are neither read nor written; loaded as zero).
+//   V::fma(a, b, c) = a * b + c, V::add(a, b), V::sub(a, b), V::relu(r),
+//   V::deinterleave(a, b, even, odd) (the even and odd lanes of the 2 * kWidth values a, b),
+//   V::interleave(a, b, first, second) (its inverse), V::load_partial(p, n) and
+//   V::store_partial(p, r, n) (the first n < kWidth lanes; the others are neither read nor
+//   written; loaded as zero).
 // Included by exactly the files that instantiate it for one instruction set; everything here
 // has internal linkage, so the AVX2 and portable copies never mix at link time.
 #pragma once
@@ -241,6 +243,100 @@ void copy_rows(const typename V::Scalar* src, int64_t src_row, int64_t rows, int
       copy_run<V>(s, d, cols);
     } else {
       for (int64_t c = 0; c < cols; ++c) d[c * dst_col] = s[c];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------- Winograd
+// F(2, 3) on the data: B^T d = (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
+template <class V>
+inline void winograd_b(typename V::Reg d0, typename V::Reg d1, typename V::Reg d2,
+                       typename V::Reg d3, typename V::Reg* r) {
+  r[0] = V::sub(d0, d2);
+  r[1] = V::add(d1, d2);
+  r[2] = V::sub(d2, d1);
+  r[3] = V::sub(d1, d3);
+}
+
+// V = B^T d B for every 4 x 4 patch of a band of tile rows, from zero-padded planes (see
+// WinogradInputFn). Along the columns first, vectorised over plane columns; then along the
+// rows, vectorised over kWidth tiles of a tile row, whose patch columns 2 tx + j are the even
+// (j = 0, 2) and odd (j = 1, 3) values of two runs. A tile row's last vector may run past its
+// tiles: those lanes land on the next tile row's first tiles (written after them) or in the
+// slack after the last.
+template <class V>
+void winograd_input(const typename V::Scalar* planes, int64_t plane_stride, int64_t wq,
+                    int64_t channels, int64_t tile_rows, int64_t tiles_w,
+                    typename V::Scalar* v, int64_t channel_stride, int64_t point_stride) {
+  using T = typename V::Scalar;
+  using Reg = typename V::Reg;
+  constexpr int L = V::kWidth;
+  const int64_t vectors = (tiles_w + L - 1) / L;
+  T rows[4 * kWinogradMaxPlaneWidth];  // B^T d of one tile row: rows[k * wq + column]
+  for (int64_t c = 0; c < channels; ++c) {
+    const T* plane = planes + c * plane_stride;
+    for (int64_t ty = 0; ty < tile_rows; ++ty) {
+      const T* d = plane + 2 * ty * wq;
+      for (int64_t col = 0; col < wq; col += L) {
+        Reg r[4];
+        winograd_b<V>(V::load(d + col), V::load(d + wq + col), V::load(d + 2 * wq + col),
+                      V::load(d + 3 * wq + col), r);
+        for (int k = 0; k < 4; ++k) V::store(rows + k * wq + col, r[k]);
+      }
+      T* out = v + c * channel_stride + ty * tiles_w;
+      for (int64_t k = 0; k < 4; ++k) {
+        const T* row = rows + k * wq;
+        for (int64_t u = 0; u < vectors; ++u) {
+          const T* run = row + 2 * L * u;
+          Reg c0, c1, c2, c3, r[4];
+          V::deinterleave(V::load(run), V::load(run + L), &c0, &c1);
+          V::deinterleave(V::load(run + 2), V::load(run + 2 + L), &c2, &c3);
+          winograd_b<V>(c0, c1, c2, c3, r);
+          for (int m = 0; m < 4; ++m) V::store(out + (k * 4 + m) * point_stride + L * u, r[m]);
+        }
+      }
+    }
+  }
+}
+
+// Y = A^T M A, A^T m = (m0 + m1 + m2, m1 - m2 - m3), along the columns, then the rows,
+// vectorised over kWidth tiles of a tile row; each of a tile's output rows is written as the
+// interleaved (dx = 0, dx = 1) values, so that Y comes out in image order. A tile row's last
+// vector may run past its tiles: those lanes read the next tile row's products (or the padding
+// after the last) and land on the start of the next image row, which is written after them
+// (rows go in order), or past the last row.
+template <class V>
+void winograd_output(const typename V::Scalar* m, int64_t rows, int64_t count,
+                     int64_t point_stride, int64_t tile_rows, int64_t tiles_w,
+                     typename V::Scalar* y, int64_t pitch, int64_t row_stride) {
+  using T = typename V::Scalar;
+  using Reg = typename V::Reg;
+  constexpr int L = V::kWidth;
+  const int64_t vectors = (tiles_w + L - 1) / L;
+  // Image rows strictly in order (each row's vectors before the next row's), so that a spill
+  // is always overwritten.
+  for (int64_t j = 0; j < rows; ++j) {
+    for (int64_t ty = 0; ty < tile_rows; ++ty) {
+      for (int dy = 0; dy < 2; ++dy) {
+        T* out = y + j * row_stride + (2 * ty + dy) * pitch;
+        for (int64_t u = 0; u < vectors; ++u) {
+          const T* in = m + j * count + ty * tiles_w + L * u;
+          Reg s[4];  // row dy of A^T M
+          for (int c = 0; c < 4; ++c) {
+            const Reg m0 = V::load(in + (0 + c) * point_stride);
+            const Reg m1 = V::load(in + (4 + c) * point_stride);
+            const Reg m2 = V::load(in + (8 + c) * point_stride);
+            const Reg m3 = V::load(in + (12 + c) * point_stride);
+            s[c] = dy == 0 ? V::add(V::add(m0, m1), m2) : V::sub(V::sub(m1, m2), m3);
+          }
+          const Reg left = V::add(V::add(s[0], s[1]), s[2]);
+          const Reg right = V::sub(V::sub(s[1], s[2]), s[3]);
+          Reg first, second;
+          V::interleave(left, right, &first, &second);
+          V::store(out + 2 * L * u, first);
+          V::store(out + 2 * L * u + L, second);
+        }
+      }
     }
   }
 }

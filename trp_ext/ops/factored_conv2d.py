@@ -5,7 +5,8 @@ writing it to memory between two library calls. The backward composes torch conv
 recomputes the intermediate, so nothing but the inputs (and the output, for the ReLU mask) is
 saved.
 """
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 from torch._prims_common import suggest_memory_format
@@ -57,6 +58,36 @@ def factored_conv2d(
     # a call it is a large share of a small layer's time (inference at batch 1).
     with torch._C._AutoDispatchBelowAutograd():
         return torch.ops.trp_ext.factored_conv2d.default(*args)
+
+
+WINOGRAD_MODES = ("auto", "never", "always")
+
+
+def cpu_winograd_mode() -> str:
+    """How the CPU kernel runs channel-scheme layers whose first conv is 3x3, stride 1,
+    dilation 1: ``"auto"`` (the default) uses Winograd F(2x2, 3x3), which needs 16 instead of 36
+    multiplications per output pair, where it measured faster (rank >= 16, >= 32 input
+    channels, >= 128 2x2 output tiles per call); ``"never"`` always runs the direct kernel;
+    ``"always"`` uses Winograd wherever it applies. Results differ only by rounding."""
+    from trp_ext import _C
+
+    return _C.cpu_winograd()
+
+
+@contextlib.contextmanager
+def cpu_winograd(mode: str) -> Iterator[None]:
+    """Runs the block with the CPU Winograd mode set to `mode` (see :func:`cpu_winograd_mode`);
+    the mode is process-wide, and the previous one comes back on exit."""
+    from trp_ext import _C
+
+    if mode not in WINOGRAD_MODES:
+        raise ValueError(f"cpu_winograd(): mode must be one of {WINOGRAD_MODES}, got {mode!r}")
+    previous = _C.cpu_winograd()
+    _C.cpu_winograd(mode)
+    try:
+        yield
+    finally:
+        _C.cpu_winograd(previous)
 
 
 def _may_need_grad(x, w1, w2, bias):

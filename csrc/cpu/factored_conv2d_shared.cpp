@@ -1,0 +1,34 @@
+// See cpu/factored_conv2d_shared.h.
+#include "cpu/factored_conv2d_shared.h"
+
+#include "cpu/cpu_features.h"
+
+namespace trp_ext {
+namespace fconv_cpu {
+
+const CpuKernels& cpu_kernels() {
+  static const CpuKernels kernels = [] {
+    if (cpu::use_avx2_fma()) {
+      const CpuKernels avx2 = avx2_kernels();
+      if (avx2.f32.tap_conv != nullptr) return avx2;
+    }
+    return portable_kernels();
+  }();
+  return kernels;
+}
+
+std::vector<std::pair<int64_t, int>> row_blocks(int64_t rows) {
+  std::vector<std::pair<int64_t, int>> blocks;
+  if (rows == 0) return blocks;
+  const int64_t count = ceil_div(rows, kMaxRows);
+  int64_t start = 0;
+  for (int64_t b = 0; b < count; ++b) {
+    const int size = static_cast<int>(rows / count + (b < rows % count ? 1 : 0));
+    blocks.emplace_back(start, size);
+    start += size;
+  }
+  return blocks;
+}
+
+}  // namespace fconv_cpu
+}  // namespace trp_ext

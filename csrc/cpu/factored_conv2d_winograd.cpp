@@ -1,0 +1,329 @@
+// Winograd F(2x2, 3x3) path of the CPU factored_conv2d, channel scheme with a 3 x 3, stride-1,
+// dilation-1 first conv (the 3 x 3 layers of ResNets).
+//
+// The first conv is most of a factored conv's work. Winograd's minimal filtering computes a
+// 2 x 2 block of its outputs ("a tile") from a 4 x 4 input patch with 16 multiplications per
+// (rank, channel) pair instead of 36: V = B^T d B per channel, U = G g G^T per filter, then
+// M = sum_c U (.) V, which for each of the 16 points is a (rank x channels) by (channels x
+// tiles) matrix product, run by the direct kernel's micro-kernel (tap_conv with one tap per
+// channel), and Y = A^T M A. The tiles' rank-row outputs are the intermediate; the 1 x 1 second
+// conv, bias and ReLU run on it at once, as in the direct path, and only then does anything go
+// to memory. Rounding: F(2x2, 3x3) adds and halves exactly representable coefficients, so its
+// error stays within a few times that of a direct sum (tests hold it to the direct path's
+// tolerance).
+//
+// A work item is one image's band of tile rows, or a few whole images when they are small.
+// Input rows are first laid out as zero-padded planes (as in the direct path), so that the
+// transform needs no bounds checks and runs vectorised over the tiles of a row. Items run in
+// parallel.
+#include "cpu/factored_conv2d_winograd.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+#include "cpu/factored_conv2d_shared.h"
+
+namespace trp_ext {
+namespace fconv_cpu {
+namespace {
+
+std::atomic<int> g_winograd_mode{static_cast<int>(WinogradMode::kAuto)};
+
+constexpr int64_t kPoints = 16;  // 4 x 4 transformed points per tile
+// At most this many tiles per work item (more when one tile row has more), and at most
+// kProductBytes of products.
+constexpr int64_t kMaxItemTiles = 128;
+constexpr int64_t kProductBytes = 256 << 10;
+// The transformed input of a group of channels (16 points x channels x tiles) is kept near
+// this size, so that it stays in L2 across the 16 point products that read it.
+constexpr int64_t kGroupBytes = 512 << 10;
+// Below these, the transforms cost more than the multiplications they save. Measured on the
+// 2-core AVX2 EPYC against the direct kernel: rank 6 and 10 (CIFAR 16 and 32 channels) lose
+// 10-20% at any batch; batch 1 of 7 x 7 and 14 x 14 images (16 and 49 tiles) loses 35-75%, as
+// the weight transform (16 values per filter, written once per call) is not amortised; 196
+// tiles and more win.
+constexpr int64_t kMinRank = 16;
+constexpr int64_t kMinChannels = 32;
+constexpr int64_t kMinTiles = 128;
+// As the direct path: below this many multiply-adds per thread, stay on one thread.
+constexpr int64_t kMinWorkPerThread = 1 << 19;
+
+// U[xi][j][c] = (G g G^T)[xi] for filter g = w1[j, c]; G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1].
+// Per rank row j, the filters are first transposed to (9, channels), so that every step below
+// is a loop over channels with unit strides (vectorised by the compiler).
+template <typename T>
+void transform_weights(const T* w1, int64_t rank, int64_t channels, T* u) {
+  at::parallel_for(0, rank, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> gt(9 * channels), gg(12 * channels);
+    const int64_t plane = rank * channels;  // stride of the points in u
+    for (int64_t j = begin; j < end; ++j) {
+      const T* w = w1 + j * channels * 9;
+      for (int64_t c = 0; c < channels; ++c) {
+        for (int e = 0; e < 9; ++e) gt[e * channels + c] = w[c * 9 + e];
+      }
+      for (int kx = 0; kx < 3; ++kx) {  // G g: along the kernel rows
+        const T* g0 = &gt[kx * channels];
+        const T* g1 = &gt[(3 + kx) * channels];
+        const T* g2 = &gt[(6 + kx) * channels];
+        T* r0 = &gg[kx * channels];
+        T* r1 = &gg[(3 + kx) * channels];
+        T* r2 = &gg[(6 + kx) * channels];
+        T* r3 = &gg[(9 + kx) * channels];
+        for (int64_t c = 0; c < channels; ++c) {
+          r0[c] = g0[c];
+          r1[c] = (g0[c] + g1[c] + g2[c]) * T(0.5);
+          r2[c] = (g0[c] - g1[c] + g2[c]) * T(0.5);
+          r3[c] = g2[c];
+        }
+      }
+      for (int i = 0; i < 4; ++i) {  // (G g) G^T: along the kernel columns
+        const T* a = &gg[(i * 3 + 0) * channels];
+        const T* b = &gg[(i * 3 + 1) * channels];
+        const T* e = &gg[(i * 3 + 2) * channels];
+        T* dst = u + (i * 4 * rank + j) * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          dst[c] = a[c];
+          dst[plane + c] = (a[c] + b[c] + e[c]) * T(0.5);
+          dst[2 * plane + c] = (a[c] - b[c] + e[c]) * T(0.5);
+          dst[3 * plane + c] = e[c];
+        }
+      }
+    }
+  });
+}
+
+// Vector width of the transforms (both kernel builds use 32-byte vectors).
+template <typename T>
+constexpr int64_t vector_width() {
+  return 32 / static_cast<int64_t>(sizeof(T));
+}
+
+// A work item: `images` whole images, or one image's band of `rows` tile rows.
+struct Plan {
+  int64_t tiles_h = 0, tiles_w = 0;
+  int64_t images = 1;  // images per item (> 1 only with whole images: rows == tiles_h)
+  int64_t rows = 0;    // tile rows per band
+  int64_t bands = 0;   // per image
+  int64_t items = 0;
+  int64_t count = 0;   // tile positions of an item, rounded up to kCountAlign
+  int64_t group = 0;   // input channels per group
+  PlaneSpec planes;    // the zero-padded input rows of a band, for one group
+  int64_t v_channel = 0, v_point = 0;  // strides of the transformed input
+  int64_t m_point = 0;                 // point stride of the products
+  int64_t pitch = 0;      // intermediate and output positions per image row
+  int64_t positions = 0;  // row stride of the intermediate: 2 image rows per tile row
+};
+
+// Images per item and tile rows per band: the fewest padded tile positions (an item's tiles
+// are rounded up to kCountAlign), up to kMaxItemTiles per item (more when one tile row has
+// more), and, where the batch allows, an item for every thread. Small images are grouped, so
+// that each weight loaded serves more tiles.
+void choose_items(int64_t tiles_h, int64_t tiles_w, int64_t batch, int64_t threads,
+                  int64_t max_tiles, Plan& p) {
+  double best_cost = -1.0;
+  auto consider = [&](int64_t images, int64_t rows) {
+    const int64_t bands = ceil_div(tiles_h, rows);
+    const int64_t items = ceil_div(batch, images) * bands;
+    const double padded = static_cast<double>(
+        items * round_up(images * rows * tiles_w, kCountAlign));
+    const double idle = static_cast<double>(threads) / static_cast<double>(std::min(items, threads));
+    const double cost = padded * idle;
+    if (best_cost < 0.0 || cost <= best_cost) {
+      best_cost = cost;
+      p.images = images;
+      p.rows = rows;
+    }
+  };
+  for (int64_t rows = 1; rows <= tiles_h; ++rows) {
+    if (rows > 1 && rows * tiles_w > max_tiles) break;
+    consider(1, rows);
+  }
+  const int64_t per_image = tiles_h * tiles_w;
+  for (int64_t images = 2; images <= batch && images * per_image <= max_tiles; ++images) {
+    consider(images, tiles_h);
+  }
+  p.bands = ceil_div(tiles_h, p.rows);
+  p.items = ceil_div(batch, p.images) * p.bands;
+}
+
+template <typename T>
+Plan make_plan(const FconvGeometry& g) {
+  constexpr int64_t L = vector_width<T>();
+  Plan p;
+  p.tiles_h = ceil_div(g.out_h, 2);
+  p.tiles_w = ceil_div(g.out_w, 2);
+  // The products of an item (16 points x rank x tiles) are read and written once per channel
+  // group: they must stay in L2.
+  const int64_t max_tiles = std::clamp<int64_t>(
+      kProductBytes / (kPoints * g.rank * static_cast<int64_t>(sizeof(T))), kCountAlign,
+      kMaxItemTiles);
+  choose_items(p.tiles_h, p.tiles_w, g.batch, at::get_num_threads(), max_tiles, p);
+  p.count = round_up(p.images * p.rows * p.tiles_w, kCountAlign);
+  // The transform writes up to L - 1 values past an item's last tile.
+  p.v_channel = p.count + L;
+  const int64_t group_bytes = kPoints * p.v_channel * static_cast<int64_t>(sizeof(T));
+  p.group = std::clamp<int64_t>(kGroupBytes / group_bytes, 1, g.in_channels);
+  // Point strides padded by a cache line: at a power-of-two stride the 16 points' streams would
+  // share one set of the L1 cache.
+  p.v_point = p.group * p.v_channel + 16;
+  p.m_point = g.rank * p.count + 16;
+  p.pitch = 2 * p.tiles_w;
+  // The output transform writes up to 2 L - 1 values past an item's last row.
+  p.positions = round_up(p.images * 2 * p.rows * p.pitch, kCountAlign) + 2 * L;
+  PlaneSpec& s = p.planes;
+  s.channels = p.group;
+  s.ph = g.ph;
+  s.pw = g.pw;
+  s.hb = 2 * p.rows + 3;  // 2 rows + 2 per tile row, + 1: see PlaneSpec
+  s.wq = round_up(2 * L * ceil_div(p.tiles_w, L) + 2, L);
+  return p;
+}
+
+template <typename T>
+struct Scratch {
+  T* planes;  // group channels of planes
+  T* v;       // 16 points x group x v_channel
+  T* m;       // 16 points x rank x count
+  T* mid;     // rank x positions: the intermediate, in image order
+  T* out;     // kMaxRows x positions
+};
+
+// Kept between calls like the direct path's; the planes are zeroed once per call (build_planes
+// writes their data columns only, so the padding stays zero for every band).
+template <typename T>
+Scratch<T> thread_scratch(const Plan& p, const FconvGeometry& g) {
+  thread_local std::vector<T> storage;
+  const int64_t sizes[5] = {p.planes.size() + vector_width<T>(), kPoints * p.v_point,
+                            kPoints * p.m_point, g.rank * p.positions, kMaxRows * p.positions};
+  int64_t total = 0;
+  for (int64_t s : sizes) total += round_up(s, 16);
+  if (static_cast<int64_t>(storage.size()) < total) storage.resize(total);
+  T* parts[5];
+  T* cursor = storage.data();
+  for (int i = 0; i < 5; ++i) {
+    parts[i] = cursor;
+    cursor += round_up(sizes[i], 16);
+  }
+  std::fill(parts[0], parts[1], T(0));
+  return {parts[0], parts[1], parts[2], parts[3], parts[4]};
+}
+
+template <typename T>
+struct Operands {
+  const T* x;
+  const int64_t* xs;
+  const T* u;  // 16 x rank x channels
+  const T* w2;
+  const T* bias;
+  T* out;
+  const int64_t* os;
+  const int64_t* v_offsets;    // tap t of a point product: channel t of the group
+  const int64_t* mid_offsets;  // tap j of the second conv: rank row j of the intermediate
+};
+
+template <typename T>
+void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int64_t item,
+              const Scratch<T>& s) {
+  const KernelSet<T>& k = kernels_for<T>();
+  const int64_t rank = g.rank, channels = g.in_channels;
+  const int64_t image0 = item / p.bands * p.images;
+  const int64_t images = std::min(p.images, g.batch - image0);
+  const int64_t ty0 = item % p.bands * p.rows;
+  const int64_t rows = std::min(p.rows, p.tiles_h - ty0);
+  const int64_t image_tiles = rows * p.tiles_w;             // an image's tiles in this item
+  const int64_t image_positions = 2 * rows * p.pitch;       // and its positions
+  const int64_t positions = round_up(images * image_positions, kCountAlign);
+  const int64_t count = round_up(images * image_tiles, kCountAlign);  // a last item may be short
+  // First conv: per channel group, each image's planes and their transform, then the 16 point
+  // products over the item's tiles, accumulated over the groups.
+  for (int64_t c0 = 0; c0 < channels; c0 += p.group) {
+    PlaneSpec spec = p.planes;
+    spec.channels = std::min(p.group, channels - c0);
+    for (int64_t i = 0; i < images; ++i) {  // in order: a transform's spill lands on the next
+      k.build_planes(ops.x + (image0 + i) * ops.xs[0] + c0 * ops.xs[1], ops.xs[1], ops.xs[2],
+                     ops.xs[3], g.height, g.width, spec, 2 * ty0, s.planes);
+      k.winograd_input(s.planes, spec.plane_size(), spec.wq, spec.channels, rows, p.tiles_w,
+                       s.v + i * image_tiles, p.v_channel, p.v_point);
+    }
+    for (int64_t xi = 0; xi < kPoints; ++xi) {
+      for (const auto& [start, size] : row_blocks(rank)) {
+        k.tap_conv(s.v + xi * p.v_point, ops.v_offsets, spec.channels,
+                   ops.u + (xi * rank + start) * channels + c0, channels, size, nullptr, c0 > 0,
+                   false, s.m + xi * p.m_point + start * p.count, p.count, count);
+      }
+    }
+  }
+  for (int64_t i = 0; i < images; ++i) {  // in order: a transform's spill lands on the next
+    k.winograd_output(s.m + i * image_tiles, rank, p.count, p.m_point, rows, p.tiles_w,
+                      s.mid + i * image_positions, p.pitch, p.positions);
+  }
+  // Second conv with the epilogue over the item's positions, then the valid rows and columns
+  // out to memory.
+  const int64_t out_rows = std::min(2 * rows, g.out_h - 2 * ty0);
+  for (const auto& [start, size] : row_blocks(g.out_channels)) {
+    k.tap_conv(s.mid, ops.mid_offsets, rank, ops.w2 + start * rank, rank, size,
+               ops.bias ? ops.bias + start : nullptr, false, g.relu, s.out, p.positions,
+               positions);
+    for (int64_t i = 0; i < images; ++i) {
+      T* dst = ops.out + (image0 + i) * ops.os[0] + start * ops.os[1] + 2 * ty0 * ops.os[2];
+      for (int j = 0; j < size; ++j) {
+        k.copy_rows(s.out + j * p.positions + i * image_positions, p.pitch, out_rows, g.out_w,
+                    dst + j * ops.os[1], ops.os[2], ops.os[3]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void set_winograd_mode(WinogradMode mode) { g_winograd_mode.store(static_cast<int>(mode)); }
+
+WinogradMode winograd_mode() { return static_cast<WinogradMode>(g_winograd_mode.load()); }
+
+bool use_winograd(const FconvGeometry& g) {
+  const WinogradMode mode = winograd_mode();
+  if (mode == WinogradMode::kNever) return false;
+  const bool applies = !g.spatial && g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 &&
+                       g.dh == 1 && g.dw == 1 && g.in_channels > 0 && g.rank > 0 &&
+                       g.out_w + 32 <= kWinogradMaxPlaneWidth;  // the transform's row buffer
+  if (!applies) return false;
+  const int64_t tiles = g.batch * ceil_div(g.out_h, 2) * ceil_div(g.out_w, 2);
+  return mode == WinogradMode::kAlways ||
+         (g.rank >= kMinRank && g.in_channels >= kMinChannels && tiles >= kMinTiles);
+}
+
+template <typename T>
+void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t* xs,
+                              const T* w1, const T* w2, const T* bias, T* out,
+                              const int64_t* os) {
+  const Plan p = make_plan<T>(g);
+  // The calling thread's buffer, kept between calls: a fresh one would cost a page fault per
+  // 4 KiB on every call. Every value is written by transform_weights.
+  thread_local std::vector<T> u;
+  const size_t u_size = static_cast<size_t>(kPoints * g.rank * g.in_channels);
+  if (u.size() < u_size) u.resize(u_size);
+  transform_weights(w1, g.rank, g.in_channels, u.data());
+  std::vector<int64_t> v_offsets(p.group), mid_offsets(g.rank);
+  for (int64_t t = 0; t < p.group; ++t) v_offsets[t] = t * p.v_channel;
+  for (int64_t j = 0; j < g.rank; ++j) mid_offsets[j] = j * p.positions;
+  const Operands<T> ops{x, xs, u.data(), w2, bias, out, os, v_offsets.data(), mid_offsets.data()};
+  const int64_t work = p.count * (kPoints * g.rank * g.in_channels + 4 * g.out_channels * g.rank);
+  const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(work, 1));
+  at::parallel_for(0, p.items, grain, [&](int64_t begin, int64_t end) {
+    const Scratch<T> scratch = thread_scratch<T>(p, g);
+    for (int64_t item = begin; item < end; ++item) run_item(g, p, ops, item, scratch);
+  });
+}
+
+template void winograd_factored_conv2d<float>(const FconvGeometry&, const float*,
+                                              const int64_t*, const float*, const float*,
+                                              const float*, float*, const int64_t*);
+template void winograd_factored_conv2d<double>(const FconvGeometry&, const double*,
+                                               const int64_t*, const double*, const double*,
+                                               const double*, double*, const int64_t*);
+
+}  // namespace fconv_cpu
+}  // namespace trp_ext

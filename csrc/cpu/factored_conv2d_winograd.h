@@ -1,0 +1,28 @@
+// The Winograd path of the CPU factored_conv2d (channel scheme, 3 x 3 stride-1 first conv).
+#pragma once
+
+#include <cstdint>
+
+#include "common/factored_conv2d_checks.h"
+
+namespace trp_ext {
+namespace fconv_cpu {
+
+// kAuto: Winograd where it measured faster (large enough rank and channel counts); kNever:
+// always the direct kernel; kAlways: Winograd wherever it applies (tests, A/B benches).
+enum class WinogradMode : int { kAuto = 0, kNever = 1, kAlways = 2 };
+void set_winograd_mode(WinogradMode mode);
+WinogradMode winograd_mode();
+
+// Whether a call with geometry g takes the Winograd path under the current mode.
+bool use_winograd(const FconvGeometry& g);
+
+// The whole call: x and out with element strides xs and os (NCHW order), w1 (r, c, 3, 3) and
+// w2 (n, r, 1, 1) contiguous, bias null or (n,).
+template <typename T>
+void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t* xs,
+                              const T* w1, const T* w2, const T* bias, T* out,
+                              const int64_t* os);
+
+}  // namespace fconv_cpu
+}  // namespace trp_ext

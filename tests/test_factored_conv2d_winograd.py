@@ -1,0 +1,110 @@
+"""The CPU factored_conv2d's Winograd F(2x2, 3x3) path (channel scheme, 3x3 stride-1 first conv)
+against the reference composition, and the mode that selects it."""
+import pytest
+import torch
+
+from trp_ext import ops
+from test_factored_conv2d import CHANNELS, _check, _factors, _input, _layouts
+
+TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
+
+
+@pytest.fixture
+def always():
+    with ops.cpu_winograd("always"):
+        yield
+
+
+# (batch, H, W): odd and even sizes, one tile, images smaller than a tile, several images per
+# work item (small images, large batch), several bands per image, tile rows longer than one
+# vector (64 / 2 + 1 tiles); with every padding the input allows.
+SIZES = [(2, 13, 10), (1, 7, 7), (3, 14, 14), (1, 2, 2), (2, 1, 5), (64, 8, 8), (2, 61, 67)]
+PADDINGS = [0, 1, 2, (0, 2)]
+CASES = [(size, padding) for size in SIZES for padding in PADDINGS
+         if size[1] + 2 * torch.nn.modules.utils._pair(padding)[0] >= 3
+         and size[2] + 2 * torch.nn.modules.utils._pair(padding)[1] >= 3]
+
+
+@pytest.mark.parametrize("size,padding", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sizes_and_padding(always, size, padding, dtype):
+    x = _input((size[0], 5, size[1], size[2]), dtype)
+    w1, w2, bias = _factors("channel", 6, 5, 4, (3, 3), dtype)
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, padding, 1, "channel", "relu")
+    _check(got, x, w1, w2, bias, 1, padding, 1, "channel", "relu", tol=TOL[dtype])
+
+
+@pytest.mark.parametrize("c,r,n", CHANNELS + [(300, 20, 7)])  # 300: several channel groups
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias,activation", [(True, None), (True, "relu"), (False, None)])
+def test_channels(always, c, r, n, dtype, bias, activation):
+    x = _input((3, c, 13, 10), dtype)
+    w1, w2, b = _factors("channel", n, c, r, (3, 3), dtype)
+    b = b if bias else None
+    got = ops.factored_conv2d(x, w1, w2, b, 1, 1, 1, "channel", activation)
+    _check(got, x, w1, w2, b, 1, 1, 1, "channel", activation, tol=TOL[dtype])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted", "channels_last_sliced"])
+def test_memory_layouts(always, layout):
+    x = _layouts("cpu")[layout]
+    w1, w2, bias = _factors("channel", 7, 6, 4, (3, 3), torch.float32)
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", None)
+    _check(got, x, w1, w2, bias, 1, 1, 1, "channel", None, tol=2e-5)
+    assert got.is_contiguous(memory_format=torch._prims_common.suggest_memory_format(x))
+
+
+def test_nan_stays_in_its_windows(always):
+    """Winograd's transforms mix a tile's whole 4x4 patch, but each output still combines only
+    the values of its own window: a NaN reaches exactly the outputs whose window holds it."""
+    x = _input((1, 2, 6, 6), torch.float32)
+    x[0, 0, 2, 3] = float("nan")
+    w1, w2, bias = _factors("channel", 3, 2, 2, (3, 3), torch.float32)
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
+    expected = torch.zeros(6, 6, dtype=torch.bool)
+    expected[1:4, 2:5] = True
+    assert torch.equal(torch.isnan(got[0]), expected.expand(3, 6, 6))
+
+
+def test_opcheck(always):
+    x = _layouts("cpu")["channels_last"]
+    w1, w2, bias = _factors("channel", 5, 6, 3, (3, 3), torch.float32)
+    torch.library.opcheck(torch.ops.trp_ext.factored_conv2d,
+                          (x, w1, w2, bias, [1, 1], [1, 1], [1, 1], "channel", "relu"))
+
+
+def test_auto_mode_picks_winograd_only_for_large_layers():
+    """auto gives bit for bit the result of always on a layer past the thresholds (rank 16,
+    32 channels, 128 tiles), and that of never below them or off the 3x3 stride-1 geometry."""
+    def run(mode, x, w1, w2, bias, stride):
+        with ops.cpu_winograd(mode):
+            return ops.factored_conv2d(x, w1, w2, bias, stride, 1, 1, "channel", "relu")
+
+    x = _input((2, 32, 16, 16), torch.float32)  # 2 x 8 x 8 = 128 tiles
+    large = _factors("channel", 8, 32, 16, (3, 3), torch.float32)
+    small_rank = _factors("channel", 8, 32, 15, (3, 3), torch.float32)
+    cases = [(large, 1, "always"), (large, 2, "never"), (small_rank, 1, "never")]
+    for (w1, w2, bias), stride, same_as in cases:
+        auto = run("auto", x, w1, w2, bias, stride)
+        assert torch.equal(auto, run(same_as, x, w1, w2, bias, stride))
+    few_tiles = x[:1, :, :15, :16]  # 8 x 8 = 64 tiles
+    w1, w2, bias = large
+    assert torch.equal(run("auto", few_tiles, w1, w2, bias, 1), run("never", few_tiles, w1, w2, bias, 1))
+    assert not torch.equal(run("always", x, w1, w2, bias, 1), run("never", x, w1, w2, bias, 1))
+
+
+def test_mode_is_restored_and_checked():
+    assert ops.cpu_winograd_mode() == "auto"
+    with ops.cpu_winograd("never"):
+        assert ops.cpu_winograd_mode() == "never"
+        with pytest.raises(RuntimeError):
+            with ops.cpu_winograd("always"):
+                raise RuntimeError("inside")
+        assert ops.cpu_winograd_mode() == "never"
+    assert ops.cpu_winograd_mode() == "auto"
+    with pytest.raises(ValueError, match="mode must be one of"):
+        with ops.cpu_winograd("fast"):
+            pass
+    from trp_ext import _C
+    with pytest.raises(ValueError, match="mode must be"):
+        _C.cpu_winograd("fast")
