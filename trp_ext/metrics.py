@@ -87,16 +87,19 @@ def theoretical_speedup(dense_cost, compressed_cost):
 
 def deployment_form(model):
     """An eval-mode copy of ``model`` with each conv -> BatchNorm pair folded into the conv, as a
-    deployed network runs (torch.fx's fuse). Compressed models have their factored layers' BN
+    deployed network runs (torch.fx's fuse), and each ReLU that only a factored conv feeds made
+    that conv's epilogue (trp_ext.fusion). Compressed models have their factored layers' BN
     folded by decompose(); folding the dense model's too keeps a latency comparison fair. A model
     torch.fx cannot trace is returned as an eval-mode copy, unfolded."""
     import copy
 
     from torch.fx.experimental.optimization import fuse
 
+    from trp_ext.fusion import fuse_relu
+
     model = copy.deepcopy(model).eval()
     try:
-        return fuse(model)
+        return fuse_relu(fuse(model))
     except Exception:  # noqa: BLE001 (any tracing failure: fall back to the module as it is)
         return model
 
