@@ -369,6 +369,31 @@ def test_warm_start_chain_like_trp(device):
     assert stats["warm_iterations"] >= stats["warm"]
 
 
+def test_bases_narrow_to_a_spectral_gap():
+    """CPU: after a projection the spectrum has a gap at the projected rank (the rest is drift),
+    and the returned bases keep no columns past it: rank + rank / 2 columns without a gap, at
+    most the gap's width with one. Warm starts from the wide bases and from the narrow ones hold
+    (no widening, no fallback) and stay exact."""
+    def default_width(rank, k):
+        return min(k, rank + max(4, (rank + 1) // 2))
+
+    mats = [decaying(192, 192, 24.0, torch.float32, 40 + i) for i in range(3)]
+    first = ops.lowrank_project(mats, 0.99)
+    for basis, rank in zip(first.bases, first.ranks.tolist()):
+        assert basis.shape[1] == default_width(rank, 192)  # smooth spectrum: no gap
+    result = first
+    ops.lowrank_project_stats(reset=True)
+    for step in range(3):
+        previous = result
+        moved = [drift(p, 1e-3, 50 * step + i) for i, p in enumerate(previous.projected)]
+        result = ops.lowrank_project(moved, 0.99, bases=previous.bases, want_subgradient=True)
+        check_all(moved, result, 0.99, want_subgradient=True)
+        for basis, rank, gap in zip(result.bases, result.ranks.tolist(), previous.ranks.tolist()):
+            assert rank + 4 <= basis.shape[1] <= max(gap, rank + 4) < default_width(rank, 192)
+    stats = ops.lowrank_project_stats()
+    assert stats["warm"] == 3 * len(mats) and stats["widened"] == stats["fallback"] == 0
+
+
 def test_small_matrices_count_once(device):
     """Every matrix is counted once, whichever way it was solved."""
     mats = mixed_list(torch.float32, device, seed=10)

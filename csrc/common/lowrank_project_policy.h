@@ -49,6 +49,23 @@ inline int64_t basis_width(int64_t rank, int64_t k) {
   return std::min(k, rank + std::max(kMinOversample, (rank + 1) / 2));
 }
 
+// Narrower where the spectrum has a gap: the first width w >= rank + kMinOversample (and below
+// basis_width) whose next eigenvalue lambda_{w+1} of the Gram matrix is at most kGapRatio *
+// lambda_rank. A power step from such a basis already shrinks everything outside it by
+// 1 / kGapRatio, so wider columns only cost work. TRP's weights have that gap after a
+// projection (the rank-r projection plus a few SGD steps' drift). values: the eigenvalues of the
+// Gram matrix (or estimates), descending; count of them known.
+constexpr double kGapRatio = 1e-3;
+inline int64_t gap_basis_width(const double* values, int64_t count, int64_t rank, int64_t k) {
+  const int64_t widest = basis_width(rank, k);
+  if (rank <= 0) return widest;
+  const double cut = kGapRatio * values[rank - 1];
+  for (int64_t w = std::min(k, rank + kMinOversample); w < widest && w < count; ++w) {
+    if (values[w] <= cut) return w;
+  }
+  return widest;
+}
+
 // Inputs whose largest magnitude lies outside 2^+-256 are rescaled by a power of two (exact), so
 // that squares and Gram sums stay clear of overflow and underflow.
 constexpr int kMaxUnscaledExponent = 256;

@@ -137,23 +137,66 @@ void cold_solve(const Problem& p, const ProjectOptions& options, Spectrum& s) {
   const double noise = values.empty() ? 0.0 : gram_noise_factor(p.k, p.len) * values[0];
   for (double& v : values) v = v > noise ? v : 0.0;
   s.rank = rank_of_spectrum(values, p, options);
-  // Vectors only for the rank and the oversampling the returned basis keeps.
-  s.width = basis_width(s.rank, p.k);
+  // Vectors only for the rank and the oversampling the returned basis keeps (less past a gap).
+  s.width = gap_basis_width(values.data(), static_cast<int64_t>(values.size()), s.rank, p.k);
   s.values.assign(values.begin(), values.begin() + s.width);
   s.vectors.resize(p.k * s.width);
   eigen.vectors(s.width, s.vectors.data());
 }
 
+// The width a basis whose columns have ||G q_j||^2 = norm2[j] needs (see gap_basis_width), and
+// the order of its columns by that norm. q_j close to an eigenvector gives ||G q_j|| ~ lambda_j,
+// so the norms estimate the spectrum: the rank of their energy, then the gap after it. A wrong
+// estimate costs work only: Rayleigh-Ritz certifies the result, and widens when it must.
+int64_t gap_width_of_columns(const Problem& p, const ProjectOptions& options,
+                             const std::vector<double>& norm2, std::vector<int64_t>& order) {
+  const int64_t b = static_cast<int64_t>(norm2.size());
+  order.resize(b);
+  for (int64_t j = 0; j < b; ++j) order[j] = j;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t c) { return norm2[a] > norm2[c]; });
+  std::vector<double> estimate(b);
+  double captured = 0.0;
+  int64_t rank = b;
+  for (int64_t j = 0; j < b; ++j) {
+    estimate[j] = std::sqrt(norm2[order[j]]);
+    captured += estimate[j];
+    if (rank == b && captured >= options.energy * p.total) rank = j + 1;
+  }
+  return gap_basis_width(estimate.data(), b, rank, p.k);
+}
+
 // One power step q <- orth(G q). The columns of G q are first scaled to unit norm: q's columns
 // track Ritz vectors, so the scaled block is nearly orthonormal and Cholesky QR is exact enough.
 // A column that G nearly annihilates keeps its old direction (its eigenvalues hold no energy).
-bool power_step(const Problem& p, std::vector<double>& q, int64_t b, std::vector<double>& work) {
+// With `narrow`, columns past a gap in the spectrum their norms estimate are dropped first
+// (the basis of the previous call was sized for a spectrum without one), and *b shrinks.
+bool power_step(const Problem& p, const ProjectOptions& options, bool narrow,
+                std::vector<double>& q, int64_t* b_inout, std::vector<double>& work) {
   const int64_t k = p.k;
+  int64_t b = *b_inout;
   work.resize(k * b);
   matmul(p.gram.data(), false, q.data(), false, work.data(), k, b, k);
   std::vector<double> norm2(b, 0.0);
   for (int64_t i = 0; i < k; ++i) {
     for (int64_t j = 0; j < b; ++j) norm2[j] += work[i * b + j] * work[i * b + j];
+  }
+  std::vector<int64_t> order;
+  const int64_t width = narrow ? gap_width_of_columns(p, options, norm2, order) : b;
+  if (width < b) {  // keep the columns with the largest norms, in that order
+    std::vector<double> kept_q(k * width), kept_work(k * width), kept_norm2(width);
+    for (int64_t j = 0; j < width; ++j) kept_norm2[j] = norm2[order[j]];
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < width; ++j) {
+        kept_q[i * width + j] = q[i * b + order[j]];
+        kept_work[i * width + j] = work[i * b + order[j]];
+      }
+    }
+    q.swap(kept_q);
+    work.swap(kept_work);
+    norm2.swap(kept_norm2);
+    b = width;
+    *b_inout = b;
   }
   const double largest = *std::max_element(norm2.begin(), norm2.end());
   for (int64_t j = 0; j < b; ++j) {
@@ -201,7 +244,8 @@ bool warm_solve(const Problem& p, const at::Tensor& basis, const ProjectOptions&
     for (; pending > 0; --pending) {
       if (!affordable(1)) return false;
       pay();
-      if (!power_step(p, q, b, work)) return false;
+      // Narrowed once, on the first step: later steps follow widenings, which must stay.
+      if (!power_step(p, options, *steps_used == 1, q, &b, work)) return false;
     }
     if (!affordable(1)) return false;
     pay();
@@ -251,7 +295,7 @@ bool warm_solve(const Problem& p, const at::Tensor& basis, const ProjectOptions&
     const RitzCertificate certificate = certify_ritz(problem);
     if (certificate.status == kRitzCertified) {
       s.rank = certificate.rank;
-      s.width = std::min(b, basis_width(s.rank, k));
+      s.width = std::min(b, gap_basis_width(theta.data(), b, s.rank, k));
       s.values.resize(s.width);
       for (int64_t j = 0; j < s.width; ++j) s.values[j] = std::max(theta[j], 0.0);
       s.vectors.resize(k * s.width);
