@@ -14,6 +14,8 @@ few SGD steps (a random drift of relative size DRIFT), and are projected again. 
       own cold solve ("cold").
   "<arch>/<scheme> warm-unprojected": as warm, but the drift is added to weights that were
       never projected (a harder case for warm starts: no spectral gap at the rank).
+  "<arch>/<scheme> warm-steady" (CIFAR): the next step of the same chain, warm-started from the
+      bases the warm call returned (narrowed to the spectral gap), as TRP's later steps run.
 
 TRP_BENCH_TRAINED=path/to/checkpoint.pt adds the groups "trained-<arch>/<scheme> ..." with the
 weights of a TRP checkpoint (its config names the arch and scheme) instead of synthetic ones.
@@ -89,10 +91,14 @@ def _scenario(key, device):
     else:
         before = _synthetic(*key.split("/"))
     first = ops.lowrank_project(before, ENERGY)
+    warm = _drift(first.projected, 1)
+    second = ops.lowrank_project(warm, ENERGY, bases=first.bases)
     return {
-        "warm": [w.to(device) for w in _drift(first.projected, 1)],
+        "warm": [w.to(device) for w in warm],
         "warm-unprojected": [w.to(device) for w in _drift(before, 1)],
         "bases": [b.to(device) for b in first.bases],
+        "warm-steady": [w.to(device) for w in _drift(second.projected, 2)],
+        "steady-bases": [b.to(device) for b in second.bases],
     }
 
 
@@ -147,11 +153,11 @@ def batched_svd(mats):
 # ----------------------------------------------------------------------------- benches
 def _run(benchmark, key, mode, variant, device):
     scenario = _scenario(key, device)
-    mats = scenario["warm-unprojected" if mode == "warm-unprojected" else "warm"]
+    mats = scenario["warm" if mode == "cold" else mode]
     rounds, warmup = _rounds(key, variant)
     benchmark.group = f"{key} {mode}"
     if variant == "ours" and mode != "cold":
-        bases = scenario["bases"]
+        bases = scenario["steady-bases" if mode == "warm-steady" else "bases"]
         ops.lowrank_project_stats(reset=True)
         fn = functools.partial(ops.lowrank_project, mats, ENERGY, bases=bases)
         measure(benchmark, fn, "ours", device, rounds=rounds, warmup_rounds=warmup,
@@ -189,3 +195,10 @@ def test_warm(benchmark, key, variant, device):
 @pytest.mark.parametrize("key", [f"resnet56/{scheme}" for scheme in ref.SCHEMES])
 def test_warm_unprojected(benchmark, key, variant, device):
     _run(benchmark, key, "warm-unprojected", variant, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant", ["ours", "cold", "loop"])
+@pytest.mark.parametrize("key", [f"{arch}/{scheme}" for arch in CIFAR for scheme in ref.SCHEMES])
+def test_warm_steady(benchmark, key, variant, device):
+    _run(benchmark, key, "warm-steady", variant, device)
