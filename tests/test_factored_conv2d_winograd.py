@@ -45,6 +45,15 @@ def test_channels(always, c, r, n, dtype, bias, activation):
     _check(got, x, w1, w2, b, 1, 1, 1, "channel", activation, tol=TOL[dtype])
 
 
+def test_large_layer(always):
+    """Transformed weights past the size a thread keeps between calls (16 MiB): the call's own
+    buffer."""
+    x = _input((1, 520, 6, 5), torch.float32)
+    w1, w2, bias = _factors("channel", 8, 520, 520, (3, 3), torch.float32)
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
+    _check(got, x, w1, w2, bias, 1, 1, 1, "channel", "relu", tol=2e-5)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted", "channels_last_sliced"])
 def test_memory_layouts(always, layout):
     x = _layouts("cpu")[layout]

@@ -37,6 +37,9 @@ constexpr int64_t kPoints = 16;  // 4 x 4 transformed points per tile
 // kProductBytes of products.
 constexpr int64_t kMaxItemTiles = 128;
 constexpr int64_t kProductBytes = 256 << 10;
+// The transformed weights a calling thread keeps between calls: ImageNet ResNets' largest
+// (rank 128 x 512 channels) take 4 MiB.
+constexpr int64_t kRetainedWeightBytes = 16 << 20;
 // The transformed input of a group of channels (16 points x channels x tiles) is kept near
 // this size, so that it stays in L2 across the 16 point products that read it.
 constexpr int64_t kGroupBytes = 512 << 10;
@@ -300,10 +303,14 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
                               const T* w1, const T* w2, const T* bias, T* out,
                               const int64_t* os) {
   const Plan p = make_plan<T>(g);
-  // The calling thread's buffer, kept between calls: a fresh one would cost a page fault per
-  // 4 KiB on every call. Every value is written by transform_weights.
-  thread_local std::vector<T> u;
+  // The calling thread's buffer, kept between calls up to kRetainedWeightBytes: a fresh one
+  // would cost a page fault per 4 KiB on every call. Larger ones (rare layers) are the call's
+  // own, so that no thread holds on to them. Every value is written by transform_weights.
+  thread_local std::vector<T> retained;
+  std::vector<T> own;
   const size_t u_size = static_cast<size_t>(kPoints * g.rank * g.in_channels);
+  const bool retain = u_size * sizeof(T) <= static_cast<size_t>(kRetainedWeightBytes);
+  std::vector<T>& u = retain ? retained : own;
   if (u.size() < u_size) u.resize(u_size);
   transform_weights(w1, g.rank, g.in_channels, u.data());
   std::vector<int64_t> v_offsets(p.group), mid_offsets(g.rank);
