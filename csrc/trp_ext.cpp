@@ -58,11 +58,14 @@ PyObject* cpu_kernels(PyObject* /*self*/, PyObject* /*args*/) {
 }
 
 // cpu_winograd(mode=None): the CPU factored_conv2d's Winograd mode, set first when given.
-PyObject* cpu_winograd(PyObject* /*self*/, PyObject* args) {
+PyObject* cpu_winograd(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
   using trp_ext::fconv_cpu::WinogradMode;
   static const char* const names[] = {"auto", "never", "always"};
+  static const char* keywords[] = {"mode", nullptr};
   const char* mode = nullptr;
-  if (!PyArg_ParseTuple(args, "|z", &mode)) return nullptr;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|z", const_cast<char**>(keywords), &mode)) {
+    return nullptr;
+  }
   if (mode != nullptr) {
     int found = -1;
     for (int i = 0; i < 3; ++i) {
@@ -85,7 +88,8 @@ PyMethodDef methods[] = {
     {"cpu_kernels", cpu_kernels, METH_NOARGS,
      "'avx2' or 'portable': the instruction set every CPU kernel of this process runs with "
      "(portable when the CPU lacks AVX2+FMA or ATEN_CPU_CAPABILITY=default)."},
-    {"cpu_winograd", cpu_winograd, METH_VARARGS,
+    {"cpu_winograd", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cpu_winograd)),
+     METH_VARARGS | METH_KEYWORDS,
      "cpu_winograd(mode=None) -> str: the CPU factored_conv2d's use of Winograd F(2x2, 3x3) "
      "for channel-scheme 3x3 stride-1 layers, set to mode ('auto', 'never', 'always') when "
      "given; returns the mode in force."},

@@ -75,6 +75,31 @@ def test_nan_stays_in_its_windows(always):
     assert torch.equal(torch.isnan(got[0]), expected.expand(3, 6, 6))
 
 
+def test_inf_stays_in_its_windows(always):
+    """An Inf reaches the same outputs as in the direct conv (as NaN or +-Inf: Inf - Inf inside
+    the transforms is NaN)."""
+    x = _input((1, 2, 7, 6), torch.float32)
+    x[0, 1, 3, 2] = float("inf")
+    x[0, 0, 5, 5] = float("-inf")
+    w1, w2, bias = _factors("channel", 3, 2, 2, (3, 3), torch.float32)
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", None)
+    with ops.cpu_winograd("never"):
+        direct = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", None)
+    assert torch.equal(torch.isfinite(got), torch.isfinite(direct))
+    assert not torch.isfinite(direct).all()
+
+
+def test_wide_images_take_the_direct_path(always):
+    """Rows wider than the transform's row buffer (1024 values) run the direct kernel even under
+    "always": bit for bit the "never" result."""
+    x = _input((1, 2, 3, 1000), torch.float32)
+    w1, w2, bias = _factors("channel", 3, 2, 2, (3, 3), torch.float32)
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
+    with ops.cpu_winograd("never"):
+        assert torch.equal(got, ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu"))
+    _check(got, x, w1, w2, bias, 1, 1, 1, "channel", "relu", tol=2e-5)
+
+
 def test_opcheck(always):
     x = _layouts("cpu")["channels_last"]
     w1, w2, bias = _factors("channel", 5, 6, 3, (3, 3), torch.float32)
@@ -117,3 +142,6 @@ def test_mode_is_restored_and_checked():
     from trp_ext import _C
     with pytest.raises(ValueError, match="mode must be"):
         _C.cpu_winograd("fast")
+    with pytest.raises(TypeError):
+        _C.cpu_winograd(3)
+    assert _C.cpu_winograd(mode="auto") == "auto"

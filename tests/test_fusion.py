@@ -83,3 +83,18 @@ def test_only_relus_that_only_a_factored_conv_feeds_are_folded(kind, fused):
     assert _fused_convs(traced) == fused  # "already_relu" counts the conv built with relu
     assert _relus(traced) == relus - (fused if kind != "already_relu" else 0)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_a_failing_relu_pass_keeps_the_batchnorm_folding(monkeypatch):
+    import trp_ext.fusion
+
+    def broken(module):
+        raise RuntimeError("cannot rewrite")
+
+    model = build_model("resnet20", num_classes=10).eval()
+    compressed, _ = decompose(model, "channel", energy=0.9)
+    assert _fused_convs(deployment_form(compressed)) == 9  # the pass runs when it can
+    monkeypatch.setattr(trp_ext.fusion, "fuse_relu", broken)
+    deployed = deployment_form(compressed)
+    assert isinstance(deployed, fx.GraphModule) and _fused_convs(deployed) == 0
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())

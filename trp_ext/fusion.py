@@ -12,8 +12,11 @@ from torch import fx, nn
 from trp_ext import _reference
 from trp_ext.ops import factored_conv2d
 
-# The functions a traced FactoredConv2d calls: the op's wrapper, the raw op, and the reference
-# composition (which benches patch in for the unfused baseline). All take the same arguments.
+# Tracing a FactoredConv2d goes through its Python wrapper down to the raw op, which is what the
+# graph records; the wrapper and the reference composition (same arguments) are also accepted,
+# for graphs that keep FactoredConv2d or a wrapper as a leaf. (A model traced with the reference
+# patched in, as the end-to-end bench's unfused baseline, records its two F.conv2d calls instead:
+# nothing to fold there.)
 FACTORED_CONV_FUNCTIONS = (factored_conv2d, torch.ops.trp_ext.factored_conv2d.default,
                            _reference.factored_conv2d)
 ACTIVATION_INDEX = 8  # position of `activation` among their arguments

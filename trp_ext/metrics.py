@@ -99,15 +99,21 @@ def deployment_form(model):
 
     model = copy.deepcopy(model).eval()
     try:
-        return fuse_relu(fuse(model))
+        folded = fuse(model)
     except Exception:  # noqa: BLE001 (any tracing failure: fall back to the module as it is)
         return model
+    try:
+        return fuse_relu(copy.deepcopy(folded))
+    except Exception:  # noqa: BLE001 (a graph the ReLU pass cannot rewrite: BN folding alone)
+        return folded
 
 
 @torch.no_grad()
 def compare_latency(dense, compressed, example_input, repeats=20, warmup=3):
-    """Median seconds of one forward pass of each model, both in deployment form (BN folded),
-    timed in alternation so that a load change on a shared machine hits both alike."""
+    """Median seconds of one forward pass of each model, both in deployment form (BN folded;
+    the compressed model's ReLUs after factored convs folded into them, the dense model's run as
+    eager torch runs them), timed in alternation so that a load change on a shared machine hits
+    both alike."""
     dense, compressed = deployment_form(dense), deployment_form(compressed)
     times = ([], [])
     for _ in range(warmup):

@@ -58,7 +58,7 @@ inline int64_t basis_width(int64_t rank, int64_t k) {
 constexpr double kGapRatio = 1e-3;
 inline int64_t gap_basis_width(const double* values, int64_t count, int64_t rank, int64_t k) {
   const int64_t widest = basis_width(rank, k);
-  if (rank <= 0) return widest;
+  if (rank <= 0 || rank > count) return widest;  // no value at the rank to compare with
   const double cut = kGapRatio * values[rank - 1];
   for (int64_t w = std::min(k, rank + kMinOversample); w < widest && w < count; ++w) {
     if (values[w] <= cut) return w;

@@ -10,7 +10,8 @@
 // conv, bias and ReLU run on it at once, as in the direct path, and only then does anything go
 // to memory. Rounding: F(2x2, 3x3) adds and halves exactly representable coefficients, so its
 // error stays within a few times that of a direct sum (tests hold it to the direct path's
-// tolerance).
+// tolerance). Non-finite input stays local (an output is non-finite exactly when the direct
+// conv's is), but Inf - Inf inside the transforms can make it NaN instead of +-Inf.
 //
 // A work item is one image's band of tile rows, or a few whole images when they are small.
 // Input rows are first laid out as zero-padded planes (as in the direct path), so that the
@@ -19,6 +20,7 @@
 #include "cpu/factored_conv2d_winograd.h"
 
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <atomic>
@@ -182,6 +184,8 @@ Plan make_plan(const FconvGeometry& g) {
   s.pw = g.pw;
   s.hb = 2 * p.rows + 3;  // 2 rows + 2 per tile row, + 1: see PlaneSpec
   s.wq = round_up(2 * L * ceil_div(p.tiles_w, L) + 2, L);
+  // use_winograd's width limit keeps this within the input transform's row buffer.
+  TORCH_INTERNAL_ASSERT(s.wq <= kWinogradMaxPlaneWidth, "Winograd plane row too wide: ", s.wq);
   return p;
 }
 
