@@ -48,7 +48,7 @@ constexpr int64_t kGroupBytes = 512 << 10;
 // Below these, the transforms cost more than the multiplications they save. Measured on the
 // 2-core AVX2 EPYC against the direct kernel (in-process alternation): rank 6 and 10 (CIFAR 16
 // and 32 channels) ran at 0.81-0.85x at batch 32; batch 1 of 7 x 7 and 14 x 14 images (16 and
-// 49 tiles) at 0.25-0.94x, as the weight transform (16 values per filter, written once per
+// 49 tiles) at 0.35-0.94x, as the weight transform (16 values per filter, written once per
 // call) is not amortised; 196 tiles and more (128-128 28x28, 64-64 56x56 at batch 1) at
 // 1.07-1.23x.
 constexpr int64_t kMinRank = 16;
