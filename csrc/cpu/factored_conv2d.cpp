@@ -43,10 +43,6 @@ using fconv_cpu::row_blocks;
 // that shared machine, 192 was slower.
 constexpr int64_t kTargetBandPositions = 768;
 
-// Below this many multiply-adds a thread costs more to wake than it saves (a parallel region
-// is ~10 us here, ~1M multiply-adds at the kernel's rate); small calls run on one thread.
-constexpr int64_t kMinWorkPerThread = 1 << 19;
-
 // Stage 1 runs over groups of input channels whose planes fit in this much (accumulating the
 // intermediate group by group), so that the planes stay near the core across the rank
 // blocks: without it, the 590 KiB of stride-2 planes of a 512-channel layer came from L3 22
@@ -71,6 +67,7 @@ struct BandPlan {
   int64_t slack = 0;   // readable elements past the last plane: taps over-read past a band
   int64_t work = 0;    // multiply-adds per band
   int64_t group = 0;   // input channels per stage-1 group
+  fconv_cpu::RowBlocks rank_blocks, out_blocks;  // register blocks of both convs' output rows
 };
 
 // element_size: bytes per value of the call's dtype.
@@ -135,15 +132,17 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size) {
   const int64_t taps_per_channel = g.in_channels > 0 ? static_cast<int64_t>(p.taps1.size()) / g.in_channels : 1;
   p.group = std::max({int64_t{1}, kPlaneGroupBytes / std::max<int64_t>(channel_bytes, 1),
                       ceil_div(kMinGroupTaps, std::max<int64_t>(taps_per_channel, 1))});
+  p.rank_blocks = row_blocks(g.rank);
+  p.out_blocks = row_blocks(g.out_channels);
   p.work = p.count1 * g.rank * static_cast<int64_t>(p.taps1.size()) +
            p.count2 * g.out_channels * static_cast<int64_t>(p.taps2.size());
   return p;
 }
 
-// A thread's buffers for one band. They are kept between calls (ATen's worker threads live on),
-// so a call neither allocates nor touches fresh pages. The planes are zeroed once per call:
-// build_planes writes only their data columns, and the padding columns and the slack after the
-// last plane stay zero for every band of the call. The rest is written before it is read.
+// A thread's buffers for one band (fconv_cpu::thread_buffers: kept between calls). The planes
+// are zeroed once per call: build_planes writes only their data columns, and the padding columns
+// and the slack after the last plane stay zero for every band of the call. The rest is written
+// before it is read.
 template <typename T>
 struct Scratch {
   T* x_planes;
@@ -154,19 +153,10 @@ struct Scratch {
 
 template <typename T>
 Scratch<T> thread_scratch(const BandPlan& p, const FconvGeometry& g) {
-  thread_local std::vector<T> storage;
-  const auto aligned = [](int64_t n) { return static_cast<size_t>(round_up(n, 16)); };
-  const size_t x_size = aligned(p.x_planes.size() + p.slack);
-  const size_t mid_size = aligned(g.rank * p.count1);
-  const size_t mid_planes_size = g.spatial ? aligned(p.mid_planes.size() + p.slack) : 0;
-  const size_t out_size = aligned(kMaxRows * p.count2);
-  const size_t total = x_size + mid_size + mid_planes_size + out_size;
-  if (storage.size() < total) storage.resize(total);
-  Scratch<T> s;
-  s.x_planes = storage.data();
-  s.mid = s.x_planes + x_size;
-  s.mid_planes = s.mid + mid_size;
-  s.out = s.mid_planes + mid_planes_size;
+  const auto parts = fconv_cpu::thread_buffers<T, 4>(
+      {p.x_planes.size() + p.slack, g.rank * p.count1,
+       g.spatial ? p.mid_planes.size() + p.slack : 0, kMaxRows * p.count2});
+  const Scratch<T> s{parts[0], parts[1], parts[2], parts[3]};
   std::fill(s.x_planes, s.mid, T(0));
   std::fill(s.mid_planes, s.out, T(0));
   return s;
@@ -203,7 +193,7 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
   for (int64_t c0 = 0; c0 == 0 || c0 < g.in_channels; c0 += p.group) {
     const int64_t t0 = c0 * taps_per_channel;
     const int64_t tn = std::min(p.group, g.in_channels - c0) * taps_per_channel;
-    for (const auto& [start, size] : row_blocks(g.rank)) {
+    for (const auto& [start, size] : p.rank_blocks) {
       k.tap_conv(s.x_planes, p.taps1.data() + t0, tn, ops.w1 + start * taps1 + t0, taps1, size,
                  nullptr, c0 > 0, false, s.mid + start * p.count1, p.count1, count1);
     }
@@ -217,7 +207,7 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
   }
   // 4. Second conv with the epilogue, a block of output channels at a time, then copy-out.
   const int64_t taps2 = static_cast<int64_t>(p.taps2.size());
-  for (const auto& [start, size] : row_blocks(g.out_channels)) {
+  for (const auto& [start, size] : p.out_blocks) {
     k.tap_conv(stage2_in, p.taps2.data(), taps2, ops.w2 + start * taps2, taps2, size,
                ops.bias ? ops.bias + start : nullptr, false, g.relu, s.out, p.count2, count2);
     T* dst = ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2];
@@ -251,7 +241,7 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
     return;
   }
   const BandPlan plan = make_plan(g, static_cast<int64_t>(sizeof(T)));
-  const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(plan.work, 1));
+  const int64_t grain = fconv_cpu::parallel_grain(plan.work);
   at::parallel_for(0, g.batch * plan.bands, grain, [&](int64_t begin, int64_t end) {
     const Scratch<T> scratch = thread_scratch<T>(plan, g);
     for (int64_t item = begin; item < end; ++item) {

@@ -17,8 +17,8 @@ const CpuKernels& cpu_kernels() {
   return kernels;
 }
 
-std::vector<std::pair<int64_t, int>> row_blocks(int64_t rows) {
-  std::vector<std::pair<int64_t, int>> blocks;
+RowBlocks row_blocks(int64_t rows) {
+  RowBlocks blocks;
   if (rows == 0) return blocks;
   const int64_t count = ceil_div(rows, kMaxRows);
   int64_t start = 0;

@@ -2,6 +2,8 @@
 // of output rows for the micro-kernel.
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -31,8 +33,38 @@ inline const KernelSet<double>& kernels_for<double>() {
   return cpu_kernels().f64;
 }
 
-// Splits `rows` into near-equal blocks of at most kMaxRows: (first row, size) pairs.
-std::vector<std::pair<int64_t, int>> row_blocks(int64_t rows);
+// Splits `rows` into near-equal blocks of at most kMaxRows: (first row, size) pairs. Computed
+// once per call: work items reuse them.
+using RowBlocks = std::vector<std::pair<int64_t, int>>;
+RowBlocks row_blocks(int64_t rows);
+
+// Below this many multiply-adds a thread costs more to wake than it saves (a parallel region
+// is ~10 us here, ~1M multiply-adds at the kernel's rate); small calls run on one thread.
+constexpr int64_t kMinWorkPerThread = 1 << 19;
+
+// at::parallel_for's grain for work items of `work` multiply-adds each.
+inline int64_t parallel_grain(int64_t work) {
+  const int64_t per_item = work > 1 ? work : 1;
+  return kMinWorkPerThread / per_item > 1 ? kMinWorkPerThread / per_item : 1;
+}
+
+// The calling thread's scratch, cut into N parts of the given sizes (each rounded up to 16
+// values). The storage is kept between calls (ATen's worker threads live on), so a call
+// neither allocates nor touches fresh pages; nothing in it is initialised here.
+template <typename T, size_t N>
+std::array<T*, N> thread_buffers(const std::array<int64_t, N>& sizes) {
+  thread_local std::vector<T> storage;
+  int64_t total = 0;
+  for (int64_t size : sizes) total += round_up(size, 16);
+  if (static_cast<int64_t>(storage.size()) < total) storage.resize(total);
+  std::array<T*, N> parts;
+  T* cursor = storage.data();
+  for (size_t i = 0; i < N; ++i) {
+    parts[i] = cursor;
+    cursor += round_up(sizes[i], 16);
+  }
+  return parts;
+}
 
 }  // namespace fconv_cpu
 }  // namespace trp_ext

@@ -54,8 +54,6 @@ constexpr int64_t kGroupBytes = 512 << 10;
 constexpr int64_t kMinRank = 16;
 constexpr int64_t kMinChannels = 32;
 constexpr int64_t kMinTiles = 128;
-// As the direct path: below this many multiply-adds per thread, stay on one thread.
-constexpr int64_t kMinWorkPerThread = 1 << 19;
 
 // U[xi][j][c] = (G g G^T)[xi] for filter g = w1[j, c]; G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1].
 // Per rank row j, the filters are first transposed to (9, channels), so that every step below
@@ -121,6 +119,7 @@ struct Plan {
   int64_t m_point = 0;                 // point stride of the products
   int64_t pitch = 0;      // intermediate and output positions per image row
   int64_t positions = 0;  // row stride of the intermediate: 2 image rows per tile row
+  RowBlocks rank_blocks, out_blocks;  // register blocks of both convs' output rows
 };
 
 // Images per item and tile rows per band: the fewest padded tile positions (an item's tiles
@@ -187,6 +186,8 @@ Plan make_plan(const FconvGeometry& g) {
   s.wq = round_up(2 * L * ceil_div(p.tiles_w, L) + 2, L);
   // use_winograd's width limit keeps this within the input transform's row buffer.
   TORCH_INTERNAL_ASSERT(s.wq <= kWinogradMaxPlaneWidth, "Winograd plane row too wide: ", s.wq);
+  p.rank_blocks = row_blocks(g.rank);
+  p.out_blocks = row_blocks(g.out_channels);
   return p;
 }
 
@@ -199,22 +200,13 @@ struct Scratch {
   T* out;     // kMaxRows x positions
 };
 
-// Kept between calls like the direct path's; the planes are zeroed once per call (build_planes
+// thread_buffers, as the direct path's; the planes are zeroed once per call (build_planes
 // writes their data columns only, so the padding stays zero for every band).
 template <typename T>
 Scratch<T> thread_scratch(const Plan& p, const FconvGeometry& g) {
-  thread_local std::vector<T> storage;
-  const int64_t sizes[5] = {p.planes.size() + vector_width<T>(), kPoints * p.v_point,
-                            kPoints * p.m_point, g.rank * p.positions, kMaxRows * p.positions};
-  int64_t total = 0;
-  for (int64_t s : sizes) total += round_up(s, 16);
-  if (static_cast<int64_t>(storage.size()) < total) storage.resize(total);
-  T* parts[5];
-  T* cursor = storage.data();
-  for (int i = 0; i < 5; ++i) {
-    parts[i] = cursor;
-    cursor += round_up(sizes[i], 16);
-  }
+  const auto parts = thread_buffers<T, 5>(
+      {p.planes.size() + vector_width<T>(), kPoints * p.v_point, kPoints * p.m_point,
+       g.rank * p.positions, kMaxRows * p.positions});
   std::fill(parts[0], parts[1], T(0));
   return {parts[0], parts[1], parts[2], parts[3], parts[4]};
 }
@@ -257,7 +249,7 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
                        s.v + i * image_tiles, p.v_channel, p.v_point);
     }
     for (int64_t xi = 0; xi < kPoints; ++xi) {
-      for (const auto& [start, size] : row_blocks(rank)) {
+      for (const auto& [start, size] : p.rank_blocks) {
         k.tap_conv(s.v + xi * p.v_point, ops.v_offsets, spec.channels,
                    ops.u + (xi * rank + start) * channels + c0, channels, size, nullptr, c0 > 0,
                    false, s.m + xi * p.m_point + start * p.count, p.count, count);
@@ -271,7 +263,7 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
   // Second conv with the epilogue over the item's positions, then the valid rows and columns
   // out to memory.
   const int64_t out_rows = std::min(2 * rows, g.out_h - 2 * ty0);
-  for (const auto& [start, size] : row_blocks(g.out_channels)) {
+  for (const auto& [start, size] : p.out_blocks) {
     k.tap_conv(s.mid, ops.mid_offsets, rank, ops.w2 + start * rank, rank, size,
                ops.bias ? ops.bias + start : nullptr, false, g.relu, s.out, p.positions,
                positions);
@@ -323,7 +315,7 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   for (int64_t j = 0; j < g.rank; ++j) mid_offsets[j] = j * p.positions;
   const Operands<T> ops{x, xs, u.data(), w2, bias, out, os, v_offsets.data(), mid_offsets.data()};
   const int64_t work = p.count * (kPoints * g.rank * g.in_channels + 4 * g.out_channels * g.rank);
-  const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(work, 1));
+  const int64_t grain = parallel_grain(work);
   at::parallel_for(0, p.items, grain, [&](int64_t begin, int64_t end) {
     const Scratch<T> scratch = thread_scratch<T>(p, g);
     for (int64_t item = begin; item < end; ++item) run_item(g, p, ops, item, scratch);

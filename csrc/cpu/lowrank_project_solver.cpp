@@ -155,15 +155,19 @@ int64_t gap_width_of_columns(const Problem& p, const ProjectOptions& options,
   for (int64_t j = 0; j < b; ++j) order[j] = j;
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t c) { return norm2[a] > norm2[c]; });
-  std::vector<double> estimate(b);
+  // The rank rule on the estimated singular values, the energy outside the basis lumped as one
+  // more value, as Rayleigh-Ritz does with its Ritz values (warm_solve).
+  std::vector<double> estimate(b), singular(b + 1);
   double captured = 0.0;
-  int64_t rank = b;
   for (int64_t j = 0; j < b; ++j) {
     estimate[j] = std::sqrt(norm2[order[j]]);
     captured += estimate[j];
-    if (rank == b && captured >= options.energy * p.total) rank = j + 1;
+    singular[j] = std::sqrt(estimate[j]);
   }
-  return gap_basis_width(estimate.data(), b, rank, p.k);
+  singular[b] = std::sqrt(std::max(p.total - captured, 0.0));
+  const int64_t rank = energy_rank_of_row(singular.data(), b + 1, options.energy);
+  if (rank < 0) return b;  // a non-finite estimate: no narrowing
+  return std::min(b, gap_basis_width(estimate.data(), b, std::min(b, rank), p.k));
 }
 
 // One power step q <- orth(G q). The columns of G q are first scaled to unit norm: q's columns
