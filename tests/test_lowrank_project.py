@@ -534,12 +534,26 @@ def test_mismatched_bases_raise(device):
         ops.lowrank_project(mats, 0.9, bases=other)
 
 
-@pytest.mark.skipif(os.environ.get("TRP_EXT_NO_DIRECT_BLAS") == "1", reason="already on the ATen path")
-def test_aten_fallback_path_meets_the_same_contract():
-    """The CPU kernel calls the BLAS/LAPACK libtorch exports directly when it can; a torch build
-    that does not export them takes the ATen path. Run the core checks on that path (the variable
-    is read once per process, hence a subprocess)."""
-    env = dict(os.environ, TRP_EXT_NO_DIRECT_BLAS="1")
+# Variables that switch the CPU kernel's float64 products onto another path. The kernel reads
+# them once per process, hence a subprocess each.
+PRODUCT_PATHS = {
+    # The BLAS/LAPACK libtorch exports, called directly when it can, else ATen's (the path of a
+    # torch build that does not export them).
+    "aten": ("TRP_EXT_NO_DIRECT_BLAS", "1"),
+    # Every product through the own small-matrix GEMM, and every one through BLAS: by default
+    # the size decides, so each path would otherwise meet only some of the shapes.
+    "own_gemm": ("TRP_EXT_OWN_GEMM", "always"),
+    "blas_gemm": ("TRP_EXT_OWN_GEMM", "never"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(PRODUCT_PATHS))
+def test_every_product_path_meets_the_same_contract(path):
+    """Run the core checks with the kernel's products on each path."""
+    variable, value = PRODUCT_PATHS[path]
+    if os.environ.get(variable) == value:
+        pytest.skip("this process is already on that path")
+    env = dict(os.environ, **{variable: value})
     selection = "cpu and (match_svd or warm_start or widened or rank_deficient or numerical_rank)"
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
                             env=env, capture_output=True, text=True, timeout=900)

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu/simd.h"
+#include "cpu/small_gemm.h"
 
 // The BLAS/LAPACK that libtorch_cpu exports (MKL or OpenBLAS, LP64), called directly: the
 // kernel makes ~20 small products per matrix, and at::mm's dispatch, views and checks cost
@@ -189,6 +190,10 @@ void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double
     std::fill(c, c + m * n, 0.0);
     return;
   }
+  if (use_small_gemm(m, n, k)) {
+    small_gemm(a, trans_a, b, trans_b, c, m, n, k, 1.0, 0.0);
+    return;
+  }
   if (blas_gemm(a, trans_a, b, trans_b, c, m, n, k, 1.0, 0.0)) return;
   at::Tensor c_view = view(c, m, n);
   const at::Tensor a_view = trans_a ? view(a, k, m).t() : view(a, m, k);
@@ -202,6 +207,10 @@ void matmul_accumulate(const double* a, bool trans_a, const double* b, bool tran
   if (k == 0) {
     // beta == 0 makes C write-only, as in BLAS: whatever it held (NaN included) is not kept.
     for (int64_t i = 0; i < m * n; ++i) c[i] = beta == 0.0 ? 0.0 : c[i] * beta;
+    return;
+  }
+  if (use_small_gemm(m, n, k)) {
+    small_gemm(a, trans_a, b, trans_b, c, m, n, k, alpha, beta);
     return;
   }
   if (blas_gemm(a, trans_a, b, trans_b, c, m, n, k, alpha, beta)) return;

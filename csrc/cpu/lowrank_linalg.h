@@ -8,8 +8,9 @@
 namespace trp_ext {
 namespace cpu {
 
-// C (m x n) = op(A) op(B), op(X) = X^T when trans_x, through ATen (MKL/OpenBLAS GEMM). A is
-// stored m x k (k x m when trans_a), B is stored k x n (n x k when trans_b).
+// C (m x n) = op(A) op(B), op(X) = X^T when trans_x: small products through small_gemm.h, the
+// others through BLAS (MKL/OpenBLAS). A is stored m x k (k x m when trans_a), B is stored k x n
+// (n x k when trans_b).
 void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double* c, int64_t m,
             int64_t n, int64_t k);
 

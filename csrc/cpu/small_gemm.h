@@ -1,0 +1,28 @@
+// The float64 GEMM for the small products of the CPU lowrank_project kernel.
+//
+// The solver multiplies blocks of a few dozen to a few hundred rows (G Q, Q^T G Q, the
+// Rayleigh-Ritz rotations, Cholesky QR, the blocked back-transformation). On those, MKL's dgemm
+// spends as long choosing and packing as multiplying: measured 18-33 GFLOP/s on 192 x 192 by
+// 192 x 56..84 on one core of the development machine, whose FMA peak is ~39. small_gemm runs
+// factored_conv2d's register-blocked micro-kernel (tap_conv: 6 rows x 8 columns of C per block,
+// ~90% of that peak) over op(B) laid out as rows of a multiple of 8 values.
+#pragma once
+
+#include <cstdint>
+
+namespace trp_ext {
+namespace cpu {
+
+// C (m x n, row-major, leading dimension n) = alpha op(A) op(B) + beta C, op(X) = X^T when
+// trans_x; A is stored m x k (k x m when trans_a), B k x n (n x k when trans_b), both row-major
+// with no padding. beta == 0 makes C write-only (NaN in it is not kept), as in BLAS.
+void small_gemm(const double* a, bool trans_a, const double* b, bool trans_b, double* c,
+                int64_t m, int64_t n, int64_t k, double alpha, double beta);
+
+// Whether small_gemm should take a product of these sizes rather than BLAS: products of up to
+// 128 rows, columns and depth (the measured crossover). TRP_EXT_OWN_GEMM=always|never overrides
+// that (read once per process; the tests run the whole solver both ways).
+bool use_small_gemm(int64_t m, int64_t n, int64_t k);
+
+}  // namespace cpu
+}  // namespace trp_ext
