@@ -28,7 +28,7 @@ namespace trp_ext {
 namespace {
 
 using fconv_cpu::ceil_div;
-using fconv_cpu::kCountAlign;
+using fconv_cpu::kPositionAlign;
 using fconv_cpu::kernels_for;
 using fconv_cpu::KernelSet;
 using fconv_cpu::kMaxRows;
@@ -59,7 +59,7 @@ struct BandPlan {
   int64_t bands = 0;  // bands per image
   PlaneSpec x_planes;
   std::vector<int64_t> taps1;
-  int64_t count1 = 0;  // stage-1 positions of a full band (a multiple of kCountAlign)
+  int64_t count1 = 0;  // stage-1 positions of a full band (a multiple of kPositionAlign)
   PlaneSpec mid_planes;  // spatial scheme only
   std::vector<int64_t> taps2;
   int64_t count2 = 0;  // stage-2 positions of a full band
@@ -97,7 +97,7 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size) {
     for (int64_t i = 0; i < g.in_channels; ++i) {
       for (int64_t ky = 0; ky < g.kh; ++ky) p.taps1.push_back(xs.offset(i, ky * g.dh, 0));
     }
-    p.count1 = round_up(p.rows * g.width, kCountAlign);
+    p.count1 = round_up(p.rows * g.width, kPositionAlign);
     // 1 x kw conv over the band's intermediate rows: the width parts.
     PlaneSpec& ms = p.mid_planes;
     ms.channels = g.rank;
@@ -119,15 +119,15 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size) {
         }
       }
     }
-    p.count1 = round_up(p.rows * pitch, kCountAlign);
+    p.count1 = round_up(p.rows * pitch, kPositionAlign);
     // 1x1 conv: tap j is row j of the intermediate.
     for (int64_t j = 0; j < g.rank; ++j) p.taps2.push_back(j * p.count1);
   }
   p.pitch2 = pitch;
-  p.count2 = g.spatial ? round_up(p.rows * pitch, kCountAlign) : p.count1;
-  // A band computes up to kCountAlign - 1 positions past its last row, and a tap reads up to
+  p.count2 = g.spatial ? round_up(p.rows * pitch, kPositionAlign) : p.count1;
+  // A band computes up to kPositionAlign - 1 positions past its last row, and a tap reads up to
   // (kw - 1) * dw / sw columns further; that runs into the next plane, or past the last one.
-  p.slack = kCountAlign + (g.kw - 1) * g.dw / g.sw + 64;
+  p.slack = kPositionAlign + (g.kw - 1) * g.dw / g.sw + 64;
   const int64_t channel_bytes = xs.sh * xs.sw * xs.plane_size() * element_size;
   const int64_t taps_per_channel = g.in_channels > 0 ? static_cast<int64_t>(p.taps1.size()) / g.in_channels : 1;
   p.group = std::max({int64_t{1}, kPlaneGroupBytes / std::max<int64_t>(channel_bytes, 1),
@@ -180,8 +180,8 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
   const int64_t oh0 = band * p.rows;
   const int64_t rows = std::min(p.rows, g.out_h - oh0);
   // The last band may be shorter: compute its rows only (buffers keep a full band's layout).
-  const int64_t count1 = round_up(rows * (g.spatial ? g.width : p.pitch2), kCountAlign);
-  const int64_t count2 = g.spatial ? round_up(rows * p.pitch2, kCountAlign) : count1;
+  const int64_t count1 = round_up(rows * (g.spatial ? g.width : p.pitch2), kPositionAlign);
+  const int64_t count2 = g.spatial ? round_up(rows * p.pitch2, kPositionAlign) : count1;
 
   // 1. Planes of the input rows this band reads.
   k.build_planes(ops.x + image * ops.xs[0], ops.xs[1], ops.xs[2], ops.xs[3], g.height, g.width,

@@ -22,9 +22,13 @@ namespace trp_ext {
 namespace fconv_cpu {
 
 constexpr int kMaxRows = 6;  // output rows per tap_conv call (register blocking)
-// tap_conv's `count` must be a multiple of this: two float vectors, the narrowest block that
-// keeps enough FMAs in flight (a one-vector tail block ran at under half speed, so rounding a
-// band up and throwing the extra positions away is cheaper).
+// tap_conv's `count` must be a multiple of the vector width. A block of one vector keeps too few
+// FMAs in flight (it ran at under half speed), so tap_conv finishes a count that ends in a lone
+// vector with a block of three instead (from three vectors on). Bands of the direct path are
+// therefore rounded up to kPositionAlign (one float vector, two double ones): a 7 x 7 output of
+// 8-wide rows computes 56 positions, not 64. kCountAlign (two float vectors) is the Winograd
+// path's rounding of tile counts.
+constexpr int64_t kPositionAlign = 8;
 constexpr int64_t kCountAlign = 16;
 
 // The zero-padded, stride-phase-split copy of `channels` rows of images that one conv reads.

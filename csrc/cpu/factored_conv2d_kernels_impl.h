@@ -57,11 +57,29 @@ inline void tap_block(const typename V::Scalar* in, const int64_t* off, int64_t 
 }
 
 // Vectors per block for R rows: 6x2 and 5x2 run at ~95% of the FMA peak (measured); fewer
-// rows take more vectors, up to the registers, in steps that keep a count that is a multiple of
-// kCountAlign free of one-vector tails.
+// rows take more vectors, up to the registers.
 template <int R>
 constexpr int vectors_for_rows() {
   return R >= 4 ? 2 : 4;
+}
+
+// A three-vector block of R rows, split into two row blocks where R x 3 accumulators would not
+// fit the 16 registers (with the three inputs and a broadcast): for a count ending in a lone
+// vector, which on its own would run at under half speed.
+template <class V, int R>
+inline void tap_block_three(const typename V::Scalar* in, const int64_t* off, int64_t taps,
+                            const typename V::Scalar* w, int64_t ldw,
+                            const typename V::Scalar* bias, bool accumulate, bool relu,
+                            typename V::Scalar* out, int64_t ldo) {
+  if constexpr (R <= 4) {
+    tap_block<V, R, 3>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo);
+  } else {
+    constexpr int kFirst = R / 2;
+    tap_block<V, kFirst, 3>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo);
+    tap_block<V, R - kFirst, 3>(in, off, taps, w + kFirst * ldw, ldw,
+                                bias ? bias + kFirst : nullptr, accumulate, relu,
+                                out + kFirst * ldo, ldo);
+  }
 }
 
 template <class V, int R>
@@ -69,16 +87,23 @@ void tap_rows(const typename V::Scalar* in, const int64_t* off, int64_t taps,
               const typename V::Scalar* w, int64_t ldw, const typename V::Scalar* bias,
               bool accumulate, bool relu, typename V::Scalar* out, int64_t ldo, int64_t count) {
   constexpr int NV = vectors_for_rows<R>();
-  constexpr int64_t step = NV * V::kWidth;
+  constexpr int64_t L = V::kWidth;
+  constexpr int64_t step = NV * L;
+  // The last three vectors of a count that would end in a lone vector (see kPositionAlign).
+  const int64_t lone_tail = count % (2 * L) == L && count >= 3 * L ? 3 * L : 0;
+  const int64_t end = count - lone_tail;  // a multiple of 2 L when there is such a tail
   int64_t q = 0;
-  for (; q + step <= count; q += step) {
+  for (; q + step <= end; q += step) {
     tap_block<V, R, NV>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
   }
-  for (; q + 2 * V::kWidth <= count; q += 2 * V::kWidth) {
+  for (; q + 2 * L <= end; q += 2 * L) {
     tap_block<V, R, 2>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
   }
-  for (; q < count; q += V::kWidth) {
+  for (; q < end; q += L) {
     tap_block<V, R, 1>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
+  }
+  if (lone_tail) {
+    tap_block_three<V, R>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
   }
 }
 
