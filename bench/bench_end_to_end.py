@@ -10,6 +10,7 @@ flop_ratio = dense conv FLOPs / compressed conv FLOPs, so the report's realisati
 (t_dense / t_ours) / flop_ratio; the target is at least 0.8.
 """
 import contextlib
+import functools
 
 import pytest
 import torch
@@ -74,21 +75,33 @@ def _prepare(model, device, dtype, channels_last, example):
     return model, example
 
 
-@pytest.mark.parametrize("variant", ["dense", "ours", "pair"])
+VARIANTS = ("dense", "ours", "pair")
+
+
+def _variant_call(variant, dense, compressed, device, dtype, channels_last, example):
+    """The variant's deployed model applied to the example, as a no-argument callable."""
+    context = unfused_pair() if variant == "pair" else contextlib.nullcontext()
+    with context:  # torch.fx records the factored conv's function when it traces: patch first
+        model, x = _prepare(dense if variant == "dense" else compressed, device, dtype, channels_last,
+                            example.to(device=device, dtype=dtype))
+    return lambda: model(x)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("arch,batch,device,dtype,channels_last", CASES)
 def test_end_to_end(benchmark, arch, batch, device, dtype, channels_last, variant):
     dense, compressed = _trp_like(arch)
     size = 32 if arch == "resnet56" else 224
     example = torch.randn(batch, 3, size, size)
     flop_ratio = theoretical_speedup(count_cost(dense, example[:1]), count_cost(compressed, example[:1]))
-    context = unfused_pair() if variant == "pair" else contextlib.nullcontext()
-    with context:  # torch.fx records the factored conv's function when it traces: patch first
-        model, x = _prepare(dense if variant == "dense" else compressed, device, dtype, channels_last,
-                            example.to(device=device, dtype=dtype))
+    call = functools.partial(_variant_call, dense=dense, compressed=compressed, device=device, dtype=dtype,
+                             channels_last=channels_last, example=example)
+    extra = {}
+    if variant == "ours":
+        extra = {"flop_ratio": flop_ratio, "alternates": {v: call(v) for v in VARIANTS if v != "ours"}}
     fmt = "channels_last" if channels_last else "NCHW"
     benchmark.group = f"{arch} b{batch} {device} {str(dtype).split('.')[-1]} {fmt}"
     heavy = arch == "resnet50" and device == "cpu"
     rounds = 5 if heavy else 20
     with torch.inference_mode():
-        measure(benchmark, lambda: model(x), variant, device=device, rounds=rounds,
-                warmup_rounds=2, flop_ratio=flop_ratio)
+        measure(benchmark, call(variant), variant, device=device, rounds=rounds, warmup_rounds=2, **extra)

@@ -150,7 +150,10 @@ def test_cpu(benchmark, layer, batch, scheme, variant):
     benchmark.group = f"{scheme} {_name(layer, batch)}"
     x, w, w1, w2, bias = _operands(layer, batch, scheme, "cpu", torch.float32, channels_last=False)
     fn = _variant_fn(variant, layer, scheme, x, w, w1, w2, bias)
-    extra = {"flop_ratio": layer.flop_ratio(scheme)} if variant == "ours" else {}
+    extra = {}
+    if variant == "ours":
+        extra = {"flop_ratio": layer.flop_ratio(scheme),
+                 "alternates": {v: _variant_fn(v, layer, scheme, x, w, w1, w2, bias) for v in VARIANTS if v != "ours"}}
     measure(benchmark, fn, variant, "cpu", rounds=_rounds(layer, batch), warmup_rounds=2, **extra)
 
 
@@ -167,12 +170,18 @@ def test_cuda(benchmark, device, layer, batch, scheme, dtype, channels_last, var
     fmt = "cl" if channels_last else "nchw"
     benchmark.group = f"cuda {dtype} {fmt} {scheme} {_name(layer, batch)}"
     x, w, w1, w2, bias = _operands(layer, batch, scheme, device, CUDA_DTYPES[dtype], channels_last)
-    one = _variant_fn(variant, layer, scheme, x, w, w1, w2, bias)
+    def repeated(name):
+        one = _variant_fn(name, layer, scheme, x, w, w1, w2, bias)
 
-    def fn():
-        for _ in range(CUDA_REPEATS):
-            out = one()
-        return out
+        def fn():
+            for _ in range(CUDA_REPEATS):
+                out = one()
+            return out
+        return fn
 
-    extra = {"flop_ratio": layer.flop_ratio(scheme)} if variant == "ours" else {}
+    fn = repeated(variant)
+    extra = {}
+    if variant == "ours":
+        extra = {"flop_ratio": layer.flop_ratio(scheme),
+                 "alternates": {v: repeated(v) for v in VARIANTS if v != "ours"}}
     measure(benchmark, fn, variant, device, rounds=20, warmup_rounds=3, repeats=CUDA_REPEATS, **extra)

@@ -5,6 +5,10 @@
 One row per group (a case); a column per variant with its median in ms; then, for each baseline
 variant, the ratio baseline / ours (above 1 means ours is faster); realisation where the group has
 a flop_ratio and a dense variant; and the median of each ratio column over all rows.
+
+Where ours' test also timed the baselines in alternation with its rounds (extra_info
+"alternating_ms", see bench/conftest.py), a second table gives the same columns from those:
+ours' median against the baselines' medians of the same time window.
 """
 import argparse
 import json
@@ -27,6 +31,16 @@ def load_groups(path, name_filter=None):
         if variant == "ours":
             extras[group] = bench.get("extra_info", {})
     return data.get("machine_info", {}), groups, extras
+
+
+def alternating_groups(groups, extras):
+    """{group: {"ours": ours' median, baseline: its alternating median}} where ours has them."""
+    out = {}
+    for group, medians in groups.items():
+        alternating = extras.get(group, {}).get("alternating_ms")
+        if alternating and "ours" in medians:
+            out[group] = {"ours": medians["ours"], **alternating}
+    return out
 
 
 def table(groups, extras):
@@ -75,6 +89,10 @@ def main(argv=None):
     cpu = machine.get("cpu", {}).get("brand_raw", "unknown CPU")
     print(f"Machine: {cpu}, {machine.get('cpu', {}).get('count', '?')} cores; medians in ms\n")
     print(table(groups, extras))
+    alternating = alternating_groups(groups, extras)
+    if alternating:
+        print("\nAlternating rounds (each baseline timed once before every round of ours):\n")
+        print(table(alternating, extras))
 
 
 if __name__ == "__main__":
