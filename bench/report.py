@@ -8,7 +8,10 @@ a flop_ratio and a dense variant; and the median of each ratio column over all r
 
 Where ours' test also timed the baselines in alternation with its rounds (extra_info
 "alternating_ms", see bench/conftest.py), a second table gives the same columns from those:
-ours' median against the baselines' medians of the same time window.
+ours' median against the baselines' medians of the same time window. Ours is the same
+measurement in both tables, and each of its rounds follows one call of every baseline, which
+leaves the caches to them; in the first table the baselines ran back to back in their own tests,
+with their caches warm. Only the second compares like with like.
 """
 import argparse
 import json

@@ -106,6 +106,18 @@ def test_channels_match_reference(device, scheme, c, r, n, dtype, activation):
 
 
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("rows", range(1, 7))
+def test_lone_vector_tails_match_reference(scheme, rows):
+    """float32 bands whose position count ends in a lone vector (14x14, stride 2: 7 rows of 8,
+    56 positions; spatial first stage 7 x 14 -> 104) finish in a three-vector block, split in two
+    above four rows: every register-block height 1..6 of both convs (r = n = rows)."""
+    x = _input((16, 5, 14, 14), torch.float32)
+    w1, w2, bias = _factors(scheme, rows, 5, rows, (3, 3), torch.float32)
+    got = ops.factored_conv2d(x, w1, w2, bias, 2, 1, 1, scheme, "relu")
+    _check(got, x, w1, w2, bias, 2, 1, 1, scheme, "relu", tol=2e-5)
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("batch,size", [(1, (32, 32)), (1, (7, 7)), (64, (9, 15)), (2, (131, 9))])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_batch_sizes(device, scheme, batch, size, stride):

@@ -538,22 +538,34 @@ def test_mismatched_bases_raise(device):
 # them once per process, hence a subprocess each.
 PRODUCT_PATHS = {
     # The BLAS/LAPACK libtorch exports, called directly when it can, else ATen's (the path of a
-    # torch build that does not export them).
-    "aten": ("TRP_EXT_NO_DIRECT_BLAS", "1"),
+    # torch build that does not export them); every product there, none on the own GEMM.
+    "aten": {"TRP_EXT_NO_DIRECT_BLAS": "1", "TRP_EXT_OWN_GEMM": "never"},
     # Every product through the own small-matrix GEMM, and every one through BLAS: by default
     # the size decides, so each path would otherwise meet only some of the shapes.
-    "own_gemm": ("TRP_EXT_OWN_GEMM", "always"),
-    "blas_gemm": ("TRP_EXT_OWN_GEMM", "never"),
+    "own_gemm": {"TRP_EXT_OWN_GEMM": "always"},
+    "blas_gemm": {"TRP_EXT_OWN_GEMM": "never"},
 }
+
+
+def test_unknown_own_gemm_setting_raises():
+    """A mistyped TRP_EXT_OWN_GEMM must not silently run the default."""
+    code = ("import torch; from trp_ext import ops\n"
+            "try:\n"
+            "    ops.lowrank_project([torch.randn(70, 90)], 0.9)\n"
+            "except RuntimeError as error:\n"
+            "    print(error)\n")
+    env = dict(os.environ, TRP_EXT_OWN_GEMM="alwys")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "TRP_EXT_OWN_GEMM must be 'auto', 'always' or 'never', got 'alwys'" in result.stdout, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("path", sorted(PRODUCT_PATHS))
 def test_every_product_path_meets_the_same_contract(path):
     """Run the core checks with the kernel's products on each path."""
-    variable, value = PRODUCT_PATHS[path]
-    if os.environ.get(variable) == value:
+    variables = PRODUCT_PATHS[path]
+    if all(os.environ.get(name) == value for name, value in variables.items()):
         pytest.skip("this process is already on that path")
-    env = dict(os.environ, **{variable: value})
+    env = dict(os.environ, **variables)
     selection = "cpu and (match_svd or warm_start or widened or rank_deficient or numerical_rank)"
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
                             env=env, capture_output=True, text=True, timeout=900)

@@ -29,7 +29,8 @@ namespace cpu {
 namespace {
 
 // TRP_EXT_NO_DIRECT_BLAS=1 takes the ATen path even where the symbols exist: the tests run it
-// that way too, so the path a torch build without exported BLAS takes is not left untested.
+// that way too (with TRP_EXT_OWN_GEMM=never, so that every product takes it), so the path a
+// torch build without exported BLAS takes is not left untested.
 bool direct_blas() {
   static const bool enabled = [] {
     const char* value = std::getenv("TRP_EXT_NO_DIRECT_BLAS");

@@ -4,7 +4,7 @@
 // for up to kMaxRows rows j: with in = op(B) (row t at off[t]) and w = op(A), that is a GEMM
 // block. Its rows of q must hold whole vectors, so op(B) is copied into rows padded to a
 // multiple of 8 with zeros unless it already has that layout; C goes through a scratch block
-// unless it can take the result as it is (alpha 1, beta 0 or 1, n a multiple of 8).
+// unless it can take the result as it is (alpha 1, beta 0, n a multiple of 8).
 #include "cpu/small_gemm.h"
 
 #include <algorithm>
@@ -12,6 +12,9 @@
 #include <string>
 #include <vector>
 
+#include <c10/util/Exception.h>
+
+#include "cpu/cpu_features.h"
 #include "cpu/factored_conv2d_shared.h"
 
 namespace trp_ext {
@@ -26,10 +29,11 @@ enum class OwnGemm { kAuto, kAlways, kNever };
 OwnGemm own_gemm_mode() {
   static const OwnGemm mode = [] {
     const char* value = std::getenv("TRP_EXT_OWN_GEMM");
-    const std::string text = value == nullptr ? "" : value;
-    if (text == "always") return OwnGemm::kAlways;
-    if (text == "never") return OwnGemm::kNever;
-    return OwnGemm::kAuto;
+    const std::string text = value == nullptr ? "auto" : value;
+    TORCH_CHECK(text == "auto" || text == "always" || text == "never",
+                "TRP_EXT_OWN_GEMM must be 'auto', 'always' or 'never', got '", text, "'");
+    return text == "always" ? OwnGemm::kAlways
+                            : text == "never" ? OwnGemm::kNever : OwnGemm::kAuto;
   }();
   return mode;
 }
@@ -66,7 +70,7 @@ void small_gemm(const double* a, bool trans_a, const double* b, bool trans_b, do
   }
   offsets.resize(k);
   for (int64_t t = 0; t < k; ++t) offsets[t] = t * width;
-  const bool in_place = alpha == 1.0 && (beta == 0.0 || beta == 1.0) && width == n;
+  const bool in_place = alpha == 1.0 && beta == 0.0 && width == n;
   double* out = c;
   if (!in_place) {
     block.resize(m * width);
@@ -75,8 +79,8 @@ void small_gemm(const double* a, bool trans_a, const double* b, bool trans_b, do
   const auto tap_conv = fconv_cpu::kernels_for<double>().tap_conv;
   for (int64_t i = 0; i < m; i += fconv_cpu::kMaxRows) {
     const int rows = static_cast<int>(std::min<int64_t>(fconv_cpu::kMaxRows, m - i));
-    tap_conv(in, offsets.data(), k, w + i * k, k, rows, nullptr, in_place && beta == 1.0,
-             false, out + i * width, width, width);
+    tap_conv(in, offsets.data(), k, w + i * k, k, rows, nullptr, false, false, out + i * width,
+             width, width);
   }
   if (in_place) return;
   for (int64_t i = 0; i < m; ++i) {
@@ -94,6 +98,8 @@ bool use_small_gemm(int64_t m, int64_t n, int64_t k) {
     case OwnGemm::kNever: return false;
     case OwnGemm::kAuto: break;
   }
+  // The portable micro-kernel (no AVX2+FMA) is no match for BLAS's own vector code.
+  if (!use_avx2_fma()) return false;
   // Measured on the solver (one thread, ResNet-56 weight sets, BLAS and this alternated call
   // by call): with every product of up to 128 rows, columns and depth here, the channel set's
   // warm starts took 1.05-1.13x less time and its cold solves 1.03-1.06x, while the spatial
