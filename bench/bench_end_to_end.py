@@ -103,5 +103,10 @@ def test_end_to_end(benchmark, arch, batch, device, dtype, channels_last, varian
     benchmark.group = f"{arch} b{batch} {device} {str(dtype).split('.')[-1]} {fmt}"
     heavy = arch == "resnet50" and device == "cpu"
     rounds = 5 if heavy else 20
+    # Ten warm-up calls: a whole net allocates its activations afresh each call, and glibc serves
+    # large blocks by mmap (fresh, faulting pages) until its threshold has adapted to them. The
+    # dense ResNet-56 at batch 64 took ~330 ms a call for its first ~12 calls in a process and
+    # ~200 ms after (~190 ms from the first with MALLOC_MMAP_THRESHOLD_ set high); two warm-up
+    # calls left most of that in its median.
     with torch.inference_mode():
-        measure(benchmark, call(variant), variant, device=device, rounds=rounds, warmup_rounds=2, **extra)
+        measure(benchmark, call(variant), variant, device=device, rounds=rounds, warmup_rounds=10, **extra)

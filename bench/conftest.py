@@ -7,9 +7,9 @@
 - ``benchmark.extra_info["flop_ratio"]`` (optional, on ``ours``): dense FLOPs / factored FLOPs;
   with a ``"dense"`` variant in the group the report adds realisation =
   (t_dense / t_ours) / flop_ratio.
-- ``benchmark.extra_info["alternating_ms"]`` (optional, on ``ours``): the baselines' medians timed
-  in alternation with ours' rounds (see ``measure``); the report gives their ratios as a second
-  table.
+- ``benchmark.extra_info["alternating_ms"]`` (optional, on ``ours``): ours' and the baselines'
+  medians timed in alternation, call by call (see ``measure``); the report gives their ratios as
+  a second table.
 """
 import statistics
 import time
@@ -39,30 +39,27 @@ def measure(benchmark, fn, variant, device="cpu", rounds=20, warmup_rounds=3, it
             **extra):
     """Times fn with benchmark.pedantic and tags it with its variant (see module docstring).
 
-    alternates: optional {variant: fn} of the same case. Each runs once, timed here, before every
-    round of fn, and their medians go to extra_info["alternating_ms"]. This machine's speed drifts
-    within seconds, and each variant's own test runs its rounds back to back at another moment, so
-    a ratio of two tests partly measures the drift; alternating rounds share it.
+    alternates: optional {variant: fn} of the same case. After fn's own rounds, fn and every
+    alternate are then timed in turn, one call each per cycle, for as many cycles as fn had rounds
+    (after warmup_rounds cycles that are not kept); the medians go to extra_info["alternating_ms"]
+    (fn under its own variant name). This machine's speed drifts within seconds, and each
+    variant's own test runs its rounds back to back at another moment, so a ratio of two tests
+    partly measures the drift; alternating calls share it, and each follows a call of another
+    variant, so none of them runs with its caches to itself.
     """
     benchmark.extra_info["variant"] = variant
     benchmark.extra_info["device"] = str(device)
     benchmark.extra_info.update(extra)
-    setup = None
-    if alternates:
-        timed = {name: synchronizing(other, device) for name, other in alternates.items()}
-        times = {name: [] for name in timed}
-
-        def setup():
-            for name, other in timed.items():
+    timed = synchronizing(fn, device)
+    result = benchmark.pedantic(timed, rounds=rounds, iterations=iterations, warmup_rounds=warmup_rounds)
+    if alternates and not benchmark.disabled:
+        cycle = {variant: timed, **{name: synchronizing(other, device) for name, other in alternates.items()}}
+        times = {name: [] for name in cycle}
+        for _ in range(warmup_rounds + rounds):
+            for name, call in cycle.items():
                 start = time.perf_counter()
-                other()
+                call()
                 times[name].append(time.perf_counter() - start)
-
-    result = benchmark.pedantic(synchronizing(fn, device), rounds=rounds, iterations=iterations,
-                                warmup_rounds=warmup_rounds, setup=setup)
-    if alternates:
-        # The first warmup_rounds runs went with ours' warm-up rounds (all of them when
-        # pytest-benchmark is disabled and ran fn once).
         benchmark.extra_info["alternating_ms"] = {
-            name: statistics.median(t[warmup_rounds:] or t) * 1e3 for name, t in times.items()}
+            name: statistics.median(samples[warmup_rounds:]) * 1e3 for name, samples in times.items()}
     return result

@@ -6,12 +6,9 @@ One row per group (a case); a column per variant with its median in ms; then, fo
 variant, the ratio baseline / ours (above 1 means ours is faster); realisation where the group has
 a flop_ratio and a dense variant; and the median of each ratio column over all rows.
 
-Where ours' test also timed the baselines in alternation with its rounds (extra_info
-"alternating_ms", see bench/conftest.py), a second table gives the same columns from those:
-ours' median against the baselines' medians of the same time window. Ours is the same
-measurement in both tables, and each of its rounds follows one call of every baseline, which
-leaves the caches to them; in the first table the baselines ran back to back in their own tests,
-with their caches warm. Only the second compares like with like.
+Where ours' test also timed every variant in alternation, call by call (extra_info
+"alternating_ms", see bench/conftest.py), a second table gives the same columns from those
+medians: all of one time window, each call after another variant's.
 """
 import argparse
 import json
@@ -36,14 +33,10 @@ def load_groups(path, name_filter=None):
     return data.get("machine_info", {}), groups, extras
 
 
-def alternating_groups(groups, extras):
-    """{group: {"ours": ours' median, baseline: its alternating median}} where ours has them."""
-    out = {}
-    for group, medians in groups.items():
-        alternating = extras.get(group, {}).get("alternating_ms")
-        if alternating and "ours" in medians:
-            out[group] = {"ours": medians["ours"], **alternating}
-    return out
+def alternating_groups(extras):
+    """{group: {variant: its median when all variants were timed in alternation}}."""
+    return {group: dict(extra["alternating_ms"]) for group, extra in extras.items()
+            if "ours" in extra.get("alternating_ms", {})}
 
 
 def table(groups, extras):
@@ -92,9 +85,9 @@ def main(argv=None):
     cpu = machine.get("cpu", {}).get("brand_raw", "unknown CPU")
     print(f"Machine: {cpu}, {machine.get('cpu', {}).get('count', '?')} cores; medians in ms\n")
     print(table(groups, extras))
-    alternating = alternating_groups(groups, extras)
+    alternating = alternating_groups(extras)
     if alternating:
-        print("\nAlternating rounds (each baseline timed once before every round of ours):\n")
+        print("\nAlternating calls (every variant timed in turn, one call each, in the same time window):\n")
         print(table(alternating, extras))
 
 
