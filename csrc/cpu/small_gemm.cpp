@@ -22,7 +22,8 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kRowAlign = 8;  // two 4-wide vectors: no one-vector tail blocks
-constexpr int64_t kLargestOwnSize = 128;  // see use_small_gemm
+constexpr int64_t kMostOwnColumns = 64;      // see use_small_gemm
+constexpr int64_t kDeepestOwnProduct = 512;  // see use_small_gemm
 
 enum class OwnGemm { kAuto, kAlways, kNever };
 
@@ -48,23 +49,32 @@ void small_gemm(const double* a, bool trans_a, const double* b, bool trans_b, do
   thread_local std::vector<double> a_rows, b_rows, block;
   thread_local std::vector<int64_t> offsets;
   const double* w = a;
-  if (trans_a) {  // A is k x m: its transpose, row-major
+  if (trans_a) {  // A is k x m: its transpose, row-major, in tiles that stay in L1 both ways
     a_rows.resize(m * k);
-    for (int64_t t = 0; t < k; ++t) {
-      for (int64_t i = 0; i < m; ++i) a_rows[i * k + t] = a[t * m + i];
+    constexpr int64_t kTile = 16;
+    for (int64_t t0 = 0; t0 < k; t0 += kTile) {
+      for (int64_t i0 = 0; i0 < m; i0 += kTile) {
+        for (int64_t i = i0; i < std::min(m, i0 + kTile); ++i) {
+          for (int64_t t = t0; t < std::min(k, t0 + kTile); ++t) a_rows[i * k + t] = a[t * m + i];
+        }
+      }
     }
     w = a_rows.data();
   }
   const double* in = b;
   if (trans_b || width != n) {
     b_rows.assign(k * width, 0.0);
-    for (int64_t t = 0; t < k; ++t) {
-      double* row = b_rows.data() + t * width;
-      if (trans_b) {
-        for (int64_t j = 0; j < n; ++j) row[j] = b[j * k + t];
-      } else {
-        std::copy(b + t * n, b + t * n + n, row);
+    if (trans_b) {  // B is n x k: its transpose, in tiles as above
+      constexpr int64_t kTile = 16;
+      for (int64_t j0 = 0; j0 < n; j0 += kTile) {
+        for (int64_t t0 = 0; t0 < k; t0 += kTile) {
+          for (int64_t t = t0; t < std::min(k, t0 + kTile); ++t) {
+            for (int64_t j = j0; j < std::min(n, j0 + kTile); ++j) b_rows[t * width + j] = b[j * k + t];
+          }
+        }
       }
+    } else {
+      for (int64_t t = 0; t < k; ++t) std::copy(b + t * n, b + t * n + n, b_rows.data() + t * width);
     }
     in = b_rows.data();
   }
@@ -100,11 +110,12 @@ bool use_small_gemm(int64_t m, int64_t n, int64_t k) {
   }
   // The portable micro-kernel (no AVX2+FMA) is no match for BLAS's own vector code.
   if (!use_avx2_fma()) return false;
-  // Measured on the solver (one thread, ResNet-56 weight sets, BLAS and this alternated call
-  // by call): with every product of up to 128 rows, columns and depth here, the channel set's
-  // warm starts took 1.05-1.13x less time and its cold solves 1.03-1.06x, while the spatial
-  // set's 192 x 192 products ran 1.05x slower here than in MKL; 96 x 96 was a draw.
-  return std::max({m, n, k}) <= kLargestOwnSize;
+  // Measured product by product against MKL's dgemm (one thread, the development machine): the
+  // own kernel won 1.2-2.4x wherever C had at most 64 columns and the depth was at most 512
+  // (192 x 56 x 192, 56 x 56 x 192, 192 x 56 x 56, 512 x 64 x 512, 1024 x 32 x 32), drew at 72-96
+  // columns and lost from 84 columns on larger products (0.65x at 84 x 84 x 192, 0.8x at
+  // 512 x 150 x 512) and at a depth of 1024 (0.6-0.9x).
+  return n <= kMostOwnColumns && k <= kDeepestOwnProduct;
 }
 
 }  // namespace cpu
