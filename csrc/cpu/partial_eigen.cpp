@@ -192,15 +192,25 @@ bool ql_eigenvalues(double* d, double* e, int64_t n, double norm) {
       for (int64_t i = m - 1; i >= l; --i) {
         const double bb = e[i];
         const double r = p + bb;  // > 0: bb > eps^2 for every i < m
+        // One reciprocal on the chain from r to the next p instead of two divisions: c = p / r,
+        // s = bb / r, and gamma^2 / c = gamma^2 (r / p), whose 1 / p starts as soon as p is
+        // known, off the chain (a subnormal p, whose reciprocal overflows, divides as before).
+        const bool p_normal = p >= std::numeric_limits<double>::min();
+        const double inv_p = p_normal ? 1.0 / p : 0.0;
+        const double inv_r = 1.0 / r;
         if (i != m - 1) e[i + 1] = s * r;
         const double old_c = c;
-        c = p / r;
-        s = bb / r;
+        c = p * inv_r;
+        s = bb * inv_r;
         const double old_gamma = gamma;
         const double alpha = d[i];
         gamma = c * (alpha - sigma) - s * old_gamma;
         d[i + 1] = old_gamma + (alpha - gamma);
-        p = c != 0.0 ? (gamma * gamma) / c : old_c * bb;
+        if (c == 0.0) {
+          p = old_c * bb;
+        } else {
+          p = p_normal ? (gamma * gamma) * (r * inv_p) : (gamma * gamma) / c;
+        }
       }
       e[l] = s * p;
       d[l] = sigma + gamma;
