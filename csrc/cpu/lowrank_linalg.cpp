@@ -186,20 +186,8 @@ void gram(const double* a, int64_t k, int64_t len, double* g) {
 
 void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double* c, int64_t m,
             int64_t n, int64_t k) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {
-    std::fill(c, c + m * n, 0.0);
-    return;
-  }
-  if (use_small_gemm(m, n, k)) {
-    small_gemm(a, trans_a, b, trans_b, c, m, n, k, 1.0, 0.0);
-    return;
-  }
-  if (blas_gemm(a, trans_a, b, trans_b, c, m, n, k, 1.0, 0.0)) return;
-  at::Tensor c_view = view(c, m, n);
-  const at::Tensor a_view = trans_a ? view(a, k, m).t() : view(a, m, k);
-  const at::Tensor b_view = trans_b ? view(b, n, k).t() : view(b, k, n);
-  at::mm_out(c_view, a_view, b_view);
+  // beta = 0: C is write-only on every path (ATen's addmm ignores its input then, as BLAS does).
+  matmul_accumulate(a, trans_a, b, trans_b, c, m, n, k, 1.0, 0.0);
 }
 
 void matmul_accumulate(const double* a, bool trans_a, const double* b, bool trans_b, double* c,

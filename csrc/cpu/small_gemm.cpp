@@ -39,6 +39,22 @@ OwnGemm own_gemm_mode() {
   return mode;
 }
 
+// dst[j * dst_stride + i] = src[i * cols + j] for the row-major rows x cols src, in 16 x 16
+// tiles that stay in L1 both ways (a column-order copy of a 1024-deep matrix ran at a third of
+// the speed).
+void transpose(const double* src, int64_t rows, int64_t cols, double* dst, int64_t dst_stride) {
+  constexpr int64_t kTile = 16;
+  for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
+    for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
+      for (int64_t j = j0; j < std::min(cols, j0 + kTile); ++j) {
+        for (int64_t i = i0; i < std::min(rows, i0 + kTile); ++i) {
+          dst[j * dst_stride + i] = src[i * cols + j];
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void small_gemm(const double* a, bool trans_a, const double* b, bool trans_b, double* c,
@@ -49,30 +65,16 @@ void small_gemm(const double* a, bool trans_a, const double* b, bool trans_b, do
   thread_local std::vector<double> a_rows, b_rows, block;
   thread_local std::vector<int64_t> offsets;
   const double* w = a;
-  if (trans_a) {  // A is k x m: its transpose, row-major, in tiles that stay in L1 both ways
+  if (trans_a) {  // A is k x m: its transpose, row-major
     a_rows.resize(m * k);
-    constexpr int64_t kTile = 16;
-    for (int64_t t0 = 0; t0 < k; t0 += kTile) {
-      for (int64_t i0 = 0; i0 < m; i0 += kTile) {
-        for (int64_t i = i0; i < std::min(m, i0 + kTile); ++i) {
-          for (int64_t t = t0; t < std::min(k, t0 + kTile); ++t) a_rows[i * k + t] = a[t * m + i];
-        }
-      }
-    }
+    transpose(a, k, m, a_rows.data(), k);
     w = a_rows.data();
   }
   const double* in = b;
   if (trans_b || width != n) {
     b_rows.assign(k * width, 0.0);
-    if (trans_b) {  // B is n x k: its transpose, in tiles as above
-      constexpr int64_t kTile = 16;
-      for (int64_t j0 = 0; j0 < n; j0 += kTile) {
-        for (int64_t t0 = 0; t0 < k; t0 += kTile) {
-          for (int64_t t = t0; t < std::min(k, t0 + kTile); ++t) {
-            for (int64_t j = j0; j < std::min(n, j0 + kTile); ++j) b_rows[t * width + j] = b[j * k + t];
-          }
-        }
-      }
+    if (trans_b) {  // B is n x k
+      transpose(b, n, k, b_rows.data(), width);
     } else {
       for (int64_t t = 0; t < k; ++t) std::copy(b + t * n, b + t * n + n, b_rows.data() + t * width);
     }
