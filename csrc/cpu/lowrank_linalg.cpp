@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/simd.h"
@@ -20,6 +21,9 @@ extern "C" {
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b,
             const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
 void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info)
     __attribute__((weak));
 }
@@ -45,21 +49,46 @@ bool fits_int(int64_t a, int64_t b, int64_t c) {
   return a < kMax && b < kMax && c < kMax;
 }
 
+void gemm_call(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+               const double* alpha, const double* a, const int* lda, const double* b,
+               const int* ldb, const double* beta, double* c, const int* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+void gemm_call(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+               const float* alpha, const float* a, const int* lda, const float* b,
+               const int* ldb, const float* beta, float* c, const int* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 // Row-major C (m x n) = alpha op(A) op(B) + beta C as the column-major C^T = op(B)^T op(A)^T.
-bool blas_gemm(const double* a, bool trans_a, const double* b, bool trans_b, double* c,
-               int64_t m, int64_t n, int64_t k, double alpha, double beta) {
+template <typename T>
+bool blas_gemm(const T* a, bool trans_a, const T* b, bool trans_b, T* c, int64_t m, int64_t n,
+               int64_t k, T alpha, T beta) {
   if (!direct_blas() || !fits_int(m, n, k)) return false;
+  if (std::is_same_v<T, float> && sgemm_ == nullptr) return false;
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
   const int lda = static_cast<int>(std::max<int64_t>(1, trans_a ? m : k));
   const int ldb = static_cast<int>(std::max<int64_t>(1, trans_b ? k : n));
   const int ldc = static_cast<int>(std::max<int64_t>(1, n));
   const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
-  dgemm_(&tb, &ta, &ni, &mi, &ki, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
+  gemm_call(&tb, &ta, &ni, &mi, &ki, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
   return true;
 }
 
-at::Tensor view(const double* data, int64_t rows, int64_t cols) {
-  return at::from_blob(const_cast<double*>(data), {rows, cols}, at::TensorOptions(at::kDouble));
+template <typename T>
+at::Tensor view(const T* data, int64_t rows, int64_t cols) {
+  return at::from_blob(const_cast<T*>(data), {rows, cols},
+                       at::TensorOptions(c10::CppTypeToScalarType<T>::value));
+}
+
+// C = alpha op(A) op(B) + beta C through ATen's addmm on views of the buffers.
+template <typename T>
+void aten_gemm(const T* a, bool trans_a, const T* b, bool trans_b, T* c, int64_t m, int64_t n,
+               int64_t k, T alpha, T beta) {
+  at::Tensor c_view = view(c, m, n);
+  const at::Tensor a_view = trans_a ? view(a, k, m).t() : view(a, m, k);
+  const at::Tensor b_view = trans_b ? view(b, n, k).t() : view(b, k, n);
+  at::addmm_out(c_view, c_view, a_view, b_view, beta, alpha);
 }
 
 // s = L L^T in place (lower triangle of the row-major n x n s). Returns false on a pivot that is
@@ -203,10 +232,18 @@ void matmul_accumulate(const double* a, bool trans_a, const double* b, bool tran
     return;
   }
   if (blas_gemm(a, trans_a, b, trans_b, c, m, n, k, alpha, beta)) return;
-  at::Tensor c_view = view(c, m, n);
-  const at::Tensor a_view = trans_a ? view(a, k, m).t() : view(a, m, k);
-  const at::Tensor b_view = trans_b ? view(b, n, k).t() : view(b, k, n);
-  at::addmm_out(c_view, c_view, a_view, b_view, beta, alpha);
+  aten_gemm(a, trans_a, b, trans_b, c, m, n, k, alpha, beta);
+}
+
+void matmul(const float* a, bool trans_a, const float* b, bool trans_b, float* c, int64_t m,
+            int64_t n, int64_t k) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    std::fill(c, c + m * n, 0.0f);
+    return;
+  }
+  if (blas_gemm(a, trans_a, b, trans_b, c, m, n, k, 1.0f, 0.0f)) return;
+  aten_gemm(a, trans_a, b, trans_b, c, m, n, k, 1.0f, 0.0f);
 }
 
 namespace {

@@ -1,5 +1,5 @@
-// Dense float64 building blocks of the CPU lowrank_project kernel. Matrices are row-major with
-// their column count as leading dimension. All functions are safe to call from inside
+// Dense float64 building blocks of the CPU lowrank_project kernel (and its float32 output GEMM).
+// Matrices are row-major with their column count as leading dimension. All functions are safe to call from inside
 // at::parallel_for (they run on the calling thread).
 #pragma once
 
@@ -12,6 +12,12 @@ namespace cpu {
 // others through BLAS (MKL/OpenBLAS). A is stored m x k (k x m when trans_a), B is stored k x n
 // (n x k when trans_b).
 void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double* c, int64_t m,
+            int64_t n, int64_t k);
+
+// The same in float32, for the outputs of float32 inputs (projection and sub-gradient): BLAS's
+// sgemm directly (ATen's dispatch, views and checks cost microseconds per call, as much as the
+// products of a small layer), ATen's mm where the build does not export it.
+void matmul(const float* a, bool trans_a, const float* b, bool trans_b, float* c, int64_t m,
             int64_t n, int64_t k);
 
 // C = beta C + alpha op(A) op(B), shapes as for matmul.

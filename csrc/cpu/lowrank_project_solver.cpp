@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "common/energy_rule.h"
@@ -52,7 +54,7 @@ constexpr double kStagnantRitz = 1e-12;
 struct Problem {
   int64_t m = 0, n = 0, k = 0, len = 0;
   bool transposed = false;
-  at::Tensor a;               // k x len: mat (or mat^T) * 2^-exponent
+  std::unique_ptr<double[]> a;  // k x len: mat (or mat^T) * 2^-exponent (no zero-fill pass)
   int exponent = 0;
   double total = 0.0;         // ||a||_F^2
   std::vector<double> gram;   // k x k
@@ -78,6 +80,27 @@ TRP_INLINE double sum_of_squares_impl(const double* a, int64_t size) {
 }
 TRP_CPU_DISPATCH(double, sum_of_squares, (const double* a, int64_t size), (a, size))
 
+// dst (k x len, row-major) = src as float64: src is the row-major k x len matrix, or with
+// `transposed` the row-major len x k one. Transposes go by 16 x 16 tiles, which stay in L1 both
+// ways.
+template <typename T>
+void to_double_rows(const T* src, bool transposed, int64_t k, int64_t len, double* dst) {
+  if (!transposed) {
+    for (int64_t i = 0; i < k * len; ++i) dst[i] = static_cast<double>(src[i]);
+    return;
+  }
+  constexpr int64_t kTile = 16;
+  for (int64_t j0 = 0; j0 < len; j0 += kTile) {
+    for (int64_t i0 = 0; i0 < k; i0 += kTile) {
+      for (int64_t j = j0; j < std::min(len, j0 + kTile); ++j) {
+        for (int64_t i = i0; i < std::min(k, i0 + kTile); ++i) {
+          dst[i * len + j] = static_cast<double>(src[j * k + i]);
+        }
+      }
+    }
+  }
+}
+
 // Returns false when the matrix holds NaN or Inf.
 bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
   p.m = mat.size(0);
@@ -85,10 +108,17 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
   p.transposed = p.m > p.n;
   p.k = std::min(p.m, p.n);
   p.len = std::max(p.m, p.n);
-  p.a = at::empty({p.k, p.len}, mat.options().dtype(at::kDouble));
-  p.a.copy_(p.transposed ? mat.t() : mat);
-  double* a = p.a.data_ptr<double>();
   const int64_t size = p.k * p.len;
+  p.a.reset(new double[size]);
+  double* a = p.a.get();
+  // Converted by hand rather than by at::Tensor::copy_, whose dispatch and iterator set-up cost
+  // microseconds per call: a ResNet has dozens of layers as small as 16 x 144.
+  const at::Tensor src = mat.contiguous();
+  if (src.scalar_type() == at::kFloat) {
+    to_double_rows(src.const_data_ptr<float>(), p.transposed, p.k, p.len, a);
+  } else {
+    to_double_rows(src.const_data_ptr<double>(), p.transposed, p.k, p.len, a);
+  }
   bool finite = true;
   const double amax = scan_matrix(a, size, &finite);
   if (!finite) return false;
@@ -109,7 +139,7 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
 void form_gram(Problem& p) {
   const int64_t k = p.k;
   p.gram.resize(k * k);
-  gram(p.a.const_data_ptr<double>(), k, p.len, p.gram.data());  // exactly symmetric
+  gram(p.a.get(), k, p.len, p.gram.data());  // exactly symmetric
   p.gram_fro2 = sum_of_squares(p.gram.data(), k * k);
 }
 
@@ -340,55 +370,88 @@ bool warm_solve(const Problem& p, const at::Tensor& basis, const ProjectOptions&
   }
 }
 
-// P = U_r (U_r^T A) and the sub-gradient U_r S_r^-1 (U_r^T A), in mat's orientation and dtype.
-// float32 inputs are multiplied in float32 straight from mat (never rescaled: |exponent| < 128):
-// rounding adds ~sqrt(r) eps32 ~ 1e-6 relative, within the contract next to the certified
-// tolerance, at twice the GEMM speed. float64 inputs use the rescaled copy and are scaled back.
+// P = U_r (U_r^T A) and the sub-gradient U_r S_r^-1 (U_r^T A), in mat's orientation and dtype,
+// written straight into the output tensors. float32 inputs are multiplied in float32 straight
+// from mat (never rescaled: |exponent| < 128): rounding adds ~sqrt(r) eps32 ~ 1e-6 relative,
+// within the contract next to the certified tolerance, at twice the GEMM speed. float64 inputs
+// use the rescaled copy and are scaled back.
+template <typename T>
+void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
+                    const ProjectOptions& options, double sub_floor, MatrixResult& result) {
+  const int64_t k = p.k, len = p.len, r = s.rank;
+  const bool single = std::is_same_v<T, float>;
+  std::vector<T> ur(k * r);  // U_r, k x r
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < r; ++j) ur[i * r + j] = static_cast<T>(s.vectors[i * s.width + j]);
+  }
+  // A (k x len): mat itself, or stored as mat = A^T (len x k) when transposed; float64 inputs
+  // use the rescaled copy, always k x len.
+  at::Tensor src;
+  const T* a = nullptr;
+  bool a_transposed = false;
+  if constexpr (std::is_same_v<T, float>) {
+    src = mat.contiguous();
+    a = src.const_data_ptr<float>();
+    a_transposed = p.transposed;
+  } else {
+    a = p.a.get();
+  }
+  std::vector<T> w(r * len);  // U_r^T A
+  matmul(ur.data(), true, a, a_transposed, w.data(), r, len, k);
+  // out = left W (k x len), or its transpose W^T left^T (len x k) in mat's orientation.
+  auto product = [&](const std::vector<T>& left, at::Tensor& out) {
+    out = at::empty({p.m, p.n}, mat.options());
+    T* o = out.data_ptr<T>();
+    if (p.transposed) {
+      matmul(w.data(), true, left.data(), true, o, len, k, r);
+    } else {
+      matmul(left.data(), false, w.data(), false, o, k, len, r);
+    }
+  };
+  product(ur, result.projected);
+  if (!single && p.exponent != 0) {
+    T* o = result.projected.data_ptr<T>();
+    for (int64_t i = 0; i < k * len; ++i) o[i] = std::ldexp(o[i], p.exponent);
+  }
+  if (options.want_subgradient) {
+    // U_r V_r^T = U_r S_r^-1 W, leaving out the values at or below the tolerance; scale-free,
+    // so there is no exponent to undo.
+    const double floor2 = sub_floor * sub_floor * s.values[0];
+    std::vector<T> scaled(k * r);
+    for (int64_t j = 0; j < r; ++j) {
+      const double inverse = s.values[j] > floor2 ? 1.0 / std::sqrt(s.values[j]) : 0.0;
+      for (int64_t i = 0; i < k; ++i) {
+        scaled[i * r + j] = static_cast<T>(s.vectors[i * s.width + j] * inverse);
+      }
+    }
+    product(scaled, result.subgradient);
+  }
+}
+
+template <typename T>
+at::Tensor basis_tensor(const at::Tensor& mat, const Spectrum& s, int64_t k, int64_t width) {
+  at::Tensor basis = at::empty({k, width}, mat.options());
+  T* b = basis.data_ptr<T>();
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < width; ++j) b[i * width + j] = static_cast<T>(s.vectors[i * s.width + j]);
+  }
+  return basis;
+}
+
 void write_outputs(const at::Tensor& mat, const Problem& p, const Spectrum& s,
                    const ProjectOptions& options, double sub_floor, MatrixResult& result) {
   const int64_t k = p.k, r = s.rank;
+  const bool single = mat.scalar_type() == at::kFloat;
   if (r == 0) {
     result.projected = at::zeros({p.m, p.n}, mat.options());
     if (options.want_subgradient) result.subgradient = at::zeros({p.m, p.n}, mat.options());
+  } else if (single) {
+    write_products<float>(mat, p, s, options, sub_floor, result);
   } else {
-    const bool single = mat.scalar_type() == at::kFloat;
-    at::Tensor ur = at::empty({k, r}, mat.options().dtype(at::kDouble));
-    double* up = ur.data_ptr<double>();
-    for (int64_t i = 0; i < k; ++i) {
-      std::copy(&s.vectors[i * s.width], &s.vectors[i * s.width] + r, up + i * r);
-    }
-    const at::Tensor a = single ? (p.transposed ? mat.t() : mat) : p.a;
-    const at::Tensor u = ur.to(a.scalar_type());
-    const at::Tensor w = at::mm(u.t(), a);  // U_r^T A, r x len
-    // P (or P^T for a transposed matrix, written straight in mat's orientation).
-    auto product = [&](const at::Tensor& left) {
-      at::Tensor out = p.transposed ? at::mm(w.t(), left.t()) : at::mm(left, w);
-      if (!single && p.exponent != 0) {
-        double* o = out.data_ptr<double>();
-        for (int64_t i = 0; i < out.numel(); ++i) o[i] = std::ldexp(o[i], p.exponent);
-      }
-      return out.to(mat.scalar_type());
-    };
-    result.projected = product(u);
-    if (options.want_subgradient) {
-      // U_r V_r^T = U_r S_r^-1 W, leaving out the values at or below the tolerance.
-      const double floor2 = sub_floor * sub_floor * s.values[0];
-      at::Tensor inverse = at::empty({r}, ur.options());
-      for (int64_t j = 0; j < r; ++j) {
-        inverse.data_ptr<double>()[j] = s.values[j] > floor2 ? 1.0 / std::sqrt(s.values[j]) : 0.0;
-      }
-      const at::Tensor scaled = (ur * inverse).to(a.scalar_type());
-      at::Tensor sub = p.transposed ? at::mm(w.t(), scaled.t()) : at::mm(scaled, w);
-      result.subgradient = sub.to(mat.scalar_type());  // scale-free: no exponent to undo
-    }
+    write_products<double>(mat, p, s, options, sub_floor, result);
   }
   const int64_t width = p.total > 0.0 ? std::min(s.width, basis_width(r, k)) : 0;
-  at::Tensor basis = at::empty({k, width}, mat.options().dtype(at::kDouble));
-  double* bp = basis.data_ptr<double>();
-  for (int64_t i = 0; i < k; ++i) {
-    std::copy(&s.vectors[i * s.width], &s.vectors[i * s.width] + width, bp + i * width);
-  }
-  result.basis = basis.to(mat.scalar_type());
+  result.basis = single ? basis_tensor<float>(mat, s, k, width) : basis_tensor<double>(mat, s, k, width);
   result.rank = r;
 }
 
