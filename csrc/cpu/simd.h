@@ -211,7 +211,28 @@ TRP_INLINE double rank2_dot_axpy(double* __restrict row, double a, const double*
   static ret name params {                                                        \
     return ::trp_ext::cpu::simd::has_avx2_fma() ? name##_avx2 args : name##_baseline args; \
   }
+// The same for an impl templated on whether it is compiled for AVX2 (name##_impl<true>), for
+// code that needs to know, such as TRP_PIN_VECTOR.
+#define TRP_CPU_DISPATCH_TEMPLATE(ret, name, params, args)                        \
+  TRP_TARGET_AVX2 static ret name##_avx2 params { return name##_impl<true> args; } \
+  static ret name##_baseline params { return name##_impl<false> args; }           \
+  static ret name params {                                                        \
+    return ::trp_ext::cpu::simd::has_avx2_fma() ? name##_avx2 args : name##_baseline args; \
+  }
+// Keeps the 4-wide vector v in a ymm register where it is used (the empty asm claims to change
+// it): GCC otherwise may treat a loaded vector as "equivalent to memory" and fold its load into
+// every FMA that uses it, multiplying the loads. Only inside the AVX2 instantiation (kAvx2 =
+// true), where a 32-byte vector fits one register.
+#define TRP_PIN_VECTOR(kAvx2, v)                 \
+  do {                                           \
+    if constexpr (kAvx2) __asm__("" : "+x"(v)); \
+  } while (0)
 #else
 #define TRP_CPU_DISPATCH(ret, name, params, args) \
   static ret name params { return name##_impl args; }
+#define TRP_CPU_DISPATCH_TEMPLATE(ret, name, params, args) \
+  static ret name params { return name##_impl<false> args; }
+#define TRP_PIN_VECTOR(kAvx2, v) \
+  do {                           \
+  } while (0)
 #endif
