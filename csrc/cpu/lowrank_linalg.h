@@ -25,8 +25,8 @@ void matmul_accumulate(const double* a, bool trans_a, const double* b, bool tran
                        int64_t m, int64_t n, int64_t k, double alpha, double beta);
 
 // G (k x k) = A A^T for the row-major A (k x len), both triangles, exactly symmetric: each pair
-// of rows' dot product is computed once. Own vector kernel up to kOwnGramMaxLength (rows that
-// stay near the core), BLAS beyond.
+// of rows' dot product is computed once. Own vector kernel for rows of up to 1024 values or
+// matrices of up to 2^18 values, BLAS beyond.
 void gram(const double* a, int64_t k, int64_t len, double* g);
 
 // Replaces the columns of q (rows x cols, rows >= cols) by an orthonormal basis of their span:
