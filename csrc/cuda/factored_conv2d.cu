@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/factored_conv2d_checks.h"
+#include "cuda/dynamic_smem.cuh"
 #include "cuda/factored_conv2d_kernel.cuh"
 
 namespace trp_ext {
@@ -104,10 +105,7 @@ bool launch(FconvArgs a, bool spatial, const cudaDeviceProp& props, cudaStream_t
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(a.n_split));
   auto kernel = spatial ? fconv_cuda::factored_conv2d_kernel<T, RP, true>
                         : fconv_cuda::factored_conv2d_kernel<T, RP, false>;
-  if (smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-  }
+  cuda_util::allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   kernel<<<grid, fconv_cuda::kThreads, smem, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;

@@ -12,6 +12,7 @@
 
 #include <cfloat>
 
+#include "cuda/dynamic_smem.cuh"
 #include "cuda/lowrank_project_kernels.cuh"
 
 namespace trp_ext {
@@ -192,9 +193,7 @@ void jacobi_eigh(const at::Tensor& matrices, const at::Tensor& values, const at:
   TORCH_CHECK(batch <= 2147483647LL, "jacobi_eigh: too many matrices for one launch");
   if (batch == 0 || n == 0) return;
   const size_t bytes = jacobi_layout(n).bytes;
-  // Above the default 48 KiB a kernel must opt in to its dynamic shared memory.
-  C10_CUDA_CHECK(cudaFuncSetAttribute(jacobi_eigh_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
+  cuda_util::allow_dynamic_smem(reinterpret_cast<const void*>(jacobi_eigh_kernel), bytes);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   jacobi_eigh_kernel<<<static_cast<unsigned>(batch), kThreads, bytes, stream>>>(
       matrices.const_data_ptr<double>(), n, values.data_ptr<double>(), vectors.data_ptr<double>(),
