@@ -271,6 +271,21 @@ def test_extreme_magnitudes_float64(device):
         assert int(result.ranks[0]) == int(ops.lowrank_project([base], 0.95, 0.05).ranks[0])
 
 
+def test_tiny_float32_matrices_keep_a_finite_subgradient(device):
+    """U_r V_r^T does not depend on the scale: a float32 matrix whose singular values lie near and
+    below float32's smallest normal number (where 1 / s_1 overflows float32) gives the
+    sub-gradient of the same matrix at unit scale, to the precision its subnormal entries keep."""
+    base = decaying(24, 40, 4.0, torch.float32, 8, device)
+    reference = ops.lowrank_project([base], 0.95, want_subgradient=True)
+    for scale in (2.0 ** -120, 2.0 ** -128, 2.0 ** -132):
+        tiny = base * scale
+        result = ops.lowrank_project([tiny], 0.95, want_subgradient=True)
+        assert result.ranks.tolist() == reference.ranks.tolist(), scale
+        assert torch.isfinite(result.subgradients[0]).all(), scale
+        torch.testing.assert_close(result.subgradients[0], reference.subgradients[0], rtol=0, atol=1e-3)
+        torch.testing.assert_close(result.projected[0] / scale, reference.projected[0], rtol=0, atol=1e-3)
+
+
 def test_rank_deficient_and_repeated_values(device):
     gen = torch.Generator().manual_seed(4)
     low = (torch.randn(40, 3, generator=gen, dtype=torch.float64) @ torch.randn(3, 70, generator=gen, dtype=torch.float64))

@@ -101,7 +101,7 @@ void to_double_rows(const T* src, bool transposed, int64_t k, int64_t len, doubl
   }
 }
 
-// Returns false when the matrix holds NaN or Inf.
+// Returns false when the matrix (contiguous) holds NaN or Inf.
 bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
   p.m = mat.size(0);
   p.n = mat.size(1);
@@ -113,11 +113,10 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
   double* a = p.a.get();
   // Converted by hand rather than by at::Tensor::copy_, whose dispatch and iterator set-up cost
   // microseconds per call: a ResNet has dozens of layers as small as 16 x 144.
-  const at::Tensor src = mat.contiguous();
-  if (src.scalar_type() == at::kFloat) {
-    to_double_rows(src.const_data_ptr<float>(), p.transposed, p.k, p.len, a);
+  if (mat.scalar_type() == at::kFloat) {
+    to_double_rows(mat.const_data_ptr<float>(), p.transposed, p.k, p.len, a);
   } else {
-    to_double_rows(src.const_data_ptr<double>(), p.transposed, p.k, p.len, a);
+    to_double_rows(mat.const_data_ptr<double>(), p.transposed, p.k, p.len, a);
   }
   bool finite = true;
   const double amax = scan_matrix(a, size, &finite);
@@ -384,47 +383,46 @@ void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
   for (int64_t i = 0; i < k; ++i) {
     for (int64_t j = 0; j < r; ++j) ur[i * r + j] = static_cast<T>(s.vectors[i * s.width + j]);
   }
-  // A (k x len): mat itself, or stored as mat = A^T (len x k) when transposed; float64 inputs
-  // use the rescaled copy, always k x len.
-  at::Tensor src;
+  // A (k x len): mat itself (contiguous), or stored as mat = A^T (len x k) when transposed;
+  // float64 inputs use the rescaled copy, always k x len.
   const T* a = nullptr;
   bool a_transposed = false;
   if constexpr (std::is_same_v<T, float>) {
-    src = mat.contiguous();
-    a = src.const_data_ptr<float>();
+    a = mat.const_data_ptr<float>();
     a_transposed = p.transposed;
   } else {
     a = p.a.get();
   }
   std::vector<T> w(r * len);  // U_r^T A
   matmul(ur.data(), true, a, a_transposed, w.data(), r, len, k);
-  // out = left W (k x len), or its transpose W^T left^T (len x k) in mat's orientation.
-  auto product = [&](const std::vector<T>& left, at::Tensor& out) {
+  // out = U_r right (k x len), or its transpose right^T U_r^T (len x k) in mat's orientation.
+  auto product = [&](const std::vector<T>& right, at::Tensor& out) {
     out = at::empty({p.m, p.n}, mat.options());
     T* o = out.data_ptr<T>();
     if (p.transposed) {
-      matmul(w.data(), true, left.data(), true, o, len, k, r);
+      matmul(right.data(), true, ur.data(), true, o, len, k, r);
     } else {
-      matmul(left.data(), false, w.data(), false, o, k, len, r);
+      matmul(ur.data(), false, right.data(), false, o, k, len, r);
     }
   };
-  product(ur, result.projected);
+  product(w, result.projected);
   if (!single && p.exponent != 0) {
     T* o = result.projected.data_ptr<T>();
     for (int64_t i = 0; i < k * len; ++i) o[i] = std::ldexp(o[i], p.exponent);
   }
   if (options.want_subgradient) {
-    // U_r V_r^T = U_r S_r^-1 W, leaving out the values at or below the tolerance; scale-free,
-    // so there is no exponent to undo.
+    // U_r V_r^T = U_r (S_r^-1 W), leaving out the values at or below the tolerance; scale-free,
+    // so there is no exponent to undo. The rows of W are scaled (to ~unit size) rather than the
+    // columns of U_r: 1 / s_j overflows float32 for a float32 matrix with s_j below ~3e-39.
     const double floor2 = sub_floor * sub_floor * s.values[0];
-    std::vector<T> scaled(k * r);
+    std::vector<T> v_rows(r * len);  // S_r^-1 W = V_r^T
     for (int64_t j = 0; j < r; ++j) {
       const double inverse = s.values[j] > floor2 ? 1.0 / std::sqrt(s.values[j]) : 0.0;
-      for (int64_t i = 0; i < k; ++i) {
-        scaled[i * r + j] = static_cast<T>(s.vectors[i * s.width + j] * inverse);
+      for (int64_t l = 0; l < len; ++l) {
+        v_rows[j * len + l] = static_cast<T>(static_cast<double>(w[j * len + l]) * inverse);
       }
     }
-    product(scaled, result.subgradient);
+    product(v_rows, result.subgradient);
   }
 }
 
@@ -473,8 +471,10 @@ bool all_finite(const at::Tensor& t) {
 
 }  // namespace
 
-MatrixResult project_matrix(const at::Tensor& mat, const at::Tensor* basis,
+MatrixResult project_matrix(const at::Tensor& input, const at::Tensor* basis,
                             const ProjectOptions& options, uint64_t seed) {
+  // load and write_outputs read the matrix row-major (a copy only for a non-contiguous input).
+  const at::Tensor mat = input.contiguous();
   MatrixResult result;
   Problem p;
   if (!load(mat, options, p)) {

@@ -222,11 +222,19 @@ TRP_INLINE double rank2_dot_axpy(double* __restrict row, double a, const double*
 // Keeps the 4-wide vector v in a ymm register where it is used (the empty asm claims to change
 // it): GCC otherwise may treat a loaded vector as "equivalent to memory" and fold its load into
 // every FMA that uses it, multiplying the loads. Only inside the AVX2 instantiation (kAvx2 =
-// true), where a 32-byte vector fits one register.
+// true), where a 32-byte vector fits one register, and only for GCC: clang checks the constraint
+// against the features of the (inlined, attribute-less) function that holds it and rejects it.
+#if defined(__clang__)
+#define TRP_PIN_VECTOR(kAvx2, v) \
+  do {                           \
+    (void)(v);                   \
+  } while (0)
+#else
 #define TRP_PIN_VECTOR(kAvx2, v)                 \
   do {                                           \
     if constexpr (kAvx2) __asm__("" : "+x"(v)); \
   } while (0)
+#endif
 #else
 #define TRP_CPU_DISPATCH(ret, name, params, args) \
   static ret name params { return name##_impl args; }
