@@ -72,6 +72,7 @@ TRP_INLINE void symmetric_product(const double* a, int64_t n, int64_t from, cons
 // p of step i+1 is accumulated in the same pass over the rows as the update of step i (each
 // row is updated, then used while it is still in L1): one pass over the matrix per step
 // instead of two, on a reduction that is bound by cache bandwidth.
+template <bool kAvx2>
 TRP_INLINE void tridiagonalize_impl(double* a, int64_t n, double* tau, double* diag,
                                     double* offdiag) {
   std::vector<double> v(n), w(n), v_next(n), p_next(n);
@@ -90,7 +91,20 @@ TRP_INLINE void tridiagonalize_impl(double* a, int64_t n, double* tau, double* d
     const double t_next =
         i + 3 < n ? make_reflector(a, n, i + 1, v_next.data(), tau, offdiag) : 0.0;
     if (t_next != 0.0) std::fill(p_next.begin(), p_next.begin() + (m - 1), 0.0);
-    for (int64_t jj = 1; jj < m; ++jj) {
+    int64_t jj = 1;
+    if (t != 0.0 && t_next != 0.0) {  // the common case: two rows at a time, both steps in one pass
+      for (; jj + 2 < m; jj += 2) {
+        double* row = a + (i + 1 + jj) * n + (i + 1 + jj);
+        const int64_t r = jj - 1;
+        double sa = 0.0, sb = 0.0;
+        simd::rank2_dot_axpy_pair<kAvx2>(row, row + n + 1, v[jj], w[jj], v_next[r], v[jj + 1],
+                                  w[jj + 1], v_next[r + 1], w.data() + jj, v.data() + jj,
+                                  v_next.data() + r, p_next.data() + r, m - jj, &sa, &sb);
+        p_next[r] += sa;
+        p_next[r + 1] += sb;
+      }
+    }
+    for (; jj < m; ++jj) {
       double* row = a + (i + 1 + jj) * n + (i + 1 + jj);
       if (t != 0.0 && t_next != 0.0) {  // the common case: both in one pass over the row
         const int64_t r = jj - 1;
@@ -119,7 +133,7 @@ TRP_INLINE void tridiagonalize_impl(double* a, int64_t n, double* tau, double* d
   }
   if (n >= 1) diag[n - 1] = a[(n - 1) * n + n - 1];
 }
-TRP_CPU_DISPATCH(void, tridiagonalize,
+TRP_CPU_DISPATCH_TEMPLATE(void, tridiagonalize,
                  (double* a, int64_t n, double* tau, double* diag, double* offdiag),
                  (a, n, tau, diag, offdiag))
 

@@ -28,6 +28,30 @@
 #define TRP_INLINE inline
 #endif
 
+#if TRP_X86_DISPATCH
+// Keeps the 4-wide vector v in a ymm register where it is used (the empty asm claims to change
+// it): GCC otherwise may treat a loaded vector as "equivalent to memory" and fold its load into
+// every FMA that uses it, multiplying the loads. Only inside the AVX2 instantiation (kAvx2 =
+// true), where a 32-byte vector fits one register, and only for GCC: clang checks the constraint
+// against the features of the (inlined, attribute-less) function that holds it and rejects it.
+#if defined(__clang__)
+#define TRP_PIN_VECTOR(kAvx2, v) \
+  do {                           \
+    (void)(v);                   \
+  } while (0)
+#else
+#define TRP_PIN_VECTOR(kAvx2, v)                 \
+  do {                                           \
+    if constexpr (kAvx2) __asm__("" : "+x"(v)); \
+  } while (0)
+#endif
+#else
+#define TRP_PIN_VECTOR(kAvx2, v) \
+  do {                           \
+    (void)(v);                   \
+  } while (0)
+#endif
+
 namespace trp_ext {
 namespace cpu {
 namespace simd {
@@ -198,6 +222,61 @@ TRP_INLINE double rank2_dot_axpy(double* __restrict row, double a, const double*
   return s;
 }
 
+// rank2_dot_axpy on two consecutive rows of the trailing matrix at once, A (row_a, n values
+// from its diagonal) and the next row B (row_b, n - 1 values from its diagonal, so that B's value
+// at column l of A's frame is row_b[l - 1]). Both use the same x, y, v and w in A's frame: A with
+// (a_a, b_a, vj_a), B with (a_b, b_b, vj_b); B's diagonal (l = 1) is left out of w, as
+// rank2_dot_axpy leaves out a row's first value. The dot products go to *s_a and *s_b. Each
+// column's x, y, v and w are loaded once for both rows (and w stored once): 6 loads and 3 stores
+// per 4 columns of 2 rows instead of 10 and 4, which bound the one-row loop.
+template <bool kAvx2>
+TRP_INLINE void rank2_dot_axpy_pair(double* __restrict row_a, double* __restrict row_b,
+                                    double a_a, double b_a, double vj_a, double a_b, double b_b,
+                                    double vj_b, const double* __restrict x,
+                                    const double* __restrict y, const double* __restrict v,
+                                    double* __restrict w, int64_t n, double* s_a, double* s_b) {
+  // n >= 2: A's diagonal (l = 0, A only) and l = 1 (B's diagonal) by hand.
+  row_a[0] -= a_a * x[0] + b_a * y[0];
+  double sa = row_a[0] * v[0];
+  row_a[1] -= a_a * x[1] + b_a * y[1];
+  sa += row_a[1] * v[1];
+  w[1] += row_a[1] * vj_a;
+  row_b[0] -= a_b * x[1] + b_b * y[1];
+  double sb = row_b[0] * v[1];
+  int64_t l = 2;
+  double* rb = row_b - 1;  // rb[l] is B's value at column l
+#if TRP_VECTOR_LOOPS
+  const vd4 vaa = splat4(a_a), vba = splat4(b_a), vva = splat4(vj_a);
+  const vd4 vab = splat4(a_b), vbb = splat4(b_b), vvb = splat4(vj_b);
+  vd4 acc_a = splat4(0.0), acc_b = splat4(0.0);
+  for (; l + 4 <= n; l += 4) {
+    vd4 xl = load4(x + l), yl = load4(y + l), vl = load4(v + l);
+    // Each is used for both rows: kept in registers, not reloaded by each FMA (see TRP_PIN_VECTOR).
+    TRP_PIN_VECTOR(kAvx2, xl);
+    TRP_PIN_VECTOR(kAvx2, yl);
+    TRP_PIN_VECTOR(kAvx2, vl);
+    const vd4 ra = load4(row_a + l) - (vaa * xl + vba * yl);
+    const vd4 rbl = load4(rb + l) - (vab * xl + vbb * yl);
+    store4(row_a + l, ra);
+    store4(rb + l, rbl);
+    acc_a += ra * vl;
+    acc_b += rbl * vl;
+    store4(w + l, (load4(w + l) + ra * vva) + rbl * vvb);
+  }
+  sa += sum4(acc_a);
+  sb += sum4(acc_b);
+#endif
+  for (; l < n; ++l) {
+    row_a[l] -= a_a * x[l] + b_a * y[l];
+    rb[l] -= a_b * x[l] + b_b * y[l];
+    sa += row_a[l] * v[l];
+    sb += rb[l] * v[l];
+    w[l] = (w[l] + row_a[l] * vj_a) + rb[l] * vj_b;
+  }
+  *s_a = sa;
+  *s_b = sb;
+}
+
 }  // namespace simd
 }  // namespace cpu
 }  // namespace trp_ext
@@ -219,28 +298,9 @@ TRP_INLINE double rank2_dot_axpy(double* __restrict row, double a, const double*
   static ret name params {                                                        \
     return ::trp_ext::cpu::simd::has_avx2_fma() ? name##_avx2 args : name##_baseline args; \
   }
-// Keeps the 4-wide vector v in a ymm register where it is used (the empty asm claims to change
-// it): GCC otherwise may treat a loaded vector as "equivalent to memory" and fold its load into
-// every FMA that uses it, multiplying the loads. Only inside the AVX2 instantiation (kAvx2 =
-// true), where a 32-byte vector fits one register, and only for GCC: clang checks the constraint
-// against the features of the (inlined, attribute-less) function that holds it and rejects it.
-#if defined(__clang__)
-#define TRP_PIN_VECTOR(kAvx2, v) \
-  do {                           \
-    (void)(v);                   \
-  } while (0)
-#else
-#define TRP_PIN_VECTOR(kAvx2, v)                 \
-  do {                                           \
-    if constexpr (kAvx2) __asm__("" : "+x"(v)); \
-  } while (0)
-#endif
 #else
 #define TRP_CPU_DISPATCH(ret, name, params, args) \
   static ret name params { return name##_impl args; }
 #define TRP_CPU_DISPATCH_TEMPLATE(ret, name, params, args) \
   static ret name params { return name##_impl<false> args; }
-#define TRP_PIN_VECTOR(kAvx2, v) \
-  do {                           \
-  } while (0)
 #endif
