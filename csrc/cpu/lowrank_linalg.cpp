@@ -199,7 +199,7 @@ TRP_INLINE void gram_own_impl(const double* a, int64_t k, int64_t len, double* g
   }
 }
 TRP_CPU_DISPATCH_TEMPLATE(void, gram_own, (const double* a, int64_t k, int64_t len, double* g),
-                 (a, k, len, g))
+                          (a, k, len, g))
 
 // Which Gram matrices the own kernel computes: rows of up to kOwnGramMaxLength values, or
 // matrices of up to kOwnGramMaxSize values (2 MiB, about what the two cores' L2 holds); BLAS's
@@ -229,31 +229,39 @@ void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double
   matmul_accumulate(a, trans_a, b, trans_b, c, m, n, k, 1.0, 0.0);
 }
 
-void matmul_accumulate(const double* a, bool trans_a, const double* b, bool trans_b, double* c,
-                       int64_t m, int64_t n, int64_t k, double alpha, double beta) {
+namespace {
+
+// C = alpha op(A) op(B) + beta C on the first path that takes it: the own small-matrix GEMM
+// (float64), BLAS called directly, ATen.
+template <typename T>
+void gemm(const T* a, bool trans_a, const T* b, bool trans_b, T* c, int64_t m, int64_t n,
+          int64_t k, T alpha, T beta) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
     // beta == 0 makes C write-only, as in BLAS: whatever it held (NaN included) is not kept.
-    for (int64_t i = 0; i < m * n; ++i) c[i] = beta == 0.0 ? 0.0 : c[i] * beta;
+    for (int64_t i = 0; i < m * n; ++i) c[i] = beta == T(0) ? T(0) : c[i] * beta;
     return;
   }
-  if (use_small_gemm(m, n, k)) {
-    small_gemm(a, trans_a, b, trans_b, c, m, n, k, alpha, beta);
-    return;
+  if constexpr (std::is_same_v<T, double>) {
+    if (use_small_gemm(m, n, k)) {
+      small_gemm(a, trans_a, b, trans_b, c, m, n, k, alpha, beta);
+      return;
+    }
   }
   if (blas_gemm(a, trans_a, b, trans_b, c, m, n, k, alpha, beta)) return;
   aten_gemm(a, trans_a, b, trans_b, c, m, n, k, alpha, beta);
 }
 
+}  // namespace
+
+void matmul_accumulate(const double* a, bool trans_a, const double* b, bool trans_b, double* c,
+                       int64_t m, int64_t n, int64_t k, double alpha, double beta) {
+  gemm(a, trans_a, b, trans_b, c, m, n, k, alpha, beta);
+}
+
 void matmul(const float* a, bool trans_a, const float* b, bool trans_b, float* c, int64_t m,
             int64_t n, int64_t k) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {
-    std::fill(c, c + m * n, 0.0f);
-    return;
-  }
-  if (blas_gemm(a, trans_a, b, trans_b, c, m, n, k, 1.0f, 0.0f)) return;
-  aten_gemm(a, trans_a, b, trans_b, c, m, n, k, 1.0f, 0.0f);
+  gemm(a, trans_a, b, trans_b, c, m, n, k, 1.0f, 0.0f);
 }
 
 namespace {

@@ -1,6 +1,6 @@
 // Dense float64 building blocks of the CPU lowrank_project kernel (and its float32 output GEMM).
-// Matrices are row-major with their column count as leading dimension. All functions are safe to call from inside
-// at::parallel_for (they run on the calling thread).
+// Matrices are row-major with their column count as leading dimension. All functions are safe to
+// call from inside at::parallel_for (they run on the calling thread).
 #pragma once
 
 #include <cstdint>

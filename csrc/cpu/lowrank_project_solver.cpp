@@ -23,6 +23,7 @@
 #include "cpu/partial_eigen.h"
 #include "cpu/pseudo_random.h"
 #include "cpu/simd.h"
+#include "cpu/tiled_transpose.h"
 
 namespace trp_ext {
 namespace cpu {
@@ -81,24 +82,14 @@ TRP_INLINE double sum_of_squares_impl(const double* a, int64_t size) {
 TRP_CPU_DISPATCH(double, sum_of_squares, (const double* a, int64_t size), (a, size))
 
 // dst (k x len, row-major) = src as float64: src is the row-major k x len matrix, or with
-// `transposed` the row-major len x k one. Transposes go by 16 x 16 tiles, which stay in L1 both
-// ways.
+// `transposed` the row-major len x k one.
 template <typename T>
 void to_double_rows(const T* src, bool transposed, int64_t k, int64_t len, double* dst) {
-  if (!transposed) {
-    for (int64_t i = 0; i < k * len; ++i) dst[i] = static_cast<double>(src[i]);
+  if (transposed) {
+    transpose_tiled(src, len, k, dst, len);
     return;
   }
-  constexpr int64_t kTile = 16;
-  for (int64_t j0 = 0; j0 < len; j0 += kTile) {
-    for (int64_t i0 = 0; i0 < k; i0 += kTile) {
-      for (int64_t j = j0; j < std::min(len, j0 + kTile); ++j) {
-        for (int64_t i = i0; i < std::min(k, i0 + kTile); ++i) {
-          dst[i * len + j] = static_cast<double>(src[j * k + i]);
-        }
-      }
-    }
-  }
+  for (int64_t i = 0; i < k * len; ++i) dst[i] = static_cast<double>(src[i]);
 }
 
 // Returns false when the matrix (contiguous) holds NaN or Inf.
@@ -378,7 +369,7 @@ template <typename T>
 void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
                     const ProjectOptions& options, double sub_floor, MatrixResult& result) {
   const int64_t k = p.k, len = p.len, r = s.rank;
-  const bool single = std::is_same_v<T, float>;
+  constexpr bool single = std::is_same_v<T, float>;
   std::vector<T> ur(k * r);  // U_r, k x r
   for (int64_t i = 0; i < k; ++i) {
     for (int64_t j = 0; j < r; ++j) ur[i * r + j] = static_cast<T>(s.vectors[i * s.width + j]);
@@ -387,7 +378,7 @@ void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
   // float64 inputs use the rescaled copy, always k x len.
   const T* a = nullptr;
   bool a_transposed = false;
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (single) {
     a = mat.const_data_ptr<float>();
     a_transposed = p.transposed;
   } else {

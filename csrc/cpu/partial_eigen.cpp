@@ -98,8 +98,8 @@ TRP_INLINE void tridiagonalize_impl(double* a, int64_t n, double* tau, double* d
         const int64_t r = jj - 1;
         double sa = 0.0, sb = 0.0;
         simd::rank2_dot_axpy_pair<kAvx2>(row, row + n + 1, v[jj], w[jj], v_next[r], v[jj + 1],
-                                  w[jj + 1], v_next[r + 1], w.data() + jj, v.data() + jj,
-                                  v_next.data() + r, p_next.data() + r, m - jj, &sa, &sb);
+                                         w[jj + 1], v_next[r + 1], w.data() + jj, v.data() + jj,
+                                         v_next.data() + r, p_next.data() + r, m - jj, &sa, &sb);
         p_next[r] += sa;
         p_next[r + 1] += sb;
       }
@@ -134,8 +134,8 @@ TRP_INLINE void tridiagonalize_impl(double* a, int64_t n, double* tau, double* d
   if (n >= 1) diag[n - 1] = a[(n - 1) * n + n - 1];
 }
 TRP_CPU_DISPATCH_TEMPLATE(void, tridiagonalize,
-                 (double* a, int64_t n, double* tau, double* diag, double* offdiag),
-                 (a, n, tau, diag, offdiag))
+                          (double* a, int64_t n, double* tau, double* diag, double* offdiag),
+                          (a, n, tau, diag, offdiag))
 
 // Eigenvalues of the 2 x 2 symmetric [[a, b], [b, c]] (LAPACK's dlae2), in any order.
 void eigenvalues_2x2(double a, double b, double c, double* rt1, double* rt2) {

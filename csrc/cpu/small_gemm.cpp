@@ -16,6 +16,7 @@
 
 #include "cpu/cpu_features.h"
 #include "cpu/factored_conv2d_shared.h"
+#include "cpu/tiled_transpose.h"
 
 namespace trp_ext {
 namespace cpu {
@@ -39,22 +40,6 @@ OwnGemm own_gemm_mode() {
   return mode;
 }
 
-// dst[j * dst_stride + i] = src[i * cols + j] for the row-major rows x cols src, in 16 x 16
-// tiles that stay in L1 both ways (a column-order copy of a 1024-deep matrix ran at a third of
-// the speed).
-void transpose(const double* src, int64_t rows, int64_t cols, double* dst, int64_t dst_stride) {
-  constexpr int64_t kTile = 16;
-  for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
-    for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
-      for (int64_t j = j0; j < std::min(cols, j0 + kTile); ++j) {
-        for (int64_t i = i0; i < std::min(rows, i0 + kTile); ++i) {
-          dst[j * dst_stride + i] = src[i * cols + j];
-        }
-      }
-    }
-  }
-}
-
 }  // namespace
 
 void small_gemm(const double* a, bool trans_a, const double* b, bool trans_b, double* c,
@@ -67,14 +52,14 @@ void small_gemm(const double* a, bool trans_a, const double* b, bool trans_b, do
   const double* w = a;
   if (trans_a) {  // A is k x m: its transpose, row-major
     a_rows.resize(m * k);
-    transpose(a, k, m, a_rows.data(), k);
+    transpose_tiled(a, k, m, a_rows.data(), k);
     w = a_rows.data();
   }
   const double* in = b;
   if (trans_b || width != n) {
     b_rows.assign(k * width, 0.0);
     if (trans_b) {  // B is n x k
-      transpose(b, n, k, b_rows.data(), width);
+      transpose_tiled(b, n, k, b_rows.data(), width);
     } else {
       for (int64_t t = 0; t < k; ++t) std::copy(b + t * n, b + t * n + n, b_rows.data() + t * width);
     }
