@@ -164,23 +164,26 @@ void cold_solve(const Problem& p, const ProjectOptions& options, Spectrum& s) {
   eigen.vectors(s.width, s.vectors.data());
 }
 
-// The width a basis whose columns have ||G q_j||^2 = norm2[j] needs (see gap_basis_width), and
-// the order of its columns by that norm. q_j close to an eigenvector gives ||G q_j|| ~ lambda_j,
-// so the norms estimate the spectrum: the rank of their energy, then the gap after it. A wrong
-// estimate costs work only: Rayleigh-Ritz certifies the result, and widens when it must.
+// The width a basis whose columns have Rayleigh quotients q_j^T G q_j = quotient[j] needs (see
+// gap_basis_width), and the order of its columns by them. The previous call's basis holds
+// (nearly) eigenvectors, so the quotients estimate the spectrum to second order in the drift:
+// the rank of their energy, then the gap after it. (The norms ||G q_j|| would not do: a column
+// outside the top subspace leaks drift x lambda_1 into it, far above its own eigenvalue, and
+// hides the gap.) A wrong estimate costs work only: Rayleigh-Ritz certifies the result, and
+// widens when it must.
 int64_t gap_width_of_columns(const Problem& p, const ProjectOptions& options,
-                             const std::vector<double>& norm2, std::vector<int64_t>& order) {
-  const int64_t b = static_cast<int64_t>(norm2.size());
+                             const std::vector<double>& quotient, std::vector<int64_t>& order) {
+  const int64_t b = static_cast<int64_t>(quotient.size());
   order.resize(b);
   for (int64_t j = 0; j < b; ++j) order[j] = j;
   std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t a, int64_t c) { return norm2[a] > norm2[c]; });
+                   [&](int64_t a, int64_t c) { return quotient[a] > quotient[c]; });
   // The rank rule on the estimated singular values, the energy outside the basis lumped as one
   // more value, as Rayleigh-Ritz does with its Ritz values (warm_solve).
   std::vector<double> estimate(b), singular(b + 1);
   double captured = 0.0;
   for (int64_t j = 0; j < b; ++j) {
-    estimate[j] = std::sqrt(norm2[order[j]]);
+    estimate[j] = std::max(quotient[order[j]], 0.0);
     captured += estimate[j];
     singular[j] = std::sqrt(estimate[j]);
   }
@@ -193,7 +196,7 @@ int64_t gap_width_of_columns(const Problem& p, const ProjectOptions& options,
 // One power step q <- orth(G q). The columns of G q are first scaled to unit norm: q's columns
 // track Ritz vectors, so the scaled block is nearly orthonormal and Cholesky QR is exact enough.
 // A column that G nearly annihilates keeps its old direction (its eigenvalues hold no energy).
-// With `narrow`, columns past a gap in the spectrum their norms estimate are dropped first
+// With `narrow`, columns past a gap in the spectrum their quotients estimate are dropped first
 // (the basis of the previous call was sized for a spectrum without one), and *b shrinks.
 bool power_step(const Problem& p, const ProjectOptions& options, bool narrow,
                 std::vector<double>& q, int64_t* b_inout, std::vector<double>& work) {
@@ -201,13 +204,16 @@ bool power_step(const Problem& p, const ProjectOptions& options, bool narrow,
   int64_t b = *b_inout;
   work.resize(k * b);
   matmul(p.gram.data(), false, q.data(), false, work.data(), k, b, k);
-  std::vector<double> norm2(b, 0.0);
+  std::vector<double> norm2(b, 0.0), quotient(b, 0.0);
   for (int64_t i = 0; i < k; ++i) {
-    for (int64_t j = 0; j < b; ++j) norm2[j] += work[i * b + j] * work[i * b + j];
+    for (int64_t j = 0; j < b; ++j) {
+      norm2[j] += work[i * b + j] * work[i * b + j];
+      quotient[j] += q[i * b + j] * work[i * b + j];
+    }
   }
   std::vector<int64_t> order;
-  const int64_t width = narrow ? gap_width_of_columns(p, options, norm2, order) : b;
-  if (width < b) {  // keep the columns with the largest norms, in that order
+  const int64_t width = narrow ? gap_width_of_columns(p, options, quotient, order) : b;
+  if (width < b) {  // keep the columns with the largest quotients, in that order
     std::vector<double> kept_q(k * width), kept_work(k * width), kept_norm2(width);
     for (int64_t j = 0; j < width; ++j) kept_norm2[j] = norm2[order[j]];
     for (int64_t i = 0; i < k; ++i) {
