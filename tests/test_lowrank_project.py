@@ -551,9 +551,12 @@ def test_mismatched_bases_raise(device):
         ops.lowrank_project(mats, 0.9, bases=other)
 
 
-# Variables that switch the CPU kernel's float64 products onto another path. The kernel reads
-# them once per process, hence a subprocess each.
+# Variables that switch the CPU kernel's float64 products (or its vector loops) onto another
+# path. The kernel reads them once per process, hence a subprocess each.
 PRODUCT_PATHS = {
+    # The portable build of every vector loop (the eigensolver's four-lane inverse iteration
+    # included), as on a CPU without AVX2: ATEN_CPU_CAPABILITY=default switches ours off too.
+    "portable": {"ATEN_CPU_CAPABILITY": "default"},
     # The BLAS/LAPACK libtorch exports, called directly when it can, else ATen's (the path of a
     # torch build that does not export them); every product there, none on the own GEMM.
     "aten": {"TRP_EXT_NO_DIRECT_BLAS": "1", "TRP_EXT_OWN_GEMM": "never"},

@@ -7,8 +7,8 @@
 #include <limits>
 
 #include "cpu/lowrank_linalg.h"
-#include "cpu/pseudo_random.h"
 #include "cpu/simd.h"
+#include "cpu/tridiagonal_inverse_iteration.h"
 
 namespace trp_ext {
 namespace cpu {
@@ -16,21 +16,6 @@ namespace {
 
 constexpr double kEps = std::numeric_limits<double>::epsilon();
 constexpr int kMaxQlIterations = 60;  // per eigenvalue; QL needs ~1.5 on average
-// Inverse iteration from a random start with an eigenvalue accurate to eps ||T|| gains a factor
-// gap / (eps ||T||) per solve: past kClusterTol that is > 1e10, so 2 solves leave nothing of the
-// other vectors.
-constexpr int kInverseIterations = 2;
-// Eigenvalues closer than this (relative to ||T||) form a cluster whose vectors are
-// re-orthogonalised against each other; outside a cluster inverse iteration alone leaves them
-// orthogonal to eps / kClusterTol ~ 2e-11. (LAPACK's dstein uses 1e-3, which on the decaying
-// spectra here makes most of the tail one cluster and re-orthogonalisation the dominant cost.)
-// Equal eigenvalues are first pulled apart by kSeparation, so that the shifts differ.
-constexpr double kClusterTol = 1e-5;
-constexpr double kSeparation = 10.0 * kEps;
-// Inverse iteration grows vectors by up to 1 / pivot per step; rescaling at this size keeps
-// clusters of tiny pivots from overflowing.
-constexpr double kRescale = 1e150;
-
 // Householder reflector of row i of a (the column i below the diagonal, by symmetry) that
 // zeroes its columns i+2..n-1: stores v (v_0 = 1 implicit) there and in v_out, the new
 // off-diagonal in offdiag[i], and returns tau (0 when the row is already reduced).
@@ -234,116 +219,7 @@ bool ql_eigenvalues(double* d, double* e, int64_t n, double norm) {
   return true;
 }
 
-// LU with partial pivoting of the tridiagonal T - shift I, laid out like LAPACK's dgttrf:
-// U has two superdiagonals. Pivots below `floor` are raised to it, so that solves with a shift
-// at an eigenvalue stay finite (inverse iteration wants exactly that near-singularity).
-struct TridiagonalLu {
-  std::vector<double> lower, diag, inv_diag, upper, upper2;
-  std::vector<char> swapped;
-
-  void factor(const double* d, const double* e, int64_t n, double shift, double floor) {
-    lower.assign(e, e + std::max<int64_t>(n - 1, 0));
-    upper = lower;
-    upper2.assign(std::max<int64_t>(n - 2, 0), 0.0);
-    diag.resize(n);
-    swapped.assign(n, 0);
-    for (int64_t i = 0; i < n; ++i) diag[i] = d[i] - shift;
-    for (int64_t i = 0; i + 1 < n; ++i) {
-      if (std::abs(diag[i]) >= std::abs(lower[i])) {
-        if (diag[i] == 0.0) diag[i] = floor;  // then lower[i] == 0 too
-        const double factor = lower[i] / diag[i];
-        lower[i] = factor;
-        diag[i + 1] -= factor * upper[i];
-      } else {
-        swapped[i] = 1;
-        const double factor = diag[i] / lower[i];
-        diag[i] = lower[i];
-        lower[i] = factor;
-        const double old_upper = upper[i];
-        upper[i] = diag[i + 1];
-        diag[i + 1] = old_upper - factor * diag[i + 1];
-        if (i + 2 < n) {
-          upper2[i] = upper[i + 1];
-          upper[i + 1] = -factor * upper[i + 1];
-        }
-      }
-    }
-    inv_diag.resize(n);
-    for (int64_t i = 0; i < n; ++i) {
-      if (std::abs(diag[i]) < floor) diag[i] = std::copysign(floor, diag[i]);
-      inv_diag[i] = 1.0 / diag[i];  // solves then multiply: no division on their critical path
-    }
-  }
-
-  // x <- (T - shift I)^-1 x, up to a positive scale (rescaled against overflow).
-  void solve(double* x, int64_t n) const {
-    for (int64_t i = 0; i + 1 < n; ++i) {
-      if (swapped[i]) {
-        const double top = x[i];
-        x[i] = x[i + 1];
-        x[i + 1] = top - lower[i] * x[i];
-      } else {
-        x[i + 1] -= lower[i] * x[i];
-      }
-    }
-    for (int64_t i = n - 1; i >= 0; --i) {
-      double v = x[i];
-      if (i + 1 < n) v -= upper[i] * x[i + 1];
-      if (i + 2 < n) v -= upper2[i] * x[i + 2];
-      x[i] = v * inv_diag[i];
-      if (std::abs(x[i]) > kRescale) {
-        for (int64_t l = 0; l < n; ++l) x[l] /= kRescale;
-      }
-    }
-  }
-};
-
-// Eigenvectors of the tridiagonal (d, e) for the descending eigenvalues lambda[0..m), by
-// inverse iteration, into zt (m x n: row j is the vector of lambda[j]).
-TRP_INLINE void tridiagonal_vectors_impl(const double* d, const double* e, int64_t n,
-                                         const double* lambda, int64_t m, double* zt) {
-  double norm = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    norm = std::max(norm, std::abs(d[i]) + (i > 0 ? std::abs(e[i - 1]) : 0.0) +
-                              (i + 1 < n ? std::abs(e[i]) : 0.0));
-  }
-  if (norm == 0.0) norm = 1.0;  // T = 0: every unit vector is an eigenvector
-  std::vector<double> dn(n), en(std::max<int64_t>(n - 1, 0));
-  for (int64_t i = 0; i < n; ++i) dn[i] = d[i] / norm;
-  for (int64_t i = 0; i + 1 < n; ++i) en[i] = e[i] / norm;
-  TridiagonalLu lu;
-  uint64_t state = 0x5DEECE66DULL + static_cast<uint64_t>(n);
-  int64_t cluster = 0;
-  double previous = 0.0;
-  for (int64_t j = 0; j < m; ++j) {
-    double shift = lambda[j] / norm;
-    if (j > 0) {
-      if (previous - shift > kClusterTol) cluster = j;
-      if (previous - shift < kSeparation) shift = previous - kSeparation;
-    }
-    previous = shift;
-    lu.factor(dn.data(), en.data(), n, shift, kEps);
-    double* x = zt + j * n;
-    for (int64_t i = 0; i < n; ++i) x[i] = random_unit(&state);
-    for (int it = 0; it < kInverseIterations; ++it) {
-      lu.solve(x, n);
-      // Twice is enough (Kahan-Parlett) to make x orthogonal to the cluster's vectors.
-      for (int pass = 0; pass < 2 && cluster < j; ++pass) {
-        for (int64_t c = cluster; c < j; ++c) {
-          const double* other = zt + c * n;
-          simd::axpy(-simd::dot(x, other, n), other, x, n);
-        }
-      }
-      const double norm2 = simd::sum_squares(x, n);
-      if (!(norm2 > 0.0) || !std::isfinite(norm2)) {  // lost to cancellation: restart
-        for (int64_t i = 0; i < n; ++i) x[i] = random_unit(&state);
-        continue;
-      }
-      const double inv = 1.0 / std::sqrt(norm2);
-      for (int64_t i = 0; i < n; ++i) x[i] *= inv;
-    }
-  }
-}
+using inverse_iteration::tridiagonal_vectors_impl;
 TRP_CPU_DISPATCH(void, tridiagonal_vectors,
                  (const double* d, const double* e, int64_t n, const double* lambda, int64_t m,
                   double* zt),
