@@ -64,8 +64,9 @@ def mixed_list(dtype, device, seed=0):
 
 
 def warm_list(dtype, device, seed=0):
-    """Sizes where warm starts apply on every device (the CPU solves k < 64 cold)."""
-    shapes_taus = [((64, 576), 8.0), ((576, 64), 8.0), ((96, 96), 12.0), ((128, 300), 16.0), ((70, 70), 9.0)]
+    """Sizes where warm starts apply on every device (the CPU solves k < 48 cold)."""
+    shapes_taus = [((64, 576), 8.0), ((576, 64), 8.0), ((96, 96), 12.0), ((128, 300), 16.0), ((70, 70), 9.0),
+                   ((48, 144), 6.0)]
     return [decaying(m, n, tau, dtype, seed + i, device) for i, ((m, n), tau) in enumerate(shapes_taus)]
 
 
@@ -351,7 +352,7 @@ def test_inputs_are_not_modified(device):
 @pytest.mark.parametrize("from_projection", [True, False])
 def test_warm_start_matches_cold(device, dtype, from_projection):
     mats = warm_list(dtype, device, seed=8) + mixed_list(dtype, device, seed=8)
-    eligible = sum(min(m.shape) >= 64 for m in mats)
+    eligible = sum(min(m.shape) >= 48 for m in mats)
     first = ops.lowrank_project(mats, 0.95)
     # TRP's step(): the projected weights, then a few SGD steps; or weights that were not projected.
     start = first.projected if from_projection else mats
