@@ -16,12 +16,14 @@ TORCH_LIBRARY(trp_ext, m) {
   // Per row of singular values s (descending, zero-padded): the smallest r with
   // sum(s[:r]^2) >= energy * sum(s^2); 0 for an all-zero row.
   m.def("energy_rank(Tensor s, float energy) -> Tensor");
-  // Factored conv: conv(x, w1) then conv(., w2), + bias, optional ReLU, in one kernel.
+  // Factored conv: conv(x, w1) then conv(., w2), + bias, + an optional residual (broadcast to
+  // the output, as a ResNet block's shortcut), optional ReLU, in one kernel.
   // channel: w1 (r, c, kh, kw) takes stride/padding/dilation, w2 is (n, r, 1, 1);
   // spatial: w1 (r, c, kh, 1) takes their height parts, w2 (n, r, 1, kw) their width parts.
   m.def(
       "factored_conv2d(Tensor x, Tensor w1, Tensor w2, Tensor? bias, int[2] stride, "
-      "int[2] padding, int[2] dilation, str scheme, str? activation) -> Tensor");
+      "int[2] padding, int[2] dilation, str scheme, str? activation, Tensor? residual=None) "
+      "-> Tensor");
   // Per matrix (of any shapes): the truncated-SVD projection at the energy rank (capped by
   // value_threshold and max_rank), optionally the sub-gradient U_r V_r^T, and a basis that
   // warm-starts the next call on the same list of shapes.

@@ -148,11 +148,14 @@ def factor_conv_params(scheme, stride, padding, dilation):
 
 
 def factored_conv2d(x, w1, w2, bias=None, stride=1, padding=0, dilation=1, scheme="channel",
-                    activation=None):
-    """The factored conv as two F.conv2d calls, then bias and an optional ReLU."""
+                    activation=None, residual=None):
+    """The factored conv as two F.conv2d calls, then bias, an optional residual (added, as a
+    ResNet block's shortcut) and an optional ReLU."""
     (s1, p1, d1), (s2, p2, d2) = factor_conv_params(scheme, stride, padding, dilation)
     middle = F.conv2d(x, w1, None, s1, p1, d1)
     out = F.conv2d(middle, w2, bias, s2, p2, d2)
+    if residual is not None:
+        out = out + residual
     if activation == "relu":
         out = F.relu(out)
     elif activation is not None:

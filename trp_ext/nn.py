@@ -58,9 +58,11 @@ class FactoredConv2d(nn.Module):
             module.bias.copy_(conv.bias.detach() if conv.bias is not None else torch.zeros_like(module.bias))
         return module
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """The factored conv of x; `residual` (e.g. a ResNet block's shortcut) is added before the
+        activation, in the same pass."""
         return ops.factored_conv2d(x, self.weight1, self.weight2, self.bias, self.stride, self.padding,
-                                   self.dilation, self.scheme, self.activation)
+                                   self.dilation, self.scheme, self.activation, residual=residual)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, rank={self.rank}, kernel_size={self.kernel_size}, "

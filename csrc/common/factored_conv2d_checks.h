@@ -3,6 +3,7 @@
 // channel scheme: w1 (r, c, kh, kw) with the conv's stride/padding/dilation, then w2 (n, r, 1, 1).
 // spatial scheme: w1 (r, c, kh, 1) with the height parts, then w2 (n, r, 1, kw) with the width
 // parts. Either way the output is (N, n, Ho, Wo), the size the original kh x kw conv would give.
+// A residual, added before the activation, broadcasts to that shape.
 #pragma once
 
 #include <optional>
@@ -53,7 +54,8 @@ inline FconvGeometry check_factored_conv2d_args(
     const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
     const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, std::string_view scheme, std::optional<std::string_view> activation,
-    bool (*dtype_ok)(at::ScalarType), const char* dtypes) {
+    const std::optional<at::Tensor>& residual, bool (*dtype_ok)(at::ScalarType),
+    const char* dtypes) {
   using fconv_detail::kOp;
   FconvGeometry g;
   TRP_CHECK_ARG(scheme == "channel" || scheme == "spatial", kOp, "scheme",
@@ -114,7 +116,29 @@ inline FconvGeometry check_factored_conv2d_args(
   g.dh = fconv_detail::checked_pair(dilation, "dilation", 1, "positive", &g.dw);
   g.out_h = fconv_detail::conv_out_size(g.height, g.kh, g.sh, g.ph, g.dh, "height");
   g.out_w = fconv_detail::conv_out_size(g.width, g.kw, g.sw, g.pw, g.dw, "width");
+  if (residual.has_value()) {
+    const at::Tensor& r = *residual;
+    check_same_device(x, r, kOp, "residual");
+    TRP_CHECK_ARG_TYPE(r.scalar_type() == x.scalar_type(), kOp, "residual",
+                       "must have x's dtype ", x.scalar_type(), ", got ", r.scalar_type());
+    const int64_t out_shape[4] = {g.batch, g.out_channels, g.out_h, g.out_w};
+    bool fits = r.dim() <= 4;
+    for (int64_t d = 0; fits && d < r.dim(); ++d) {
+      const int64_t size = r.size(r.dim() - 1 - d), want = out_shape[3 - d];
+      fits = size == want || size == 1;
+    }
+    TRP_CHECK_ARG(fits, kOp, "residual", "must broadcast to the output shape [", g.batch, ", ",
+                  g.out_channels, ", ", g.out_h, ", ", g.out_w, "], got shape ", r.sizes());
+  }
   return g;
+}
+
+// The residual as a view of the output's shape (0 strides where it broadcasts); undefined
+// when not given.
+inline at::Tensor expanded_residual(const std::optional<at::Tensor>& residual,
+                                    const FconvGeometry& g) {
+  if (!residual.has_value()) return at::Tensor();
+  return residual->expand({g.batch, g.out_channels, g.out_h, g.out_w});
 }
 
 // The output: (N, n, Ho, Wo) in the memory format torch's convs give for x.

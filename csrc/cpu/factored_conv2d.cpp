@@ -10,7 +10,8 @@
 //   3. spatial scheme only: lays the intermediate out as planes for the 1 x kw conv (width
 //      padding and stride phases) in the same way;
 //   4. runs the second conv with the bias and ReLU epilogue, a few output channels at a time,
-//      and copies the valid columns into the output (NCHW or channels_last, any strides).
+//      and copies the valid columns into the output (NCHW or channels_last, any strides); with
+//      a residual, the copy adds it and applies the ReLU instead.
 // Both convs are the same micro-kernel (factored_conv2d_kernels.h), run over different taps.
 // Items run in parallel with at::parallel_for, so batch 1 still uses every core.
 #include <ATen/Parallel.h>
@@ -171,6 +172,8 @@ struct Operands {
   const T* bias;  // null: no bias
   T* out;
   int64_t os[4];  // strides of the output
+  const T* residual;  // null: none; else read with strides rs (0 where it broadcasts)
+  int64_t rs[4];
 };
 
 template <typename T>
@@ -207,13 +210,18 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
   }
   // 4. Second conv with the epilogue, a block of output channels at a time, then copy-out.
   const int64_t taps2 = static_cast<int64_t>(p.taps2.size());
+  const bool residual = ops.residual != nullptr;  // then the ReLU follows its addition
   for (const auto& [start, size] : p.out_blocks) {
     k.tap_conv(stage2_in, p.taps2.data(), taps2, ops.w2 + start * taps2, taps2, size,
-               ops.bias ? ops.bias + start : nullptr, false, g.relu, s.out, p.count2, count2);
+               ops.bias ? ops.bias + start : nullptr, false, g.relu && !residual, s.out,
+               p.count2, count2);
     T* dst = ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2];
+    const T* res = residual ? ops.residual + image * ops.rs[0] + start * ops.rs[1] + oh0 * ops.rs[2]
+                            : nullptr;
     for (int j = 0; j < size; ++j) {
-      k.copy_rows(s.out + j * p.count2, p.pitch2, rows, g.out_w, dst + j * ops.os[1], ops.os[2],
-                  ops.os[3]);
+      k.copy_rows(s.out + j * p.count2, p.pitch2, rows, g.out_w,
+                  residual ? res + j * ops.rs[1] : nullptr, ops.rs[2], ops.rs[3], g.relu,
+                  dst + j * ops.os[1], ops.os[2], ops.os[3]);
     }
   }
 }
@@ -221,13 +229,15 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
 template <typename T>
 void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const at::Tensor& w1,
                               const at::Tensor& w2, const std::optional<at::Tensor>& bias,
-                              at::Tensor& out) {
+                              const at::Tensor& residual, at::Tensor& out) {
   Operands<T> ops;
   ops.x = x.const_data_ptr<T>();
   ops.out = out.data_ptr<T>();
+  ops.residual = residual.defined() ? residual.const_data_ptr<T>() : nullptr;
   for (int d = 0; d < 4; ++d) {
     ops.xs[d] = x.stride(d);
     ops.os[d] = out.stride(d);
+    ops.rs[d] = residual.defined() ? residual.stride(d) : 0;
   }
   const at::Tensor w1c = w1.contiguous();
   const at::Tensor w2c = w2.contiguous();
@@ -236,8 +246,8 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
   ops.w2 = w2c.const_data_ptr<T>();
   ops.bias = bc.defined() ? bc.const_data_ptr<T>() : nullptr;
   if (fconv_cpu::use_winograd(g)) {
-    fconv_cpu::winograd_factored_conv2d<T>(g, ops.x, ops.xs, ops.w1, ops.w2, ops.bias, ops.out,
-                                           ops.os);
+    fconv_cpu::winograd_factored_conv2d<T>(g, ops.x, ops.xs, ops.w1, ops.w2, ops.bias,
+                                           ops.residual, ops.rs, ops.out, ops.os);
     return;
   }
   const BandPlan plan = make_plan(g, static_cast<int64_t>(sizeof(T)));
@@ -258,14 +268,16 @@ at::Tensor factored_conv2d_cpu(const at::Tensor& x, const at::Tensor& w1, const 
                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation,
                                c10::string_view scheme,
-                               std::optional<c10::string_view> activation) {
+                               std::optional<c10::string_view> activation,
+                               const std::optional<at::Tensor>& residual) {
   const FconvGeometry g = check_factored_conv2d_args(x, w1, w2, bias, stride, padding, dilation,
-                                                     scheme, activation, &cpu_dtype_ok,
+                                                     scheme, activation, residual, &cpu_dtype_ok,
                                                      "float32 or float64");
   at::Tensor out = empty_factored_conv2d_output(x, g);
   if (out.numel() == 0) return out;
+  const at::Tensor res = expanded_residual(residual, g);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "factored_conv2d_cpu", [&] {
-    factored_conv2d_cpu_impl<scalar_t>(g, x, w1, w2, bias, out);
+    factored_conv2d_cpu_impl<scalar_t>(g, x, w1, w2, bias, res, out);
   });
   return out;
 }

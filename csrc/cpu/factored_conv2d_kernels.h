@@ -77,9 +77,13 @@ template <typename T>
 using BuildPlanesFn = void (*)(const T* src, int64_t sc, int64_t sy, int64_t sx, int64_t height,
                                int64_t width, const PlaneSpec& spec, int64_t row0, T* dst);
 
-// dst[r * dst_row + c * dst_col] = src[r * src_row + c] for r < rows, c < cols.
+// dst[r * dst_row + c * dst_col] = src[r * src_row + c] for r < rows, c < cols; with a
+// residual res, act(src[r * src_row + c] + res[r * res_row + c * res_col]) instead, act the
+// ReLU when relu (NaN stays NaN, as in torch.relu) and the identity otherwise. dst must not
+// overlap src or res.
 template <typename T>
-using CopyRowsFn = void (*)(const T* src, int64_t src_row, int64_t rows, int64_t cols, T* dst,
+using CopyRowsFn = void (*)(const T* src, int64_t src_row, int64_t rows, int64_t cols,
+                            const T* res, int64_t res_row, int64_t res_col, bool relu, T* dst,
                             int64_t dst_row, int64_t dst_col);
 
 // Winograd F(2x2, 3x3) transforms (cpu/factored_conv2d_winograd.cpp).

@@ -258,16 +258,52 @@ void build_planes(const typename V::Scalar* src, int64_t sc, int64_t sy, int64_t
   }
 }
 
+// dst[0, n) = act(src + res) over contiguous runs; as copy_run, a last partial vector is
+// written as the run's last whole vector again (the same values: dst aliases neither input).
+template <class V>
+inline void add_run(const typename V::Scalar* src, const typename V::Scalar* res, bool relu,
+                    typename V::Scalar* dst, int64_t n) {
+  constexpr int L = V::kWidth;
+  const auto sum = [&](int64_t k) {
+    const typename V::Reg v = V::add(V::load(src + k), V::load(res + k));
+    return relu ? V::relu(v) : v;
+  };
+  if (n < L) {
+    if (n > 0) {
+      const typename V::Reg v = V::add(V::load_partial(src, n), V::load_partial(res, n));
+      V::store_partial(dst, relu ? V::relu(v) : v, n);
+    }
+    return;
+  }
+  int64_t k = 0;
+  for (; k + L <= n; k += L) V::store(dst + k, sum(k));
+  if (k < n) V::store(dst + n - L, sum(n - L));
+}
+
 template <class V>
 void copy_rows(const typename V::Scalar* src, int64_t src_row, int64_t rows, int64_t cols,
+               const typename V::Scalar* res, int64_t res_row, int64_t res_col, bool relu,
                typename V::Scalar* dst, int64_t dst_row, int64_t dst_col) {
+  using Scalar = typename V::Scalar;
   for (int64_t r = 0; r < rows; ++r) {
-    const typename V::Scalar* s = src + r * src_row;
-    typename V::Scalar* d = dst + r * dst_row;
-    if (dst_col == 1) {
-      copy_run<V>(s, d, cols);
-    } else {
-      for (int64_t c = 0; c < cols; ++c) d[c * dst_col] = s[c];
+    const Scalar* s = src + r * src_row;
+    Scalar* d = dst + r * dst_row;
+    if (res == nullptr) {
+      if (dst_col == 1) {
+        copy_run<V>(s, d, cols);
+      } else {
+        for (int64_t c = 0; c < cols; ++c) d[c * dst_col] = s[c];
+      }
+      continue;
+    }
+    const Scalar* e = res + r * res_row;
+    if (dst_col == 1 && res_col == 1) {
+      add_run<V>(s, e, relu, d, cols);
+    } else {  // channels_last output, or a residual broadcast along the width
+      for (int64_t c = 0; c < cols; ++c) {
+        const Scalar v = s[c] + e[c * res_col];
+        d[c * dst_col] = relu && v < Scalar(0) ? Scalar(0) : v;
+      }
     }
   }
 }

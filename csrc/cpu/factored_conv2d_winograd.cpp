@@ -218,6 +218,8 @@ struct Operands {
   const T* u;  // 16 x rank x channels
   const T* w2;
   const T* bias;
+  const T* residual;  // null: none
+  const int64_t* rs;
   T* out;
   const int64_t* os;
   const int64_t* v_offsets;    // tap t of a point product: channel t of the group
@@ -263,14 +265,19 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
   // Second conv with the epilogue over the item's positions, then the valid rows and columns
   // out to memory.
   const int64_t out_rows = std::min(2 * rows, g.out_h - 2 * ty0);
+  const bool residual = ops.residual != nullptr;  // then the ReLU follows its addition
   for (const auto& [start, size] : p.out_blocks) {
     k.tap_conv(s.mid, ops.mid_offsets, rank, ops.w2 + start * rank, rank, size,
-               ops.bias ? ops.bias + start : nullptr, false, g.relu, s.out, p.positions,
-               positions);
+               ops.bias ? ops.bias + start : nullptr, false, g.relu && !residual, s.out,
+               p.positions, positions);
     for (int64_t i = 0; i < images; ++i) {
       T* dst = ops.out + (image0 + i) * ops.os[0] + start * ops.os[1] + 2 * ty0 * ops.os[2];
+      const T* res = residual ? ops.residual + (image0 + i) * ops.rs[0] + start * ops.rs[1] +
+                                    2 * ty0 * ops.rs[2]
+                              : nullptr;
       for (int j = 0; j < size; ++j) {
         k.copy_rows(s.out + j * p.positions + i * image_positions, p.pitch, out_rows, g.out_w,
+                    residual ? res + j * ops.rs[1] : nullptr, ops.rs[2], ops.rs[3], g.relu,
                     dst + j * ops.os[1], ops.os[2], ops.os[3]);
       }
     }
@@ -297,8 +304,8 @@ bool use_winograd(const FconvGeometry& g) {
 
 template <typename T>
 void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t* xs,
-                              const T* w1, const T* w2, const T* bias, T* out,
-                              const int64_t* os) {
+                              const T* w1, const T* w2, const T* bias, const T* residual,
+                              const int64_t* rs, T* out, const int64_t* os) {
   const Plan p = make_plan<T>(g);
   // The calling thread's buffer, kept between calls up to kRetainedWeightBytes: a fresh one
   // would cost a page fault per 4 KiB on every call. Larger ones (rare layers) are the call's
@@ -313,7 +320,8 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   std::vector<int64_t> v_offsets(p.group), mid_offsets(g.rank);
   for (int64_t t = 0; t < p.group; ++t) v_offsets[t] = t * p.v_channel;
   for (int64_t j = 0; j < g.rank; ++j) mid_offsets[j] = j * p.positions;
-  const Operands<T> ops{x, xs, u.data(), w2, bias, out, os, v_offsets.data(), mid_offsets.data()};
+  const Operands<T> ops{x,   xs, u.data(), w2, bias, residual, rs, out, os, v_offsets.data(),
+                        mid_offsets.data()};
   const int64_t work = p.count * (kPoints * g.rank * g.in_channels + 4 * g.out_channels * g.rank);
   const int64_t grain = parallel_grain(work);
   at::parallel_for(0, p.items, grain, [&](int64_t begin, int64_t end) {
@@ -324,10 +332,12 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
 
 template void winograd_factored_conv2d<float>(const FconvGeometry&, const float*,
                                               const int64_t*, const float*, const float*,
-                                              const float*, float*, const int64_t*);
+                                              const float*, const float*, const int64_t*,
+                                              float*, const int64_t*);
 template void winograd_factored_conv2d<double>(const FconvGeometry&, const double*,
                                                const int64_t*, const double*, const double*,
-                                               const double*, double*, const int64_t*);
+                                               const double*, const double*, const int64_t*,
+                                               double*, const int64_t*);
 
 }  // namespace fconv_cpu
 }  // namespace trp_ext

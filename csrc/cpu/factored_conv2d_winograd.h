@@ -18,11 +18,12 @@ WinogradMode winograd_mode();
 bool use_winograd(const FconvGeometry& g);
 
 // The whole call: x and out with element strides xs and os (NCHW order), w1 (r, c, 3, 3) and
-// w2 (n, r, 1, 1) contiguous, bias null or (n,).
+// w2 (n, r, 1, 1) contiguous, bias null or (n,), residual null or read with strides rs (the
+// output's shape, 0 strides where it broadcasts).
 template <typename T>
 void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t* xs,
-                              const T* w1, const T* w2, const T* bias, T* out,
-                              const int64_t* os);
+                              const T* w1, const T* w2, const T* bias, const T* residual,
+                              const int64_t* rs, T* out, const int64_t* os);
 
 }  // namespace fconv_cpu
 }  // namespace trp_ext

@@ -32,7 +32,8 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The composition of two library convs, for what the fused kernel does not cover.
 at::Tensor unfused(const FconvGeometry& g, const at::Tensor& x, const at::Tensor& w1,
-                   const at::Tensor& w2, const std::optional<at::Tensor>& bias) {
+                   const at::Tensor& w2, const std::optional<at::Tensor>& bias,
+                   const std::optional<at::Tensor>& residual) {
   using Pair = std::vector<int64_t>;
   const std::optional<at::Tensor> none;
   at::Tensor mid, out;
@@ -43,6 +44,7 @@ at::Tensor unfused(const FconvGeometry& g, const at::Tensor& x, const at::Tensor
     mid = at::conv2d(x, w1, none, Pair{g.sh, g.sw}, Pair{g.ph, g.pw}, Pair{g.dh, g.dw});
     out = at::conv2d(mid, w2, bias, Pair{1, 1}, Pair{0, 0}, Pair{1, 1});
   }
+  if (residual.has_value()) out.add_(*residual);
   if (g.relu) out.relu_();
   return out.contiguous(x.suggest_memory_format());  // the fused kernel's (and fake's) format
 }
@@ -125,12 +127,13 @@ bool launch_for_rank(const FconvArgs& a, bool spatial, const cudaDeviceProp& pro
 
 FconvArgs make_args(const FconvGeometry& g, const at::Tensor& x, const at::Tensor& w1,
                     const at::Tensor& w2, const std::optional<at::Tensor>& bias,
-                    const at::Tensor& out) {
+                    const at::Tensor& residual, const at::Tensor& out) {
   FconvArgs a{};
   a.x = x.const_data_ptr();
   a.w1 = w1.const_data_ptr();
   a.w2 = w2.const_data_ptr();
   a.bias = bias.has_value() ? bias->const_data_ptr() : nullptr;
+  a.residual = residual.defined() ? residual.const_data_ptr() : nullptr;
   a.out = out.data_ptr();
   for (int d = 0; d < 4; ++d) {
     a.xs[d] = x.stride(d);
@@ -194,9 +197,10 @@ at::Tensor factored_conv2d_cuda(const at::Tensor& x, const at::Tensor& w1, const
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation,
                                 c10::string_view scheme,
-                                std::optional<c10::string_view> activation) {
+                                std::optional<c10::string_view> activation,
+                                const std::optional<at::Tensor>& residual) {
   const FconvGeometry g = check_factored_conv2d_args(
-      x, w1, w2, bias, stride, padding, dilation, scheme, activation, &cuda_dtype_ok,
+      x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual, &cuda_dtype_ok,
       "float32, float16, bfloat16 or float64");
   const c10::cuda::CUDAGuard device_guard(x.device());
   at::Tensor out = empty_factored_conv2d_output(x, g);
@@ -206,11 +210,16 @@ at::Tensor factored_conv2d_cuda(const at::Tensor& x, const at::Tensor& w1, const
   const at::ScalarType dtype = x.scalar_type();
   const bool kernel_runs_dtype = dtype == at::kFloat || (dtype == at::kHalf && props.major >= 7) ||
                                 (dtype == at::kBFloat16 && props.major >= 8);
-  if (dtype != at::kDouble && kernel_runs_dtype && tile_rank(g.rank) != 0 && fits_int32(g)) {
+  // The kernel reads a residual at the output's offsets: one with the output's strides (a
+  // shortcut in the same memory format); a broadcast or differently laid out one goes unfused.
+  const at::Tensor res = expanded_residual(residual, g);
+  const bool residual_fits = !res.defined() || res.strides() == out.strides();
+  if (dtype != at::kDouble && kernel_runs_dtype && residual_fits && tile_rank(g.rank) != 0 &&
+      fits_int32(g)) {
     // The kernel reads the weights through their strides (a channels_last model's weights are
     // not copied each call); only w1 offsets beyond 32 bits need a compact copy.
     const at::Tensor w1c = span(w1) < std::numeric_limits<int>::max() ? w1 : w1.contiguous();
-    const FconvArgs a = make_args(g, x, w1c, w2, bias, out);
+    const FconvArgs a = make_args(g, x, w1c, w2, bias, res, out);
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     bool launched = false;
     if (dtype == at::kFloat) {
@@ -222,7 +231,7 @@ at::Tensor factored_conv2d_cuda(const at::Tensor& x, const at::Tensor& w1, const
     }
     if (launched) return out;
   }
-  return unfused(g, x, w1, w2, bias);
+  return unfused(g, x, w1, w2, bias, residual);
 }
 
 TORCH_LIBRARY_IMPL(trp_ext, CUDA, m) { m.impl("factored_conv2d", &factored_conv2d_cuda); }

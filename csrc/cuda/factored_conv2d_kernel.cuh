@@ -118,6 +118,7 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
   const T* w1 = static_cast<const T*>(a.w1);
   const T* w2 = static_cast<const T*>(a.w2);
   const T* bias = static_cast<const T*>(a.bias);
+  const T* residual = static_cast<const T*>(a.residual);
   T* out = static_cast<T*>(a.out);
 
   int p0 = 0, img = 0, oh0 = 0, ow0 = 0;
@@ -197,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
   }
   if (tid < kBM) out_offsets[tid] = output_offset<kSpatial>(a, tid, p0, img, oh0, ow0);
 
-  // ---- Stage 2: out = A2 * w2^T + bias, ReLU; kBN output channels at a time.
+  // ---- Stage 2: out = A2 * w2^T + bias + residual, ReLU; kBN output channels at a time.
   const int kw2 = kSpatial ? a.kw2 : 1;
   for (int chunk = blockIdx.y; chunk < a.n_chunks; chunk += a.n_split) {
     const int o0 = chunk * kBN;
@@ -239,6 +240,7 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
       const int o = o0 + col;
       if (offset < 0 || o >= a.n) return;
       if (bias != nullptr) v += to_float(bias[o * a.bs]);
+      if (residual != nullptr) v += to_float(residual[offset + o * a.os[1]]);
       if (a.relu) v = v < 0.0f ? 0.0f : v;  // NaN stays NaN, as in torch.relu
       out[offset + o * a.os[1]] = from_float<T>(v);
     });

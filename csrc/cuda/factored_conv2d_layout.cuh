@@ -23,6 +23,7 @@ struct FconvArgs {
   const void* w1;    // (r, c, kh, kw1)
   const void* w2;    // (n, r, 1, kw2)
   const void* bias;  // (n,) or null
+  const void* residual;  // null, or the output's shape and strides (read at the output's offsets)
   void* out;
   long long xs[4];  // strides, in elements (the weights' any layout, e.g. channels_last)
   long long os[4];

@@ -1,9 +1,10 @@
 """factored_conv2d: both stages of a factored conv in one op (``torch.ops.trp_ext.factored_conv2d``).
 
 The CPU and CUDA kernels keep the r-channel intermediate in cache or shared memory instead of
-writing it to memory between two library calls. The backward composes torch convolutions and
-recomputes the intermediate, so nothing but the inputs (and the output, for the ReLU mask) is
-saved.
+writing it to memory between two library calls, and apply the epilogue (bias, a residual such as
+a ResNet block's shortcut, ReLU) before the output reaches memory. The backward composes torch
+convolutions and recomputes the intermediate, so nothing but the inputs (and the output, for the
+ReLU mask) is saved.
 """
 import contextlib
 from typing import Iterator, Optional
@@ -24,8 +25,10 @@ def factored_conv2d(
     dilation=1,
     scheme: str = "channel",
     activation: Optional[str] = None,
+    residual: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """The factored conv: conv(x, w1) then conv(., w2), bias, optional ReLU, per `scheme`.
+    """The factored conv: conv(x, w1) then conv(., w2), bias, optional residual, optional ReLU,
+    per `scheme`.
 
     Args:
         x: input, ``(N, c, H, W)``, NCHW or channels_last (any strides). float32 or float64 on
@@ -39,7 +42,10 @@ def factored_conv2d(
             the ``kh x 1`` conv and the width parts to the ``1 x kw`` conv, exactly as
             :func:`trp_ext._reference.factored_conv2d`.
         scheme: ``"channel"`` or ``"spatial"``.
-        activation: None or ``"relu"``, applied after the bias.
+        activation: None or ``"relu"``, applied after the bias and the residual.
+        residual: None, or a tensor added to the output before the activation (a ResNet
+            block's shortcut: ``relu(conv(x) + shortcut)`` in one pass), in x's dtype and on its
+            device, of the output's shape or broadcastable to it.
 
     Returns:
         ``(N, n, Ho, Wo)``, the shape the original conv gives, in x's memory format.
@@ -47,11 +53,14 @@ def factored_conv2d(
     Raises:
         ValueError: a shape that does not fit the scheme (the message names the argument), an
             unknown scheme or activation, a negative padding, a non-positive stride or
-            dilation, an input smaller than the dilated kernel, or tensors on different devices.
-        TypeError: a dtype the device does not support, or factors or bias in another dtype.
+            dilation, an input smaller than the dilated kernel, a residual that does not
+            broadcast to the output, or tensors on different devices.
+        TypeError: a dtype the device does not support, or factors, bias or residual in
+            another dtype.
     """
-    args = (x, w1, w2, bias, ref._pair(stride), ref._pair(padding), ref._pair(dilation), scheme, activation)
-    if torch.compiler.is_compiling() or _may_need_grad(x, w1, w2, bias):
+    args = (x, w1, w2, bias, ref._pair(stride), ref._pair(padding), ref._pair(dilation), scheme, activation,
+            residual)
+    if torch.compiler.is_compiling() or _may_need_grad(x, w1, w2, bias, residual):
         return torch.ops.trp_ext.factored_conv2d.default(*args)
     # Nothing to differentiate: go straight to the kernel. The autograd kernel installed by
     # register_autograd runs in Python and would only redispatch below autograd here; at ~10 us
@@ -93,10 +102,9 @@ def cpu_winograd(mode: str) -> Iterator[None]:
         _C.cpu_winograd(previous)
 
 
-def _may_need_grad(x, w1, w2, bias):
+def _may_need_grad(*tensors):
     if not torch.is_grad_enabled():
         return False
-    tensors = (x, w1, w2) if bias is None else (x, w1, w2, bias)
     return any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
@@ -105,7 +113,7 @@ def _out_size(size, kernel, stride, padding, dilation):
 
 
 @torch.library.register_fake("trp_ext::factored_conv2d")
-def _factored_conv2d_fake(x, w1, w2, bias, stride, padding, dilation, scheme, activation):
+def _factored_conv2d_fake(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual=None):
     ref.check_scheme(scheme)
     torch._check(x.dim() == 4 and w1.dim() == 4 and w2.dim() == 4,
                  lambda: "factored_conv2d(): x, w1 and w2 must be 4-D")
@@ -114,13 +122,19 @@ def _factored_conv2d_fake(x, w1, w2, bias, stride, padding, dilation, scheme, ac
     out_h = _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
     out_w = _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
     shape = (x.shape[0], w2.shape[0], out_h, out_w)
+    if residual is not None:
+        torch._check(residual.dim() <= 4 and all(r == 1 or r == o for r, o in zip(residual.shape[::-1], shape[::-1])),
+                     lambda: f"factored_conv2d(): argument 'residual' must broadcast to the output shape "
+                             f"{list(shape)}, got shape {list(residual.shape)}")
     return x.new_empty(shape).contiguous(memory_format=suggest_memory_format(x))
 
 
 def _setup_context(ctx, inputs, output):
-    x, w1, w2, bias, stride, padding, dilation, scheme, activation = inputs
+    x, w1, w2, bias, stride, padding, dilation, scheme, activation, *rest = inputs
+    residual = rest[0] if rest else None
     ctx.conv_params = ref.factor_conv_params(scheme, stride, padding, dilation)
     ctx.has_bias = bias is not None
+    ctx.residual_shape = None if residual is None else residual.shape
     ctx.relu = activation == "relu"
     ctx.save_for_backward(x, w1, w2, output if ctx.relu else None)
 
@@ -129,9 +143,13 @@ def _backward(ctx, grad_out):
     x, w1, w2, output = ctx.saved_tensors
     (s1, p1, d1), (s2, p2, d2) = ctx.conv_params
     need_x, need_w1, need_w2, need_bias = ctx.needs_input_grad[:4]
+    # Called without the residual argument, the op has nine inputs.
+    need_residual = len(ctx.needs_input_grad) > 9 and ctx.needs_input_grad[9]
     if ctx.relu:
         grad_out = grad_out * (output > 0).to(grad_out.dtype)
     grad_bias = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_bias else None
+    # The residual is added to the output: its gradient is the output's, summed where it broadcast.
+    grad_residual = grad_out.sum_to_size(ctx.residual_shape) if need_residual else None
     grad_x = grad_w1 = grad_w2 = None
     if need_x or need_w1 or need_w2:
         # Recompute the intermediate rather than keep it: it is what the fused op avoids storing.
@@ -145,7 +163,8 @@ def _backward(ctx, grad_out):
                 grad_middle, x, w1, None, list(s1), list(p1), list(d1), False, [0, 0], 1,
                 [need_x, need_w1, False],
             )
-    return grad_x, grad_w1, grad_w2, grad_bias, None, None, None, None, None
+    grads = (grad_x, grad_w1, grad_w2, grad_bias, None, None, None, None, None, grad_residual)
+    return grads[:len(ctx.needs_input_grad)]
 
 
 torch.library.register_autograd("trp_ext::factored_conv2d", _backward, setup_context=_setup_context)

@@ -1,0 +1,197 @@
+"""factored_conv2d's residual epilogue, relu(conv(x) + bias + residual), against the reference
+composition: shapes, layouts, broadcasting, both CPU paths (direct and Winograd), opcheck,
+gradcheck, and bad input."""
+import pytest
+import torch
+from torch._prims_common import suggest_memory_format
+
+from trp_ext import _reference as ref
+from trp_ext import ops
+from test_factored_conv2d import _factors, _input, one_thread  # noqa: F401 (fixture)
+
+TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
+
+
+def _output_shape(x, w1, w2, stride, padding, dilation, scheme):
+    return ref.factored_conv2d(x.double().cpu(), w1.double().cpu(), w2.double().cpu(), None, stride, padding,
+                               dilation, scheme).shape
+
+
+def _check(x, w1, w2, bias, residual, stride, padding, dilation, scheme, activation):
+    got = ops.factored_conv2d(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual=residual)
+    cpu64 = [t.detach().cpu().double() if t is not None else None for t in (x, w1, w2, bias, residual)]
+    expected = ref.factored_conv2d(*cpu64[:4], stride, padding, dilation, scheme, activation, residual=cpu64[4])
+    assert got.shape == expected.shape and got.dtype == x.dtype and got.device == x.device
+    assert got.is_contiguous(memory_format=suggest_memory_format(x))  # x's format, whatever the residual's
+    tol = TOL.get(x.dtype, 1e-2)
+    torch.testing.assert_close(got.cpu().double(), expected, rtol=tol, atol=tol)
+
+
+def _residual(shape, kind, dtype, device, seed=7):
+    """A residual for an output of `shape`: the whole shape in several layouts, or one that
+    broadcasts to it."""
+    full = _input(shape, dtype, device, seed)
+    n, c, h, w = shape
+    if kind == "contiguous":
+        return full
+    if kind == "channels_last":
+        return full.contiguous(memory_format=torch.channels_last)
+    if kind == "sliced":  # non-contiguous: every other column of a wider tensor
+        return _input((n, c, h, 2 * w), dtype, device, seed)[..., ::2]
+    if kind == "per_channel":
+        return _input((c, 1, 1), dtype, device, seed)
+    if kind == "per_row":  # broadcast along the width: the strided copy path
+        return _input((1, 1, h, 1), dtype, device, seed)
+    if kind == "image":  # broadcast along the batch
+        return _input((1, c, h, w), dtype, device, seed)
+    raise ValueError(kind)
+
+
+RESIDUALS = ["contiguous", "channels_last", "sliced", "per_channel", "per_row", "image"]
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("kind", RESIDUALS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_residual_matches_reference(device, scheme, kind, channels_last, activation):
+    x = _input((3, 5, 11, 9), torch.float32, device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w1, w2, bias = _factors(scheme, 7, 5, 4, (3, 3), torch.float32, device)
+    for stride, padding, dilation in ((1, 1, 1), (2, (0, 2), (1, 2))):
+        shape = _output_shape(x, w1, w2, stride, padding, dilation, scheme)
+        residual = _residual(shape, kind, torch.float32, device)
+        _check(x, w1, w2, bias, residual, stride, padding, dilation, scheme, activation)
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch,size", [(1, (7, 7)), (64, (9, 15)), (2, (33, 5))])
+def test_residual_batch_sizes_and_dtypes(device, scheme, dtype, batch, size):
+    x = _input((batch, 6, *size), dtype, device)
+    w1, w2, bias = _factors(scheme, 6, 6, 2, (3, 3), dtype, device)
+    residual = _residual(_output_shape(x, w1, w2, 1, 1, 1, scheme), "contiguous", dtype, device)
+    _check(x, w1, w2, None, residual, 1, 1, 1, scheme, "relu")
+
+
+@pytest.mark.parametrize("mode", ["never", "always"])
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last", "per_row"])
+def test_residual_on_both_cpu_paths(mode, kind):
+    """The direct kernel and the Winograd path add the residual in their own copy-out."""
+    x = _input((3, 8, 13, 10), torch.float32)
+    w1, w2, bias = _factors("channel", 9, 8, 5, (3, 3), torch.float32)
+    residual = _residual((3, 9, 13, 10), kind, torch.float32, "cpu")
+    with ops.cpu_winograd(mode):
+        _check(x, w1, w2, bias, residual, 1, 1, 1, "channel", "relu")
+
+
+def test_residual_is_added_before_the_relu():
+    """relu(conv + residual), not relu(conv) + residual: a residual that cancels the conv
+    leaves zeros, a large negative one makes every output zero."""
+    x = _input((2, 3, 6, 6), torch.float64)
+    w1, w2, bias = _factors("channel", 4, 3, 2, (3, 3))
+    conv = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", None)
+    cancelled = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu", residual=-conv)
+    assert torch.equal(cancelled, torch.zeros_like(conv))
+    low = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu", residual=torch.full_like(conv, -1e3))
+    assert torch.equal(low, torch.zeros_like(conv))
+
+
+def test_residual_keeps_nan(device):
+    x = _input((1, 2, 5, 5), torch.float32, device)
+    w1, w2, bias = _factors("spatial", 3, 2, 2, (3, 3), torch.float32, device)
+    residual = torch.zeros(1, 3, 5, 5, device=device)
+    residual[0, 1, 2, 3] = float("nan")
+    out = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "spatial", "relu", residual=residual)
+    assert torch.isnan(out[0, 1, 2, 3]) and torch.isnan(out).sum() == 1
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last", "per_channel"])
+def test_opcheck_with_residual(device, scheme, kind, one_thread):
+    x = _input((2, 6, 7, 8), torch.float32, device)
+    w1, w2, bias = _factors(scheme, 5, 6, 3, (3, 3), torch.float32, device)
+    residual = _residual((2, 5, 4, 8), kind, torch.float32, device)
+    args = (x, w1, w2, bias, [2, 1], [1, 1], [1, 1], scheme, "relu", residual)
+    torch.library.opcheck(torch.ops.trp_ext.factored_conv2d, args)
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+def test_opcheck_with_residual_grad(scheme, one_thread):
+    x = _input((2, 3, 7, 8)).requires_grad_()
+    w1, w2, bias = (t.requires_grad_() for t in _factors(scheme, 4, 3, 2, (3, 3)))
+    residual = _input((2, 4, 4, 8), seed=5).requires_grad_()
+    args = (x, w1, w2, bias, [2, 1], [1, 1], [1, 1], scheme, "relu", residual)
+    torch.library.opcheck(torch.ops.trp_ext.factored_conv2d, args)
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("residual_shape", [(2, 3, 6, 5), (3, 1, 1), (1, 1, 6, 1)])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_gradcheck_with_residual(scheme, residual_shape, activation, one_thread):
+    x = _input((2, 2, 6, 5)).requires_grad_()
+    w1, w2, bias = (t.requires_grad_() for t in _factors(scheme, 3, 2, 2, (3, 3), seed=3))
+    residual = _input(residual_shape, seed=4).requires_grad_()
+    fn = lambda *a: ops.factored_conv2d(*a[:4], 1, 1, 1, scheme, activation, residual=a[4])  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w1, w2, bias, residual))
+
+
+def test_meta_shape_with_residual():
+    x = torch.empty(2, 6, 11, 13, device="meta")
+    w1, w2 = torch.empty(4, 6, 3, 3, device="meta"), torch.empty(5, 4, 1, 1, device="meta")
+    out = torch.ops.trp_ext.factored_conv2d(x, w1, w2, None, [2, 2], [1, 1], [1, 1], "channel", "relu",
+                                            torch.empty(5, 1, 1, device="meta"))
+    assert out.shape == (2, 5, 6, 7)
+    with pytest.raises(RuntimeError, match="argument 'residual' must broadcast to the output shape"):
+        torch.ops.trp_ext.factored_conv2d(x, w1, w2, None, [2, 2], [1, 1], [1, 1], "channel", "relu",
+                                          torch.empty(2, 5, 6, 6, device="meta"))
+
+
+@pytest.mark.parametrize(
+    "residual,error,message",
+    [
+        (lambda out: out[..., :-1], ValueError, r"argument 'residual' must broadcast to the output shape \[2, 5, 9, 9\]"),
+        (lambda out: out.unsqueeze(0), ValueError, "argument 'residual' must broadcast to the output shape"),
+        (lambda out: out[:, :2], ValueError, "argument 'residual' must broadcast to the output shape"),
+        (lambda out: out.double(), TypeError, "argument 'residual' must have x's dtype"),
+    ],
+)
+def test_bad_residual_names_the_argument(device, residual, error, message):
+    x = _input((2, 4, 9, 9), torch.float32, device)
+    w1, w2, bias = _factors("channel", 5, 4, 3, (3, 3), torch.float32, device)
+    out = torch.zeros(2, 5, 9, 9, device=device)
+    with pytest.raises(error, match=message):
+        torch.ops.trp_ext.factored_conv2d(x, w1, w2, bias, [1, 1], [1, 1], [1, 1], "channel", None, residual(out))
+
+
+@pytest.mark.cuda
+def test_residual_device_mismatch_names_the_argument():
+    x = _input((2, 4, 9, 9), torch.float32, "cuda")
+    w1, w2, bias = _factors("channel", 5, 4, 3, (3, 3), torch.float32, "cuda")
+    with pytest.raises(ValueError, match="argument 'residual' must be on cuda"):
+        torch.ops.trp_ext.factored_conv2d(x, w1, w2, bias, [1, 1], [1, 1], [1, 1], "channel", None,
+                                          torch.zeros(2, 5, 9, 9))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last", "per_channel"])
+def test_cuda_residual_in_low_precision(dtype, kind):
+    """Fused (a residual laid out as the output) or unfused (any other): the same sum. Low
+    precision is checked against float64 with a bound that covers rounding of the O(1) values."""
+    x = _input((4, 16, 12, 12), dtype, "cuda").contiguous(memory_format=torch.channels_last)
+    w1, w2, bias = _factors("channel", 16, 16, 6, (3, 3), dtype, "cuda")
+    residual = _residual((4, 16, 12, 12), kind, dtype, "cuda")
+    _check(x, w1, w2, bias, residual, 1, 1, 1, "channel", "relu")
+
+
+def test_module_takes_a_residual():
+    from trp_ext.nn import FactoredConv2d
+
+    torch.manual_seed(0)
+    layer = FactoredConv2d(4, 6, 2, 3, padding=1, activation="relu").double()
+    x, shortcut = _input((2, 4, 7, 5)), _input((2, 6, 7, 5), seed=3)
+    expected = torch.relu(ref.factored_conv2d(x, layer.weight1, layer.weight2, layer.bias, 1, 1, 1, "channel")
+                          + shortcut)
+    torch.testing.assert_close(layer(x, residual=shortcut), expected)
