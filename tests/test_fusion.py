@@ -1,5 +1,7 @@
-"""ReLU epilogue fusion of deployed compressed models (trp_ext.fusion via metrics.deployment_form)."""
+"""Epilogue fusion of deployed compressed models (trp_ext.fusion via metrics.deployment_form):
+ReLUs after factored convs, and residual adds (with the ReLU after them)."""
 import copy
+import operator
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 
 from trp_ext import decompose
-from trp_ext.fusion import FACTORED_CONV_FUNCTIONS, _is_relu, fuse_relu
+from trp_ext.fusion import FACTORED_CONV_FUNCTIONS, _is_relu, factored_conv2d_residual, fuse_relu, fuse_residual
 from trp_ext.metrics import deployment_form
 from trp_ext.models import build_model
 from trp_ext.nn import FactoredConv2d
@@ -24,8 +26,13 @@ def _relus(module):
     return sum(1 for node in module.graph.nodes if _is_relu(module, node))
 
 
+def _residual_convs(module, activation="relu"):
+    return sum(1 for node in module.graph.nodes
+               if node.op == "call_function" and node.target is factored_conv2d_residual and node.args[8] == activation)
+
+
 @pytest.mark.parametrize("arch,blocks,size", [("resnet20", 9, 32), ("resnet18", 8, 64)])
-def test_block_relus_fold_into_the_first_conv_and_outputs_are_unchanged(arch, blocks, size):
+def test_block_epilogues_fold_into_the_convs_and_outputs_are_unchanged(arch, blocks, size):
     torch.manual_seed(0)
     model = build_model(arch, num_classes=10).eval()
     for module in model.modules():  # BatchNorms that do something, so folding is exercised
@@ -40,9 +47,11 @@ def test_block_relus_fold_into_the_first_conv_and_outputs_are_unchanged(arch, bl
         expected = folded(x)
         deployed = deployment_form(compressed)
         got = deployed(x)
-    # Every block's first conv takes its ReLU; the ReLUs after the residual adds stay.
+    # Every block's first conv takes its ReLU, its second the residual add and the ReLU after it.
     assert _fused_convs(deployed) == blocks
-    assert _relus(deployed) == relus_before - blocks
+    assert _residual_convs(deployed) == blocks
+    assert _relus(deployed) == relus_before - 2 * blocks
+    assert not any(node.target in (operator.add, operator.iadd) for node in deployed.graph.nodes)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
@@ -85,7 +94,8 @@ def test_only_relus_that_only_a_factored_conv_feeds_are_folded(kind, fused):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_a_failing_relu_pass_keeps_the_batchnorm_folding(monkeypatch):
+@pytest.mark.parametrize("name", ["fuse_relu", "fuse_residual"])
+def test_a_failing_epilogue_pass_keeps_the_batchnorm_folding(monkeypatch, name):
     import trp_ext.fusion
 
     def broken(module):
@@ -93,8 +103,85 @@ def test_a_failing_relu_pass_keeps_the_batchnorm_folding(monkeypatch):
 
     model = build_model("resnet20", num_classes=10).eval()
     compressed, _ = decompose(model, "channel", energy=0.9)
-    assert _fused_convs(deployment_form(compressed)) == 9  # the pass runs when it can
-    monkeypatch.setattr(trp_ext.fusion, "fuse_relu", broken)
     deployed = deployment_form(compressed)
-    assert isinstance(deployed, fx.GraphModule) and _fused_convs(deployed) == 0
+    assert _fused_convs(deployed) == 9 and _residual_convs(deployed) == 9  # the passes run when they can
+    monkeypatch.setattr(trp_ext.fusion, name, broken)
+    deployed = deployment_form(compressed)
+    assert isinstance(deployed, fx.GraphModule) and _fused_convs(deployed) == _residual_convs(deployed) == 0
     assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+
+
+class _ResidualBlock(nn.Module):
+    """A factored conv whose output meets another tensor in a sum, written in several ways."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.conv = FactoredConv2d(4, 6, 2, 3, padding=1)
+        self.shortcut = FactoredConv2d(4, 6, 2, 1)
+        self.identity = nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y, s = self.conv(x), self.shortcut(x)
+        kind = self.kind
+        if kind == "add_relu":
+            return F.relu(y + s)
+        if kind == "reversed_through_identity":
+            return self.relu(s + self.identity(y))
+        if kind == "iadd":
+            y += s
+            return y.relu()
+        if kind == "torch_add_no_relu":
+            return torch.add(y, s)
+        if kind == "method_add":
+            return y.add(s).relu()
+        if kind == "add_two_users":  # the sum is used twice: the ReLU stays outside
+            z = y + s
+            return F.relu(z) * z
+        if kind == "conv_two_users":
+            return F.relu(y + s) + y
+        if kind == "alpha":
+            return F.relu(torch.add(y, s, alpha=2.0))
+        if kind == "scalar":
+            return F.relu(y + 1.0)
+        if kind == "broadcast_up":  # the sum broadcasts the conv output up: runs unfused
+            return F.relu(y + torch.stack([s, s]))
+        if kind == "other_dtype":  # the sum promotes to float64: runs unfused
+            return F.relu(y + s.double())
+        raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind,fused,activation", [
+    ("add_relu", 1, "relu"), ("reversed_through_identity", 1, "relu"), ("iadd", 1, "relu"),
+    ("torch_add_no_relu", 1, None), ("method_add", 1, "relu"), ("add_two_users", 1, None),
+    ("conv_two_users", 0, None), ("alpha", 0, None), ("scalar", 0, None), ("broadcast_up", 1, "relu"),
+    ("other_dtype", 1, "relu"),
+])
+def test_residual_adds_fold_into_the_conv(kind, fused, activation):
+    torch.manual_seed(0)
+    block = _ResidualBlock(kind).eval()
+    traced = fx.symbolic_trace(block)
+    x = torch.randn(2, 4, 7, 5)
+    with torch.no_grad():
+        expected = block(x)
+        fuse_residual(traced)
+        got = traced(x)
+    assert _residual_convs(traced, activation) == fused
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_fused_residual_block_trains():
+    """The fused call is differentiable in every input, the residual included."""
+    torch.manual_seed(0)
+    block = _ResidualBlock("add_relu")
+    traced = fuse_residual(fx.symbolic_trace(copy.deepcopy(block)))
+    x = torch.randn(2, 4, 7, 5, requires_grad=True)
+    block(x).square().sum().backward()
+    expected = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    traced(x).square().sum().backward()
+    got = [x.grad] + [p.grad for p in traced.parameters()]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)

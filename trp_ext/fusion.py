@@ -1,27 +1,40 @@
 """Epilogue fusion for deployed compressed models.
 
-A ReLU that directly follows a factored conv (possibly through the ``nn.Identity`` a folded
-BatchNorm left behind) becomes the factored conv's own ``activation="relu"``: the op applies it
-while the output is still in registers, instead of a separate pass over the whole activation.
-In a ResNet block that is the ReLU after each block's first conv.
+Two rewrites of a traced (torch.fx) model, each folding work that follows a factored conv into
+the op's epilogue, applied while the output is still in registers instead of as separate passes
+over the whole activation:
+
+* ``fuse_residual``: ``conv(x) + shortcut``, and a ReLU right after that sum, become one call
+  with ``residual=shortcut`` (and ``activation="relu"``). In a ResNet block that is the second
+  conv, the residual add and the block's last ReLU.
+* ``fuse_relu``: a ReLU that directly follows a factored conv (possibly through the
+  ``nn.Identity`` a folded BatchNorm left behind) becomes the op's ``activation="relu"``. In a
+  ResNet block that is the ReLU after the first conv.
 """
+import inspect
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from trp_ext import _reference
 from trp_ext.ops import factored_conv2d
+from trp_ext.ops.factored_conv2d import _out_size
 
 # Tracing a FactoredConv2d goes through its Python wrapper down to the raw op, which is what the
 # graph records; the wrapper and the reference composition (same arguments) are also accepted,
 # for graphs that keep FactoredConv2d or a wrapper as a leaf. (A model traced with the reference
 # patched in, as the end-to-end bench's unfused baseline, records its two F.conv2d calls instead:
 # nothing to fold there.)
-FACTORED_CONV_FUNCTIONS = (factored_conv2d, torch.ops.trp_ext.factored_conv2d.default,
-                           _reference.factored_conv2d)
+RAW_OP = torch.ops.trp_ext.factored_conv2d.default
+FACTORED_CONV_FUNCTIONS = (factored_conv2d, RAW_OP, _reference.factored_conv2d)
+ARGUMENT_NAMES = ("x", "w1", "w2", "bias", "stride", "padding", "dilation", "scheme", "activation")
 ACTIVATION_INDEX = 8  # position of `activation` among their arguments
 RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 RELU_METHODS = ("relu", "relu_")
+ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+ADD_METHODS = ("add", "add_")
 
 
 def _is_relu(module: fx.GraphModule, node: fx.Node) -> bool:
@@ -36,6 +49,13 @@ def _is_relu(module: fx.GraphModule, node: fx.Node) -> bool:
 
 def _is_identity(module: fx.GraphModule, node: fx.Node) -> bool:
     return node.op == "call_module" and isinstance(module.get_submodule(node.target), nn.Identity)
+
+
+def _is_plain_add(node: fx.Node) -> bool:
+    """A two-tensor sum without `alpha` (torch.add(a, b, alpha=2) scales b)."""
+    is_add = ((node.op == "call_function" and node.target in ADD_FUNCTIONS)
+              or (node.op == "call_method" and node.target in ADD_METHODS))
+    return is_add and len(node.args) == 2 and not node.kwargs
 
 
 def _activation(node: fx.Node):
@@ -53,16 +73,84 @@ def _set_relu(node: fx.Node) -> None:
         node.kwargs = {**node.kwargs, "activation": "relu"}
 
 
-def _factored_conv_before(module: fx.GraphModule, relu: fx.Node):
-    """The factored conv whose output reaches `relu` alone (through identities), or None."""
-    node = relu.args[0] if relu.args else None
+def _factored_conv_feeding(module: fx.GraphModule, node):
+    """The factored conv (without epilogue activation or residual) whose output reaches the user
+    of `node` alone, through identities; or None."""
     while isinstance(node, fx.Node) and len(node.users) == 1:
         if node.op == "call_function" and node.target in FACTORED_CONV_FUNCTIONS:
-            return node if _activation(node) is None else None
+            residual = node.args[9] if len(node.args) > 9 else node.kwargs.get("residual")
+            return node if _activation(node) is None and residual is None else None
         if not _is_identity(module, node):
             return None
         node = node.args[0]
     return None
+
+
+def _erase_unused_chain(module: fx.GraphModule, node: fx.Node) -> None:
+    """Erases `node` and the identities before it, back to and including the factored conv,
+    once nothing uses them."""
+    while isinstance(node, fx.Node) and not node.users:
+        previous = node.args[0] if _is_identity(module, node) else None
+        module.graph.erase_node(node)
+        node = previous
+
+
+def _conv_arguments(conv: fx.Node) -> list:
+    """The conv's nine arguments (x .. activation) by position, defaults filled in."""
+    if conv.target is RAW_OP:
+        named = dict(zip(ARGUMENT_NAMES, conv.args), **conv.kwargs)
+        return [named[name] for name in ARGUMENT_NAMES]
+    bound = inspect.signature(conv.target).bind(*conv.args, **conv.kwargs)
+    bound.apply_defaults()
+    return [bound.arguments[name] for name in ARGUMENT_NAMES]
+
+
+def factored_conv2d_residual(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual):
+    """``activation(factored_conv2d(...) + residual)``: in one call when the sum is what the op's
+    residual computes (a tensor of x's dtype and device that broadcasts to the conv's output),
+    else as the separate ops the traced model ran. A traced graph has no shapes, so
+    ``fuse_residual`` cannot tell ahead of time."""
+    stride, padding, dilation = (_reference._pair(v) for v in (stride, padding, dilation))
+    if isinstance(residual, torch.Tensor) and residual.dtype == x.dtype and residual.device == x.device:
+        kh, kw = w1.shape[2], (w2.shape[3] if scheme == "spatial" else w1.shape[3])
+        shape = (x.shape[0], w2.shape[0], _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0]),
+                 _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1]))
+        if residual.dim() <= 4 and all(r in (1, o) for r, o in zip(reversed(residual.shape), reversed(shape))):
+            return RAW_OP(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
+    out = RAW_OP(x, w1, w2, bias, stride, padding, dilation, scheme, None) + residual
+    return torch.relu(out) if activation == "relu" else out
+
+
+def fuse_residual(module: fx.GraphModule) -> fx.GraphModule:
+    """Folds each sum of a factored conv's output (its only use) and another tensor, and a ReLU
+    that is the sum's only use, into one ``factored_conv2d_residual`` call, in place; returns
+    `module`. Outputs are unchanged: the op adds the residual after the bias and before the
+    ReLU, in the order the separate ops did."""
+    for add in list(module.graph.nodes):
+        if not _is_plain_add(add):
+            continue
+        conv = mine = other = None
+        for mine, theirs in (add.args, tuple(reversed(add.args))):
+            conv = _factored_conv_feeding(module, mine)
+            if conv is not None and isinstance(theirs, fx.Node):
+                other = theirs
+                break
+        if other is None:
+            continue
+        users = list(add.users)
+        last = users[0] if len(users) == 1 and _is_relu(module, users[0]) else add
+        arguments = _conv_arguments(conv)
+        arguments[ACTIVATION_INDEX] = "relu" if last is not add else None
+        with module.graph.inserting_before(add):
+            fused = module.graph.call_function(factored_conv2d_residual, tuple(arguments) + (other,))
+        last.replace_all_uses_with(fused)
+        if last is not add:
+            module.graph.erase_node(last)
+        module.graph.erase_node(add)
+        _erase_unused_chain(module, mine)
+    module.graph.lint()
+    module.recompile()
+    return module
 
 
 def fuse_relu(module: fx.GraphModule) -> fx.GraphModule:
@@ -72,7 +160,7 @@ def fuse_relu(module: fx.GraphModule) -> fx.GraphModule:
     for node in list(module.graph.nodes):
         if not _is_relu(module, node):
             continue
-        conv = _factored_conv_before(module, node)
+        conv = _factored_conv_feeding(module, node.args[0] if node.args else None)
         if conv is None:
             continue
         _set_relu(conv)

@@ -87,15 +87,15 @@ def theoretical_speedup(dense_cost, compressed_cost):
 
 def deployment_form(model):
     """An eval-mode copy of ``model`` with each conv -> BatchNorm pair folded into the conv, as a
-    deployed network runs (torch.fx's fuse), and each ReLU that only a factored conv feeds made
-    that conv's epilogue (trp_ext.fusion). Compressed models have their factored layers' BN
-    folded by decompose(); folding the dense model's too keeps a latency comparison fair. A model
-    torch.fx cannot trace is returned as an eval-mode copy, unfolded."""
+    deployed network runs (torch.fx's fuse), and each residual add and ReLU that follows a
+    factored conv made that conv's epilogue (trp_ext.fusion). Compressed models have their
+    factored layers' BN folded by decompose(); folding the dense model's too keeps a latency
+    comparison fair. A model torch.fx cannot trace is returned as an eval-mode copy, unfolded."""
     import copy
 
     from torch.fx.experimental.optimization import fuse
 
-    from trp_ext.fusion import fuse_relu
+    from trp_ext.fusion import fuse_relu, fuse_residual
 
     model = copy.deepcopy(model).eval()
     try:
@@ -103,8 +103,8 @@ def deployment_form(model):
     except Exception:  # noqa: BLE001 (any tracing failure: fall back to the module as it is)
         return model
     try:
-        return fuse_relu(copy.deepcopy(folded))
-    except Exception:  # noqa: BLE001 (a graph the ReLU pass cannot rewrite: BN folding alone)
+        return fuse_relu(fuse_residual(copy.deepcopy(folded)))
+    except Exception:  # noqa: BLE001 (a graph the epilogue passes cannot rewrite: BN folding alone)
         return folded
 
 
