@@ -72,25 +72,34 @@ struct Spectrum {
   int64_t rank = 0;
 };
 
-TRP_INLINE double scan_matrix_impl(const double* a, int64_t size, bool* finite) {
-  return simd::max_abs_if_finite(a, size, finite);
+// One pass: the values' Scan, and (unless dst is null) the values as float64 into dst.
+TRP_INLINE simd::Scan scan_float_impl(const float* src, int64_t size, double* dst) {
+  return simd::scan_values(src, size, dst);
 }
-TRP_CPU_DISPATCH(double, scan_matrix, (const double* a, int64_t size, bool* finite),
-                 (a, size, finite))
+TRP_CPU_DISPATCH(simd::Scan, scan_float, (const float* src, int64_t size, double* dst),
+                 (src, size, dst))
+TRP_INLINE simd::Scan scan_double_impl(const double* src, int64_t size, double* dst) {
+  return simd::scan_values(src, size, dst);
+}
+TRP_CPU_DISPATCH(simd::Scan, scan_double, (const double* src, int64_t size, double* dst),
+                 (src, size, dst))
 TRP_INLINE double sum_of_squares_impl(const double* a, int64_t size) {
   return simd::sum_squares(a, size);
 }
 TRP_CPU_DISPATCH(double, sum_of_squares, (const double* a, int64_t size), (a, size))
 
-// dst (k x len, row-major) = src as float64: src is the row-major k x len matrix, or with
-// `transposed` the row-major len x k one.
+simd::Scan scan(const float* src, int64_t size, double* dst) { return scan_float(src, size, dst); }
+simd::Scan scan(const double* src, int64_t size, double* dst) { return scan_double(src, size, dst); }
+
+// dst (k x len, row-major) = src as float64, and its Scan: src is the row-major k x len matrix
+// (converted and scanned in one pass), or with `transposed` the row-major len x k one.
 template <typename T>
-void to_double_rows(const T* src, bool transposed, int64_t k, int64_t len, double* dst) {
+simd::Scan to_double_rows(const T* src, bool transposed, int64_t k, int64_t len, double* dst) {
   if (transposed) {
     transpose_tiled(src, len, k, dst, len);
-    return;
+    return scan(dst, k * len, nullptr);
   }
-  for (int64_t i = 0; i < k * len; ++i) dst[i] = static_cast<double>(src[i]);
+  return scan(src, k * len, dst);
 }
 
 // Returns false when the matrix (contiguous) holds NaN or Inf.
@@ -105,24 +114,22 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
   double* a = p.a.get();
   // Converted by hand rather than by at::Tensor::copy_, whose dispatch and iterator set-up cost
   // microseconds per call: a ResNet has dozens of layers as small as 16 x 144.
-  if (mat.scalar_type() == at::kFloat) {
-    to_double_rows(mat.const_data_ptr<float>(), p.transposed, p.k, p.len, a);
-  } else {
-    to_double_rows(mat.const_data_ptr<double>(), p.transposed, p.k, p.len, a);
-  }
-  bool finite = true;
-  const double amax = scan_matrix(a, size, &finite);
-  if (!finite) return false;
-  if (amax > 0.0) {
+  const simd::Scan values = mat.scalar_type() == at::kFloat
+                                ? to_double_rows(mat.const_data_ptr<float>(), p.transposed, p.k, p.len, a)
+                                : to_double_rows(mat.const_data_ptr<double>(), p.transposed, p.k, p.len, a);
+  if (!values.finite) return false;
+  p.total = values.sum_squares;
+  if (values.max_abs > 0.0) {
     int exponent = 0;
-    std::frexp(amax, &exponent);
+    std::frexp(values.max_abs, &exponent);
     if (std::abs(exponent) > kMaxUnscaledExponent) {
-      // ldexp per element: 2^-exponent itself overflows for subnormal-only matrices.
+      // ldexp per element: 2^-exponent itself overflows for subnormal-only matrices. The
+      // squares of the unscaled values could over- or underflow: summed again.
       p.exponent = exponent;
       for (int64_t i = 0; i < size; ++i) a[i] = std::ldexp(a[i], -exponent);
+      p.total = sum_of_squares(a, size);
     }
   }
-  p.total = sum_of_squares(a, size);
   if (options.value_threshold >= 0.0) p.value_cut = std::ldexp(options.value_threshold, -p.exponent);
   return true;
 }

@@ -101,32 +101,74 @@ TRP_INLINE double dot(const double* __restrict x, const double* __restrict y, in
 // sum_i x[i]^2
 TRP_INLINE double sum_squares(const double* x, int64_t n) { return dot(x, x, n); }
 
-// The largest |x[i]|, and whether every x[i] is finite (x - x is NaN exactly for NaN or Inf).
-TRP_INLINE double max_abs_if_finite(const double* x, int64_t n, bool* finite) {
-  int64_t i = 0;
-  double best = 0.0, poison = 0.0;
+// What one pass over a matrix learns (scan_values).
+struct Scan {
+  double max_abs = 0.0;      // the largest |x[i]|
+  double sum_squares = 0.0;  // sum x[i]^2, summed as sum_squares() sums
+  bool finite = true;        // no NaN or Inf (x - x is NaN exactly for those)
+};
+
 #if TRP_VECTOR_LOOPS
-  vd4 m0 = splat4(0.0), m1 = splat4(0.0), p0 = splat4(0.0);
-  for (; i + 8 <= n; i += 8) {
-    const vd4 a = load4(x + i), b = load4(x + i + 4);
-    const vd4 abs_a = a < 0.0 ? -a : a, abs_b = b < 0.0 ? -b : b;
-    m0 = abs_a > m0 ? abs_a : m0;
-    m1 = abs_b > m1 ? abs_b : m1;
-    p0 += (a - a) + (b - b);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+TRP_INLINE vd4 load4_as_double(const double* p) { return load4(p); }
+TRP_INLINE vd4 load4_as_double(const float* p) {
+  return vd4{static_cast<double>(p[0]), static_cast<double>(p[1]), static_cast<double>(p[2]),
+             static_cast<double>(p[3])};
+}
+#pragma GCC diagnostic pop
+#endif
+
+// One pass over x (float32 or float64): its Scan, and x as float64 into dst unless dst is null.
+// The sum of squares is of x as it is (it may overflow or underflow when max_abs is extreme;
+// the caller rescales and sums again then), in the order of sum_squares(), so that either gives
+// the same bits.
+template <typename S>
+TRP_INLINE Scan scan_values(const S* __restrict x, int64_t n, double* __restrict dst) {
+  Scan scan;
+  int64_t i = 0;
+  double best = 0.0, poison = 0.0, s = 0.0;
+#if TRP_VECTOR_LOOPS
+  vd4 a[4] = {splat4(0.0), splat4(0.0), splat4(0.0), splat4(0.0)};
+  vd4 m = splat4(0.0), p = splat4(0.0);
+  // Blocks of 16 into four accumulators, then of 4 into the first (as dot() sums).
+  for (; i + 16 <= n; i += 16) {
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      const vd4 v = load4_as_double(x + i + 4 * u);
+      if (dst != nullptr) store4(dst + i + 4 * u, v);
+      const vd4 magnitude = v < 0.0 ? -v : v;
+      m = magnitude > m ? magnitude : m;
+      p += v - v;
+      a[u] += v * v;
+    }
   }
-  const vd4 m = m0 > m1 ? m0 : m1;
+  for (; i + 4 <= n; i += 4) {
+    const vd4 v = load4_as_double(x + i);
+    if (dst != nullptr) store4(dst + i, v);
+    const vd4 magnitude = v < 0.0 ? -v : v;
+    m = magnitude > m ? magnitude : m;
+    p += v - v;
+    a[0] += v * v;
+  }
+  s = sum4((a[0] + a[1]) + (a[2] + a[3]));
   best = m[0] > m[1] ? m[0] : m[1];
   best = m[2] > best ? m[2] : best;
   best = m[3] > best ? m[3] : best;
-  poison = sum4(p0);
+  poison = sum4(p);
 #endif
   for (; i < n; ++i) {
-    const double a = x[i] < 0.0 ? -x[i] : x[i];
-    best = a > best ? a : best;
-    poison += x[i] - x[i];
+    const double v = static_cast<double>(x[i]);
+    if (dst != nullptr) dst[i] = v;
+    const double magnitude = v < 0.0 ? -v : v;
+    best = magnitude > best ? magnitude : best;
+    poison += v - v;
+    s += v * v;
   }
-  *finite = poison == 0.0;
-  return best;
+  scan.max_abs = best;
+  scan.sum_squares = s;
+  scan.finite = poison == 0.0;
+  return scan;
 }
 
 // y[i] += alpha x[i]
