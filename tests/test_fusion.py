@@ -55,6 +55,18 @@ def test_block_epilogues_fold_into_the_convs_and_outputs_are_unchanged(arch, blo
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+def _fused_and_outputs(block, fusion):
+    """The traced block after `fusion`, and the outputs of the block and of the fused graph."""
+    block.eval()
+    traced = fx.symbolic_trace(block)
+    x = torch.randn(2, 4, 7, 5)
+    with torch.no_grad():
+        expected = block(x)
+        fusion(traced)
+        got = traced(x)
+    return traced, expected, got
+
+
 class _Block(nn.Module):
     def __init__(self, kind):
         super().__init__()
@@ -81,14 +93,9 @@ class _Block(nn.Module):
                                         ("after_add", 0), ("already_relu", 1)])
 def test_only_relus_that_only_a_factored_conv_feeds_are_folded(kind, fused):
     torch.manual_seed(0)
-    block = _Block(kind).eval()
-    traced = fx.symbolic_trace(block)
-    x = torch.randn(2, 4, 7, 5)
-    with torch.no_grad():
-        expected = block(x)
-        relus = _relus(traced)
-        fuse_relu(traced)
-        got = traced(x)
+    block = _Block(kind)
+    relus = _relus(fx.symbolic_trace(block))
+    traced, expected, got = _fused_and_outputs(block, fuse_relu)
     assert _fused_convs(traced) == fused  # "already_relu" counts the conv built with relu
     assert _relus(traced) == relus - (fused if kind != "already_relu" else 0)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
@@ -160,13 +167,7 @@ class _ResidualBlock(nn.Module):
 ])
 def test_residual_adds_fold_into_the_conv(kind, fused, activation):
     torch.manual_seed(0)
-    block = _ResidualBlock(kind).eval()
-    traced = fx.symbolic_trace(block)
-    x = torch.randn(2, 4, 7, 5)
-    with torch.no_grad():
-        expected = block(x)
-        fuse_residual(traced)
-        got = traced(x)
+    traced, expected, got = _fused_and_outputs(_ResidualBlock(kind), fuse_residual)
     assert _residual_convs(traced, activation) == fused
     assert got.shape == expected.shape and got.dtype == expected.dtype
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
