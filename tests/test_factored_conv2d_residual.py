@@ -151,7 +151,8 @@ def test_meta_shape_with_residual():
 @pytest.mark.parametrize(
     "residual,error,message",
     [
-        (lambda out: out[..., :-1], ValueError, r"argument 'residual' must broadcast to the output shape \[2, 5, 9, 9\]"),
+        (lambda out: out[..., :-1], ValueError,
+         r"argument 'residual' must broadcast to the output shape \[2, 5, 9, 9\], got shape \[2, 5, 9, 8\]"),
         (lambda out: out.unsqueeze(0), ValueError, "argument 'residual' must broadcast to the output shape"),
         (lambda out: out[:, :2], ValueError, "argument 'residual' must broadcast to the output shape"),
         (lambda out: out.double(), TypeError, "argument 'residual' must have x's dtype"),
@@ -177,13 +178,22 @@ def test_residual_device_mismatch_names_the_argument():
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last", "per_channel"])
-def test_cuda_residual_in_low_precision(dtype, kind):
-    """Fused (a residual laid out as the output) or unfused (any other): the same sum. Low
-    precision is checked against float64 with a bound that covers rounding of the O(1) values."""
-    x = _input((4, 16, 12, 12), dtype, "cuda").contiguous(memory_format=torch.channels_last)
-    w1, w2, bias = _factors("channel", 16, 16, 6, (3, 3), dtype, "cuda")
-    residual = _residual((4, 16, 12, 12), kind, dtype, "cuda")
-    _check(x, w1, w2, bias, residual, 1, 1, 1, "channel", "relu")
+def test_cuda_residual_error_at_most_twice_torch(dtype, kind):
+    """A residual laid out as the output runs fused, any other unfused; either way the error
+    against a float64 reference is at most twice that of the PyTorch composition in the same
+    dtype (flash-attention's rule, as for the op without a residual)."""
+    x = _input((4, 16, 12, 12), torch.float64, "cuda").contiguous(memory_format=torch.channels_last)
+    w1, w2, bias = _factors("channel", 16, 16, 6, (3, 3), torch.float64, "cuda")
+    residual = _residual((4, 16, 12, 12), kind, torch.float64, "cuda")
+    args = (1, 1, 1, "channel", "relu")
+    expected = ref.factored_conv2d(x, w1, w2, bias, *args, residual=residual)
+    low = [t.to(dtype) for t in (x, w1, w2, bias, residual)]
+    ours = ops.factored_conv2d(*low[:4], *args, residual=low[4])
+    torch_low = ref.factored_conv2d(*low[:4], *args, residual=low[4])
+    assert ours.dtype == dtype and ours.is_contiguous(memory_format=torch.channels_last)
+    err_ours = (ours.double() - expected).abs().max().item()
+    err_torch = (torch_low.double() - expected).abs().max().item()
+    assert err_ours <= 2 * err_torch + 1e-6, (err_ours, err_torch)
 
 
 def test_module_takes_a_residual():

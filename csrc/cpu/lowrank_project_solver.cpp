@@ -88,8 +88,12 @@ TRP_INLINE double sum_of_squares_impl(const double* a, int64_t size) {
 }
 TRP_CPU_DISPATCH(double, sum_of_squares, (const double* a, int64_t size), (a, size))
 
-simd::Scan scan(const float* src, int64_t size, double* dst) { return scan_float(src, size, dst); }
-simd::Scan scan(const double* src, int64_t size, double* dst) { return scan_double(src, size, dst); }
+simd::Scan scan(const float* src, int64_t size, double* dst) {
+  return scan_float(src, size, dst);
+}
+simd::Scan scan(const double* src, int64_t size, double* dst) {
+  return scan_double(src, size, dst);
+}
 
 // dst (k x len, row-major) = src as float64, and its Scan: src is the row-major k x len matrix
 // (converted and scanned in one pass), or with `transposed` the row-major len x k one.
@@ -114,9 +118,10 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
   double* a = p.a.get();
   // Converted by hand rather than by at::Tensor::copy_, whose dispatch and iterator set-up cost
   // microseconds per call: a ResNet has dozens of layers as small as 16 x 144.
-  const simd::Scan values = mat.scalar_type() == at::kFloat
-                                ? to_double_rows(mat.const_data_ptr<float>(), p.transposed, p.k, p.len, a)
-                                : to_double_rows(mat.const_data_ptr<double>(), p.transposed, p.k, p.len, a);
+  const simd::Scan values =
+      mat.scalar_type() == at::kFloat
+          ? to_double_rows(mat.const_data_ptr<float>(), p.transposed, p.k, p.len, a)
+          : to_double_rows(mat.const_data_ptr<double>(), p.transposed, p.k, p.len, a);
   if (!values.finite) return false;
   p.total = values.sum_squares;
   if (values.max_abs > 0.0) {
