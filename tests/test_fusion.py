@@ -86,11 +86,13 @@ class _Block(nn.Module):
             return F.relu(y) + y
         if self.kind == "after_add":
             return F.relu(y + 1.0)
+        if self.kind == "residual_in_the_op":  # relu(conv(x) + x[:, :1]): the op applies it last
+            return F.relu(self.conv(x, residual=x[:, :1]))
         return F.relu(self.other(x)) + y  # "already_relu": the op's relu stays, F.relu too
 
 
 @pytest.mark.parametrize("kind,fused", [("method", 1), ("module_through_identity", 1), ("two_users", 0),
-                                        ("after_add", 0), ("already_relu", 1)])
+                                        ("after_add", 0), ("already_relu", 1), ("residual_in_the_op", 1)])
 def test_only_relus_that_only_a_factored_conv_feeds_are_folded(kind, fused):
     torch.manual_seed(0)
     block = _Block(kind)

@@ -73,13 +73,14 @@ def _set_relu(node: fx.Node) -> None:
         node.kwargs = {**node.kwargs, "activation": "relu"}
 
 
-def _factored_conv_feeding(module: fx.GraphModule, node):
-    """The factored conv (without epilogue activation or residual) whose output reaches the user
-    of `node` alone, through identities; or None."""
+def _factored_conv_feeding(module: fx.GraphModule, node, allow_residual: bool):
+    """The factored conv without an activation (and, unless `allow_residual`, without a
+    residual) whose output reaches the user of `node` alone, through identities; or None."""
     while isinstance(node, fx.Node) and len(node.users) == 1:
         if node.op == "call_function" and node.target in FACTORED_CONV_FUNCTIONS:
             residual = node.args[9] if len(node.args) > 9 else node.kwargs.get("residual")
-            return node if _activation(node) is None and residual is None else None
+            plain = _activation(node) is None and (allow_residual or residual is None)
+            return node if plain else None
         if not _is_identity(module, node):
             return None
         node = node.args[0]
@@ -131,7 +132,7 @@ def fuse_residual(module: fx.GraphModule) -> fx.GraphModule:
             continue
         conv = mine = other = None
         for mine, theirs in (add.args, tuple(reversed(add.args))):
-            conv = _factored_conv_feeding(module, mine)
+            conv = _factored_conv_feeding(module, mine, allow_residual=False)
             if conv is not None and isinstance(theirs, fx.Node):
                 other = theirs
                 break
@@ -156,11 +157,11 @@ def fuse_residual(module: fx.GraphModule) -> fx.GraphModule:
 def fuse_relu(module: fx.GraphModule) -> fx.GraphModule:
     """Folds each ReLU that only a factored conv feeds into that conv's activation, in place;
     returns `module`. Outputs are unchanged (an in-place ReLU only overwrote a tensor nothing
-    else reads)."""
+    else reads; a conv that adds a residual applies the ReLU after it)."""
     for node in list(module.graph.nodes):
         if not _is_relu(module, node):
             continue
-        conv = _factored_conv_feeding(module, node.args[0] if node.args else None)
+        conv = _factored_conv_feeding(module, node.args[0] if node.args else None, allow_residual=True)
         if conv is None:
             continue
         _set_relu(conv)
