@@ -185,6 +185,24 @@ def test_full_rank_split_reproduces_the_dense_conv(device, scheme):
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-10, atol=1e-10)
 
 
+def test_interleaved_geometries_match_reference():
+    """The CPU kernel keeps its plans for recent geometries (batch and thread count included):
+    more geometries than it keeps, each seen twice in turn, with other inputs the second time."""
+    threads = torch.get_num_threads()
+    cases = [(scheme, batch, size, stride) for scheme in ref.SCHEMES for batch in (1, 3)
+             for size in ((9, 7), (12, 12), (5, 16)) for stride in (1, 2)]
+    try:
+        for seed in (0, 1):
+            for i, (scheme, batch, size, stride) in enumerate(cases):
+                torch.set_num_threads(1 + (i + seed) % 2)
+                x = _input((batch, 3, *size), torch.float32, seed=seed + 10 * i)
+                w1, w2, bias = _factors(scheme, 4, 3, 2, (3, 3), torch.float32, seed=seed)
+                got = ops.factored_conv2d(x, w1, w2, bias, stride, 1, 1, scheme, "relu")
+                _check(got, x, w1, w2, bias, stride, 1, 1, scheme, "relu", 2e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_relu_keeps_nan(device):
     x = _input((1, 2, 5, 5), torch.float32, device)
     x[0, 0, 2, 2] = float("nan")
