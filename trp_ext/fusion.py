@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from trp_ext import _reference
 from trp_ext.ops import factored_conv2d
-from trp_ext.ops.factored_conv2d import _out_size
+from trp_ext.ops.factored_conv2d import broadcasts_to, output_shape
 
 # Tracing a FactoredConv2d goes through its Python wrapper down to the raw op, which is what the
 # graph records; the wrapper and the reference composition (same arguments) are also accepted,
@@ -112,12 +112,9 @@ def factored_conv2d_residual(x, w1, w2, bias, stride, padding, dilation, scheme,
     else as the separate ops the traced model ran. A traced graph has no shapes, so
     ``fuse_residual`` cannot tell ahead of time."""
     stride, padding, dilation = (_reference._pair(v) for v in (stride, padding, dilation))
-    if isinstance(residual, torch.Tensor) and residual.dtype == x.dtype and residual.device == x.device:
-        kh, kw = w1.shape[2], (w2.shape[3] if scheme == "spatial" else w1.shape[3])
-        shape = (x.shape[0], w2.shape[0], _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0]),
-                 _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1]))
-        if residual.dim() <= 4 and all(r in (1, o) for r, o in zip(reversed(residual.shape), reversed(shape))):
-            return RAW_OP(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
+    if (isinstance(residual, torch.Tensor) and residual.dtype == x.dtype and residual.device == x.device
+            and broadcasts_to(residual, output_shape(x, w1, w2, stride, padding, dilation, scheme))):
+        return RAW_OP(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
     out = RAW_OP(x, w1, w2, bias, stride, padding, dilation, scheme, None) + residual
     return torch.relu(out) if activation == "relu" else out
 

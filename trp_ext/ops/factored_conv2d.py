@@ -112,18 +112,27 @@ def _out_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def output_shape(x, w1, w2, stride, padding, dilation, scheme):
+    """``(N, n, Ho, Wo)`` of a call (stride, padding and dilation as pairs)."""
+    kh = w1.shape[2]
+    kw = w2.shape[3] if scheme == "spatial" else w1.shape[3]
+    return (x.shape[0], w2.shape[0], _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0]),
+            _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1]))
+
+
+def broadcasts_to(tensor, shape) -> bool:
+    """Whether `tensor` broadcasts to `shape` without enlarging it (the residual's rule)."""
+    return tensor.dim() <= len(shape) and all(t == 1 or t == s for t, s in zip(tensor.shape[::-1], shape[::-1]))
+
+
 @torch.library.register_fake("trp_ext::factored_conv2d")
 def _factored_conv2d_fake(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual=None):
     ref.check_scheme(scheme)
     torch._check(x.dim() == 4 and w1.dim() == 4 and w2.dim() == 4,
                  lambda: "factored_conv2d(): x, w1 and w2 must be 4-D")
-    kh = w1.shape[2]
-    kw = w2.shape[3] if scheme == "spatial" else w1.shape[3]
-    out_h = _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
-    out_w = _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
-    shape = (x.shape[0], w2.shape[0], out_h, out_w)
+    shape = output_shape(x, w1, w2, stride, padding, dilation, scheme)
     if residual is not None:
-        torch._check(residual.dim() <= 4 and all(r == 1 or r == o for r, o in zip(residual.shape[::-1], shape[::-1])),
+        torch._check(broadcasts_to(residual, shape),
                      lambda: f"factored_conv2d(): argument 'residual' must broadcast to the output shape "
                              f"{list(shape)}, got shape {list(residual.shape)}")
     return x.new_empty(shape).contiguous(memory_format=suggest_memory_format(x))
