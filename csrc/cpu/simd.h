@@ -119,6 +119,20 @@ TRP_INLINE vd4 load4_as_double(const float* p) {
 #pragma GCC diagnostic pop
 #endif
 
+#if TRP_VECTOR_LOOPS
+// One vector of scan_values: x[0, 4) as float64 (stored unless dst is null), folded into the
+// running maximum magnitude m, NaN/Inf detector p and sum of squares acc.
+template <typename S>
+TRP_INLINE void scan_vector(const S* x, double* dst, vd4& m, vd4& p, vd4& acc) {
+  const vd4 v = load4_as_double(x);
+  if (dst != nullptr) store4(dst, v);
+  const vd4 magnitude = v < 0.0 ? -v : v;
+  m = magnitude > m ? magnitude : m;
+  p += v - v;
+  acc += v * v;
+}
+#endif
+
 // One pass over x (float32 or float64): its Scan, and x as float64 into dst unless dst is null.
 // The sum of squares is of x as it is (it may overflow or underflow when max_abs is extreme;
 // the caller rescales and sums again then), in the order of sum_squares(), so that either gives
@@ -135,22 +149,10 @@ TRP_INLINE Scan scan_values(const S* __restrict x, int64_t n, double* __restrict
   for (; i + 16 <= n; i += 16) {
 #pragma GCC unroll 4
     for (int u = 0; u < 4; ++u) {
-      const vd4 v = load4_as_double(x + i + 4 * u);
-      if (dst != nullptr) store4(dst + i + 4 * u, v);
-      const vd4 magnitude = v < 0.0 ? -v : v;
-      m = magnitude > m ? magnitude : m;
-      p += v - v;
-      a[u] += v * v;
+      scan_vector(x + i + 4 * u, dst == nullptr ? nullptr : dst + i + 4 * u, m, p, a[u]);
     }
   }
-  for (; i + 4 <= n; i += 4) {
-    const vd4 v = load4_as_double(x + i);
-    if (dst != nullptr) store4(dst + i, v);
-    const vd4 magnitude = v < 0.0 ? -v : v;
-    m = magnitude > m ? magnitude : m;
-    p += v - v;
-    a[0] += v * v;
-  }
+  for (; i + 4 <= n; i += 4) scan_vector(x + i, dst == nullptr ? nullptr : dst + i, m, p, a[0]);
   s = sum4((a[0] + a[1]) + (a[2] + a[3]));
   best = m[0] > m[1] ? m[0] : m[1];
   best = m[2] > best ? m[2] : best;

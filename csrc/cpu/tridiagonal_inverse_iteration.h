@@ -113,11 +113,12 @@ TRP_INLINE void factor_lanes(const double* d, const double* e, int64_t n, const 
                              double floor, LaneLu& lu) {
   using simd::vd4;
   const vd4 shift = simd::load4(shifts);
-  lu.lower.assign(4 * n, 0.0);
-  lu.inv_diag.assign(4 * n, 0.0);
-  lu.upper.assign(4 * n, 0.0);
-  lu.upper2.assign(4 * n, 0.0);
-  lu.swapped.assign(4 * n, 0);
+  // Every value the solves read is written below; row n - 1's lower and swapped are not read.
+  lu.lower.resize(4 * n);
+  lu.inv_diag.resize(4 * n);
+  lu.upper.resize(4 * n);
+  lu.upper2.resize(4 * n);
+  lu.swapped.resize(4 * n);
   const vd4 zero = simd::splat4(0.0), floor4 = simd::splat4(floor);
   vd4 diag = simd::splat4(d[0]) - shift;                  // pivot row i, as updated so far
   vd4 upper = simd::splat4(n > 1 ? e[0] : 0.0);           // its first superdiagonal
@@ -138,6 +139,8 @@ TRP_INLINE void factor_lanes(const double* d, const double* e, int64_t n, const 
     upper = swap ? -factor * next_upper : next_upper;
   }
   simd::store4(&lu.inv_diag[4 * (n - 1)], diag);
+  simd::store4(&lu.upper[4 * (n - 1)], zero);  // the back substitution reads row n - 1's too
+  simd::store4(&lu.upper2[4 * (n - 1)], zero);
   for (int64_t i = 0; i < n; ++i) {
     const vd4 v = simd::load4(&lu.inv_diag[4 * i]);
     const vd4 magnitude = v < 0.0 ? -v : v;
