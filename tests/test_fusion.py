@@ -188,3 +188,27 @@ def test_fused_residual_block_trains():
     got = [x.grad] + [p.grad for p in traced.parameters()]
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("residual_kind", ["fusable", "other_dtype", "broadcast_up"])
+def test_the_residual_helper_makes_one_op_call_for_a_sum_the_op_computes(monkeypatch, residual_kind):
+    import trp_ext.fusion
+
+    torch.manual_seed(0)
+    x, w1, w2, bias = torch.randn(2, 4, 7, 5), torch.randn(2, 4, 3, 3), torch.randn(6, 2, 1, 1), torch.randn(6)
+    residual = {"fusable": torch.randn(6, 1, 1), "other_dtype": torch.randn(2, 6, 7, 5, dtype=torch.float64),
+                "broadcast_up": torch.randn(3, 2, 6, 7, 5)}[residual_kind]
+    calls = []
+    real = trp_ext.fusion.RAW_OP
+
+    def counting(*args):
+        calls.append(args[9] is not None if len(args) > 9 else False)
+        return real(*args)
+
+    monkeypatch.setattr(trp_ext.fusion, "RAW_OP", counting)
+    got = factored_conv2d_residual(x, w1, w2, bias, (1, 1), (1, 1), (1, 1), "channel", "relu", residual)
+    expected = torch.relu(real(x, w1, w2, bias, (1, 1), (1, 1), (1, 1), "channel", None) + residual)
+    # A sum the op cannot compute: its one failed attempt, then the separate ops.
+    assert calls == ([True] if residual_kind == "fusable" else [True, False])
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

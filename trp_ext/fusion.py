@@ -31,6 +31,7 @@ RAW_OP = torch.ops.trp_ext.factored_conv2d.default
 FACTORED_CONV_FUNCTIONS = (factored_conv2d, RAW_OP, _reference.factored_conv2d)
 ARGUMENT_NAMES = ("x", "w1", "w2", "bias", "stride", "padding", "dilation", "scheme", "activation")
 ACTIVATION_INDEX = 8  # position of `activation` among their arguments
+PAIR_INDICES = (4, 5, 6)  # positions of `stride`, `padding` and `dilation`
 RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 RELU_METHODS = ("relu", "relu_")
 ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
@@ -111,6 +112,14 @@ def factored_conv2d_residual(x, w1, w2, bias, stride, padding, dilation, scheme,
     residual computes (a tensor of x's dtype and device that broadcasts to the conv's output),
     else as the separate ops the traced model ran. A traced graph has no shapes, so
     ``fuse_residual`` cannot tell ahead of time."""
+    # Tried first without the check below, which cost more than a small batch-1 conv's kernel
+    # (~12 us a call in a deployed ResNet-56): the op itself raises, before it computes
+    # anything, on every sum it does not compute, and then the check decides as before (the
+    # separate ops also raise any error that is not the residual's).
+    try:
+        return RAW_OP(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
+    except (RuntimeError, TypeError, ValueError):
+        pass
     stride, padding, dilation = (_reference._pair(v) for v in (stride, padding, dilation))
     if (isinstance(residual, torch.Tensor) and residual.dtype == x.dtype and residual.device == x.device
             and broadcasts_to(residual, output_shape(x, w1, w2, stride, padding, dilation, scheme))):
@@ -139,6 +148,9 @@ def fuse_residual(module: fx.GraphModule) -> fx.GraphModule:
         last = users[0] if len(users) == 1 and _is_relu(module, users[0]) else add
         arguments = _conv_arguments(conv)
         arguments[ACTIVATION_INDEX] = "relu" if last is not add else None
+        for index in PAIR_INDICES:  # as the op takes them (the wrapper also accepts an int)
+            if not isinstance(arguments[index], fx.Node):
+                arguments[index] = _reference._pair(arguments[index])
         with module.graph.inserting_before(add):
             fused = module.graph.call_function(factored_conv2d_residual, tuple(arguments) + (other,))
         last.replace_all_uses_with(fused)
