@@ -4,8 +4,9 @@ Every selected conv is given a TRP-like rank (n/3 for CIFAR: 6, 10, 20 for 16, 3
 n/4 for ImageNet), then decompose() factors it (channel scheme, BN folded). Variants per case:
 "dense" (the original net), "ours" (the compressed net on the fused factored_conv2d op), and
 "pair" (the same compressed net with each factored conv run as two F.conv2d calls).
-Every variant has its remaining conv -> BatchNorm pairs folded (metrics.deployment_form), as a
-deployed dense net would, so the dense baseline pays no BatchNorm pass that ours skips.
+Every variant has its remaining conv -> BatchNorm pairs folded and its traced graph's Python
+overhead trimmed (metrics.deployment_form, trp_ext.lean_graph), as a deployed dense net would, so
+the dense baseline pays no BatchNorm pass or module-call overhead that ours skips.
 flop_ratio = dense conv FLOPs / compressed conv FLOPs, so the report's realisation is
 (t_dense / t_ours) / flop_ratio; the target is at least 0.8.
 """
