@@ -10,7 +10,9 @@ from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 
 from trp_ext import decompose
-from trp_ext.fusion import FACTORED_CONV_FUNCTIONS, _is_relu, factored_conv2d_residual, fuse_relu, fuse_residual
+from trp_ext.fusion import (FACTORED_CONV_FUNCTIONS, RAW_OP, _is_relu, factored_conv2d_residual, fuse_relu,
+                            fuse_residual)
+from trp_ext.ops.factored_conv2d import factored_conv2d_normalised
 from trp_ext.metrics import deployment_form
 from trp_ext.models import build_model
 from trp_ext.nn import FactoredConv2d
@@ -205,10 +207,32 @@ def test_the_residual_helper_makes_one_op_call_for_a_sum_the_op_computes(monkeyp
         calls.append(args[9] is not None if len(args) > 9 else False)
         return real(*args)
 
-    monkeypatch.setattr(trp_ext.fusion, "RAW_OP", counting)
+    monkeypatch.setattr(trp_ext.fusion, "OP_CALL", counting)
     got = factored_conv2d_residual(x, w1, w2, bias, (1, 1), (1, 1), (1, 1), "channel", "relu", residual)
     expected = torch.relu(real(x, w1, w2, bias, (1, 1), (1, 1), (1, 1), "channel", None) + residual)
     # A sum the op cannot compute: its one failed attempt, then the separate ops.
     assert calls == ([True] if residual_kind == "fusable" else [True, False])
     assert got.shape == expected.shape and got.dtype == expected.dtype
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["grad", "no_grad", "inference"])
+def test_deployed_graphs_call_the_op_without_its_autograd_kernel_only_when_nothing_needs_grad(mode):
+    torch.manual_seed(0)
+    compressed, _ = decompose(build_model("resnet20", num_classes=10).eval(), "channel", energy=0.9)
+    deployed = deployment_form(compressed)
+    targets = [node.target for node in deployed.graph.nodes if node.op == "call_function"]
+    assert RAW_OP not in targets and factored_conv2d_normalised in targets
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected = compressed.eval()(x)
+    context = {"grad": torch.enable_grad(), "no_grad": torch.no_grad(), "inference": torch.inference_mode()}[mode]
+    with context:
+        got = deployed(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got.requires_grad == (mode == "grad")  # the weights are parameters: with grad on, it trains
+    if mode == "grad":
+        got.square().sum().backward()
+        # (torch.fx's BN folding gives a conv without a bias one that does not require grad)
+        trained = [p for p in deployed.parameters() if p.requires_grad]
+        assert len(trained) > 40 and all(p.grad is not None for p in trained)

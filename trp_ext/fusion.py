@@ -10,6 +10,9 @@ over the whole activation:
 * ``fuse_relu``: a ReLU that directly follows a factored conv (possibly through the
   ``nn.Identity`` a folded BatchNorm left behind) becomes the op's ``activation="relu"``. In a
   ResNet block that is the ReLU after the first conv.
+
+A third, ``fast_calls``, changes how the op is called rather than what it computes: without its
+Python autograd kernel when nothing needs a gradient.
 """
 import inspect
 import operator
@@ -20,7 +23,7 @@ from torch import fx, nn
 
 from trp_ext import _reference
 from trp_ext.ops import factored_conv2d
-from trp_ext.ops.factored_conv2d import broadcasts_to, output_shape
+from trp_ext.ops.factored_conv2d import broadcasts_to, factored_conv2d_normalised, output_shape
 
 # Tracing a FactoredConv2d goes through its Python wrapper down to the raw op, which is what the
 # graph records; the wrapper and the reference composition (same arguments) are also accepted,
@@ -28,7 +31,8 @@ from trp_ext.ops.factored_conv2d import broadcasts_to, output_shape
 # patched in, as the end-to-end bench's unfused baseline, records its two F.conv2d calls instead:
 # nothing to fold there.)
 RAW_OP = torch.ops.trp_ext.factored_conv2d.default
-FACTORED_CONV_FUNCTIONS = (factored_conv2d, RAW_OP, _reference.factored_conv2d)
+FACTORED_CONV_FUNCTIONS = (factored_conv2d, RAW_OP, factored_conv2d_normalised, _reference.factored_conv2d)
+OP_CALL = factored_conv2d_normalised  # the raw op's arguments, without its autograd kernel's cost
 ARGUMENT_NAMES = ("x", "w1", "w2", "bias", "stride", "padding", "dilation", "scheme", "activation")
 ACTIVATION_INDEX = 8  # position of `activation` among their arguments
 PAIR_INDICES = (4, 5, 6)  # positions of `stride`, `padding` and `dilation`
@@ -117,14 +121,14 @@ def factored_conv2d_residual(x, w1, w2, bias, stride, padding, dilation, scheme,
     # anything, on every sum it does not compute, and then the check decides as before (the
     # separate ops also raise any error that is not the residual's).
     try:
-        return RAW_OP(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
+        return OP_CALL(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
     except (RuntimeError, TypeError, ValueError):
         pass
     stride, padding, dilation = (_reference._pair(v) for v in (stride, padding, dilation))
     if (isinstance(residual, torch.Tensor) and residual.dtype == x.dtype and residual.device == x.device
             and broadcasts_to(residual, output_shape(x, w1, w2, stride, padding, dilation, scheme))):
-        return RAW_OP(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
-    out = RAW_OP(x, w1, w2, bias, stride, padding, dilation, scheme, None) + residual
+        return OP_CALL(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
+    out = OP_CALL(x, w1, w2, bias, stride, padding, dilation, scheme, None) + residual
     return torch.relu(out) if activation == "relu" else out
 
 
@@ -176,6 +180,19 @@ def fuse_relu(module: fx.GraphModule) -> fx.GraphModule:
         _set_relu(conv)
         node.replace_all_uses_with(node.args[0])
         module.graph.erase_node(node)
+    module.graph.lint()
+    module.recompile()
+    return module
+
+
+def fast_calls(module: fx.GraphModule) -> fx.GraphModule:
+    """Makes each call of the raw op (what tracing a FactoredConv2d records) a call of
+    ``factored_conv2d_normalised``, which takes the same arguments and skips the op's Python
+    autograd kernel when nothing needs a gradient (under ``torch.no_grad()``), in place; returns
+    `module`. Outputs are unchanged."""
+    for node in module.graph.nodes:
+        if node.op == "call_function" and node.target is RAW_OP:
+            node.target = OP_CALL
     module.graph.lint()
     module.recompile()
     return module

@@ -88,8 +88,9 @@ def theoretical_speedup(dense_cost, compressed_cost):
 def deployment_form(model):
     """An eval-mode copy of ``model`` with each conv -> BatchNorm pair folded into the conv, as a
     deployed network runs (torch.fx's fuse), each residual add and ReLU that follows a factored
-    conv made that conv's epilogue (trp_ext.fusion), and the traced graph's Python overhead
-    trimmed (trp_ext.lean_graph: no identity calls, functional convs, flat weight names).
+    conv made that conv's epilogue and its calls free of the op's autograd kernel when nothing
+    needs a gradient (trp_ext.fusion), and the traced graph's Python overhead trimmed
+    (trp_ext.lean_graph: no identity calls, functional convs, flat weight names).
     Compressed models have their factored layers' BN folded by decompose(); folding the dense
     model's too, and trimming its graph alike, keeps a latency comparison fair. A model torch.fx
     cannot trace is returned as an eval-mode copy, unfolded."""
@@ -97,7 +98,7 @@ def deployment_form(model):
 
     from torch.fx.experimental.optimization import fuse
 
-    from trp_ext.fusion import fuse_relu, fuse_residual
+    from trp_ext.fusion import fast_calls, fuse_relu, fuse_residual
     from trp_ext.lean_graph import lean_graph
 
     model = copy.deepcopy(model).eval()
@@ -106,7 +107,7 @@ def deployment_form(model):
     except Exception:  # noqa: BLE001 (any tracing failure: fall back to the module as it is)
         return model
     try:
-        fused = fuse_relu(fuse_residual(copy.deepcopy(folded)))
+        fused = fast_calls(fuse_relu(fuse_residual(copy.deepcopy(folded))))
     except Exception:  # noqa: BLE001 (a graph the epilogue passes cannot rewrite: BN folding alone)
         fused = folded
     try:

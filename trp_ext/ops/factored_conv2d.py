@@ -58,15 +58,27 @@ def factored_conv2d(
         TypeError: a dtype the device does not support, or factors, bias or residual in
             another dtype.
     """
-    args = (x, w1, w2, bias, ref._pair(stride), ref._pair(padding), ref._pair(dilation), scheme, activation,
-            residual)
-    if torch.compiler.is_compiling() or _may_need_grad(x, w1, w2, bias, residual):
-        return torch.ops.trp_ext.factored_conv2d.default(*args)
-    # Nothing to differentiate: go straight to the kernel. The autograd kernel installed by
-    # register_autograd runs in Python and would only redispatch below autograd here; at ~10 us
-    # a call it is a large share of a small layer's time (inference at batch 1).
+    return factored_conv2d_normalised(x, w1, w2, bias, ref._pair(stride), ref._pair(padding), ref._pair(dilation),
+                                      scheme, activation, residual)
+
+
+def factored_conv2d_normalised(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual=None):
+    """:func:`factored_conv2d` for arguments already in the op's form (stride, padding and
+    dilation as pairs), as traced graphs hold them: what deployed graphs call
+    (trp_ext.fusion.fast_calls).
+
+    It runs the op, skipping its autograd kernel when nothing needs a gradient. That kernel,
+    installed by register_autograd, runs in Python even under ``torch.no_grad()``, only to
+    redispatch below autograd there: ~10 us a call, a large share of a small layer's time
+    (inference at batch 1). Under ``torch.inference_mode()`` the dispatcher skips it already."""
+    op = torch.ops.trp_ext.factored_conv2d.default
+    args = (x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
+    # is_compiling first: torch.compile cannot trace is_inference_mode_enabled.
+    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled() or _may_need_grad(x, w1, w2, bias,
+                                                                                           residual):
+        return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
-        return torch.ops.trp_ext.factored_conv2d.default(*args)
+        return op(*args)
 
 
 WINOGRAD_MODES = ("auto", "never", "always")
