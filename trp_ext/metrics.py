@@ -116,12 +116,13 @@ def deployment_form(model):
         return fused
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def compare_latency(dense, compressed, example_input, repeats=20, warmup=3):
-    """Median seconds of one forward pass of each model, both in deployment form (BN folded;
-    the compressed model's ReLUs after factored convs folded into them, the dense model's run as
-    eager torch runs them), timed in alternation so that a load change on a shared machine hits
-    both alike."""
+    """Median seconds of one forward pass of each model, both in deployment form (see
+    deployment_form: BN folded; the compressed model's ReLUs and residual adds after factored
+    convs folded into them, the dense model's run as eager torch runs them; both graphs trimmed
+    alike), under ``torch.inference_mode()`` as a deployed model runs, timed in alternation so
+    that a load change on a shared machine hits both alike."""
     dense, compressed = deployment_form(dense), deployment_form(compressed)
     times = ([], [])
     for _ in range(warmup):
@@ -132,9 +133,10 @@ def compare_latency(dense, compressed, example_input, repeats=20, warmup=3):
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def measure_latency(model, example_input, repeats=20, warmup=3):
-    """Median wall-clock seconds of one forward pass (synchronised on CUDA)."""
+    """Median wall-clock seconds of one forward pass under ``torch.inference_mode()``
+    (synchronised on CUDA)."""
     model.eval()
     cuda = example_input.device.type == "cuda"
     times = []
