@@ -205,3 +205,40 @@ def test_module_takes_a_residual():
     expected = torch.relu(ref.factored_conv2d(x, layer.weight1, layer.weight2, layer.bias, 1, 1, 1, "channel")
                           + shortcut)
     torch.testing.assert_close(layer(x, residual=shortcut), expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("residual_kind", [None, "contiguous", "image", "per_pixel"])
+@pytest.mark.parametrize("batch,size,stride", [
+    (1, (7, 7), 1),    # 49 positions a band: whole vectors and a tail of 1
+    (2, (9, 13), 1),   # odd rows of 13
+    (3, (16, 16), 1),  # whole vectors only
+    (1, (3, 2), 1),    # under one vector: the copy path
+    (2, (11, 9), 2),   # stride 2: 6 x 5 outputs
+])
+def test_channel_scheme_into_nchw_is_bit_identical_to_the_copy_path(threads, dtype, residual_kind, batch, size,
+                                                                    stride):
+    """An NCHW output takes the channel scheme's direct path (the 1x1 conv writes the output,
+    residual and ReLU included, from its registers); a channels_last one the copy path. Both run
+    the same sums, so they must agree exactly, and with the reference."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = _input((batch, 6, *size), dtype)
+        w1, w2, bias = _factors("channel", 7, 6, 3, (3, 3), dtype)
+        out_shape = _output_shape(x, w1, w2, (stride, stride), (1, 1), (1, 1), "channel")
+        n, c, h, w = out_shape
+        residual = None if residual_kind is None else {
+            "contiguous": _input(out_shape, dtype, seed=5),
+            "image": _input((1, c, h, w), dtype, seed=5),       # broadcast along the batch
+            "per_pixel": _input((n, 1, h, w), dtype, seed=5),   # broadcast along the channels
+        }[residual_kind]
+        args = (w1, w2, bias, stride, 1, 1, "channel", "relu")
+        direct = ops.factored_conv2d(x, *args, residual=residual)
+        copied = ops.factored_conv2d(x.contiguous(memory_format=torch.channels_last), *args, residual=residual)
+        assert direct.is_contiguous() and copied.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(direct, copied.contiguous())
+        _check(x, w1, w2, bias, residual, (stride, stride), (1, 1), (1, 1), "channel", "relu")
+    finally:
+        torch.set_num_threads(previous)

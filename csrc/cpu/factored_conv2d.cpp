@@ -11,7 +11,10 @@
 //      padding and stride phases) in the same way;
 //   4. runs the second conv with the bias and ReLU epilogue, a few output channels at a time,
 //      and copies the valid columns into the output (NCHW or channels_last, any strides); with
-//      a residual, the copy adds it and applies the ReLU instead.
+//      a residual, the copy adds it and applies the ReLU instead. Channel scheme into an NCHW
+//      output (and a residual laid out like it, if any): the intermediate's rows are first
+//      compacted to the output's row length, and the 1x1 conv then writes the band's output
+//      rows, residual and ReLU included, straight from its registers (no copy).
 // Both convs are the same micro-kernel (factored_conv2d_kernels.h), run over different taps.
 // Items run in parallel with at::parallel_for, so batch 1 still uses every core.
 #include <ATen/Parallel.h>
@@ -66,6 +69,10 @@ struct BandPlan {
   std::vector<int64_t> taps2;
   int64_t count2 = 0;  // stage-2 positions of a full band
   int64_t pitch2 = 0;  // stage-2 positions per output row
+  // Channel scheme: the intermediate compacted to rows of the output's length (see
+  // stage2_direct), tap j of the 1x1 conv at row j.
+  int64_t dense_ld = 0;
+  std::vector<int64_t> taps2_dense;
   int64_t slack = 0;   // readable elements past the last plane: taps over-read past a band
   int64_t work = 0;    // multiply-adds per band
   int64_t group = 0;   // input channels per stage-1 group
@@ -127,6 +134,10 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size) {
   }
   p.pitch2 = pitch;
   p.count2 = g.spatial ? round_up(p.rows * pitch, kPositionAlign) : p.count1;
+  if (!g.spatial) {
+    p.dense_ld = round_up(p.rows * g.out_w, kPositionAlign);
+    for (int64_t j = 0; j < g.rank; ++j) p.taps2_dense.push_back(j * p.dense_ld);
+  }
   // A band computes up to kPositionAlign - 1 positions past its last row, and a tap reads up to
   // (kw - 1) * dw / sw columns further; that runs into the next plane, or past the last one.
   p.slack = kPositionAlign + (g.kw - 1) * g.dw / g.sw + 64;
@@ -172,7 +183,7 @@ template <typename T>
 struct Scratch {
   T* x_planes;
   T* mid;
-  T* mid_planes;  // spatial scheme only
+  T* mid_planes;  // spatial scheme: the intermediate's planes; channel: its compacted rows
   T* out;
 };
 
@@ -180,7 +191,7 @@ template <typename T>
 Scratch<T> thread_scratch(const BandPlan& p, const FconvGeometry& g) {
   const auto parts = fconv_cpu::thread_buffers<T, 4>(
       {p.x_planes.size() + p.slack, g.rank * p.count1,
-       g.spatial ? p.mid_planes.size() + p.slack : 0, kMaxRows * p.count2});
+       g.spatial ? p.mid_planes.size() + p.slack : g.rank * p.dense_ld, kMaxRows * p.count2});
   const Scratch<T> s{parts[0], parts[1], parts[2], parts[3]};
   std::fill(s.x_planes, s.mid, T(0));
   std::fill(s.mid_planes, s.out, T(0));
@@ -200,9 +211,56 @@ struct Operands {
   int64_t rs[4];
 };
 
+// Whether stage2_direct can write this call's output: the channel scheme into an NCHW output,
+// with no residual or one whose rows are laid out like the output's (any batch and channel
+// strides, 0 where it broadcasts), and bands of at least one vector of positions.
+template <typename T>
+bool direct_output(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops) {
+  const bool nchw = ops.os[3] == 1 && ops.os[2] == g.out_w;
+  const bool residual_rows = ops.residual == nullptr || (ops.rs[3] == 1 && ops.rs[2] == g.out_w);
+  const int64_t shortest = g.out_h - (p.bands - 1) * p.rows;  // the last band's rows
+  return !g.spatial && nchw && residual_rows && shortest * g.out_w >= kPositionAlign;
+}
+
+// Step 4 of the channel scheme into an NCHW output (see direct_output): the intermediate's
+// rows compacted to the output's row length (dropping the thrown-away columns), then the 1x1
+// conv over the band's rows * out_w positions with the whole epilogue, written in place. A
+// count that is not a whole number of vectors ends with one more vector, computed over the last
+// kPositionAlign positions into scratch, of which the positions past the written ones are copied.
+template <typename T>
+void stage2_direct(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
+                   int64_t image, int64_t oh0, int64_t rows, const Scratch<T>& s) {
+  const KernelSet<T>& k = kernels_for<T>();
+  for (int64_t j = 0; j < g.rank; ++j) {
+    k.copy_rows(s.mid + j * p.count1, p.pitch2, rows, g.out_w, nullptr, 0, 0, false,
+                s.mid_planes + j * p.dense_ld, g.out_w, 1);
+  }
+  const int64_t total = rows * g.out_w;
+  const int64_t whole = total / kPositionAlign * kPositionAlign;
+  const int64_t taps2 = static_cast<int64_t>(p.taps2_dense.size());
+  for (const auto& [start, size] : p.out_blocks) {
+    const T* w2 = ops.w2 + start * taps2;
+    const T* bias = ops.bias ? ops.bias + start : nullptr;
+    T* dst = ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2];
+    const T* res = ops.residual ? ops.residual + image * ops.rs[0] + start * ops.rs[1] +
+                                      oh0 * ops.rs[2]
+                                : nullptr;
+    k.tap_conv(s.mid_planes, p.taps2_dense.data(), taps2, w2, taps2, size, bias, false, g.relu,
+               dst, ops.os[1], whole, res, ops.rs[1]);
+    if (whole == total) continue;
+    const int64_t last = total - kPositionAlign;
+    k.tap_conv(s.mid_planes + last, p.taps2_dense.data(), taps2, w2, taps2, size, bias, false,
+               g.relu, s.out, p.count2, kPositionAlign, res ? res + last : nullptr, ops.rs[1]);
+    for (int j = 0; j < size; ++j) {
+      k.copy_rows(s.out + j * p.count2 + (whole - last), 0, 1, total - whole, nullptr, 0, 0,
+                  false, dst + j * ops.os[1] + whole, 0, 1);
+    }
+  }
+}
+
 template <typename T>
 void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops, int64_t image,
-              int64_t band, const Scratch<T>& s) {
+              int64_t band, const Scratch<T>& s, bool direct) {
   const KernelSet<T>& k = kernels_for<T>();
   const int64_t oh0 = band * p.rows;
   const int64_t rows = std::min(p.rows, g.out_h - oh0);
@@ -222,8 +280,12 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
     const int64_t tn = std::min(p.group, g.in_channels - c0) * taps_per_channel;
     for (const auto& [start, size] : p.rank_blocks) {
       k.tap_conv(s.x_planes, p.taps1.data() + t0, tn, ops.w1 + start * taps1 + t0, taps1, size,
-                 nullptr, c0 > 0, false, s.mid + start * p.count1, p.count1, count1);
+                 nullptr, c0 > 0, false, s.mid + start * p.count1, p.count1, count1, nullptr, 0);
     }
+  }
+  if (direct) {
+    stage2_direct(g, p, ops, image, oh0, rows, s);
+    return;
   }
   // 3. Spatial scheme: planes of the intermediate for the 1 x kw conv.
   const T* stage2_in = s.mid;
@@ -238,7 +300,7 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
   for (const auto& [start, size] : p.out_blocks) {
     k.tap_conv(stage2_in, p.taps2.data(), taps2, ops.w2 + start * taps2, taps2, size,
                ops.bias ? ops.bias + start : nullptr, false, g.relu && !residual, s.out,
-               p.count2, count2);
+               p.count2, count2, nullptr, 0);
     T* dst = ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2];
     const T* res = residual ? ops.residual + image * ops.rs[0] + start * ops.rs[1] + oh0 * ops.rs[2]
                             : nullptr;
@@ -276,10 +338,11 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
   }
   const BandPlan& plan = cached_plan(g, static_cast<int64_t>(sizeof(T)));
   const int64_t grain = fconv_cpu::parallel_grain(plan.work);
+  const bool direct = direct_output(g, plan, ops);
   at::parallel_for(0, g.batch * plan.bands, grain, [&](int64_t begin, int64_t end) {
     const Scratch<T> scratch = thread_scratch<T>(plan, g);
     for (int64_t item = begin; item < end; ++item) {
-      run_band(g, plan, ops, item / plan.bands, item % plan.bands, scratch);
+      run_band(g, plan, ops, item / plan.bands, item % plan.bands, scratch, direct);
     }
   });
 }

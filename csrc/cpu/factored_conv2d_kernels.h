@@ -5,12 +5,14 @@
 //
 // tap_conv, the micro-kernel: a direct convolution written as a sum over taps of shifted runs
 // of one input buffer,
-//   out[j * ldo + q] = act(init[j, q] + sum_t w[j * ldw + t] * in[off[t] + q]),
+//   out[j * ldo + q] = act((init[j, q] + sum_t w[j * ldw + t] * in[off[t] + q]) + res[j * ldr + q]),
 //   for j < rows <= kMaxRows and q < count,
 // where tap t is one (input channel, kernel offset) pair and off[t] is where its run starts;
 // init is out[j * ldo + q] itself when accumulating (a reduction split into parts), else
-// bias[j] (or 0 without bias). The weights are read in place: row j of a (rows, taps) matrix
-// with row stride ldw, as a conv weight (n, c, kh, kw) already is.
+// bias[j] (or 0 without bias); the residual term is there only when res is not null (never
+// with accumulate), added to the finished sum as a separate pass would add it. The weights are
+// read in place: row j of a (rows, taps) matrix with row stride ldw, as a conv weight
+// (n, c, kh, kw) already is.
 // build_planes lays an input out so that every tap is one contiguous run (see PlaneSpec), so the
 // micro-kernel needs no bounds checks and vectorises over q. copy_rows moves finished rows to
 // the output.
@@ -69,7 +71,7 @@ struct PlaneSpec {
 template <typename T>
 using TapConvFn = void (*)(const T* in, const int64_t* off, int64_t taps, const T* w,
                            int64_t ldw, int rows, const T* bias, bool accumulate, bool relu,
-                           T* out, int64_t ldo, int64_t count);
+                           T* out, int64_t ldo, int64_t count, const T* res, int64_t ldr);
 
 // Fills the planes of `spec`, rows from row0, from a (channels, height, width) source with
 // element strides (sc, sy, sx); all but each plane's last row, which only supplies padding.

@@ -25,7 +25,8 @@ namespace {
 template <class V, int R, int NV>
 inline void tap_block(const typename V::Scalar* in, const int64_t* off, int64_t taps,
                       const typename V::Scalar* w, int64_t ldw, const typename V::Scalar* bias,
-                      bool accumulate, bool relu, typename V::Scalar* out, int64_t ldo) {
+                      bool accumulate, bool relu, typename V::Scalar* out, int64_t ldo,
+                      const typename V::Scalar* res, int64_t ldr) {
   using Reg = typename V::Reg;
   constexpr int L = V::kWidth;
   Reg acc[R][NV];
@@ -51,7 +52,9 @@ inline void tap_block(const typename V::Scalar* in, const int64_t* off, int64_t 
   for (int j = 0; j < R; ++j) {
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
-      V::store(out + j * ldo + v * L, relu ? V::relu(acc[j][v]) : acc[j][v]);
+      Reg r = acc[j][v];
+      if (res != nullptr) r = V::add(r, V::load(res + j * ldr + v * L));
+      V::store(out + j * ldo + v * L, relu ? V::relu(r) : r);
     }
   }
 }
@@ -70,22 +73,26 @@ template <class V, int R>
 inline void tap_block_three(const typename V::Scalar* in, const int64_t* off, int64_t taps,
                             const typename V::Scalar* w, int64_t ldw,
                             const typename V::Scalar* bias, bool accumulate, bool relu,
-                            typename V::Scalar* out, int64_t ldo) {
+                            typename V::Scalar* out, int64_t ldo, const typename V::Scalar* res,
+                            int64_t ldr) {
   if constexpr (R <= 4) {
-    tap_block<V, R, 3>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo);
+    tap_block<V, R, 3>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, res, ldr);
   } else {
     constexpr int kFirst = R / 2;
-    tap_block<V, kFirst, 3>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo);
+    tap_block<V, kFirst, 3>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, res, ldr);
     tap_block<V, R - kFirst, 3>(in, off, taps, w + kFirst * ldw, ldw,
                                 bias ? bias + kFirst : nullptr, accumulate, relu,
-                                out + kFirst * ldo, ldo);
+                                out + kFirst * ldo, ldo, res ? res + kFirst * ldr : nullptr, ldr);
   }
 }
 
 template <class V, int R>
 void tap_rows(const typename V::Scalar* in, const int64_t* off, int64_t taps,
               const typename V::Scalar* w, int64_t ldw, const typename V::Scalar* bias,
-              bool accumulate, bool relu, typename V::Scalar* out, int64_t ldo, int64_t count) {
+              bool accumulate, bool relu, typename V::Scalar* out, int64_t ldo, int64_t count,
+              const typename V::Scalar* res, int64_t ldr) {
+  // res + q: null stays null (no residual).
+  const auto res_at = [res](int64_t q) { return res ? res + q : nullptr; };
   constexpr int NV = vectors_for_rows<R>();
   constexpr int64_t L = V::kWidth;
   constexpr int64_t step = NV * L;
@@ -94,16 +101,20 @@ void tap_rows(const typename V::Scalar* in, const int64_t* off, int64_t taps,
   const int64_t end = count - lone_tail;  // a multiple of 2 L when there is such a tail
   int64_t q = 0;
   for (; q + step <= end; q += step) {
-    tap_block<V, R, NV>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
+    tap_block<V, R, NV>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo,
+                        res_at(q), ldr);
   }
   for (; q + 2 * L <= end; q += 2 * L) {
-    tap_block<V, R, 2>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
+    tap_block<V, R, 2>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo,
+                       res_at(q), ldr);
   }
   for (; q < end; q += L) {
-    tap_block<V, R, 1>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
+    tap_block<V, R, 1>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo,
+                       res_at(q), ldr);
   }
   if (lone_tail) {
-    tap_block_three<V, R>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo);
+    tap_block_three<V, R>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo,
+                          res_at(q), ldr);
   }
 }
 
@@ -111,9 +122,10 @@ template <class V>
 void tap_conv(const typename V::Scalar* in, const int64_t* off, int64_t taps,
               const typename V::Scalar* w, int64_t ldw, int rows,
               const typename V::Scalar* bias, bool accumulate, bool relu,
-              typename V::Scalar* out, int64_t ldo, int64_t count) {
+              typename V::Scalar* out, int64_t ldo, int64_t count,
+              const typename V::Scalar* res, int64_t ldr) {
 #define TRP_FCONV_ROWS(R) \
-  return tap_rows<V, R>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, count)
+  return tap_rows<V, R>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, count, res, ldr)
   switch (rows) {
     case 1: TRP_FCONV_ROWS(1);
     case 2: TRP_FCONV_ROWS(2);

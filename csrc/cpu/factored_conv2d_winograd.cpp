@@ -254,7 +254,7 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
       for (const auto& [start, size] : p.rank_blocks) {
         k.tap_conv(s.v + xi * p.v_point, ops.v_offsets, spec.channels,
                    ops.u + (xi * rank + start) * channels + c0, channels, size, nullptr, c0 > 0,
-                   false, s.m + xi * p.m_point + start * p.count, p.count, count);
+                   false, s.m + xi * p.m_point + start * p.count, p.count, count, nullptr, 0);
       }
     }
   }
@@ -269,7 +269,7 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
   for (const auto& [start, size] : p.out_blocks) {
     k.tap_conv(s.mid, ops.mid_offsets, rank, ops.w2 + start * rank, rank, size,
                ops.bias ? ops.bias + start : nullptr, false, g.relu && !residual, s.out,
-               p.positions, positions);
+               p.positions, positions, nullptr, 0);
     for (int64_t i = 0; i < images; ++i) {
       T* dst = ops.out + (image0 + i) * ops.os[0] + start * ops.os[1] + 2 * ty0 * ops.os[2];
       const T* res = residual ? ops.residual + (image0 + i) * ops.rs[0] + start * ops.rs[1] +

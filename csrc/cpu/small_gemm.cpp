@@ -77,7 +77,7 @@ void small_gemm(const double* a, bool trans_a, const double* b, bool trans_b, do
   for (int64_t i = 0; i < m; i += fconv_cpu::kMaxRows) {
     const int rows = static_cast<int>(std::min<int64_t>(fconv_cpu::kMaxRows, m - i));
     tap_conv(in, offsets.data(), k, w + i * k, k, rows, nullptr, false, false, out + i * width,
-             width, width);
+             width, width, nullptr, 0);
   }
   if (in_place) return;
   for (int64_t i = 0; i < m; ++i) {
