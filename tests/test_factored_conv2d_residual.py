@@ -207,6 +207,7 @@ def test_module_takes_a_residual():
     torch.testing.assert_close(layer(x, residual=shortcut), expected)
 
 
+@pytest.mark.parametrize("winograd", ["never", "always"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("residual_kind", [None, "contiguous", "image", "per_pixel"])
@@ -214,14 +215,17 @@ def test_module_takes_a_residual():
     (1, (7, 7), 1),    # 49 positions a band: whole vectors and a tail of 1
     (2, (9, 13), 1),   # odd rows of 13
     (3, (16, 16), 1),  # whole vectors only
+    (2, (10, 6), 1),   # Winograd: rows of 6, 10 image rows
+    (1, (9, 12), 1),   # Winograd: the last tile row holds one image row (copy path there)
     (1, (3, 2), 1),    # under one vector: the copy path
-    (2, (11, 9), 2),   # stride 2: 6 x 5 outputs
+    (2, (11, 9), 2),   # stride 2 (never Winograd): 6 x 5 outputs
 ])
-def test_channel_scheme_into_nchw_is_bit_identical_to_the_copy_path(threads, dtype, residual_kind, batch, size,
-                                                                    stride):
+def test_channel_scheme_into_nchw_is_bit_identical_to_the_copy_path(winograd, threads, dtype, residual_kind, batch,
+                                                                    size, stride):
     """An NCHW output takes the channel scheme's direct path (the 1x1 conv writes the output,
-    residual and ReLU included, from its registers); a channels_last one the copy path. Both run
-    the same sums, so they must agree exactly, and with the reference."""
+    residual and ReLU included, from its registers), in the direct and the Winograd kernels; a
+    channels_last one the copy path. Both run the same sums, so they must agree exactly, and
+    with the reference."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -235,8 +239,9 @@ def test_channel_scheme_into_nchw_is_bit_identical_to_the_copy_path(threads, dty
             "per_pixel": _input((n, 1, h, w), dtype, seed=5),   # broadcast along the channels
         }[residual_kind]
         args = (w1, w2, bias, stride, 1, 1, "channel", "relu")
-        direct = ops.factored_conv2d(x, *args, residual=residual)
-        copied = ops.factored_conv2d(x.contiguous(memory_format=torch.channels_last), *args, residual=residual)
+        with ops.cpu_winograd(winograd):
+            direct = ops.factored_conv2d(x, *args, residual=residual)
+            copied = ops.factored_conv2d(x.contiguous(memory_format=torch.channels_last), *args, residual=residual)
         assert direct.is_contiguous() and copied.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(direct, copied.contiguous())
         _check(x, w1, w2, bias, residual, (stride, stride), (1, 1), (1, 1), "channel", "relu")

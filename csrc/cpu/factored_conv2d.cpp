@@ -224,9 +224,7 @@ bool direct_output(const FconvGeometry& g, const BandPlan& p, const Operands<T>&
 
 // Step 4 of the channel scheme into an NCHW output (see direct_output): the intermediate's
 // rows compacted to the output's row length (dropping the thrown-away columns), then the 1x1
-// conv over the band's rows * out_w positions with the whole epilogue, written in place. A
-// count that is not a whole number of vectors ends with one more vector, computed over the last
-// kPositionAlign positions into scratch, of which the positions past the written ones are copied.
+// conv over the band's rows * out_w positions with the whole epilogue, written in place.
 template <typename T>
 void stage2_direct(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
                    int64_t image, int64_t oh0, int64_t rows, const Scratch<T>& s) {
@@ -235,26 +233,16 @@ void stage2_direct(const FconvGeometry& g, const BandPlan& p, const Operands<T>&
     k.copy_rows(s.mid + j * p.count1, p.pitch2, rows, g.out_w, nullptr, 0, 0, false,
                 s.mid_planes + j * p.dense_ld, g.out_w, 1);
   }
-  const int64_t total = rows * g.out_w;
-  const int64_t whole = total / kPositionAlign * kPositionAlign;
   const int64_t taps2 = static_cast<int64_t>(p.taps2_dense.size());
   for (const auto& [start, size] : p.out_blocks) {
-    const T* w2 = ops.w2 + start * taps2;
-    const T* bias = ops.bias ? ops.bias + start : nullptr;
-    T* dst = ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2];
     const T* res = ops.residual ? ops.residual + image * ops.rs[0] + start * ops.rs[1] +
                                       oh0 * ops.rs[2]
                                 : nullptr;
-    k.tap_conv(s.mid_planes, p.taps2_dense.data(), taps2, w2, taps2, size, bias, false, g.relu,
-               dst, ops.os[1], whole, res, ops.rs[1]);
-    if (whole == total) continue;
-    const int64_t last = total - kPositionAlign;
-    k.tap_conv(s.mid_planes + last, p.taps2_dense.data(), taps2, w2, taps2, size, bias, false,
-               g.relu, s.out, p.count2, kPositionAlign, res ? res + last : nullptr, ops.rs[1]);
-    for (int j = 0; j < size; ++j) {
-      k.copy_rows(s.out + j * p.count2 + (whole - last), 0, 1, total - whole, nullptr, 0, 0,
-                  false, dst + j * ops.os[1] + whole, 0, 1);
-    }
+    fconv_cpu::conv1x1_into_rows(k, s.mid_planes, p.taps2_dense.data(), taps2,
+                                 ops.w2 + start * taps2, size, ops.bias ? ops.bias + start : nullptr,
+                                 g.relu, res, ops.rs[1],
+                                 ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2],
+                                 ops.os[1], rows * g.out_w, s.out, p.count2);
   }
 }
 

@@ -38,6 +38,28 @@ inline const KernelSet<double>& kernels_for<double>() {
 using RowBlocks = std::vector<std::pair<int64_t, int>>;
 RowBlocks row_blocks(int64_t rows);
 
+// The second (1x1) conv of `rows` output channels over `total` consecutive positions, written
+// straight into an output laid out as rows of those positions (dst[j * ldd + q]), with the
+// epilogue (bias, then the residual res[j * ldr + q] if not null, then the ReLU): the micro-kernel
+// over the whole vectors, and, when total is not a whole number of them, one more vector over
+// the last kPositionAlign positions into `scratch` (rows of ld_scratch >= kPositionAlign), of
+// which the positions past the whole vectors are copied. total >= kPositionAlign.
+template <typename T>
+void conv1x1_into_rows(const KernelSet<T>& k, const T* in, const int64_t* taps, int64_t tap_count,
+                       const T* w, int rows, const T* bias, bool relu, const T* res, int64_t ldr,
+                       T* dst, int64_t ldd, int64_t total, T* scratch, int64_t ld_scratch) {
+  const int64_t whole = total / kPositionAlign * kPositionAlign;
+  k.tap_conv(in, taps, tap_count, w, tap_count, rows, bias, false, relu, dst, ldd, whole, res, ldr);
+  if (whole == total) return;
+  const int64_t last = total - kPositionAlign;
+  k.tap_conv(in + last, taps, tap_count, w, tap_count, rows, bias, false, relu, scratch,
+             ld_scratch, kPositionAlign, res ? res + last : nullptr, ldr);
+  for (int j = 0; j < rows; ++j) {
+    k.copy_rows(scratch + j * ld_scratch + (whole - last), 0, 1, total - whole, nullptr, 0, 0,
+                false, dst + j * ldd + whole, 0, 1);
+  }
+}
+
 // Below this many multiply-adds a thread costs more to wake than it saves (a parallel region
 // is ~10 us here, ~1M multiply-adds at the kernel's rate); small calls run on one thread.
 constexpr int64_t kMinWorkPerThread = 1 << 19;

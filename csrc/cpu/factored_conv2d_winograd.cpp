@@ -224,6 +224,9 @@ struct Operands {
   const int64_t* os;
   const int64_t* v_offsets;    // tap t of a point product: channel t of the group
   const int64_t* mid_offsets;  // tap j of the second conv: rank row j of the intermediate
+  // The intermediate's rows are the output's (pitch == out_w), the output is NCHW and a
+  // residual, if any, has its rows: whole image rows go straight into the output.
+  bool direct;
 };
 
 template <typename T>
@@ -263,8 +266,25 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
                       s.mid + i * image_positions, p.pitch, p.positions);
   }
   // Second conv with the epilogue over the item's positions, then the valid rows and columns
-  // out to memory.
+  // out to memory; or, where the item's rows are all output rows laid out as the output's,
+  // per image straight into the output.
   const int64_t out_rows = std::min(2 * rows, g.out_h - 2 * ty0);
+  if (ops.direct && out_rows == 2 * rows && image_positions >= kPositionAlign) {
+    for (const auto& [start, size] : p.out_blocks) {
+      for (int64_t i = 0; i < images; ++i) {
+        const T* res = ops.residual ? ops.residual + (image0 + i) * ops.rs[0] +
+                                          start * ops.rs[1] + 2 * ty0 * ops.rs[2]
+                                    : nullptr;
+        conv1x1_into_rows(k, s.mid + i * image_positions, ops.mid_offsets, rank,
+                          ops.w2 + start * rank, size, ops.bias ? ops.bias + start : nullptr,
+                          g.relu, res, ops.rs[1],
+                          ops.out + (image0 + i) * ops.os[0] + start * ops.os[1] +
+                              2 * ty0 * ops.os[2],
+                          ops.os[1], image_positions, s.out, p.positions);
+      }
+    }
+    return;
+  }
   const bool residual = ops.residual != nullptr;  // then the ReLU follows its addition
   for (const auto& [start, size] : p.out_blocks) {
     k.tap_conv(s.mid, ops.mid_offsets, rank, ops.w2 + start * rank, rank, size,
@@ -320,8 +340,10 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   std::vector<int64_t> v_offsets(p.group), mid_offsets(g.rank);
   for (int64_t t = 0; t < p.group; ++t) v_offsets[t] = t * p.v_channel;
   for (int64_t j = 0; j < g.rank; ++j) mid_offsets[j] = j * p.positions;
+  const bool direct = p.pitch == g.out_w && os[3] == 1 && os[2] == g.out_w &&
+                      (residual == nullptr || (rs[3] == 1 && rs[2] == g.out_w));
   const Operands<T> ops{x,   xs, u.data(), w2, bias, residual, rs, out, os, v_offsets.data(),
-                        mid_offsets.data()};
+                        mid_offsets.data(), direct};
   const int64_t work = p.count * (kPoints * g.rank * g.in_channels + 4 * g.out_channels * g.rank);
   const int64_t grain = parallel_grain(work);
   at::parallel_for(0, p.items, grain, [&](int64_t begin, int64_t end) {
