@@ -211,15 +211,13 @@ struct Operands {
   int64_t rs[4];
 };
 
-// Whether stage2_direct can write this call's output: the channel scheme into an NCHW output,
-// with no residual or one whose rows are laid out like the output's (any batch and channel
-// strides, 0 where it broadcasts), and bands of at least one vector of positions.
+// Whether stage2_direct can write this call's output: the channel scheme, output and residual
+// rows as fconv_cpu::rows_like_nchw, and bands of at least one vector of positions.
 template <typename T>
 bool direct_output(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops) {
-  const bool nchw = ops.os[3] == 1 && ops.os[2] == g.out_w;
-  const bool residual_rows = ops.residual == nullptr || (ops.rs[3] == 1 && ops.rs[2] == g.out_w);
   const int64_t shortest = g.out_h - (p.bands - 1) * p.rows;  // the last band's rows
-  return !g.spatial && nchw && residual_rows && shortest * g.out_w >= kPositionAlign;
+  return !g.spatial && fconv_cpu::rows_like_nchw(g.out_w, ops.os, ops.residual != nullptr, ops.rs) &&
+         shortest * g.out_w >= kPositionAlign;
 }
 
 // Step 4 of the channel scheme into an NCHW output (see direct_output): the intermediate's

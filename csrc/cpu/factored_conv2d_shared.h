@@ -38,6 +38,14 @@ inline const KernelSet<double>& kernels_for<double>() {
 using RowBlocks = std::vector<std::pair<int64_t, int>>;
 RowBlocks row_blocks(int64_t rows);
 
+// Whether an output with strides os (N, C, H, W) is NCHW, its rows of out_w values one after
+// another, and a residual (if any, strides rs) has its rows laid out alike, at any batch and
+// channel strides (0 where it broadcasts): what conv1x1_into_rows needs to write a band of
+// output rows, and read the residual's, as consecutive positions.
+inline bool rows_like_nchw(int64_t out_w, const int64_t* os, bool has_residual, const int64_t* rs) {
+  return os[3] == 1 && os[2] == out_w && (!has_residual || (rs[3] == 1 && rs[2] == out_w));
+}
+
 // The second (1x1) conv of `rows` output channels over `total` consecutive positions, written
 // straight into an output laid out as rows of those positions (dst[j * ldd + q]), with the
 // epilogue (bias, then the residual res[j * ldr + q] if not null, then the ReLU): the micro-kernel

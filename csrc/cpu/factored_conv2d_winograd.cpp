@@ -340,8 +340,7 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   std::vector<int64_t> v_offsets(p.group), mid_offsets(g.rank);
   for (int64_t t = 0; t < p.group; ++t) v_offsets[t] = t * p.v_channel;
   for (int64_t j = 0; j < g.rank; ++j) mid_offsets[j] = j * p.positions;
-  const bool direct = p.pitch == g.out_w && os[3] == 1 && os[2] == g.out_w &&
-                      (residual == nullptr || (rs[3] == 1 && rs[2] == g.out_w));
+  const bool direct = p.pitch == g.out_w && rows_like_nchw(g.out_w, os, residual != nullptr, rs);
   const Operands<T> ops{x,   xs, u.data(), w2, bias, residual, rs, out, os, v_offsets.data(),
                         mid_offsets.data(), direct};
   const int64_t work = p.count * (kPoints * g.rank * g.in_channels + 4 * g.out_channels * g.rank);
