@@ -194,6 +194,25 @@ def test_bad_arguments_raise(kwargs, arg):
         TRP(_model(), **kwargs)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"include": "nonexistent"}, "argument 'include': pattern 'nonexistent' matches no module"),
+    ({"exclude": "layer_3.*"}, "argument 'exclude': pattern 'layer_3.*' matches no module"),
+    ({"exclude": "layer3"}, "argument 'exclude': pattern 'layer3' matches the container 'layer3'.*'layer3.\\*'"),
+])
+def test_patterns_that_select_nothing_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TRP(_model(), **kwargs)
+
+
+def test_include_of_a_layer_that_cannot_be_factored_raises():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3, groups=8),
+                          nn.Conv2d(8, 8, 3, padding="same"), nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"))
+    for name, reason in [("2", "grouped conv"), ("3", "padding='same'"), ("4", "padding_mode='reflect'")]:
+        with pytest.raises(ValueError, match=f"argument 'include'.*'{name}'.*{reason}"):
+            TRP(model, include=name)
+    assert TRP(model, exclude=["2", "3", "4"]).names == ["1"]  # excluding them is harmless
+
+
 def test_model_without_eligible_layers_raises():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.LazyLinear(2))
     with pytest.raises(ValueError, match="no eligible layers"):

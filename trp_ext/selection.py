@@ -3,7 +3,8 @@
 Default (as in the TRP paper and its code): every ``nn.Conv2d`` with a kernel larger than 1x1,
 except the first conv of the network, whose few input channels leave nothing to factor. Stride-2
 convs are included (the published code skips them; we do not). Grouped convs are never selected:
-neither scheme factors them.
+neither scheme factors them, and neither are convs with string padding ("same", "valid") or a
+padding_mode other than "zeros", which the factored conv does not implement.
 """
 import fnmatch
 
@@ -29,9 +30,45 @@ def _as_patterns(value, arg):
 
 
 def is_factorable(module, include_linear=False):
+    return not _unfactorable_reason(module, include_linear)
+
+
+def _unfactorable_reason(module, include_linear=True):
+    """Why neither scheme can factor ``module`` ("" when it can)."""
     if isinstance(module, nn.Conv2d):
-        return module.groups == 1 and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
-    return include_linear and isinstance(module, nn.Linear)
+        if module.groups != 1:
+            return f"a grouped conv (groups={module.groups})"
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r} (the factored conv pads with zeros)"
+        if not isinstance(module.padding, tuple):
+            return f"padding={module.padding!r} (the factored conv takes explicit padding)"
+        return ""
+    if isinstance(module, nn.Linear):
+        return "" if include_linear else "a linear layer (pass include_linear=True)"
+    return f"a {type(module).__name__}, not a conv or linear layer"
+
+
+def _check_patterns(modules, patterns, arg):
+    """Raises a ValueError naming `arg` for a pattern that matches no module or only containers (a
+    typo, or a container's name where its layers' were meant, would otherwise change nothing,
+    silently), and for an include pattern that matches only layers that cannot be factored."""
+    layers = [name for name, module in modules if is_factorable(module, include_linear=True)]
+    for pattern in patterns:
+        if any(fnmatch.fnmatchcase(name, pattern) for name in layers):
+            continue
+        matched = [(name, module) for name, module in modules if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            raise ValueError(f"argument '{arg}': pattern {pattern!r} matches no module of the model")
+        leaves = [(name, module) for name, module in matched if not any(True for _ in module.children())]
+        if not leaves:
+            name = matched[0][0]
+            raise ValueError(f"argument '{arg}': pattern {pattern!r} matches the container '{name}', not a "
+                             f"layer; to match the layers inside it, use {pattern + '.*'!r}")
+        if arg == "exclude":
+            continue  # excluding a layer that could never be selected is harmless
+        name, module = leaves[0]
+        raise ValueError(f"argument '{arg}': pattern {pattern!r} matches '{name}', which cannot be factored: "
+                         f"it is {_unfactorable_reason(module)}")
 
 
 def select_layers(model, include=None, exclude=None, predicate=None, include_linear=False):
@@ -42,6 +79,9 @@ def select_layers(model, include=None, exclude=None, predicate=None, include_lin
         include: names or glob patterns (``"layer1.*"``) added to the selection even when the
             default rule would skip them (a 1x1 conv, the first conv, or a linear layer).
         exclude: names or glob patterns removed from the selection; wins over ``include``.
+            A pattern that matches no module, or only containers, raises a ValueError (a typo,
+            or ``"layer3"`` where ``"layer3.*"`` was meant, would otherwise change nothing), as
+            does an ``include`` pattern that matches only layers that cannot be factored.
         predicate: ``f(name, module) -> bool`` replacing the default rule.
         include_linear: also select ``nn.Linear`` layers.
     """
@@ -49,9 +89,12 @@ def select_layers(model, include=None, exclude=None, predicate=None, include_lin
     exclude = _as_patterns(exclude, "exclude")
     if predicate is not None and not callable(predicate):
         raise TypeError(f"argument 'predicate' must be callable, got {type(predicate).__name__}")
-    first_conv = next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    modules = list(model.named_modules())
+    _check_patterns(modules, include, "include")
+    _check_patterns(modules, exclude, "exclude")
+    first_conv = next((name for name, m in modules if isinstance(m, nn.Conv2d)), None)
     selected = []
-    for name, module in model.named_modules():
+    for name, module in modules:
         if not is_factorable(module, include_linear=True):
             continue
         if predicate is not None:
