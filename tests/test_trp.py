@@ -194,6 +194,24 @@ def test_bad_arguments_raise(kwargs, arg):
         TRP(_model(), **kwargs)
 
 
+@pytest.mark.parametrize("kwargs,arg", [({"lam": float("inf")}, "lam"), ({"lam": float("nan")}, "lam"),
+                                        ({"energy": float("nan")}, "energy"), ({"energy": True}, "energy"),
+                                        ({"value_threshold": "0.1"}, "value_threshold"),
+                                        ({"value_threshold": -1.0}, "value_threshold"),
+                                        ({"max_rank": 2.0}, "max_rank"), ({"warm_start": "no"}, "warm_start")])
+def test_more_bad_arguments_name_the_argument(kwargs, arg):
+    with pytest.raises(ValueError, match=f"argument '{arg}'"):
+        TRP(_model(), **kwargs)
+
+
+def test_numpy_scalars_are_accepted():
+    np = pytest.importorskip("numpy")
+    trp = TRP(_model(), energy=np.float32(0.9), period=np.int64(5), lam=np.float64(1e-3), max_rank=np.int64(4),
+              value_threshold=np.float32(0.5))
+    assert (trp.energy, trp.period, trp.max_rank) == (pytest.approx(0.9), 5, 4)
+    assert type(trp.period) is int and type(trp.max_rank) is int and type(trp.value_threshold) is float
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"include": "nonexistent"}, "argument 'include': pattern 'nonexistent' matches no module"),
     ({"exclude": "layer_3.*"}, "argument 'exclude': pattern 'layer_3.*' matches no module"),
@@ -211,6 +229,82 @@ def test_include_of_a_layer_that_cannot_be_factored_raises():
         with pytest.raises(ValueError, match=f"argument 'include'.*'{name}'.*{reason}"):
             TRP(model, include=name)
     assert TRP(model, exclude=["2", "3", "4"]).names == ["1"]  # excluding them is harmless
+
+
+@pytest.mark.parametrize("caps", [{"max_rank": 2}, {"value_threshold": 1e3}])
+def test_full_subgradient_ignores_the_rank_caps(caps):
+    model = _model()
+    plain, capped = TRP(model, lam=1.0, subgradient="full"), TRP(model, lam=1.0, subgradient="full", **caps)
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    grads = {n: m.weight.grad.clone() for n, m in plain.layers}
+    plain.regularize()
+    full = {n: m.weight.grad - grads[n] for n, m in plain.layers}
+    for _, module in plain.layers:
+        module.weight.grad.zero_()
+    capped.regularize()
+    for name, module in capped.layers:
+        torch.testing.assert_close(module.weight.grad, full[name], rtol=1e-5, atol=1e-7)
+
+
+def test_regularize_skips_frozen_layers_and_fails_before_changing_any_gradient():
+    model = _model()
+    trp = TRP(model, lam=0.1)
+    frozen = trp.layers[3][1].weight
+    frozen.requires_grad_(False)
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    assert frozen.grad is None
+    trp.regularize()  # no error: a frozen layer has no update to steer
+    assert frozen.grad is None
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    missing = trp.layers[-1][1].weight
+    missing.grad = None
+    before = [m.weight.grad.clone() for _, m in trp.layers[:-1] if m.weight.grad is not None]
+    with pytest.raises(RuntimeError, match=f"layer '{trp.layers[-1][0]}' has no gradient"):
+        trp.regularize()
+    after = [m.weight.grad for _, m in trp.layers[:-1] if m.weight.grad is not None]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_model_converted_to_float64_after_a_projection_keeps_warm_starting():
+    model = _model()
+    trp = TRP(model, period=1, lam=1e-3)
+    x, y = _batch()
+    trp.step()
+    model.double()
+    F.cross_entropy(model(x.double()), y).backward()
+    trp.regularize()
+    assert trp.step() and all(m.weight.dtype == torch.float64 for _, m in trp.layers)
+
+
+def test_state_dict_loads_into_a_float64_model_and_rejects_other_layer_sizes():
+    x, y = _batch()
+    trp = TRP(_model(), period=1)
+    trp.step()
+    state = trp.state_dict()
+    model64 = _model().double()
+    trp64 = TRP(model64, period=1)
+    trp64.load_state_dict(state)
+    assert trp64.step()
+    wider = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
+    narrow = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3))
+    saved = TRP(wider, period=1)
+    saved.step()
+    with pytest.raises(ValueError, match="basis of layer '1'.*other layer sizes"):
+        TRP(narrow, period=1).load_state_dict(saved.state_dict())
+
+
+def test_unsupported_or_mixed_weight_dtypes_name_the_layer():
+    model = _model()
+    trp = TRP(model)
+    trp.layers[2][1].to(torch.bfloat16)
+    with pytest.raises(TypeError, match=f"layer '{trp.layers[2][0]}' has a torch.bfloat16 weight"):
+        trp.project()
+    trp.layers[2][1].to(torch.float64)
+    with pytest.raises(TypeError, match=f"one dtype and device; layer '{trp.layers[2][0]}' is torch.float64"):
+        trp.project()
 
 
 def test_model_without_eligible_layers_raises():

@@ -13,6 +13,9 @@ With AMP, either call ``trp.regularize()`` after ``scaler.unscale_(optimizer)``,
 ``trp.regularize(scaler=scaler)`` while the gradients are still scaled: either way the update
 gains exactly ``lam * subgradient`` after unscaling.
 """
+import math
+import numbers
+
 import torch
 import torch.nn as nn
 
@@ -33,6 +36,14 @@ def unwrap_model(model):
             model = model.module
         else:
             return model
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class TRP:
@@ -62,23 +73,30 @@ class TRP:
                  value_threshold=None, max_rank=None, include=None, exclude=None, predicate=None,
                  include_linear=False, warm_start=True, distributed="auto"):
         check_scheme(scheme)
-        if not (isinstance(energy, (int, float)) and 0.0 < energy <= 1.0):
-            raise ValueError(f"argument 'energy' must lie in (0, 1], got {energy!r}")
-        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+        # Real and Integral take Python and NumPy scalars alike (bool is excluded by hand: a flag
+        # passed by position to the wrong argument).
+        if not (_is_real(energy) and 0.0 < energy <= 1.0):
+            raise ValueError(f"argument 'energy' must be a real number in (0, 1], got {energy!r}")
+        if not (_is_integer(period) and period >= 1):
             raise ValueError(f"argument 'period' must be a positive integer, got {period!r}")
-        if not (isinstance(lam, (int, float)) and lam >= 0.0):
-            raise ValueError(f"argument 'lam' must be a non-negative number, got {lam!r}")
+        if not (_is_real(lam) and 0.0 <= lam < math.inf):
+            raise ValueError(f"argument 'lam' must be a finite non-negative number, got {lam!r}")
         if subgradient not in SUBGRADIENTS:
             raise ValueError(f"argument 'subgradient' must be one of {SUBGRADIENTS}, got {subgradient!r}")
-        if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0):
-            raise ValueError(f"argument 'max_rank' must be a non-negative integer, got {max_rank!r}")
-        if value_threshold is not None and not value_threshold >= 0.0:
-            raise ValueError(f"argument 'value_threshold' must be non-negative, got {value_threshold!r}")
+        if max_rank is not None and not (_is_integer(max_rank) and max_rank >= 0):
+            raise ValueError(f"argument 'max_rank' must be None or a non-negative integer, got {max_rank!r}")
+        if value_threshold is not None and not (_is_real(value_threshold) and value_threshold >= 0.0):
+            raise ValueError(f"argument 'value_threshold' must be None or a non-negative number, got "
+                             f"{value_threshold!r}")
+        if not isinstance(warm_start, bool):
+            raise ValueError(f"argument 'warm_start' must be True or False, got {warm_start!r}")
         if distributed not in DISTRIBUTED_MODES:
             raise ValueError(f"argument 'distributed' must be one of {DISTRIBUTED_MODES}, got {distributed!r}")
         self.model = unwrap_model(model)
-        self.scheme, self.energy, self.period, self.lam = scheme, float(energy), period, float(lam)
-        self.subgradient, self.value_threshold, self.max_rank = subgradient, value_threshold, max_rank
+        self.scheme, self.energy, self.period, self.lam = scheme, float(energy), int(period), float(lam)
+        self.subgradient = subgradient
+        self.value_threshold = None if value_threshold is None else float(value_threshold)
+        self.max_rank = None if max_rank is None else int(max_rank)
         self.warm_start, self.distributed = warm_start, distributed
         self.layers = select_layers(self.model, include, exclude, predicate, include_linear)
         if not self.layers:
@@ -109,19 +127,24 @@ class TRP:
             self._plan = distributed.plan_shards(shapes, world) if mode == "shard" else None
         return self._mode
 
-    def _lowrank(self, purpose, energy, want_subgradient):
+    def _lowrank(self, purpose, energy, want_subgradient, capped=True):
         """One batched lowrank_project call, warm-started per purpose; sharded across ranks when
         that pays. Returns (per-layer projections or sub-gradients, int64 ranks; None for the
-        sub-gradients of a sharded run, whose ranks nobody reads)."""
+        sub-gradients of a sharded run, whose ranks nobody reads). capped: apply value_threshold
+        and max_rank besides the energy rule."""
         mine = list(range(len(self.layers))) if self._resolve_mode() == "replicate" else \
             self._plan.owned(distributed.rank())
         # Only this process's matrices: under sharding the others' would be built for nothing
         # (in the spatial scheme each one is a copy of its weight).
+        self._check_weights()
         mats = [layer_matrix(self.layers[i][1], self.scheme) for i in mine]
         weight = self.layers[0][1].weight
         if mats:
             bases = self._bases[purpose] if self.warm_start else None
-            result = ops.lowrank_project(mats, energy, self.value_threshold, self.max_rank,
+            if bases is not None:  # the model may have moved, or changed dtype, since they were made
+                bases = [b.to(device=m.device, dtype=m.dtype) for b, m in zip(bases, mats)]
+            result = ops.lowrank_project(mats, energy, self.value_threshold if capped else None,
+                                         self.max_rank if capped else None,
                                          bases=bases, want_subgradient=want_subgradient)
             outputs, ranks, new_bases = list(result.subgradients if want_subgradient else result.projected), \
                 result.ranks, result.bases
@@ -136,6 +159,19 @@ class TRP:
         if purpose != "project":  # regularize() runs every step and does not use the ranks
             return outputs, None
         return outputs, distributed.all_gather_ranks(self._plan, mine, ranks, weight.device)
+
+    def _check_weights(self):
+        """lowrank_project takes one list of float32 or float64 matrices on one device: say which
+        layer breaks that, in the model's terms rather than the op's."""
+        first_name, first = self.layers[0][0], self.layers[0][1].weight
+        for name, module in self.layers:
+            w = module.weight
+            if w.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"TRP: layer '{name}' has a {w.dtype} weight; TRP projects float32 or float64 "
+                                "weights (with AMP, keep the model's weights in float32)")
+            if w.dtype != first.dtype or w.device != first.device:
+                raise TypeError(f"TRP: the selected layers must share one dtype and device; layer '{name}' is "
+                                f"{w.dtype} on {w.device}, layer '{first_name}' {first.dtype} on {first.device}")
 
     @torch.no_grad()
     def project(self):
@@ -166,15 +202,23 @@ class TRP:
         """
         if self.lam == 0.0:
             return
-        energy = self.energy if self.subgradient == "truncated" else 1.0
-        subgradients, _ = self._lowrank("regularize", energy, want_subgradient=True)
+        # Checked for every layer before any gradient changes, so that an error leaves them all
+        # as they were. A frozen layer (requires_grad=False) gets no term: there is no update
+        # for it to steer.
+        trained = [module.weight.requires_grad for _, module in self.layers]
+        for (name, module), needed in zip(self.layers, trained):
+            if needed and module.weight.grad is None:
+                raise RuntimeError(f"TRP.regularize(): layer '{name}' has no gradient; call it after backward()")
+        if self.subgradient == "truncated":
+            subgradients, _ = self._lowrank("regularize", self.energy, want_subgradient=True)
+        else:  # U V^T over every non-negligible singular value: no rank rule, no caps
+            subgradients, _ = self._lowrank("regularize", 1.0, want_subgradient=True, capped=False)
         weight = self.lam
         if scaler is not None and scaler.is_enabled():
             weight = weight * float(scaler.get_scale())
-        for (name, module), sub in zip(self.layers, subgradients):
-            if module.weight.grad is None:
-                raise RuntimeError(f"TRP.regularize(): layer '{name}' has no gradient; call it after backward()")
-            module.weight.grad.add_(matrix_to_layer_weight(sub, module, self.scheme), alpha=weight)
+        for (_, module), sub, needed in zip(self.layers, subgradients, trained):
+            if needed:
+                module.weight.grad.add_(matrix_to_layer_weight(sub, module, self.scheme), alpha=weight)
 
     # ------------------------------------------------------------------ reporting and state
     @property
@@ -217,12 +261,30 @@ class TRP:
         self.steps = int(state["steps"])
         self.history = [{"step": int(h["step"]), "ranks": [int(r) for r in h["ranks"]]} for h in state["history"]]
         self._resolve_mode()
-        device = self.layers[0][1].weight.device  # a checkpoint may be loaded onto another device
-        self._bases = {}
+        # A checkpoint may be loaded onto another device or into a model of another dtype.
+        weight = self.layers[0][1].weight
+        mine = list(range(len(self.layers))) if self._plan is None else self._plan.owned(distributed.rank())
+        bases = {}
         for purpose, saved in state["bases"].items():
             if isinstance(saved, dict):  # saved sharded: usable only with the same world size
                 same_world = self._plan is not None and saved["world"] == self._plan.world
                 saved = saved["per_rank"][distributed.rank()] if same_world else None
             elif self._plan is not None:
                 saved = None  # replicated bases cover every layer; a shard needs its own (cold start once)
-            self._bases[purpose] = None if saved is None else [b.to(device, copy=True) for b in saved]
+            if saved is not None:
+                self._check_bases(saved, mine)
+            bases[purpose] = None if saved is None else [b.to(weight.device, weight.dtype, copy=True) for b in saved]
+        self._bases = bases
+
+    def _check_bases(self, bases, indices):
+        """Saved bases must fit the layers they warm-start (min(m, n) rows, at most as many columns)."""
+        if len(bases) != len(indices):
+            raise ValueError(f"TRP.load_state_dict(): the saved state holds {len(bases)} warm-start bases for "
+                             f"{len(indices)} layers")
+        for basis, i in zip(bases, indices):
+            name, module = self.layers[i]
+            rows = min(layer_matrix_shape(module, self.scheme))
+            if basis.dim() != 2 or basis.shape[0] != rows or basis.shape[1] > rows:
+                raise ValueError(f"TRP.load_state_dict(): the saved warm-start basis of layer '{name}' has shape "
+                                 f"{tuple(basis.shape)}, which does not fit the layer ({rows} rows expected): "
+                                 "the state comes from a model with other layer sizes")
