@@ -28,6 +28,21 @@ def test_matches_reference(device, dtype, rows, cols, energy):
     torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=0)
 
 
+def test_energy_one_never_goes_past_the_last_nonzero_value(device):
+    # At energy 1 the rank is the first index whose running sum reaches the total: a tie decided
+    # by every rounding on the way. Long rows of slowly decaying values, then zeros.
+    gen = torch.Generator().manual_seed(7)
+    for cols in (40, 513, 2000):
+        s = torch.rand(16, cols, generator=gen, dtype=torch.float64).sort(dim=1, descending=True).values
+        nonzero = torch.randint(1, cols + 1, (16,), generator=gen)
+        s[torch.arange(cols) >= nonzero[:, None]] = 0.0
+        for dtype in (torch.float32, torch.float64):
+            values = s.to(dtype)
+            got = ops.energy_rank(values.to(device), 1.0).cpu()
+            torch.testing.assert_close(got, ref.energy_rank(values, 1.0), rtol=0, atol=0)
+            assert (got <= nonzero).all()
+
+
 def test_hand_examples(device):
     s = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [5.0, 0.0, 0.0]], device=device)
     # row 0: energies 9, 16 of 25 -> 0.36 at r=1, 1.0 at r=2.

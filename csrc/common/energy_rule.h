@@ -1,33 +1,54 @@
-// The energy rank rule, shared by the CPU kernels: the smallest r with
+// The energy rank rule, shared by the CPU and CUDA kernels: the smallest r with
 // sum(s[:r]^2) >= energy * sum(s^2), accumulated in double.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
+#include "common/host_device.h"
+
 namespace trp_ext {
 
-// Returns the rank of one row of n values, or -1 if a value is NaN or Inf.
+// acc + v * v with the product rounded before the sum, as the reference's cumsum(s * s) does. On
+// the GPU the intrinsics keep nvcc from fusing them into one multiply-add, whose single rounding
+// could move the first index that reaches the target, and so the rank, at a tie.
+TRP_HOST_DEVICE inline double add_square(double acc, double v) {
+#ifdef __CUDA_ARCH__
+  return __dadd_rn(acc, __dmul_rn(v, v));
+#else
+  return acc + v * v;
+#endif
+}
+
+TRP_HOST_DEVICE inline bool finite_value(double v) {
+#ifdef __CUDA_ARCH__
+  return isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
+
+// Returns the rank of one row of n values, or -1 if a value is NaN or Inf. The CPU kernels and
+// the CUDA energy_rank kernel (one thread per row) both run this function.
 template <typename T>
-inline int64_t energy_rank_of_row(const T* s, int64_t n, double energy) {
+TRP_HOST_DEVICE inline int64_t energy_rank_of_row(const T* s, int64_t n, double energy) {
   double total = 0.0;
   int64_t last_nonzero = -1;
   for (int64_t i = 0; i < n; ++i) {
     const double v = static_cast<double>(s[i]);
-    if (!std::isfinite(v)) return -1;
-    total += v * v;
+    if (!finite_value(v)) return -1;
+    total = add_square(total, v);
     if (v != 0.0) last_nonzero = i;
   }
   if (total == 0.0) return 0;
   const double target = energy * total;
   double cumulative = 0.0;
   for (int64_t i = 0; i <= last_nonzero; ++i) {
-    const double v = static_cast<double>(s[i]);
-    cumulative += v * v;
+    cumulative = add_square(cumulative, static_cast<double>(s[i]));
     if (cumulative >= target) return i + 1;
   }
-  // Reached only if the two passes rounded differently (e.g. FMA contraction in one loop):
-  // the whole row then holds the energy.
+  // Reached only if the two passes rounded differently (a host compiler free to contract one
+  // loop into multiply-adds): the whole row then holds the energy.
   return last_nonzero + 1;
 }
 

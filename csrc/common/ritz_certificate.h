@@ -28,11 +28,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define TRP_HOST_DEVICE __host__ __device__
-#else
-#define TRP_HOST_DEVICE
-#endif
+#include "common/host_device.h"
 
 namespace trp_ext {
 
