@@ -107,7 +107,8 @@ void load_group(Group& g, at::TensorList mats, std::optional<double> value_thres
   const Tensor gram = at::bmm(a, a.transpose(1, 2));
   g.gram = (gram + gram.transpose(1, 2)).mul_(0.5);  // bmm may round G_ij and G_ji differently
   g.gram_fro2 = g.gram.square().flatten(1).sum(1);
-  g.value_cut = value_threshold.has_value() ? g.scale_lo * g.scale_hi * *value_threshold
+  // One factor at a time, as the matrix: 2^lo * 2^hi alone overflows for subnormal-only ones.
+  g.value_cut = value_threshold.has_value() ? (g.scale_lo * *value_threshold) * g.scale_hi
                                             : at::full_like(g.total, -1.0);
   g.value_cut2 = at::where(g.value_cut >= 0.0, g.value_cut.square(), g.value_cut);
   g.bad_basis = at::zeros_like(g.bad);
@@ -338,6 +339,15 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
     g.transposed.push_back(m > n);
   }
   for (auto& [shape, g] : groups) load_group(g, mats, value_threshold, single);
+  if (bases.has_value() && !try_warm) {
+    // No warm start reads them (energy = 1), but a NaN or Inf in a given basis is still bad
+    // input, reported as the CPU kernel reports it; on the device, read with the other flags.
+    for (auto& [shape, g] : groups) {
+      std::vector<Tensor> finite;
+      for (int64_t i : g.index) finite.push_back(at::isfinite((*bases)[i]).all());
+      g.bad_basis = at::stack(finite).logical_not();
+    }
+  }
 
   // 2. Warm starts, certified; then one sync to learn which held.
   std::vector<ProjectPath> path(count, ProjectPath::kCold);

@@ -100,7 +100,9 @@ __global__ void __launch_bounds__(kThreads)
           const double apq = a[p * ld + q];
           const double app = a[p * ld + p];
           const double aqq = a[q * ld + q];
-          if (fabs(apq) > kEps * sqrt(fabs(app * aqq)) && fabs(apq) > floor_abs) {
+          // sqrt of each factor: app * aqq overflows for diagonals past ~2^512 (inputs just
+          // inside the unscaled range), which would stop every rotation.
+          if (fabs(apq) > kEps * sqrt(fabs(app)) * sqrt(fabs(aqq)) && fabs(apq) > floor_abs) {
             const double zeta = (aqq - app) / (2.0 * apq);
             // tan of the rotation angle, the smaller root; 1/(2 zeta) once zeta^2 would overflow
             const double tangent = fabs(zeta) > 1e150
