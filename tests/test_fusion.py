@@ -160,6 +160,17 @@ class _ResidualBlock(nn.Module):
             return F.relu(y + torch.stack([s, s]))
         if kind == "other_dtype":  # the sum promotes to float64: runs unfused
             return F.relu(y + s.double())
+        # In-place sums (tracing records `y += s` as a plain add: Tensor.add_ stays in place)
+        if kind == "add_inplace":  # into the conv's output, which nothing else reads
+            return y.add_(s).relu()
+        if kind == "add_inplace_other_dtype":  # the float64 residual is added into the float32 output
+            return y.add_(s.double()).relu()
+        if kind == "add_inplace_broadcast_up":  # a residual larger than the output raises
+            return y.add_(torch.stack([s, s])).relu()
+        if kind == "add_inplace_into_other":  # into another tensor, which is read again: stays unfused
+            t = s * 1.0
+            t.add_(y)
+            return F.relu(t)
         raise ValueError(kind)
 
 
@@ -167,7 +178,8 @@ class _ResidualBlock(nn.Module):
     ("add_relu", 1, "relu"), ("reversed_through_identity", 1, "relu"), ("iadd", 1, "relu"),
     ("torch_add_no_relu", 1, None), ("method_add", 1, "relu"), ("add_two_users", 1, None),
     ("conv_two_users", 0, None), ("alpha", 0, None), ("scalar", 0, None), ("broadcast_up", 1, "relu"),
-    ("other_dtype", 1, "relu"),
+    ("other_dtype", 1, "relu"), ("add_inplace", 1, "relu"), ("add_inplace_other_dtype", 1, "relu"),
+    ("add_inplace_into_other", 0, None),
 ])
 def test_residual_adds_fold_into_the_conv(kind, fused, activation):
     torch.manual_seed(0)
@@ -175,6 +187,17 @@ def test_residual_adds_fold_into_the_conv(kind, fused, activation):
     assert _residual_convs(traced, activation) == fused
     assert got.shape == expected.shape and got.dtype == expected.dtype
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_an_inplace_sum_the_conv_output_cannot_hold_still_raises():
+    torch.manual_seed(0)
+    block = _ResidualBlock("add_inplace_broadcast_up").eval()
+    traced = fuse_residual(fx.symbolic_trace(block))
+    assert _residual_convs(traced) == 1
+    x = torch.randn(2, 4, 7, 5)
+    for model in (block, traced):
+        with torch.no_grad(), pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
+            model(x)
 
 
 def test_fused_residual_block_trains():

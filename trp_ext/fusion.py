@@ -40,6 +40,8 @@ RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 RELU_METHODS = ("relu", "relu_")
 ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 ADD_METHODS = ("add", "add_")
+INPLACE_ADD_FUNCTIONS = (operator.iadd,)  # these sums write into their first argument
+INPLACE_ADD_METHODS = ("add_",)
 
 
 def _is_relu(module: fx.GraphModule, node: fx.Node) -> bool:
@@ -61,6 +63,11 @@ def _is_plain_add(node: fx.Node) -> bool:
     is_add = ((node.op == "call_function" and node.target in ADD_FUNCTIONS)
               or (node.op == "call_method" and node.target in ADD_METHODS))
     return is_add and len(node.args) == 2 and not node.kwargs
+
+
+def _is_inplace_add(node: fx.Node) -> bool:
+    return ((node.op == "call_function" and node.target in INPLACE_ADD_FUNCTIONS)
+            or (node.op == "call_method" and node.target in INPLACE_ADD_METHODS))
 
 
 def _activation(node: fx.Node):
@@ -111,11 +118,14 @@ def _conv_arguments(conv: fx.Node) -> list:
     return [bound.arguments[name] for name in ARGUMENT_NAMES]
 
 
-def factored_conv2d_residual(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual):
+def factored_conv2d_residual(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual,
+                             inplace=False):
     """``activation(factored_conv2d(...) + residual)``: in one call when the sum is what the op's
     residual computes (a tensor of x's dtype and device that broadcasts to the conv's output),
     else as the separate ops the traced model ran. A traced graph has no shapes, so
-    ``fuse_residual`` cannot tell ahead of time."""
+    ``fuse_residual`` cannot tell ahead of time. ``inplace``: the traced sum added into the
+    conv's output (``y.add_(residual)``), so the separate ops do too, keeping that output's
+    dtype and shape as it did (a float64 residual gives a float32 sum; a larger one raises)."""
     # Tried first without the check below, which cost more than a small batch-1 conv's kernel
     # (~12 us a call in a deployed ResNet-56): the op itself raises, before it computes
     # anything, on every sum it does not compute, and then the check decides as before (the
@@ -128,7 +138,8 @@ def factored_conv2d_residual(x, w1, w2, bias, stride, padding, dilation, scheme,
     if (isinstance(residual, torch.Tensor) and residual.dtype == x.dtype and residual.device == x.device
             and broadcasts_to(residual, output_shape(x, w1, w2, stride, padding, dilation, scheme))):
         return OP_CALL(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
-    out = OP_CALL(x, w1, w2, bias, stride, padding, dilation, scheme, None) + residual
+    out = OP_CALL(x, w1, w2, bias, stride, padding, dilation, scheme, None)
+    out = out.add_(residual) if inplace else out + residual
     return torch.relu(out) if activation == "relu" else out
 
 
@@ -136,12 +147,19 @@ def fuse_residual(module: fx.GraphModule) -> fx.GraphModule:
     """Folds each sum of a factored conv's output (its only use) and another tensor, and a ReLU
     that is the sum's only use, into one ``factored_conv2d_residual`` call, in place; returns
     `module`. Outputs are unchanged: the op adds the residual after the bias and before the
-    ReLU, in the order the separate ops did."""
+    ReLU, in the order the separate ops did.
+
+    An in-place sum (``a.add_(b)``; tracing records ``a += b`` as a plain one) is folded only
+    when ``a`` is the conv's output: nothing else reads that tensor, so the fused call's new
+    tensor is all its readers see. Into another tensor (``shortcut.add_(conv(x))``), later reads
+    of ``shortcut`` (which the graph records as reads of ``shortcut``'s node, not of the sum's)
+    would miss the conv."""
     for add in list(module.graph.nodes):
         if not _is_plain_add(add):
             continue
+        inplace = _is_inplace_add(add)
         conv = mine = other = None
-        for mine, theirs in (add.args, tuple(reversed(add.args))):
+        for mine, theirs in (add.args,) if inplace else (add.args, tuple(reversed(add.args))):
             conv = _factored_conv_feeding(module, mine, allow_residual=False)
             if conv is not None and isinstance(theirs, fx.Node):
                 other = theirs
@@ -156,7 +174,8 @@ def fuse_residual(module: fx.GraphModule) -> fx.GraphModule:
             if not isinstance(arguments[index], fx.Node):
                 arguments[index] = _reference._pair(arguments[index])
         with module.graph.inserting_before(add):
-            fused = module.graph.call_function(factored_conv2d_residual, tuple(arguments) + (other,))
+            fused = module.graph.call_function(factored_conv2d_residual, tuple(arguments) + (other,),
+                                               {"inplace": True} if inplace else {})
         last.replace_all_uses_with(fused)
         if last is not add:
             module.graph.erase_node(last)
