@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from trp_ext import TRP, FactoredConv2d, decompose
 from trp_ext.models import resnet20
@@ -102,3 +103,125 @@ def test_from_conv_keeps_geometry_and_bias():
         torch.testing.assert_close(module(x), conv(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="argument 'rank'"):
         FactoredConv2d.from_conv(conv, rank=11, scheme="channel")
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+def test_from_conv_refuses_a_padding_mode_the_op_does_not_compute(padding_mode):
+    conv = nn.Conv2d(8, 8, 3, padding=1, padding_mode=padding_mode)
+    with pytest.raises(ValueError, match=f"padding_mode='{padding_mode}'"):
+        FactoredConv2d.from_conv(conv, rank=8)
+
+
+def test_from_conv_refuses_grouped_and_string_padded_convs():
+    with pytest.raises(ValueError, match="groups=2"):
+        FactoredConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2), rank=2)
+    with pytest.raises(ValueError, match="padding='same'"):
+        FactoredConv2d.from_conv(nn.Conv2d(4, 4, 3, padding="same"), rank=2)
+    with pytest.raises(ValueError, match="argument 'conv'"):
+        FactoredConv2d.from_conv(nn.Linear(4, 4), rank=2)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_factored_conv_refuses_string_padding_when_built(padding):
+    with pytest.raises(ValueError, match="argument 'padding'"):
+        FactoredConv2d(4, 4, 2, 3, padding=padding)
+
+
+def _batchnorm_statistics(bn):
+    bn.running_mean.fill_(0.3)
+    bn.running_var.fill_(2.0)
+    return bn
+
+
+def test_batchnorm_without_running_statistics_is_left_in_place():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8, track_running_stats=False))
+    folded, report = decompose(model.eval(), "channel", energy=0.5)
+    unfolded, _ = decompose(model, "channel", energy=0.5, fold_bn=False)
+    assert report.factored and not any(d.bn_folded for d in report.layers)
+    assert isinstance(folded[2], nn.BatchNorm2d)
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(folded(x), unfolded(x), rtol=0, atol=0)
+
+
+class _SharedConv(nn.Module):
+    """One conv called twice (weight tying), a BN after only its first call."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.c, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+
+    def forward(self, x):
+        y = self.c0(x)
+        return self.bn(self.c(y)) + self.c(y * 2)
+
+
+class _SharedBatchNorm(nn.Module):
+    """One BN after two convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.a, self.b = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c0(x)
+        return self.bn(self.a(y)) + self.bn(self.b(y))
+
+
+@pytest.mark.parametrize("block", [_SharedConv, _SharedBatchNorm])
+def test_a_module_called_twice_keeps_its_batchnorm(block):
+    torch.manual_seed(0)
+    model = block().eval()
+    _batchnorm_statistics(model.bn)
+    folded, report = decompose(model, "channel", energy=0.6)
+    unfolded, _ = decompose(model, "channel", energy=0.6, fold_bn=False)
+    assert report.factored and not any(d.bn_folded for d in report.layers)
+    assert isinstance(folded.bn, nn.BatchNorm2d)
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(folded(x), unfolded(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arg,value", [("max_rank", -1), ("max_rank", 2.0), ("max_rank", True),
+                                       ("value_threshold", float("nan")), ("value_threshold", -1e-3),
+                                       ("value_threshold", "1e-3"), ("energy", "0.9"), ("energy", True)])
+def test_decompose_checks_the_rank_rule_arguments(arg, value):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
+    kwargs = {"energy": 0.99, arg: value}
+    with pytest.raises(ValueError, match=f"argument '{arg}'"):
+        decompose(model, "channel", **kwargs)
+
+
+def test_rank_zero_from_a_cap_is_not_called_an_all_zero_weight():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
+    _, report = decompose(model, "channel", energy=0.99, max_rank=0)
+    (decision,) = report.layers
+    assert decision.rank == 0 and not decision.factored and "all-zero" not in decision.reason
+    with torch.no_grad():
+        model[1].weight.zero_()
+    _, report = decompose(model, "channel", energy=0.99)
+    assert "all-zero weight" in report.layers[0].reason
+
+
+class _StandardisedConv2d(nn.Conv2d):
+    """A weight-standardised conv (BiT): it convolves with its weight normalised, not the raw one."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def test_conv_subclass_that_overrides_forward_stays_dense():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _StandardisedConv2d(16, 16, 3, padding=1),
+                          nn.Conv2d(16, 16, 3, padding=1)).eval()
+    compressed, report = decompose(model, "channel", energy=0.5, fold_bn=False)
+    decisions = {d.name: d for d in report.layers}
+    assert not decisions["1"].factored and "overrides" in decisions["1"].reason
+    assert decisions["2"].factored  # a plain conv beside it still is
+    assert type(compressed[1]) is _StandardisedConv2d
+    with pytest.raises(ValueError, match="overrides forward"):
+        FactoredConv2d.from_conv(model[1], rank=4)
+    h = torch.randn(1, 16, 8, 8)
+    torch.testing.assert_close(compressed[1](h), model[1](h), rtol=0, atol=0)

@@ -2,10 +2,13 @@
 
 Each selected conv becomes a FactoredConv2d at the rank the rule picks, unless the factored form
 would not save FLOPs (past the break-even rank), in which case it stays dense and the report says
-so. With ``fold_bn=True`` a BatchNorm that directly follows a factored conv is folded into it
-(its running statistics, so use the result in eval mode). On a network trained without TRP this
-gives the classic post-training baselines: Zhang et al. (channel) and Jaderberg et al. (spatial).
+so; so does a subclass of nn.Conv2d that overrides forward. With ``fold_bn=True`` a BatchNorm that
+directly follows a factored conv is folded into it (its running statistics, so use the result in
+eval mode), when the model calls each of the two once and the BN keeps running statistics. On a
+network trained without TRP this gives the classic post-training baselines: Zhang et al.
+(channel) and Jaderberg et al. (spatial).
 """
+import collections
 import copy
 from dataclasses import asdict, dataclass
 from typing import List, Optional
@@ -16,9 +19,9 @@ import torch.nn as nn
 
 from trp_ext import _reference as ref
 from trp_ext.lowrank import check_scheme, layer_matrix
-from trp_ext.nn import FactoredConv2d, replace_submodule
+from trp_ext.nn import FactoredConv2d, overrides_forward, replace_submodule
 from trp_ext.selection import select_layers
-from trp_ext.trp import unwrap_model
+from trp_ext.trp import _is_integer, _is_real, unwrap_model
 
 
 @dataclass
@@ -72,7 +75,8 @@ def _rank_for(matrix, energy, value_threshold, max_rank):
 
 
 def _following_batchnorms(model):
-    """{conv name: bn name} for each BatchNorm2d whose input is a conv's output used nowhere else."""
+    """{conv name: bn name} for each BatchNorm2d whose input is a conv's output used nowhere else,
+    where the model calls each of the two modules once and the BN has running statistics."""
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as error:  # noqa: BLE001 - any tracing failure means: cannot prove the pattern
@@ -81,13 +85,20 @@ def _following_batchnorms(model):
             f"({type(error).__name__}: {error}); pass fold_bn=False"
         ) from None
     modules = dict(model.named_modules())
+    # Folding changes the module, so every call of it: a conv called again without the BN (weight
+    # tying), or a BN that also follows another conv, would get the other call's BN or lose its own.
+    calls = collections.Counter(node.target for node in graph.nodes if node.op == "call_module")
     pairs = {}
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
             continue
+        bn = modules[node.target]
+        if bn.running_mean is None or bn.running_var is None:
+            continue  # track_running_stats=False: it normalises by each batch's statistics, kept as it is
         source = node.args[0]
         if (isinstance(source, torch.fx.Node) and source.op == "call_module"
-                and isinstance(modules.get(source.target), nn.Conv2d) and len(source.users) == 1):
+                and isinstance(modules.get(source.target), nn.Conv2d) and len(source.users) == 1
+                and calls[source.target] == 1 and calls[node.target] == 1):
             pairs[source.target] = node.target
     return pairs
 
@@ -119,8 +130,14 @@ def decompose(model, scheme="channel", energy: Optional[float] = None, value_thr
     check_scheme(scheme)
     if energy is None and value_threshold is None:
         raise ValueError("decompose() needs a rank rule: give argument 'energy' and/or 'value_threshold'")
-    if energy is not None and not 0.0 < energy <= 1.0:
-        raise ValueError(f"argument 'energy' must lie in (0, 1], got {energy!r}")
+    # The rules TRP checks its own arguments by (Python and NumPy scalars; no bool, no NaN)
+    if energy is not None and not (_is_real(energy) and 0.0 < energy <= 1.0):
+        raise ValueError(f"argument 'energy' must be a number in (0, 1], got {energy!r}")
+    if value_threshold is not None and not (_is_real(value_threshold) and value_threshold >= 0.0):
+        raise ValueError(f"argument 'value_threshold' must be None or a non-negative number, got "
+                         f"{value_threshold!r}")
+    if max_rank is not None and not (_is_integer(max_rank) and max_rank >= 0):
+        raise ValueError(f"argument 'max_rank' must be None or a non-negative integer, got {max_rank!r}")
     model = unwrap_model(model)
     if not inplace:
         model = copy.deepcopy(model)
@@ -132,12 +149,17 @@ def decompose(model, scheme="channel", energy: Optional[float] = None, value_thr
     for name, conv in layers:
         matrix = layer_matrix(conv, scheme)
         full_rank = min(matrix.shape)
-        rank = _rank_for(matrix, energy, value_threshold, max_rank)
         dense = conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        if overrides_forward(conv):  # e.g. a weight-standardised conv: its raw weight is not what it applies
+            decisions.append(LayerDecision(name, full_rank, full_rank, dense, dense, factored=False, reason=(
+                f"{type(conv).__name__} overrides nn.Conv2d's forward: kept dense")))
+            continue
+        rank = _rank_for(matrix, energy, value_threshold, max_rank)
         factored = factored_macs_per_pixel(conv, rank, scheme)
         decision = LayerDecision(name, rank, full_rank, dense, factored, factored=rank >= 1 and factored < dense)
         if rank == 0:
-            decision.reason = "rank 0 (all-zero weight): kept dense"
+            cause = "all-zero weight" if not matrix.any() else "max_rank or value_threshold leaves no singular value"
+            decision.reason = f"rank 0 ({cause}): kept dense"
         elif not decision.factored:
             decision.reason = f"rank {rank} is past the break-even rank: factored MACs {factored} >= dense {dense}"
         else:

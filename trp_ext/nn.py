@@ -5,6 +5,7 @@ from torch.nn.modules.utils import _pair
 
 from trp_ext import ops
 from trp_ext.lowrank import check_scheme, split_conv_weight
+from trp_ext.selection import unfactorable_reason
 
 ACTIVATIONS = (None, "relu")
 
@@ -27,6 +28,9 @@ class FactoredConv2d(nn.Module):
             raise ValueError(f"argument 'activation' must be one of {ACTIVATIONS}, got {activation!r}")
         if int(rank) < 1:
             raise ValueError(f"argument 'rank' must be at least 1, got {rank}")
+        if isinstance(padding, str):  # the op takes explicit numbers; "same" would fail only at forward
+            raise ValueError(f"argument 'padding' must be an int or a pair of ints (the factored conv takes "
+                             f"explicit padding), got {padding!r}")
         factory = {"device": device, "dtype": dtype}
         self.in_channels, self.out_channels, self.rank = int(in_channels), int(out_channels), int(rank)
         self.kernel_size = _pair(kernel_size)
@@ -46,8 +50,15 @@ class FactoredConv2d(nn.Module):
     @classmethod
     def from_conv(cls, conv, rank, scheme="channel"):
         """Splits a trained ``nn.Conv2d`` into its best rank-``rank`` factored form (truncated SVD)."""
-        if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or not isinstance(conv.padding, tuple):
-            raise ValueError("argument 'conv' must be an nn.Conv2d with groups=1 and numeric padding")
+        if not isinstance(conv, nn.Conv2d):
+            raise ValueError(f"argument 'conv' must be an nn.Conv2d, got {type(conv).__name__}")
+        # groups, string padding and a padding_mode other than zeros: the op computes none of them
+        reason = unfactorable_reason(conv)
+        if reason:
+            raise ValueError(f"argument 'conv' cannot be factored: it is {reason}")
+        if overrides_forward(conv):
+            raise ValueError(f"argument 'conv' cannot be factored: its class {type(conv).__name__} overrides "
+                             f"forward, so its raw weight is not what it convolves with")
         weight = conv.weight.detach()
         module = cls(conv.in_channels, conv.out_channels, rank, conv.kernel_size, conv.stride, conv.padding,
                      conv.dilation, scheme, bias=True, device=weight.device, dtype=weight.dtype)
@@ -68,6 +79,13 @@ class FactoredConv2d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, rank={self.rank}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, scheme={self.scheme!r}, "
                 f"bias={self.bias is not None}, activation={self.activation!r}")
+
+
+def overrides_forward(conv):
+    """Whether ``conv``'s class (an nn.Conv2d subclass, e.g. a weight-standardised conv) replaces
+    nn.Conv2d's forward: then what it computes is not a conv with its weight, and splitting that
+    weight would change it."""
+    return type(conv).forward is not nn.Conv2d.forward
 
 
 def replace_submodule(model, name, module):

@@ -30,10 +30,10 @@ def _as_patterns(value, arg):
 
 
 def is_factorable(module, include_linear=False):
-    return not _unfactorable_reason(module, include_linear)
+    return not unfactorable_reason(module, include_linear)
 
 
-def _unfactorable_reason(module, include_linear=True):
+def unfactorable_reason(module, include_linear=True):
     """Why neither scheme can factor ``module`` ("" when it can)."""
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
@@ -68,7 +68,7 @@ def _check_patterns(modules, patterns, arg):
             continue  # excluding a layer that could never be selected is harmless
         name, module = leaves[0]
         raise ValueError(f"argument '{arg}': pattern {pattern!r} matches '{name}', which cannot be factored: "
-                         f"it is {_unfactorable_reason(module)}")
+                         f"it is {unfactorable_reason(module)}")
 
 
 def select_layers(model, include=None, exclude=None, predicate=None, include_linear=False):
