@@ -39,6 +39,24 @@ def test_round_trip_onto_given_base_model(tmp_path):
     torch.testing.assert_close(loaded(x), compressed(x), rtol=0, atol=0)
 
 
+def test_round_trip_keeps_the_base_models_dtype(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10).double().eval()
+    compressed, report = decompose(model, "channel", energy=0.5)
+    assert report.factored
+    save_compressed(compressed, tmp_path / "m64.pt")
+    loaded = load_compressed(tmp_path / "m64.pt", model=build_model("resnet20", num_classes=10).double()).eval()
+    assert {p.dtype for p in loaded.parameters()} == {torch.float64}
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(loaded(x), compressed.eval()(x), rtol=0, atol=0)
+
+
+def test_base_model_without_a_saved_layer_raises(tmp_path):
+    save_compressed(_compressed(), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="argument 'model'"):
+        load_compressed(tmp_path / "m.pt", model=torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3)))
+
+
 def test_truncated_file_raises(tmp_path):
     path = tmp_path / "model.pt"
     save_compressed(_compressed(), path)

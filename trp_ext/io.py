@@ -120,7 +120,16 @@ def model_from_compressed(payload, path, model=None):
         arch = dict(payload["arch"])
         model = build_model(arch.pop("name"), **arch)
     for name, spec in payload["factored"].items():
-        replace_submodule(model, name, FactoredConv2d(**spec))
+        try:
+            dense = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{path} has a factored layer '{name}' that the base network (argument 'model') "
+                             "lacks: it was saved from another architecture") from None
+        # load_state_dict copies into the parameters as they are: built in FactoredConv2d's
+        # default float32 on the CPU, a float64 or CUDA base model's layers would stay so
+        weight = next(dense.parameters(), None)
+        factory = {"dtype": weight.dtype, "device": weight.device} if weight is not None else {}
+        replace_submodule(model, name, FactoredConv2d(**spec, **factory))
     for name in payload["identity"]:
         replace_submodule(model, name, nn.Identity())
     model.load_state_dict(payload["state_dict"], strict=True)
