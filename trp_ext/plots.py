@@ -1,17 +1,27 @@
 """PNG plots of a run: rank per layer, singular-value spectra, accuracy and mean rank over training."""
+import io
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from trp_ext.io import atomic_write_bytes  # noqa: E402
 from trp_ext.lowrank import layer_matrix  # noqa: E402
 
 
 def _save(fig, path):
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    # Rendered in memory and then written atomically: savefig(path) would truncate an earlier plot
+    # first and leave a broken file if interrupted. The format follows the extension, as savefig's.
+    try:
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=110, format=os.path.splitext(os.fspath(path))[1][1:].lower() or None)
+        atomic_write_bytes(path, buffer.getvalue())
+    finally:
+        plt.close(fig)  # pyplot keeps every open figure alive until closed
 
 
 def plot_ranks(names, ranks, full_ranks, path, title="rank per layer"):
