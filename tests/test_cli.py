@@ -90,3 +90,231 @@ def test_foreign_checkpoint_is_rejected(tmp_path, capsys):
     torch.save({"model": {}}, tmp_path / "x.pt")
     assert main(["compress", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(tmp_path / "c.pt")]) == 2
     assert "not a trp-ext training checkpoint" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- options and their defaults
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One epoch of TINY TRP training; tests read it (or copies of its checkpoint), never change it."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def _edited_checkpoint(source, target, epoch=None, **config):
+    state = torch.load(source, weights_only=True)
+    state["config"].update(config)
+    if config.get("scheme") == "none":
+        state["trp"] = None  # what a baseline run saves
+    if epoch is not None:
+        state["epoch"] = epoch
+    torch.save(state, target)
+    return str(target)
+
+
+@pytest.fixture
+def untimed(monkeypatch):
+    """compress without its latency timing (test_compress_eval_bench_commands covers that): on a
+    shared 2-core machine it is most of a compress's time, and not what these tests check."""
+    from trp_ext import report
+
+    monkeypatch.setattr(report, "latency_pair", lambda dense, compressed, example, repeats:
+                        (1.0, None if compressed is None else 0.5))
+
+
+def _decomposed_mean_rank(checkpoint, **rule):
+    from trp_ext import decompose
+    from trp_ext.models import build_model
+
+    model = build_model("resnet20", num_classes=10, in_channels=1)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+    return decompose(model.eval(), "channel", **rule)[1].mean_rank()
+
+
+def test_train_decomposes_with_the_default_value_threshold(trained):
+    from trp_ext.cli import build_parser
+    from trp_ext.train import TrainConfig
+
+    assert TrainConfig().value_threshold is not None  # the README's advice for a TRP-trained net
+    assert json.loads((trained / "config.json").read_text())["value_threshold"] == TrainConfig().value_threshold
+    assert build_parser().parse_args(["train", "--value-threshold", "none"]).value_threshold is None
+
+
+def test_resume_takes_the_checkpoints_settings(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    projections = len(torch.load(run / "checkpoint.pt", weights_only=True)["trp"]["history"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the saved out is not where a fresh run would go from here
+    assert main(["train", "--quiet", "--resume", str(run / "checkpoint.pt"), "--epochs", "2"]) == 0
+    assert os.listdir(elsewhere) == []
+    assert json.loads((run / "config.json").read_text()) == dict(saved, epochs=2, out=str(run))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and len(state["trp"]["history"]) > projections > 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--scheme", "none"], "--scheme"),
+    (["--arch", "resnet32"], "--arch"),
+    (["--lr", "0.1"], "--lr"),
+    (["--batch-size", "128"], "--batch-size"),
+    (["--energy", "0.5"], "--energy"),
+])
+def test_resume_refuses_options_that_change_the_training(trained, tmp_path, monkeypatch, capsys, args, option):
+    monkeypatch.chdir(tmp_path)
+    ckpt = _edited_checkpoint(trained / "checkpoint.pt", tmp_path / "c.pt")
+    before = os.path.getmtime(ckpt)
+    assert main(["train", "--quiet", "--resume", ckpt, "--epochs", "1", "--out", str(tmp_path / "r"), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}:" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "r") and not os.path.exists(tmp_path / "runs")
+    assert os.path.getmtime(ckpt) == before
+
+
+def test_resume_of_a_baseline_with_trp_is_refused(trained, tmp_path, monkeypatch, capsys):
+    from trp_ext.train import Run, TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    baseline = _edited_checkpoint(trained / "checkpoint.pt", tmp_path / "base.pt", scheme="none")
+    assert main(["train", "--quiet", "--resume", baseline, "--epochs", "1", "--scheme", "channel"]) == 2
+    assert "argument --scheme:" in capsys.readouterr().err
+    # The Python API refuses it too, naming the setting, instead of failing inside TRP.
+    config = TrainConfig.from_dict(dict(torch.load(baseline, weights_only=True)["config"], scheme="channel"))
+    with pytest.raises(ValueError, match="argument 'scheme'"):
+        Run(config, quiet=True).load_checkpoint(baseline)
+
+
+def test_resume_refuses_fewer_epochs_than_done(trained, tmp_path, capsys):
+    ckpt = _edited_checkpoint(trained / "checkpoint.pt", tmp_path / "c.pt", epoch=3)
+    assert main(["train", "--quiet", "--resume", ckpt, "--epochs", "2", "--out", str(tmp_path / "r")]) == 2
+    assert "argument --epochs:" in capsys.readouterr().err
+
+
+def test_resume_on_a_missing_saved_device_asks_for_device(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ckpt = _edited_checkpoint(trained / "checkpoint.pt", tmp_path / "c.pt", device="cuda")
+    assert main(["train", "--quiet", "--resume", ckpt, "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "argument --device:" in err and "CUDA" in err
+
+
+# ---------------------------------------------------------------------------- compress / bench rank rule
+def test_compress_and_bench_energy_overrides_the_saved_value_threshold(trained, tmp_path, capsys, untimed):
+    ckpt = str(trained / "checkpoint.pt")
+    assert json.loads((trained / "config.json").read_text())["value_threshold"] is not None
+    assert main(["compress", "--checkpoint", ckpt, "--energy", "0.5", "--out", str(tmp_path / "c.pt"),
+                 "--report", str(tmp_path / "r.json")]) == 0
+    expected = _decomposed_mean_rank(ckpt, energy=0.5)
+    assert expected < _decomposed_mean_rank(ckpt, value_threshold=1e-2)  # so the two rules differ here
+    assert json.loads((tmp_path / "r.json").read_text())["mean_rank"] == pytest.approx(expected)
+    capsys.readouterr()
+    flops = []
+    for extra in ([], ["--energy", "0.5"]):
+        assert main(["bench", "--checkpoint", ckpt, "--batch-sizes", "1", "--repeats", "1", *extra]) == 0
+        flops.append(capsys.readouterr().out.splitlines()[0])
+    assert flops[0] != flops[1]
+
+
+def test_compress_of_a_baseline_uses_its_energy(trained, tmp_path, untimed):
+    # The rank rule of a baseline is its energy (capped by its value threshold); the --scheme it
+    # needs here must not make it look TRP-trained, whose rule is the value threshold alone.
+    baseline = _edited_checkpoint(trained / "checkpoint.pt", tmp_path / "base.pt", scheme="none",
+                                  value_threshold=1e-2)
+    assert main(["compress", "--checkpoint", baseline, "--scheme", "channel", "--out", str(tmp_path / "c.pt"),
+                 "--report", str(tmp_path / "r.json")]) == 0
+    energy = json.loads((trained / "config.json").read_text())["energy"]
+    expected = _decomposed_mean_rank(baseline, energy=energy, value_threshold=1e-2)
+    assert expected < _decomposed_mean_rank(baseline, value_threshold=1e-2)
+    assert json.loads((tmp_path / "r.json").read_text())["mean_rank"] == pytest.approx(expected)
+
+
+def test_compress_energy_and_value_threshold_are_exclusive(trained, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["compress", "--checkpoint", str(trained / "checkpoint.pt"), "--energy", "0.5",
+              "--value-threshold", "0.01", "--out", str(tmp_path / "c.pt")])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- plots
+def test_an_interrupted_plot_keeps_the_earlier_file(tmp_path, monkeypatch):
+    import matplotlib.figure
+    import matplotlib.pyplot as plt
+
+    from trp_ext import plots
+
+    metrics = [{"epoch": i, "test_acc": 10.0 * i, "mean_rank": 5.0} for i in (1, 2, 3)]
+    path = tmp_path / "training.png"
+    plots.plot_training(metrics, path)
+    good = path.read_bytes()
+    assert good.startswith(b"\x89PNG")
+
+    def interrupted(fig, target, **kwargs):  # Ctrl-C while the PNG is being written
+        if isinstance(target, (str, os.PathLike)):
+            with open(target, "wb") as handle:
+                handle.write(b"\x89PNG partial")
+        else:
+            target.write(b"\x89PNG partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        plots.plot_training(metrics, path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["training.png"]
+    assert plt.get_fignums() == []
+
+
+# ---------------------------------------------------------------------------- devices and paths
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["compress", "--checkpoint", "c.pt", "--out", "x.pt"],
+                                     ["eval", "--model", "m.pt"], ["bench", "--checkpoint", "c.pt"],
+                                     ["demo", "--epochs", "1"]])
+@pytest.mark.parametrize("device,message", [("gpu", "invalid device 'gpu'"), ("meta", "not supported"),
+                                            ("cuda", "needs CUDA")])
+def test_bad_device_is_an_argument_error(tmp_path, monkeypatch, capsys, command, device, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--device", device])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --device:" in err and message in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_compress_and_bench_run_on_cpu_when_the_saved_device_is_cuda(trained, tmp_path, monkeypatch, untimed):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ckpt = _edited_checkpoint(trained / "checkpoint.pt", tmp_path / "c.pt", device="cuda")
+    assert main(["compress", "--checkpoint", ckpt, "--out", str(tmp_path / "m.pt"),
+                 "--report", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["device"] == "cpu"
+    assert main(["bench", "--checkpoint", ckpt, "--batch-sizes", "1", "--repeats", "1"]) == 0
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--batch-sizes", "0"], "--batch-sizes"),
+    (["--batch-sizes", "1", "-1"], "--batch-sizes"),
+    (["--repeats", "0"], "--repeats"),
+])
+def test_bench_counts_must_be_positive(trained, capsys, args, option):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--checkpoint", str(trained / "checkpoint.pt"), *args])
+    assert exit_.value.code == 2 and f"argument {option}:" in capsys.readouterr().err
+
+
+def test_output_paths_that_cannot_be_written_are_argument_errors(trained, tmp_path, capsys):
+    a_file, a_dir = tmp_path / "file", tmp_path / "dir"
+    a_file.write_text("x")
+    a_dir.mkdir()
+    ckpt = str(trained / "checkpoint.pt")
+    for argv in (["train", "--quiet", "--epochs", "1", "--out", str(a_file)],
+                 ["train", "--quiet", "--epochs", "1", "--out", str(a_file / "run")],
+                 ["compress", "--checkpoint", ckpt, "--out", str(a_dir)],
+                 ["compress", "--checkpoint", ckpt, "--out", str(a_file / "c.pt")],
+                 ["compress", "--checkpoint", ckpt, "--out", str(tmp_path / "c.pt"), "--report", str(a_dir)]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        option = "--report" if "--report" in argv else "--out"
+        assert exit_.value.code == 2 and f"argument {option}:" in capsys.readouterr().err, argv
+    assert sorted(os.listdir(tmp_path)) == ["dir", "file"] and os.listdir(a_dir) == []

@@ -1,9 +1,10 @@
 """The ``trp-ext`` command: train, compress, eval, bench, demo."""
 import argparse
+import math
 import os
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 
 import torch
 
@@ -11,45 +12,150 @@ DEMO_SETTINGS = dict(arch="resnet20", data="digits", scheme="channel", energy=0.
                      epochs=30, lr=0.1, batch_size=64, latency_batch=64)
 
 
+class UsageError(ValueError):
+    """An option that cannot be honoured, found after parsing (it needs a file's contents);
+    main prints it as argparse prints its own errors."""
+
+    def __init__(self, option, message):
+        super().__init__(f"argument {option}: {message}")
+
+
+def _device_problem(text):
+    """Why ``text`` is not a device this command can run on, or None."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        return f"invalid device {text!r}: use cpu, cuda or cuda:N"
+    if device.type not in ("cpu", "cuda"):
+        return f"device {text!r} is not supported: trp-ext runs on cpu or cuda"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            return f"{text!r} needs CUDA, which is not available here ({why})"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"{text!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+def _device(text):
+    """argparse type of --device."""
+    problem = _device_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _value_threshold(text):
+    """argparse type of --value-threshold: a non-negative number, or none (the energy rule)."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value: {text!r} (a number >= 0, or none)") from None
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (or none), got {text}")
+    return value
+
+
+def _existing_ancestor(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _output_dir(text):
+    """argparse type of a run directory: a folder, or one that can be made (no file in the way)."""
+    blocker = _existing_ancestor(text)
+    if not os.path.isdir(blocker):
+        raise argparse.ArgumentTypeError(f"{blocker} is a file, not a directory")
+    return text
+
+
+def _output_file(text):
+    """argparse type of a file to write: not a folder, and no file in the way of its folder."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name")
+    blocker = _existing_ancestor(os.path.dirname(os.path.abspath(text)))
+    if not os.path.isdir(blocker):
+        raise argparse.ArgumentTypeError(f"{blocker} is a file, not a directory")
+    return text
+
+
 def _add_training_args(parser, defaults):
+    # No defaults here (the parser suppresses them): what is not given comes from TrainConfig, or,
+    # with --resume, from the checkpoint's own settings, so an option's absence must be visible.
     add = parser.add_argument
-    add("--arch", default=defaults.arch, help="network (resnet20/32/44/56/110, resnet18/50)")
-    add("--data", default=defaults.data, choices=["digits", "cifar10", "folder"],
+    add("--arch", help="network (resnet20/32/44/56/110, resnet18/50)")
+    add("--data", choices=["digits", "cifar10", "folder"],
         help="dataset; digits is built in (scikit-learn), no download")
-    add("--data-dir", default=defaults.data_dir, help="cifar-10-batches-py folder (or its parent), or image folder")
-    add("--scheme", default=defaults.scheme, choices=["channel", "spatial", "none"],
+    add("--data-dir", help="cifar-10-batches-py folder (or its parent), or image folder")
+    add("--scheme", choices=["channel", "spatial", "none"],
         help="TRP decomposition scheme; none trains a plain baseline")
-    add("--energy", type=float, default=defaults.energy, help="TRP energy threshold e, in (0, 1]")
-    add("--period", type=int, default=defaults.period, help="project every PERIOD steps (the paper's m)")
-    add("--nuclear", type=float, default=defaults.nuclear, help="nuclear-norm weight lambda (0: off)")
-    add("--subgradient", default=defaults.subgradient, choices=["truncated", "full"])
-    add("--epochs", type=int, default=defaults.epochs)
-    add("--lr", type=float, default=defaults.lr)
-    add("--batch-size", type=int, default=defaults.batch_size)
-    add("--device", default=defaults.device, help="cpu, cuda, cuda:1, ...")
-    add("--out", default=defaults.out, help="run directory")
-    add("--resume", default=None, help="checkpoint to resume from (e.g. RUN/checkpoint.pt)")
-    add("--seed", type=int, default=defaults.seed)
+    add("--energy", type=float, help="TRP energy threshold e, in (0, 1]")
+    add("--period", type=int, help="project every PERIOD steps (the paper's m)")
+    add("--nuclear", type=float, help="nuclear-norm weight lambda (0: off)")
+    add("--subgradient", choices=["truncated", "full"])
+    add("--epochs", type=int, help="epochs in all (with --resume: more than saved extends the run; "
+                                   "the lr milestones are fractions of it)")
+    add("--lr", type=float)
+    add("--batch-size", type=int)
+    add("--device", type=_device, help=f"cpu, cuda, cuda:1, ... (default {defaults.device})")
+    add("--out", type=_output_dir,
+        help=f"run directory (default {defaults.out}; with --resume, the checkpoint's folder)")
+    add("--resume", default=None,
+        help="continue the run of this checkpoint (e.g. RUN/checkpoint.pt) with its saved settings; "
+             "--epochs, --out, --device, --data-dir, --value-threshold, --data-on-device, --channels-last and "
+             "--dist-timeout may change; options that would change its training are refused")
+    add("--seed", type=int)
     add("--data-on-device", action="store_true", help="keep the dataset and its augmentation on --device")
     add("--channels-last", action="store_true", help="train in channels_last memory format")
-    add("--value-threshold", type=float, default=None, help="extra rank cap when compressing at the end")
+    add("--value-threshold", type=_value_threshold,
+        help=f"rank rule of the final decomposition: drop singular values below this (default "
+             f"{defaults.value_threshold}, as the published TRP code); none: the energy rule instead (which "
+             "cuts an already low-rank net again)")
     add("--quiet", action="store_true", help="no progress bars")
     add("--nproc", type=int, default=None,
         help="start N worker processes on this node (torchrun --standalone); the global --batch-size is split")
-    add("--dist-timeout", type=int, default=defaults.dist_timeout,
-        help="seconds a collective may wait for a missing process before the job stops with an error")
+    add("--dist-timeout", type=int,
+        help=f"seconds a collective may wait for a missing process before the job stops with an error "
+             f"(default {defaults.dist_timeout})")
 
 
-def _config_from_args(args):
-    from trp_ext.train import TrainConfig
+def _option(setting):
+    return "--" + setting.replace("_", "-")
 
-    return TrainConfig(arch=args.arch, data=args.data, data_dir=args.data_dir, scheme=args.scheme,
-                       energy=args.energy, period=args.period, nuclear=args.nuclear, subgradient=args.subgradient,
-                       epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
-                       out=args.out, seed=args.seed, data_on_device=args.data_on_device,
-                       channels_last=args.channels_last, value_threshold=args.value_threshold,
-                       latency_batch=getattr(args, "latency_batch", 64),
-                       dist_timeout=getattr(args, "dist_timeout", 300))
+
+def _train_config(args):
+    """The run's TrainConfig: the given options over TrainConfig's defaults, or, with --resume, over
+    the checkpoint's saved settings (refusing those that would change its training)."""
+    from trp_ext.train import TrainConfig, read_checkpoint, resume_conflict
+
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    if args.resume is None:
+        return TrainConfig(**given)
+    state = read_checkpoint(args.resume)
+    # The run directory is the checkpoint's folder: the saved path may be relative to another directory.
+    config = replace(TrainConfig.from_dict(state["config"]), **{"out": os.path.dirname(args.resume) or ".", **given})
+    conflict = resume_conflict(config, state, args.resume)
+    if conflict is not None:
+        raise UsageError(_option(conflict[0]), conflict[1])
+    problem = _device_problem(config.device)
+    if problem is not None:  # only the saved device can be unchecked: --device was checked when parsed
+        raise UsageError("--device", f"{args.resume} was trained on {config.device!r}: {problem}; pass "
+                                     "--device cpu (or another device) to continue here")
+    return config
 
 
 def launch_workers(nproc, argv):
@@ -84,10 +190,11 @@ def cmd_train(args):
 
             raise DistributedJobError(f"a training worker failed (exit code {code}); see the messages above")
         return
-    report = train(_config_from_args(args), resume=args.resume, quiet=args.quiet)
+    config = _train_config(args)
+    report = train(config, resume=args.resume, quiet=getattr(args, "quiet", False))
     if report is not None:
         print(format_table(report.summary))
-        print(f"run directory: {os.path.abspath(args.out)}")
+        print(f"run directory: {os.path.abspath(config.out)}")
 
 
 def cmd_demo(args):
@@ -112,6 +219,22 @@ def _checkpoint_config(path, overrides, payload=None):
     return state, config
 
 
+def _rank_rule(args, state, config):
+    """decompose's rank rule: --energy E alone, or --value-threshold T alone (none: the checkpoint's
+    energy), or else the checkpoint's own rule. A given option must win over the saved value
+    threshold, which rank_rule prefers for a TRP-trained net; and whether the net was trained with TRP
+    is the checkpoint's scheme, not the --scheme a baseline needs here."""
+    from trp_ext.report import rank_rule
+
+    if args.energy is not None:
+        return {"energy": args.energy, "value_threshold": None}
+    if hasattr(args, "value_threshold"):
+        if args.value_threshold is None:
+            return {"energy": config.energy, "value_threshold": None}
+        return {"energy": None, "value_threshold": args.value_threshold}
+    return rank_rule(config, trained_with_trp=state["config"].get("scheme", "channel") != "none")
+
+
 def _model_from_checkpoint(state, config, dataset):
     from trp_ext.models import build_model
 
@@ -126,16 +249,15 @@ def cmd_compress(args):
     from trp_ext.metrics import accuracy
     from trp_ext.report import compress_and_report, format_table
 
-    state, config = _checkpoint_config(args.checkpoint, dict(scheme=args.scheme, energy=args.energy,
-                                                             value_threshold=args.value_threshold,
-                                                             device=args.device, data_dir=args.data_dir))
+    state, config = _checkpoint_config(args.checkpoint, dict(scheme=args.scheme, device=args.device,
+                                                             data_dir=args.data_dir))
     if config.scheme == "none":
         raise SystemExit("trp-ext compress: the checkpoint is a baseline; pass --scheme channel or spatial")
     dataset = load_dataset(config.data, config.data_dir)
     model = _model_from_checkpoint(state, config, dataset)
     loader = TensorLoader(dataset, "test", 256)
     report = compress_and_report(model, config, lambda m: accuracy(m, loader, config.device), dataset,
-                                 torch.device(config.device))
+                                 torch.device(config.device), rule=_rank_rule(args, state, config))
     io.save_compressed(report.compressed, args.out)
     if args.report:
         io.atomic_write_json(args.report, report.summary)
@@ -170,15 +292,14 @@ def cmd_bench(args):
     from trp_ext.data import load_dataset
     from trp_ext.decompose import decompose
     from trp_ext.metrics import compare_latency, count_cost, theoretical_speedup
-    from trp_ext.report import rank_rule
 
-    state, config = _checkpoint_config(args.checkpoint, dict(scheme=args.scheme, energy=args.energy,
-                                                             device=args.device, data_dir=args.data_dir))
+    state, config = _checkpoint_config(args.checkpoint, dict(scheme=args.scheme, device=args.device,
+                                                             data_dir=args.data_dir))
     if config.scheme == "none":
         raise SystemExit("trp-ext bench: the checkpoint is a baseline; pass --scheme channel or spatial")
     dataset = load_dataset(config.data, config.data_dir)
     dense = _model_from_checkpoint(state, config, dataset).eval()
-    compressed, _ = decompose(dense, config.scheme, **rank_rule(config), fold_bn=True)
+    compressed, _ = decompose(dense, config.scheme, **_rank_rule(args, state, config), fold_bn=True)
     example = torch.zeros(1, dataset.in_channels, *dataset.image_size, device=config.device)
     print(f"FLOPs speedup {theoretical_speedup(count_cost(dense, example), count_cost(compressed, example)):.2f}x")
     print(f"{'batch':>6}  {'dense ms':>10}  {'compressed ms':>13}  {'speedup':>8}")
@@ -194,41 +315,50 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="trp-ext", description="Trained Rank Pruning for PyTorch")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a network with TRP (or a baseline) and compress it")
+    train = commands.add_parser("train", help="train a network with TRP (or a baseline) and compress it",
+                                argument_default=argparse.SUPPRESS)
     _add_training_args(train, TrainConfig())
     train.set_defaults(func=cmd_train)
 
-    compress = commands.add_parser("compress", help="decompose a training checkpoint and report")
+    compress = commands.add_parser("compress", help="decompose a training checkpoint and report",
+                                   description="Rank rule: the checkpoint's (its value threshold after TRP "
+                                   "training, else its energy), unless --energy or --value-threshold gives another.")
     compress.add_argument("--checkpoint", required=True)
     compress.add_argument("--scheme", choices=["channel", "spatial"], default=None)
-    compress.add_argument("--energy", type=float, default=None)
-    compress.add_argument("--value-threshold", type=float, default=None)
+    rule = compress.add_mutually_exclusive_group()
+    rule.add_argument("--energy", type=float, default=None, metavar="E",
+                      help="decompose by the energy rule at E, in (0, 1]")
+    rule.add_argument("--value-threshold", type=_value_threshold, default=argparse.SUPPRESS, metavar="T",
+                      help="decompose keeping singular values >= T (none: the checkpoint's energy)")
     compress.add_argument("--data-dir", default=None)
-    compress.add_argument("--device", default=None)
-    compress.add_argument("--out", required=True, help="file for the compressed model")
-    compress.add_argument("--report", default=None, help="also write the report as JSON here")
+    compress.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    compress.add_argument("--out", type=_output_file, required=True, help="file for the compressed model")
+    compress.add_argument("--report", type=_output_file, default=None, help="also write the report as JSON here")
     compress.set_defaults(func=cmd_compress)
 
     evaluate = commands.add_parser("eval", help="accuracy of a compressed model or a checkpoint")
     evaluate.add_argument("--model", required=True)
     evaluate.add_argument("--data", choices=["digits", "cifar10", "folder"], default=None)
     evaluate.add_argument("--data-dir", default=None)
-    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda, cuda:1, ...")
     evaluate.set_defaults(func=cmd_eval)
 
-    bench = commands.add_parser("bench", help="latency of the original vs the compressed model")
+    bench = commands.add_parser("bench", help="latency of the original vs the compressed model",
+                                description="Rank rule: the checkpoint's (its value threshold after TRP "
+                                "training, else its energy), unless --energy gives another.")
     bench.add_argument("--checkpoint", required=True)
     bench.add_argument("--scheme", choices=["channel", "spatial"], default=None)
-    bench.add_argument("--energy", type=float, default=None)
+    bench.add_argument("--energy", type=float, default=None, metavar="E",
+                       help="decompose by the energy rule at E, in (0, 1], not the checkpoint's rule")
     bench.add_argument("--data-dir", default=None)
-    bench.add_argument("--device", default=None)
-    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    bench.add_argument("--repeats", type=int, default=20)
+    bench.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    bench.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[1, 64])
+    bench.add_argument("--repeats", type=_positive_int, default=20)
     bench.set_defaults(func=cmd_bench)
 
     demo = commands.add_parser("demo", help="train + compress + report on the built-in digits (about 2 min on 2 cores)")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--device", default="cpu")
+    demo.add_argument("--out", type=_output_dir, default="runs/demo")
+    demo.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda, cuda:1, ...")
     demo.add_argument("--epochs", type=int, default=None)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)

@@ -30,8 +30,9 @@ def latency_pair(dense, compressed, example, repeats):
     return compare_latency(dense, compressed, example, repeats=repeats)
 
 
-def compress_and_report(model, config, evaluate, dataset, device, latency_repeats=20):
-    """Decomposes ``model`` per ``config`` (scheme, energy, value_threshold), then measures both."""
+def compress_and_report(model, config, evaluate, dataset, device, latency_repeats=20, rule=None):
+    """Decomposes ``model`` per ``config`` (scheme, energy, value_threshold), then measures both.
+    ``rule``: decompose's rank-rule arguments, if not ``rank_rule(config)``."""
     model = model.eval()
     example = torch.zeros((1, dataset.in_channels, *dataset.image_size), device=device)
     summary = {"arch": config.arch, "data": config.data, "scheme": config.scheme,
@@ -40,7 +41,8 @@ def compress_and_report(model, config, evaluate, dataset, device, latency_repeat
     summary.update(dense_conv_macs=dense_cost.conv_macs, dense_params=dense_cost.params)
     compressed = None
     if config.scheme != "none":
-        compressed, decomposition = decompose(model, config.scheme, **rank_rule(config), fold_bn=True)
+        rule = rank_rule(config) if rule is None else rule
+        compressed, decomposition = decompose(model, config.scheme, **rule, fold_bn=True)
         compressed.eval()
         cost = count_cost(compressed, example)
         summary.update(

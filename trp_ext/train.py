@@ -26,6 +26,11 @@ from trp_ext.report import compress_and_report
 from trp_ext.trp import TRP
 
 CHECKPOINT_FORMAT = "trp-ext-checkpoint"
+# The settings that define a run's training: resuming a checkpoint with other values would silently
+# make another run (or crash: a baseline checkpoint has no TRP state), so resuming refuses them.
+# The others (epochs, to extend; out, device, data_dir, value_threshold, ...) may change.
+RESUME_FIXED = ("arch", "data", "scheme", "lr", "momentum", "weight_decay", "milestones", "batch_size", "seed")
+RESUME_FIXED_TRP = ("energy", "period", "nuclear", "subgradient")  # fixed only when the run uses TRP
 POSTFIX_EVERY = 10  # steps between progress-bar updates (each one syncs with the GPU)
 
 
@@ -153,6 +158,9 @@ class Run:
 
     def load_checkpoint(self, path):
         state = read_checkpoint(path)
+        conflict = resume_conflict(self.config, state, path)
+        if conflict is not None:
+            raise ValueError(f"argument '{conflict[0]}': {conflict[1]}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.trp is not None:
@@ -263,6 +271,21 @@ def checked_checkpoint(state, path):
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a trp-ext training checkpoint (no '{CHECKPOINT_FORMAT}' header)")
     return state
+
+
+def resume_conflict(config, state, path):
+    """Why ``config`` cannot continue the checkpoint ``state`` (read from ``path``): (setting, reason),
+    or None when it can."""
+    saved = TrainConfig.from_dict(state["config"])
+    fixed = RESUME_FIXED + (RESUME_FIXED_TRP if saved.scheme != "none" else ())
+    for name in fixed:
+        ours, theirs = getattr(config, name), getattr(saved, name)
+        if ours != theirs:
+            return name, (f"{path} was trained with {theirs!r}, not {ours!r}; a resumed run keeps the settings "
+                          "that define its training (start a new run to change them)")
+    if config.epochs < state["epoch"]:
+        return "epochs", f"{path} has already finished {state['epoch']} epoch(s), more than {config.epochs}"
+    return None
 
 
 def train(config, resume=None, quiet=False):
