@@ -318,3 +318,14 @@ def test_output_paths_that_cannot_be_written_are_argument_errors(trained, tmp_pa
         option = "--report" if "--report" in argv else "--out"
         assert exit_.value.code == 2 and f"argument {option}:" in capsys.readouterr().err, argv
     assert sorted(os.listdir(tmp_path)) == ["dir", "file"] and os.listdir(a_dir) == []
+
+
+def test_learning_rate_schedule_never_drops_before_the_second_epoch():
+    from trp_ext.train import TrainConfig, learning_rate
+
+    assert learning_rate(TrainConfig(epochs=1, lr=0.1), 0) == 0.1
+    two = [learning_rate(TrainConfig(epochs=2, lr=0.1), e) for e in range(2)]
+    assert two == [0.1, pytest.approx(0.01)]
+    paper = [learning_rate(TrainConfig(epochs=164, lr=0.1), e) for e in (81, 82, 122, 123)]
+    assert paper == [0.1, pytest.approx(0.01), pytest.approx(0.01), pytest.approx(0.001)]
+

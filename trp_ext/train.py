@@ -93,8 +93,9 @@ class TrainConfig:
 
 
 def learning_rate(config, epoch):
-    """Step schedule: lr x0.1 at each milestone (the paper: epochs 81 and 122 of 164)."""
-    drops = sum(epoch >= round(fraction * config.epochs) for fraction in config.milestones)
+    """Step schedule: lr x0.1 at each milestone (the paper: epochs 81 and 122 of 164), never before
+    the second epoch: round(0.5 * 1) is 0, which ran a one-epoch run entirely at lr x0.1."""
+    drops = sum(epoch >= max(1, round(fraction * config.epochs)) for fraction in config.milestones)
     return config.lr * (0.1 ** drops)
 
 
