@@ -329,3 +329,15 @@ def test_learning_rate_schedule_never_drops_before_the_second_epoch():
     paper = [learning_rate(TrainConfig(epochs=164, lr=0.1), e) for e in (81, 82, 122, 123)]
     assert paper == [0.1, pytest.approx(0.01), pytest.approx(0.01), pytest.approx(0.001)]
 
+
+def test_eval_of_a_compressed_model_on_data_of_another_shape_names_the_option(tmp_path, capsys):
+    from trp_ext import decompose, save_compressed
+    from trp_ext.models import build_model
+
+    torch.manual_seed(0)
+    compressed, _ = decompose(build_model("resnet20", num_classes=10).eval(), "channel", energy=0.5)
+    save_compressed(compressed, tmp_path / "cifar_shaped.pt")
+    assert main(["eval", "--model", str(tmp_path / "cifar_shaped.pt")]) == 2  # digits: 1 channel, 8x8
+    err = capsys.readouterr().err
+    assert "argument --data:" in err and "3-channel" in err and "Traceback" not in err
+

@@ -279,6 +279,14 @@ def cmd_eval(args):
         data, data_dir = args.data or config.data, config.data_dir
         model = None
     dataset = load_dataset(data, data_dir)
+    arch = payload.get("arch") if model is not None else None
+    if arch and (arch.get("in_channels"), arch.get("num_classes")) != (dataset.in_channels, len(dataset.classes)):
+        # A compressed file records its network, not its data: digits (the default) cannot feed a
+        # CIFAR-shaped net, which would fail deep inside the first conv.
+        raise UsageError("--data", f"{args.model} takes {arch.get('in_channels')}-channel images in "
+                                   f"{arch.get('num_classes')} classes, but {dataset.name} has {dataset.in_channels}-"
+                                   f"channel images in {len(dataset.classes)}: pass the --data (and --data-dir) "
+                                   "it was trained on")
     if model is None:
         model = _model_from_checkpoint(state, replace(config, device="cpu"), dataset)
     model = model.to(args.device)
