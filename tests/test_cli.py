@@ -341,3 +341,13 @@ def test_eval_of_a_compressed_model_on_data_of_another_shape_names_the_option(tm
     err = capsys.readouterr().err
     assert "argument --data:" in err and "3-channel" in err and "Traceback" not in err
 
+
+def test_a_fresh_run_in_an_earlier_runs_folder_leaves_none_of_its_files(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    assert (run / "compressed.pt").exists() and (run / "ranks.png").exists()
+    assert main(["train", *TINY, "--epochs", "1", "--scheme", "none", "--out", str(run)]) == 0
+    assert not (run / "compressed.pt").exists() and not (run / "ranks.png").exists()
+    assert not (run / "spectra.png").exists()
+    assert json.loads((run / "report.json").read_text())["scheme"] == "none"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1

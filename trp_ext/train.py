@@ -32,6 +32,11 @@ CHECKPOINT_FORMAT = "trp-ext-checkpoint"
 RESUME_FIXED = ("arch", "data", "scheme", "lr", "momentum", "weight_decay", "milestones", "batch_size", "seed")
 RESUME_FIXED_TRP = ("energy", "period", "nuclear", "subgradient")  # fixed only when the run uses TRP
 POSTFIX_EVERY = 10  # steps between progress-bar updates (each one syncs with the GPU)
+# The files a run writes besides config.json (see the module docstring). A fresh run in the folder
+# of an earlier one deletes them first: it may not write them all (a baseline has no compressed.pt
+# or rank plots), and a leftover would pass for this run's.
+RUN_OUTPUTS = ("metrics.jsonl", "checkpoint.pt", "report.json", "compressed.pt", "ranks.png", "spectra.png",
+               "training.png")
 
 
 class DistributedJobError(RuntimeError):
@@ -228,6 +233,12 @@ class Run:
     def fit(self):
         if self.main:
             os.makedirs(self.config.out, exist_ok=True)
+            if self.epoch == 0:  # a fresh run, not a resumed one (checkpoints hold finished epochs)
+                stale = [f for f in RUN_OUTPUTS if os.path.exists(os.path.join(self.config.out, f))]
+                for name in stale:
+                    os.remove(os.path.join(self.config.out, name))
+                if stale and not self.quiet:
+                    tqdm.write(f"replacing the earlier run in {self.config.out} ({', '.join(stale)})")
             io.atomic_write_json(os.path.join(self.config.out, "config.json"), asdict(self.config))
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
