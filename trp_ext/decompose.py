@@ -18,10 +18,10 @@ import torch.fx
 import torch.nn as nn
 
 from trp_ext import _reference as ref
-from trp_ext.lowrank import check_scheme, layer_matrix
+from trp_ext.lowrank import check_rank_rule, check_scheme, layer_matrix
 from trp_ext.nn import FactoredConv2d, overrides_forward, replace_submodule
 from trp_ext.selection import select_layers
-from trp_ext.trp import _is_integer, _is_real, unwrap_model
+from trp_ext.trp import unwrap_model
 
 
 @dataclass
@@ -130,14 +130,7 @@ def decompose(model, scheme="channel", energy: Optional[float] = None, value_thr
     check_scheme(scheme)
     if energy is None and value_threshold is None:
         raise ValueError("decompose() needs a rank rule: give argument 'energy' and/or 'value_threshold'")
-    # The rules TRP checks its own arguments by (Python and NumPy scalars; no bool, no NaN)
-    if energy is not None and not (_is_real(energy) and 0.0 < energy <= 1.0):
-        raise ValueError(f"argument 'energy' must be a number in (0, 1], got {energy!r}")
-    if value_threshold is not None and not (_is_real(value_threshold) and value_threshold >= 0.0):
-        raise ValueError(f"argument 'value_threshold' must be None or a non-negative number, got "
-                         f"{value_threshold!r}")
-    if max_rank is not None and not (_is_integer(max_rank) and max_rank >= 0):
-        raise ValueError(f"argument 'max_rank' must be None or a non-negative integer, got {max_rank!r}")
+    check_rank_rule(energy, value_threshold, max_rank, energy_optional=True)  # as TRP checks them
     model = unwrap_model(model)
     if not inplace:
         model = copy.deepcopy(model)

@@ -14,13 +14,13 @@ With AMP, either call ``trp.regularize()`` after ``scaler.unscale_(optimizer)``,
 gains exactly ``lam * subgradient`` after unscaling.
 """
 import math
-import numbers
 
 import torch
 import torch.nn as nn
 
 from trp_ext import distributed, ops
-from trp_ext.lowrank import check_scheme, layer_matrix, layer_matrix_shape, matrix_to_layer_weight
+from trp_ext.lowrank import (check_rank_rule, check_scheme, is_integer, is_real, layer_matrix, layer_matrix_shape,
+                             matrix_to_layer_weight)
 from trp_ext.selection import select_layers
 
 SUBGRADIENTS = ("truncated", "full")
@@ -36,14 +36,6 @@ def unwrap_model(model):
             model = model.module
         else:
             return model
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_integer(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class TRP:
@@ -73,21 +65,13 @@ class TRP:
                  value_threshold=None, max_rank=None, include=None, exclude=None, predicate=None,
                  include_linear=False, warm_start=True, distributed="auto"):
         check_scheme(scheme)
-        # Real and Integral take Python and NumPy scalars alike (bool is excluded by hand: a flag
-        # passed by position to the wrong argument).
-        if not (_is_real(energy) and 0.0 < energy <= 1.0):
-            raise ValueError(f"argument 'energy' must be a real number in (0, 1], got {energy!r}")
-        if not (_is_integer(period) and period >= 1):
+        check_rank_rule(energy, value_threshold, max_rank)  # Python and NumPy scalars alike
+        if not (is_integer(period) and period >= 1):
             raise ValueError(f"argument 'period' must be a positive integer, got {period!r}")
-        if not (_is_real(lam) and 0.0 <= lam < math.inf):
+        if not (is_real(lam) and 0.0 <= lam < math.inf):
             raise ValueError(f"argument 'lam' must be a finite non-negative number, got {lam!r}")
         if subgradient not in SUBGRADIENTS:
             raise ValueError(f"argument 'subgradient' must be one of {SUBGRADIENTS}, got {subgradient!r}")
-        if max_rank is not None and not (_is_integer(max_rank) and max_rank >= 0):
-            raise ValueError(f"argument 'max_rank' must be None or a non-negative integer, got {max_rank!r}")
-        if value_threshold is not None and not (_is_real(value_threshold) and value_threshold >= 0.0):
-            raise ValueError(f"argument 'value_threshold' must be None or a non-negative number, got "
-                             f"{value_threshold!r}")
         if not isinstance(warm_start, bool):
             raise ValueError(f"argument 'warm_start' must be True or False, got {warm_start!r}")
         if distributed not in DISTRIBUTED_MODES:
@@ -127,13 +111,18 @@ class TRP:
             self._plan = distributed.plan_shards(shapes, world) if mode == "shard" else None
         return self._mode
 
+    def _owned(self):
+        """Indices of the layers this process projects: all of them, or its shard's."""
+        if self._resolve_mode() == "replicate":
+            return list(range(len(self.layers)))
+        return self._plan.owned(distributed.rank())
+
     def _lowrank(self, purpose, energy, want_subgradient, capped=True):
         """One batched lowrank_project call, warm-started per purpose; sharded across ranks when
         that pays. Returns (per-layer projections or sub-gradients, int64 ranks; None for the
         sub-gradients of a sharded run, whose ranks nobody reads). capped: apply value_threshold
         and max_rank besides the energy rule."""
-        mine = list(range(len(self.layers))) if self._resolve_mode() == "replicate" else \
-            self._plan.owned(distributed.rank())
+        mine = self._owned()
         # Only this process's matrices: under sharding the others' would be built for nothing
         # (in the spatial scheme each one is a copy of its weight).
         self._check_weights()
@@ -141,8 +130,9 @@ class TRP:
         weight = self.layers[0][1].weight
         if mats:
             bases = self._bases[purpose] if self.warm_start else None
-            if bases is not None:  # the model may have moved, or changed dtype, since they were made
-                bases = [b.to(device=m.device, dtype=m.dtype) for b, m in zip(bases, mats)]
+            if bases is not None and (bases[0].dtype, bases[0].device) != (mats[0].dtype, mats[0].device):
+                # The model moved, or changed dtype, since they were made (the mats share both).
+                bases = [b.to(device=mats[0].device, dtype=mats[0].dtype) for b in bases]
             result = ops.lowrank_project(mats, energy, self.value_threshold if capped else None,
                                          self.max_rank if capped else None,
                                          bases=bases, want_subgradient=want_subgradient)
@@ -260,10 +250,9 @@ class TRP:
                                  f"{getattr(self, key)!r}")
         self.steps = int(state["steps"])
         self.history = [{"step": int(h["step"]), "ranks": [int(r) for r in h["ranks"]]} for h in state["history"]]
-        self._resolve_mode()
+        mine = self._owned()  # resolves the mode: whether this process holds a shard's bases
         # A checkpoint may be loaded onto another device or into a model of another dtype.
         weight = self.layers[0][1].weight
-        mine = list(range(len(self.layers))) if self._plan is None else self._plan.owned(distributed.rank())
         bases = {}
         for purpose, saved in state["bases"].items():
             if isinstance(saved, dict):  # saved sharded: usable only with the same world size
