@@ -40,6 +40,22 @@ def test_missing_library_gives_rebuild_hint(monkeypatch):
         _ext.load_library()
 
 
+def test_unbuilt_checkout_says_the_library_is_not_built(tmp_path):
+    # A source tree that was never compiled: Python's own message blames "a circular import".
+    import subprocess
+
+    shutil.copytree(os.path.dirname(trp_ext.__file__), tmp_path / "trp_ext",
+                    ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+    # Without the editable install's finder, which would find the built library of this checkout.
+    script = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in "
+              "getattr(f, '__module__', '')]; import trp_ext")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode != 0
+    assert "trp_ext._C is not built" in result.stderr and "--no-build-isolation" in result.stderr
+    assert "circular" not in result.stderr
+
+
 def test_library_built_for_other_torch_gives_rebuild_hint(monkeypatch):
     monkeypatch.setattr(_ext, "_running_torch_version", lambda: (1, 0, 0))
     with pytest.raises(_ext.ExtensionLoadError, match="compiled against torch .* but torch"):

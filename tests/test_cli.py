@@ -330,6 +330,24 @@ def test_learning_rate_schedule_never_drops_before_the_second_epoch():
     assert paper == [0.1, pytest.approx(0.01), pytest.approx(0.01), pytest.approx(0.001)]
 
 
+@pytest.mark.parametrize("epochs,expected", [(3, [1, 1, 0.1]), (4, [1, 1, 0.1, 0.01]),
+                                             (5, [1, 1, 0.1, 0.1, 0.01])])
+def test_learning_rate_drops_one_step_at_a_time(epochs, expected):
+    # At 3 epochs both milestones (0.5, 0.75) round to epoch 2: the lr fell x0.01 at once.
+    from trp_ext.train import TrainConfig, learning_rate
+
+    schedule = [learning_rate(TrainConfig(epochs=epochs, lr=1.0), e) for e in range(epochs)]
+    assert schedule == [pytest.approx(v) for v in expected]
+
+
+@pytest.mark.parametrize("milestones", [[0.5, 1.5], [-0.1], "0.5", [float("nan")], [True]])
+def test_milestones_must_be_fractions(milestones):
+    from trp_ext.train import TrainConfig
+
+    with pytest.raises(ValueError, match="argument 'milestones'"):
+        TrainConfig(milestones=milestones).validate()
+
+
 def test_eval_of_a_compressed_model_on_data_of_another_shape_names_the_option(tmp_path, capsys):
     from trp_ext import decompose, save_compressed
     from trp_ext.models import build_model
@@ -351,3 +369,70 @@ def test_a_fresh_run_in_an_earlier_runs_folder_leaves_none_of_its_files(tmp_path
     assert not (run / "spectra.png").exists()
     assert json.loads((run / "report.json").read_text())["scheme"] == "none"
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def _image_folder(root, classes=("cat", "dog")):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (32, 32), (200 * label, 40 * i, 0)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_eval_of_a_compressed_model_defaults_to_the_data_it_records(tmp_path, capsys):
+    from trp_ext import decompose, save_compressed
+    from trp_ext.models import build_model
+
+    images = _image_folder(tmp_path / "images")
+    torch.manual_seed(0)
+    compressed, _ = decompose(build_model("resnet20", num_classes=2).eval(), "channel", energy=0.5)
+    save_compressed(compressed, tmp_path / "m.pt", data={"name": "folder", "dir": str(images)})
+    assert main(["eval", "--model", str(tmp_path / "m.pt")]) == 0
+    assert "on images test (6 images)" in capsys.readouterr().out
+    # another folder of the same dataset kind, given explicitly, wins over the recorded one
+    other = _image_folder(tmp_path / "other", classes=("a", "b"))
+    for image in (other / "test" / "a").iterdir():
+        image.unlink()
+    assert main(["eval", "--model", str(tmp_path / "m.pt"), "--data-dir", str(other)]) == 0
+    assert "on other test (3 images)" in capsys.readouterr().out
+
+
+def test_train_writes_its_data_into_the_compressed_model(tmp_path):
+    from trp_ext.io import safe_torch_load
+
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert safe_torch_load(tmp_path / "run" / "compressed.pt")["data"] == {"name": "digits", "dir": None}
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_data_dir_for_the_built_in_digits_is_refused(tmp_path, capsys, command):
+    # It was ignored: the run trained (or evaluated) on digits while its user meant the folder.
+    args = ([*TINY, "--epochs", "1", "--out", str(tmp_path / "run")] if command == "train"
+            else ["--model", str(tmp_path / "m.pt")])
+    if command == "eval":
+        from trp_ext import save_compressed
+        from trp_ext.decompose import decompose
+        from trp_ext.models import build_model
+
+        save_compressed(decompose(build_model("resnet20", in_channels=1).eval(), "channel", energy=0.5)[0],
+                        tmp_path / "m.pt")
+    assert main([command, *args, "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "argument 'data_dir'" in err and "'digits' is built in" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_full_disk_is_an_error_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "trp-ext train: error:" in err and "No space left on device" in err and "Traceback" not in err
+    assert not [f for f in os.listdir(tmp_path / "run") if f.endswith(".tmp")]

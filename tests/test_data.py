@@ -70,11 +70,30 @@ def test_image_folder(tmp_path):
         load_image_folder(tmp_path / "train")
 
 
-def test_load_dataset_errors():
+def test_image_folder_file_that_is_not_an_image_is_named(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "cat" / "0.png")
+    (tmp_path / "train" / "cat" / "notes.jpg").write_text("not an image")
+    with pytest.raises(ValueError, match=r"cannot read image .*notes\.jpg"):
+        load_image_folder(tmp_path)
+    (tmp_path / "train" / "cat" / "notes.jpg").unlink()
+    good = (tmp_path / "test" / "cat" / "0.png").read_bytes()
+    (tmp_path / "test" / "cat" / "1.png").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(ValueError, match=r"cannot read image .*1\.png"):
+        load_image_folder(tmp_path)
+
+
+def test_load_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match="argument 'data'"):
         load_dataset("mnist")
     with pytest.raises(ValueError, match="data_dir"):
         load_dataset("cifar10")
+    # digits is built in: a folder given with it would be ignored, and the run train on digits
+    with pytest.raises(ValueError, match="argument 'data_dir'.*'digits' is built in"):
+        load_dataset("digits", tmp_path)
 
 
 def _toy(n=10, augment=True):

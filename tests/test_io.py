@@ -51,6 +51,24 @@ def test_round_trip_keeps_the_base_models_dtype(tmp_path):
     torch.testing.assert_close(loaded(x), compressed.eval()(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("data", ["cifar10", {"name": "cifar10", "dir": 3}, {"dir": "/x"},
+                                  {"name": "folder", "dir": "/x", "extra": 1}])
+def test_data_record_must_be_a_name_and_folder(tmp_path, data):
+    with pytest.raises(ValueError, match="argument 'data'"):
+        save_compressed(_compressed(), tmp_path / "m.pt", data=data)
+    assert not os.listdir(tmp_path)
+
+
+def test_malformed_data_record_in_a_file_names_the_file(tmp_path):
+    save_compressed(_compressed(), tmp_path / "m.pt", data={"name": "folder", "dir": "/images"})
+    payload = safe_torch_load(tmp_path / "m.pt")
+    assert payload["data"] == {"name": "folder", "dir": "/images"}
+    payload["data"] = ["folder"]
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt has a malformed data record"):
+        load_compressed(tmp_path / "bad.pt")
+
+
 def test_base_model_without_a_saved_layer_raises(tmp_path):
     save_compressed(_compressed(), tmp_path / "m.pt")
     with pytest.raises(ValueError, match="argument 'model'"):

@@ -4,6 +4,9 @@ A missing library, one that fails to load (typically an undefined symbol because
 against another torch), or one whose recorded torch version differs from the running torch all
 end in one ImportError that says how to rebuild.
 """
+import importlib
+import importlib.util
+
 import torch
 
 REBUILD_HINT = (
@@ -26,11 +29,14 @@ def _running_torch_version():
 
 def load_library():
     """Imports ``trp_ext._C`` and returns its build info ({'cuda': bool, 'torch_version': ...})."""
+    # Looked up first: `from trp_ext import _C` on a missing library blames "a circular import".
+    if importlib.util.find_spec("trp_ext._C") is None:
+        raise ExtensionLoadError(f"trp_ext's compiled library trp_ext._C is not built.\n{REBUILD_HINT}")
     try:
-        from trp_ext import _C
+        _C = importlib.import_module("trp_ext._C")
     except ImportError as error:
         raise ExtensionLoadError(
-            f"trp_ext's compiled library could not be loaded ({error}). It is missing or was built "
+            f"trp_ext's compiled library could not be loaded ({error}). It was probably built "
             f"against a torch other than the installed torch {torch.__version__}.\n{REBUILD_HINT}"
         ) from None
     info = _C.build_info()

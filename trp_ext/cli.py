@@ -258,11 +258,20 @@ def cmd_compress(args):
     loader = TensorLoader(dataset, "test", 256)
     report = compress_and_report(model, config, lambda m: accuracy(m, loader, config.device), dataset,
                                  torch.device(config.device), rule=_rank_rule(args, state, config))
-    io.save_compressed(report.compressed, args.out)
+    io.save_compressed(report.compressed, args.out, data={"name": config.data, "dir": config.data_dir})
     if args.report:
         io.atomic_write_json(args.report, report.summary)
     print(format_table(report.summary))
     print(f"compressed model: {os.path.abspath(args.out)}")
+
+
+def _eval_data(args, recorded):
+    """eval's (dataset, folder): --data and --data-dir over the ones the model file records. The
+    recorded folder goes only with the recorded dataset: another dataset's folder would not fit."""
+    name = args.data or recorded["name"]
+    if args.data_dir is not None:
+        return name, args.data_dir
+    return name, recorded["dir"] if name == recorded["name"] else None
 
 
 def cmd_eval(args):
@@ -273,16 +282,17 @@ def cmd_eval(args):
     payload = io.safe_torch_load(args.model, "model")  # read once: it may be large
     if isinstance(payload, dict) and payload.get("format") == io.COMPRESSED_FORMAT:
         model = io.model_from_compressed(payload, args.model)
-        data, data_dir = args.data or "digits", args.data_dir
+        # Files written before the data was recorded, or by save_compressed without it: digits.
+        recorded = payload.get("data") or {"name": "digits", "dir": None}
     else:
-        state, config = _checkpoint_config(args.model, dict(data_dir=args.data_dir), payload)
-        data, data_dir = args.data or config.data, config.data_dir
+        state, config = _checkpoint_config(args.model, {}, payload)
+        recorded = {"name": config.data, "dir": config.data_dir}
         model = None
-    dataset = load_dataset(data, data_dir)
+    dataset = load_dataset(*_eval_data(args, recorded))
     arch = payload.get("arch") if model is not None else None
     if arch and (arch.get("in_channels"), arch.get("num_classes")) != (dataset.in_channels, len(dataset.classes)):
-        # A compressed file records its network, not its data: digits (the default) cannot feed a
-        # CIFAR-shaped net, which would fail deep inside the first conv.
+        # A file without a data record (older ones, or save_compressed without data) defaults to
+        # digits, which cannot feed a CIFAR-shaped net: it would fail deep inside the first conv.
         raise UsageError("--data", f"{args.model} takes {arch.get('in_channels')}-channel images in "
                                    f"{arch.get('num_classes')} classes, but {dataset.name} has {dataset.in_channels}-"
                                    f"channel images in {len(dataset.classes)}: pass the --data (and --data-dir) "
@@ -384,6 +394,9 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:
         print(f"trp-ext {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the machine's, not the arguments': a full disk, a read-only folder
+        print(f"trp-ext {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except DistributedJobError as error:
         print(f"trp-ext {args.command}: error: {error}", file=sys.stderr)
         return 1

@@ -96,9 +96,21 @@ def load_cifar10(root):
 
 
 # ---------------------------------------------------------------------------- image folder
-def _read_image_split(folder, classes, size):
+def _read_image(path, size):
+    """One image file as uint8 (3, size, size); a file PIL cannot decode names itself."""
     from PIL import Image
 
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((size, size), Image.BILINEAR)
+            return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        # PIL's UnidentifiedImageError (an OSError) for a non-image, OSError for a truncated one
+        raise ValueError(f"cannot read image {path}: {type(error).__name__}: {error} "
+                         f"({IMAGE_FOLDER_LAYOUT})") from None
+
+
+def _read_image_split(folder, classes, size):
     images, labels = [], []
     for label, name in enumerate(classes):
         class_dir = os.path.join(folder, name)
@@ -106,9 +118,7 @@ def _read_image_split(folder, classes, size):
             continue
         for file in sorted(os.listdir(class_dir)):
             if file.lower().endswith(IMAGE_EXTENSIONS):
-                with Image.open(os.path.join(class_dir, file)) as image:
-                    image = image.convert("RGB").resize((size, size), Image.BILINEAR)
-                    images.append(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+                images.append(_read_image(os.path.join(class_dir, file), size))
                 labels.append(label)
     if not images:
         raise FileNotFoundError(f"no images under {folder} ({IMAGE_FOLDER_LAYOUT})")
@@ -153,10 +163,15 @@ DATASETS = ("digits", "cifar10", "folder")
 
 
 def load_dataset(name, data_dir=None):
-    if name == "digits":
-        return load_digits()
     if name not in DATASETS:
         raise ValueError(f"argument 'data' must be one of {DATASETS}, got {name!r}")
+    if name == "digits":
+        if data_dir is not None:
+            # A folder given with the default dataset would otherwise be ignored without a word:
+            # the run would train on digits while its user believes it trains on that folder.
+            raise ValueError(f"argument 'data_dir' ({data_dir}) is given, but dataset 'digits' is built in and "
+                             "reads no folder: choose data 'cifar10' or 'folder' to read it")
+        return load_digits()
     if data_dir is None:
         raise ValueError(f"dataset {name!r} needs argument 'data_dir'")
     return load_cifar10(data_dir) if name == "cifar10" else load_image_folder(data_dir)

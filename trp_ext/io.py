@@ -72,12 +72,26 @@ def _factored_spec(module):
             "bias": module.bias is not None, "activation": module.activation}
 
 
-def save_compressed(model, path, arch=None):
+def _data_record(data):
+    """save_compressed's ``data``, checked: the file must stay loadable with weights_only=True."""
+    if data is None:
+        return None
+    if not (isinstance(data, dict) and isinstance(data.get("name"), str)
+            and isinstance(data.get("dir"), (str, type(None))) and set(data) <= {"name", "dir"}):
+        raise ValueError(f"argument 'data' must be {{'name': str, 'dir': str or None}}, got {data!r}")
+    return {"name": data["name"], "dir": data.get("dir")}
+
+
+def save_compressed(model, path, arch=None, data=None):
     """Saves a decomposed model with what is needed to rebuild it: the base architecture
     (``arch``: {"name": ..., **build kwargs}, default ``model.trp_arch`` set by
     ``trp_ext.models.build_model``), the rank and geometry of every factored layer, and the
-    BatchNorms folded away. Written atomically."""
+    BatchNorms folded away. Written atomically.
+
+    ``data``: optionally the dataset it was trained on, {"name": ..., "dir": folder or None}
+    (as ``trp_ext.data.load_dataset`` takes them), which ``trp-ext eval`` then defaults to."""
     arch = arch if arch is not None else getattr(model, "trp_arch", None)
+    data = _data_record(data)
     factored, folded = {}, []
     for name, module in model.named_modules():
         if isinstance(module, FactoredConv2d):
@@ -90,6 +104,7 @@ def save_compressed(model, path, arch=None):
         "arch": dict(arch) if arch is not None else None,
         "factored": factored,
         "identity": folded,
+        "data": data,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     atomic_torch_save(payload, path)
@@ -112,6 +127,10 @@ def model_from_compressed(payload, path, model=None):
     if payload.get("version") != COMPRESSED_VERSION:
         raise ValueError(f"{path} has compressed-model format version {payload.get('version')}, "
                          f"this trp-ext reads version {COMPRESSED_VERSION}")
+    try:
+        _data_record(payload.get("data"))
+    except ValueError:
+        raise ValueError(f"{path} has a malformed data record: {payload.get('data')!r}") from None
     if model is None:
         if payload["arch"] is None:
             raise ValueError(f"{path} records no architecture: pass the dense base network as argument 'model'")

@@ -88,6 +88,10 @@ class TrainConfig:
             raise ValueError(f"argument 'lr' must be positive, got {self.lr}")
         if self.batch_size < 1:
             raise ValueError(f"argument 'batch_size' must be positive, got {self.batch_size}")
+        if not (isinstance(self.milestones, (list, tuple)) and all(
+                isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in self.milestones)):
+            raise ValueError(f"argument 'milestones' must be a list of fractions of the epochs in [0, 1], "
+                             f"got {self.milestones!r}")
         if self.scheme != "none":
             if not 0.0 < self.energy <= 1.0:
                 raise ValueError(f"argument 'energy' must lie in (0, 1], got {self.energy}")
@@ -97,10 +101,22 @@ class TrainConfig:
                 raise ValueError(f"argument 'nuclear' must be non-negative, got {self.nuclear}")
 
 
+def milestone_epochs(config):
+    """The epochs at which the lr drops x0.1: each milestone fraction of the epoch count, rounded
+    (164 epochs: from epoch 82 and from 123, counted from 0), never before the second epoch (round(0.5 * 1)
+    is 0, which ran a one-epoch run entirely at lr x0.1) and each after the one before: at 3 epochs
+    both fractions round to epoch 2, which dropped the lr x0.01 at once. Drops that this moves
+    past the last epoch do not happen."""
+    epochs, last = [], 0
+    for fraction in sorted(config.milestones):
+        last = max(last + 1, round(fraction * config.epochs))
+        epochs.append(last)
+    return epochs
+
+
 def learning_rate(config, epoch):
-    """Step schedule: lr x0.1 at each milestone (the paper: epochs 81 and 122 of 164), never before
-    the second epoch: round(0.5 * 1) is 0, which ran a one-epoch run entirely at lr x0.1."""
-    drops = sum(epoch >= max(1, round(fraction * config.epochs)) for fraction in config.milestones)
+    """Step schedule: lr x0.1 at each of milestone_epochs(config)."""
+    drops = sum(epoch >= milestone for milestone in milestone_epochs(config))
     return config.lr * (0.1 ** drops)
 
 
@@ -265,7 +281,8 @@ class Run:
         out = self.config.out
         io.atomic_write_json(os.path.join(out, "report.json"), report.summary)
         if report.compressed is not None:
-            io.save_compressed(report.compressed, os.path.join(out, "compressed.pt"))
+            io.save_compressed(report.compressed, os.path.join(out, "compressed.pt"),
+                               data={"name": self.config.data, "dir": self.config.data_dir})
         if self.trp is not None:
             plots.plot_ranks(self.trp.names, [d["rank"] for d in report.summary["layers"]],
                              [d["full_rank"] for d in report.summary["layers"]], os.path.join(out, "ranks.png"))
