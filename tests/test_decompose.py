@@ -182,6 +182,29 @@ def test_a_module_called_twice_keeps_its_batchnorm(block):
     torch.testing.assert_close(folded(x), unfolded(x), rtol=0, atol=0)
 
 
+def test_a_hooked_batchnorm_is_not_folded_and_a_hooked_conv_stays_dense():
+    # A hook must keep running: folded, the BN's hook was dropped; factored, the conv's.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), nn.BatchNorm2d(16),
+                          nn.Conv2d(16, 16, 3), nn.BatchNorm2d(16)).eval()
+    _batchnorm_statistics(model[2])
+    _batchnorm_statistics(model[4])
+    ran = []
+    model[2].register_forward_hook(lambda m, i, o: ran.append("bn") or o.clamp(min=0))
+    model[3].register_forward_hook(lambda m, i, o: ran.append("conv") or o * 2)
+    folded, report = decompose(model, "channel", energy=0.6)
+    decisions = {d.name: d for d in report.layers}
+    assert decisions["1"].factored and not decisions["1"].bn_folded and isinstance(folded[2], nn.BatchNorm2d)
+    assert not decisions["3"].factored and "hooks" in decisions["3"].reason
+    unfolded, _ = decompose(model, "channel", energy=0.6, fold_bn=False)
+    x = torch.randn(1, 3, 9, 9)
+    torch.testing.assert_close(folded(x), unfolded(x), rtol=0, atol=0)
+    ran.clear()
+    with torch.no_grad():
+        folded(x)
+    assert ran == ["bn", "conv"]
+
+
 @pytest.mark.parametrize("arg,value", [("max_rank", -1), ("max_rank", 2.0), ("max_rank", True),
                                        ("value_threshold", float("nan")), ("value_threshold", -1e-3),
                                        ("value_threshold", "1e-3"), ("energy", "0.9"), ("energy", True)])

@@ -1,4 +1,5 @@
 """FLOPs/params counting and speedups."""
+import pytest
 import torch
 import torch.nn as nn
 
@@ -67,6 +68,81 @@ def test_deployment_form_of_an_untraceable_model_is_an_unfolded_copy():
     model = DataDependent().eval()
     deployed = deployment_form(model)
     assert deployed is not model and isinstance(deployed.bn, nn.BatchNorm2d)
+
+
+class _ConvCalledTwice(nn.Module):
+    """One conv applied twice, a BN after each call (as a recurrent or weight-tied block)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn1, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn2(self.conv(torch.relu(self.bn1(self.conv(x)))))
+
+
+def _conv_bn(conv_hook=None, bn_hook=None):
+    model = nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    if conv_hook:
+        conv_hook(model[0])
+    if bn_hook:
+        bn_hook(model[1])
+    return model
+
+
+def _pruned(conv):
+    import torch.nn.utils.prune as prune
+
+    prune.l1_unstructured(conv, "weight", 0.5)
+
+
+DEPLOYMENT_CASES = {
+    "conv called twice": _ConvCalledTwice,
+    "hooked conv": lambda: _conv_bn(lambda c: c.register_forward_hook(lambda m, i, o: o * 2)),
+    "hooked BN": lambda: _conv_bn(bn_hook=lambda b: b.register_forward_hook(lambda m, i, o: o.clamp(min=0))),
+    "pruned conv": lambda: _conv_bn(_pruned),
+    "parametrized conv": lambda: _conv_bn(lambda c: torch.nn.utils.parametrizations.weight_norm(c)),
+}
+
+
+@pytest.mark.parametrize("case", DEPLOYMENT_CASES)
+def test_deployment_form_folds_only_what_folds_exactly(case):
+    # torch.fx's fuse folded these too: the deployed copy computed another function (a conv called
+    # twice got one BN in both calls, hooks were lost) or failed when called (pruned conv).
+    torch.manual_seed(0)
+    model = DEPLOYMENT_CASES[case]()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(deployment_form(model)(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_hooked_relu_after_a_factored_conv_keeps_its_hook():
+    model = nn.Sequential(FactoredConv2d(4, 4, 2, 3, padding=1), nn.ReLU()).eval()
+    model[1].register_forward_hook(lambda m, i, o: o * 3)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(deployment_form(model)(x), model(x), rtol=0, atol=0)
+
+
+def test_deployment_form_folds_like_torch_fx_where_both_fold():
+    from torch.fx.experimental.optimization import fuse
+
+    torch.manual_seed(0)
+    model = resnet20()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(deployment_form(model)(x), fuse(model)(x))
 
 
 def test_compare_latency_times_both_models():

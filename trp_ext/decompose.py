@@ -2,13 +2,13 @@
 
 Each selected conv becomes a FactoredConv2d at the rank the rule picks, unless the factored form
 would not save FLOPs (past the break-even rank), in which case it stays dense and the report says
-so; so does a subclass of nn.Conv2d that overrides forward. With ``fold_bn=True`` a BatchNorm that
-directly follows a factored conv is folded into it (its running statistics, so use the result in
-eval mode), when the model calls each of the two once and the BN keeps running statistics. On a
+so; so do a subclass of nn.Conv2d that overrides forward and a conv with hooks. With ``fold_bn=True``
+a BatchNorm that directly follows a factored conv is folded into it (its running statistics, so
+use the result in eval mode) where that is exact (trp_ext.batchnorm_folding: the model calls each
+of the two once, the BN keeps running statistics, neither has hooks). On a
 network trained without TRP this gives the classic post-training baselines: Zhang et al.
 (channel) and Jaderberg et al. (spatial).
 """
-import collections
 import copy
 from dataclasses import asdict, dataclass
 from typing import List, Optional
@@ -18,6 +18,7 @@ import torch.fx
 import torch.nn as nn
 
 from trp_ext import _reference as ref
+from trp_ext.batchnorm_folding import foldable_pairs, hookless
 from trp_ext.lowrank import check_rank_rule, check_scheme, layer_matrix
 from trp_ext.nn import FactoredConv2d, overrides_forward, replace_submodule
 from trp_ext.selection import select_layers
@@ -75,32 +76,15 @@ def _rank_for(matrix, energy, value_threshold, max_rank):
 
 
 def _following_batchnorms(model):
-    """{conv name: bn name} for each BatchNorm2d whose input is a conv's output used nowhere else,
-    where the model calls each of the two modules once and the BN has running statistics."""
+    """{conv name: bn name} of the conv -> BatchNorm pairs that may be folded (batchnorm_folding)."""
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        traced = torch.fx.symbolic_trace(model)
     except Exception as error:  # noqa: BLE001 - any tracing failure means: cannot prove the pattern
         raise ValueError(
             f"decompose(fold_bn=True) needs a torch.fx-traceable model to find conv -> BatchNorm pairs "
             f"({type(error).__name__}: {error}); pass fold_bn=False"
         ) from None
-    modules = dict(model.named_modules())
-    # Folding changes the module, so every call of it: a conv called again without the BN (weight
-    # tying), or a BN that also follows another conv, would get the other call's BN or lose its own.
-    calls = collections.Counter(node.target for node in graph.nodes if node.op == "call_module")
-    pairs = {}
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
-            continue
-        bn = modules[node.target]
-        if bn.running_mean is None or bn.running_var is None:
-            continue  # track_running_stats=False: it normalises by each batch's statistics, kept as it is
-        source = node.args[0]
-        if (isinstance(source, torch.fx.Node) and source.op == "call_module"
-                and isinstance(modules.get(source.target), nn.Conv2d) and len(source.users) == 1
-                and calls[source.target] == 1 and calls[node.target] == 1):
-            pairs[source.target] = node.target
-    return pairs
+    return foldable_pairs(traced)
 
 
 def _fold_batchnorm(factored, bn):
@@ -146,6 +130,10 @@ def decompose(model, scheme="channel", energy: Optional[float] = None, value_thr
         if overrides_forward(conv):  # e.g. a weight-standardised conv: its raw weight is not what it applies
             decisions.append(LayerDecision(name, full_rank, full_rank, dense, dense, factored=False, reason=(
                 f"{type(conv).__name__} overrides nn.Conv2d's forward: kept dense")))
+            continue
+        if not hookless(conv):  # a forward hook, pruning's mask, weight_norm: the factored layer runs none
+            decisions.append(LayerDecision(name, full_rank, full_rank, dense, dense, factored=False, reason=(
+                "has hooks, which a factored layer in its place would not run: kept dense")))
             continue
         rank = _rank_for(matrix, energy, value_threshold, max_rank)
         factored = factored_macs_per_pixel(conv, rank, scheme)

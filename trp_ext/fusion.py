@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from trp_ext import _reference
+from trp_ext.batchnorm_folding import hookless, keeps_forward
 from trp_ext.ops import factored_conv2d
 from trp_ext.ops.factored_conv2d import broadcasts_to, factored_conv2d_normalised, output_shape
 
@@ -49,13 +50,17 @@ def _is_relu(module: fx.GraphModule, node: fx.Node) -> bool:
         return node.target in RELU_FUNCTIONS
     if node.op == "call_method":
         return node.target in RELU_METHODS
-    if node.op == "call_module":
-        return isinstance(module.get_submodule(node.target), nn.ReLU)
+    if node.op == "call_module":  # a hook must keep running: a hooked module is no plain ReLU
+        submodule = module.get_submodule(node.target)
+        return keeps_forward(submodule, nn.ReLU) and hookless(submodule)
     return False
 
 
 def _is_identity(module: fx.GraphModule, node: fx.Node) -> bool:
-    return node.op == "call_module" and isinstance(module.get_submodule(node.target), nn.Identity)
+    if node.op != "call_module":
+        return False
+    submodule = module.get_submodule(node.target)
+    return keeps_forward(submodule, nn.Identity) and hookless(submodule)
 
 
 def _is_plain_add(node: fx.Node) -> bool:

@@ -19,10 +19,7 @@ Only modules of exactly these types, with no hooks, are rewritten: a subclass ma
 import torch.nn.functional as F
 from torch import fx, nn
 
-
-def _hookless(module: nn.Module) -> bool:
-    return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks)
+from trp_ext.batchnorm_folding import hookless
 
 
 def _single_input(node: fx.Node) -> bool:
@@ -83,7 +80,7 @@ def lean_graph(module: fx.GraphModule) -> fx.GraphModule:
     for node in list(graph.nodes):
         if node.op == "call_module" and _single_input(node):
             submodule = module.get_submodule(node.target)
-            if not _hookless(submodule):
+            if not hookless(submodule):
                 continue
             if type(submodule) is nn.Identity:
                 node.replace_all_uses_with(node.args[0])

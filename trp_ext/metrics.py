@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 import torch.nn as nn
 
 from trp_ext.nn import FactoredConv2d
@@ -87,7 +88,7 @@ def theoretical_speedup(dense_cost, compressed_cost):
 
 def deployment_form(model):
     """An eval-mode copy of ``model`` with each conv -> BatchNorm pair folded into the conv, as a
-    deployed network runs (torch.fx's fuse), each residual add and ReLU that follows a factored
+    deployed network runs (where that is exact: trp_ext.batchnorm_folding), each residual add and ReLU that follows a factored
     conv made that conv's epilogue and its calls free of the op's autograd kernel when nothing
     needs a gradient (trp_ext.fusion), and the traced graph's Python overhead trimmed
     (trp_ext.lean_graph: no identity calls, functional convs, flat weight names).
@@ -96,16 +97,16 @@ def deployment_form(model):
     cannot trace is returned as an eval-mode copy, unfolded."""
     import copy
 
-    from torch.fx.experimental.optimization import fuse
-
+    from trp_ext.batchnorm_folding import fold_into_dense_convs
     from trp_ext.fusion import fast_calls, fuse_relu, fuse_residual
     from trp_ext.lean_graph import lean_graph
 
     model = copy.deepcopy(model).eval()
     try:
-        folded = fuse(model)
+        traced = torch.fx.symbolic_trace(model)
     except Exception:  # noqa: BLE001 (any tracing failure: fall back to the module as it is)
         return model
+    folded = fold_into_dense_convs(traced)
     try:
         fused = fast_calls(fuse_relu(fuse_residual(copy.deepcopy(folded))))
     except Exception:  # noqa: BLE001 (a graph the epilogue passes cannot rewrite: BN folding alone)
