@@ -26,6 +26,35 @@ def test_factored_conv_macs():
     assert count_cost(nn.Sequential(spatial), x).conv_macs == 60 * 4 * 8 * 3 + 30 * 16 * 4 * 3
 
 
+@pytest.mark.parametrize("scheme", [None, "channel", "spatial"])
+def test_deployed_graphs_cost_what_their_models_cost(scheme):
+    # A deployed graph calls its convs as functions: counted by module hooks, it had none, and a
+    # speedup against it came out at 40 million.
+    from trp_ext import decompose
+
+    torch.manual_seed(0)
+    model = resnet20().eval()
+    if scheme is not None:
+        model, _ = decompose(model, scheme, energy=0.7)
+    x = torch.zeros(2, 3, 32, 32)
+    assert count_cost(deployment_form(model), x).conv_macs == count_cost(model, x).conv_macs > 0
+
+
+def test_functional_convs_and_matmuls_are_counted():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 3, 3, 3))
+            self.head = nn.Parameter(torch.randn(8, 5))
+
+        def forward(self, x):
+            y = torch.nn.functional.conv2d(x, self.weight, stride=2, padding=1)  # 8 x 4 x 5 output
+            return y.mean(dim=(2, 3)) @ self.head
+
+    cost = count_cost(Functional(), torch.zeros(3, 3, 8, 10))
+    assert (cost.conv_macs, cost.linear_macs) == (4 * 5 * 8 * 27, 8 * 5)
+
+
 def test_speedup_and_latency_and_accuracy():
     dense = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1))
     factored = nn.Sequential(FactoredConv2d(3, 16, 2, 3, padding=1))
@@ -143,6 +172,29 @@ def test_deployment_form_folds_like_torch_fx_where_both_fold():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(deployment_form(model)(x), fuse(model)(x))
+
+
+def test_metrics_leave_every_module_in_its_own_mode():
+    # model.train(flag) afterwards set them all alike: a BatchNorm frozen for fine-tuning came
+    # back in training mode, and measure_latency and accuracy left the model in eval mode.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2), nn.Dropout())
+    x = torch.zeros(2, 3, 5, 5)
+    model(x)
+    model.train()
+    model[1].eval()
+    modes = [m.training for m in model.modules()]
+    count_cost(model, x)
+    measure_latency(model, x, repeats=1, warmup=0)
+    accuracy(model, [(x, torch.zeros(2, dtype=torch.long))])
+    assert [m.training for m in model.modules()] == modes
+
+
+@pytest.mark.parametrize("labels", [torch.zeros(4, 1, dtype=torch.long), torch.eye(4, dtype=torch.long)])
+def test_accuracy_refuses_labels_that_are_not_one_index_per_sample(labels):
+    # (N, 1) labels broadcast against the (N,) predictions: an "accuracy" of 400%.
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="argument 'batches': labels of shape"):
+        accuracy(classifier, [(torch.zeros(4, 4), labels)])
 
 
 def test_compare_latency_times_both_models():

@@ -2,9 +2,11 @@
 
 FLOPs are counted as the paper counts them: multiply-adds of the convolutions (dense or
 factored), so that the theoretical speedup is dense conv FLOPs / compressed conv FLOPs over all
-convs, the layers left dense included. Linear layers are reported but not in the speedup.
+convs, the layers left dense included. Linear layers (and other matrix products) are reported
+but not in the speedup.
 FLOPs = 2 x MACs.
 """
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -13,7 +15,6 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from trp_ext.nn import FactoredConv2d
 
 
 @dataclass
@@ -35,51 +36,59 @@ class Cost:
         return 2 * self.conv_macs
 
 
-def _conv_macs(module, inputs, output):
-    batch = output.shape[0]
-    if isinstance(module, FactoredConv2d):
-        x = inputs[0]
-        r, c, n = module.rank, module.in_channels, module.out_channels
-        kh, kw = module.kernel_size
-        out_pixels = output.shape[2] * output.shape[3]
-        if module.scheme == "channel":
-            return batch * out_pixels * (r * c * kh * kw + n * r)
-        # The kh x 1 stage keeps the input width: its output is (H_out, W_in + 0 padding).
-        mid_pixels = output.shape[2] * x.shape[3]
-        return batch * (mid_pixels * r * c * kh + out_pixels * n * r * kw)
-    per_pixel = module.out_channels * (module.in_channels // module.groups)
-    per_pixel *= module.kernel_size[0] * module.kernel_size[1]
-    return output.numel() // module.out_channels * per_pixel
+@contextlib.contextmanager
+def _eval_mode(model):
+    """``model`` in eval mode, then every module back in its own mode: ``model.train(flag)`` would
+    set them all alike, and a BatchNorm frozen for fine-tuning (or an MC-dropout layer left in
+    training mode for inference) would come back changed."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _factored_conv_flops(x_shape, w1_shape, w2_shape, bias, stride, padding, dilation, scheme, activation=None,
+                         residual=None, out_shape=None, **kwargs):
+    """FLOPs (2 x multiply-adds) of one trp_ext.factored_conv2d call, from its arguments' shapes."""
+    batch, c = x_shape[0], x_shape[1]
+    r, n = w1_shape[0], w2_shape[0]
+    kh, kw1 = w1_shape[2], w1_shape[3]
+    out_pixels = out_shape[2] * out_shape[3]
+    if scheme == "channel":
+        return 2 * batch * out_pixels * (r * c * kh * kw1 + n * r)
+    # The kh x 1 stage keeps the input width: its output is (H_out, W_in).
+    mid_pixels = out_shape[2] * x_shape[3]
+    return 2 * batch * (mid_pixels * r * c * kh + out_pixels * n * r * w2_shape[3])
+
+
+def _conv_ops():
+    aten = torch.ops.aten
+    return {aten.convolution, aten._convolution, aten.cudnn_convolution, aten._slow_conv2d_forward,
+            aten.convolution_overrideable, torch.ops.trp_ext.factored_conv2d}
 
 
 @torch.no_grad()
 def count_cost(model, example_input):
-    """Counts per-sample MACs (one forward of ``example_input``, divided by its batch) and params."""
-    totals = {"conv": 0, "linear": 0}
-    handles = []
+    """Counts per-sample MACs (one forward of ``example_input``, divided by its batch) and params.
 
-    def conv_hook(module, inputs, output):
-        totals["conv"] += _conv_macs(module, inputs, output)
+    Counted by operator (torch.utils.flop_counter), not by module: convs called as functions (a
+    deployed graph's F.conv2d, a model's own) count as conv modules do. ``linear_macs`` holds
+    every other matrix product (linear layers, matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def linear_hook(module, inputs, output):
-        totals["linear"] += output.numel() // module.out_features * module.in_features * module.out_features
-
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, FactoredConv2d)):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
-    was_training = model.training
-    model.eval()
-    try:
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.trp_ext.factored_conv2d: _factored_conv_flops})
+    with _eval_mode(model), counter:
         model(example_input)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    conv_ops = _conv_ops()
+    flops = counter.get_flop_counts()["Global"]
+    conv = sum(count for op, count in flops.items() if op in conv_ops)
+    other = sum(count for op, count in flops.items() if op not in conv_ops)
     batch = example_input.shape[0]
     params = sum(p.numel() for p in model.parameters())
-    return Cost(totals["conv"] // batch, totals["linear"] // batch, params)
+    return Cost(conv // 2 // batch, other // 2 // batch, params)
 
 
 def theoretical_speedup(dense_cost, compressed_cost):
@@ -137,32 +146,40 @@ def compare_latency(dense, compressed, example_input, repeats=20, warmup=3):
 @torch.inference_mode()
 def measure_latency(model, example_input, repeats=20, warmup=3):
     """Median wall-clock seconds of one forward pass under ``torch.inference_mode()``
-    (synchronised on CUDA)."""
-    model.eval()
+    (synchronised on CUDA), in eval mode; the model's modules keep their own modes afterwards."""
     cuda = example_input.device.type == "cuda"
     times = []
-    for index in range(warmup + repeats):
-        if cuda:
-            torch.cuda.synchronize(example_input.device)
-        start = time.perf_counter()
-        model(example_input)
-        if cuda:
-            torch.cuda.synchronize(example_input.device)
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
+    with _eval_mode(model):
+        for index in range(warmup + repeats):
+            if cuda:
+                torch.cuda.synchronize(example_input.device)
+            start = time.perf_counter()
+            model(example_input)
+            if cuda:
+                torch.cuda.synchronize(example_input.device)
+            if index >= warmup:
+                times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 @torch.no_grad()
 def correct_and_total(model, batches, device=None):
-    """(correct top-1 predictions, samples) over an iterable of (inputs, labels) batches."""
-    model.eval()
+    """(correct top-1 predictions, samples) over an iterable of (inputs, labels) batches: labels
+    are class indices, one per sample. In eval mode; the model's modules keep their own modes
+    afterwards."""
     correct = total = 0
-    for inputs, labels in batches:
-        if device is not None:
-            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        correct += (model(inputs).argmax(dim=1) == labels).sum().item()
-        total += labels.numel()
+    with _eval_mode(model):
+        for inputs, labels in batches:
+            if device is not None:
+                inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            predictions = model(inputs).argmax(dim=1)
+            if labels.shape != predictions.shape:
+                # (N, 1) or one-hot labels would broadcast against the (N,) predictions: an
+                # "accuracy" above 100%, or noise
+                raise ValueError(f"argument 'batches': labels of shape {tuple(labels.shape)} for predictions of "
+                                 f"shape {tuple(predictions.shape)}; give one class index per sample")
+            correct += (predictions == labels).sum().item()
+            total += labels.numel()
     return correct, total
 
 
