@@ -121,6 +121,20 @@ def test_from_conv_refuses_grouped_and_string_padded_convs():
         FactoredConv2d.from_conv(nn.Linear(4, 4), rank=2)
 
 
+@pytest.mark.parametrize("argument,value", [("rank", 2.9), ("rank", "3"), ("rank", True), ("rank", 0),
+                                            ("in_channels", -1), ("out_channels", 4.0), ("kernel_size", -1),
+                                            ("kernel_size", (3, 3, 3)), ("stride", 0), ("padding", (1, -1)),
+                                            ("dilation", 0)])
+def test_factored_conv_checks_its_sizes_when_built(argument, value):
+    # int() took rank 2.9 as 2 and "3" as 3; negative or 3-element sizes failed inside torch
+    kwargs = {"in_channels": 4, "out_channels": 4, "rank": 2, "kernel_size": 3, argument: value}
+    with pytest.raises(ValueError, match=f"argument '{argument}'"):
+        FactoredConv2d(**kwargs)
+    if argument == "rank":
+        with pytest.raises(ValueError, match="argument 'rank'"):
+            FactoredConv2d.from_conv(nn.Conv2d(4, 4, 3), rank=value)
+
+
 @pytest.mark.parametrize("padding", ["same", "valid"])
 def test_factored_conv_refuses_string_padding_when_built(padding):
     with pytest.raises(ValueError, match="argument 'padding'"):

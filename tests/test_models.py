@@ -28,6 +28,16 @@ def test_cifar_resnet_option_b_and_bad_depth():
         models.build_model("vgg16")
 
 
+@pytest.mark.parametrize("kwargs", [dict(widths=(16, 32)), dict(widths=(16, 32, 64, 128)), dict(widths=(16, 0, 64)),
+                                    dict(widths=(32, 16, 64)), dict(depth=20.0)])
+def test_cifar_resnet_checks_depth_and_widths(kwargs):
+    # Decreasing widths with option A cropped the shortcut's channels without a word.
+    argument = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"argument '{argument}'"):
+        models.CifarResNet(**{"depth": 20, **kwargs})
+    assert models.CifarResNet(20, widths=(32, 16, 64), shortcut="B")(torch.zeros(1, 3, 8, 8)).shape == (1, 10)
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_imagenet_resnet_loads_torchvision_weights(arch):
     torchvision = pytest.importorskip("torchvision")

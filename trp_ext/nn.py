@@ -4,10 +4,18 @@ import torch.nn as nn
 from torch.nn.modules.utils import _pair
 
 from trp_ext import ops
-from trp_ext.lowrank import check_scheme, split_conv_weight
+from trp_ext.lowrank import check_scheme, is_integer, split_conv_weight
 from trp_ext.selection import unfactorable_reason
 
 ACTIVATIONS = (None, "relu")
+
+
+def _checked_pair(name, value, least):
+    """``value`` (an int, or two) as a pair of ints of at least ``least``, or a ValueError naming it."""
+    pair = _pair(value)
+    if len(pair) != 2 or not all(is_integer(v) and v >= least for v in pair):
+        raise ValueError(f"argument '{name}' must be an int or a pair of ints of at least {least}, got {value!r}")
+    return tuple(int(v) for v in pair)
 
 
 class FactoredConv2d(nn.Module):
@@ -26,15 +34,18 @@ class FactoredConv2d(nn.Module):
         check_scheme(scheme)
         if activation not in ACTIVATIONS:
             raise ValueError(f"argument 'activation' must be one of {ACTIVATIONS}, got {activation!r}")
-        if int(rank) < 1:
-            raise ValueError(f"argument 'rank' must be at least 1, got {rank}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("rank", rank)):
+            if not is_integer(value) or value < 1:  # int() would take 2.9 as 2 and "3" as 3
+                raise ValueError(f"argument '{name}' must be an integer of at least 1, got {value!r}")
         if isinstance(padding, str):  # the op takes explicit numbers; "same" would fail only at forward
             raise ValueError(f"argument 'padding' must be an int or a pair of ints (the factored conv takes "
                              f"explicit padding), got {padding!r}")
         factory = {"device": device, "dtype": dtype}
         self.in_channels, self.out_channels, self.rank = int(in_channels), int(out_channels), int(rank)
-        self.kernel_size = _pair(kernel_size)
-        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.kernel_size = _checked_pair("kernel_size", kernel_size, 1)
+        self.stride = _checked_pair("stride", stride, 1)
+        self.padding = _checked_pair("padding", padding, 0)
+        self.dilation = _checked_pair("dilation", dilation, 1)
         self.scheme, self.activation = scheme, activation
         kh, kw = self.kernel_size
         if scheme == "channel":

@@ -11,6 +11,7 @@ BasicBlock networks of the ResNet paper, which the TRP paper's tables name.
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trp_ext.lowrank import is_integer
 from trp_ext.models.init import init_resnet_weights
 
 
@@ -54,10 +55,16 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     def __init__(self, depth, num_classes=10, in_channels=3, shortcut="A", widths=(16, 32, 64)):
         super().__init__()
-        if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"argument 'depth' must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
+        if not is_integer(depth) or (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"argument 'depth' must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth!r}")
         if shortcut not in ("A", "B"):
             raise ValueError(f"argument 'shortcut' must be 'A' or 'B', got {shortcut!r}")
+        widths = tuple(widths) if isinstance(widths, (list, tuple)) else widths
+        if not (isinstance(widths, tuple) and len(widths) == 3 and all(is_integer(w) and w >= 1 for w in widths)):
+            raise ValueError(f"argument 'widths' must be three positive channel counts, got {widths!r}")
+        if shortcut == "A" and list(widths) != sorted(widths):
+            # option A pads the shortcut with zero channels: a narrower stage would crop it instead
+            raise ValueError(f"argument 'widths' must not decrease with shortcut 'A' (zero-padded), got {widths!r}")
         blocks = (depth - 2) // 6
         self.depth = depth
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
