@@ -390,15 +390,15 @@ def test_warm_start_chain_like_trp(device):
     assert stats["warm_iterations"] >= stats["warm"]
 
 
-def test_bases_narrow_to_a_spectral_gap():
-    """CPU: after a projection the spectrum has a gap at the projected rank (the rest is drift),
-    and the returned bases keep no columns past it: rank + rank / 2 columns without a gap, at
-    most the gap's width with one. Warm starts from the wide bases and from the narrow ones hold
-    (no widening, no fallback) and stay exact."""
+def test_bases_narrow_to_a_spectral_gap(device):
+    """After a projection the spectrum has a gap at the projected rank (the rest is drift), and
+    the returned bases keep no columns past it: rank + rank / 2 columns without a gap, at most the
+    gap's width with one, on both devices (CUDA returned rank + rank / 2 always). Warm starts from
+    the wide bases and from the narrow ones hold (no widening, no fallback) and stay exact."""
     def default_width(rank, k):
         return min(k, rank + max(4, (rank + 1) // 2))
 
-    mats = [decaying(192, 192, 24.0, torch.float32, 40 + i) for i in range(3)]
+    mats = [decaying(192, 192, 24.0, torch.float32, 40 + i, device=device) for i in range(3)]
     first = ops.lowrank_project(mats, 0.99)
     for basis, rank in zip(first.bases, first.ranks.tolist()):
         assert basis.shape[1] == default_width(rank, 192)  # smooth spectrum: no gap

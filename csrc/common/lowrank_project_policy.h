@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "common/host_device.h"
+
 namespace trp_ext {
 
 struct WarmTolerances {
@@ -45,8 +47,11 @@ inline double gram_noise_factor(int64_t k, int64_t len) {
 // The returned basis keeps this many columns beyond the rank (at least kMinOversample): they
 // make the next warm start converge at the rate lambda_{b+1} / lambda_r per power step.
 constexpr int64_t kMinOversample = 4;
-inline int64_t basis_width(int64_t rank, int64_t k) {
-  return std::min(k, rank + std::max(kMinOversample, (rank + 1) / 2));
+TRP_HOST_DEVICE inline int64_t basis_width(int64_t rank, int64_t k) {
+  // No std::max here: it binds kMinOversample by reference, which device code cannot.
+  const int64_t half = (rank + 1) / 2;
+  const int64_t oversample = half > kMinOversample ? half : kMinOversample;
+  return std::min(k, rank + oversample);
 }
 
 // Narrower where the spectrum has a gap: the first width w >= rank + kMinOversample (and below
@@ -54,9 +59,10 @@ inline int64_t basis_width(int64_t rank, int64_t k) {
 // lambda_rank. A power step from such a basis already shrinks everything outside it by
 // 1 / kGapRatio, so wider columns only cost work. TRP's weights have that gap after a
 // projection (the rank-r projection plus a few SGD steps' drift). values: the eigenvalues of the
-// Gram matrix (or estimates), descending; count of them known.
+// Gram matrix (or estimates), descending; count of them known. The CUDA kernel runs it too, one
+// thread per matrix, so both devices return bases of the same widths.
 constexpr double kGapRatio = 1e-3;
-inline int64_t gap_basis_width(const double* values, int64_t count, int64_t rank, int64_t k) {
+TRP_HOST_DEVICE inline int64_t gap_basis_width(const double* values, int64_t count, int64_t rank, int64_t k) {
   const int64_t widest = basis_width(rank, k);
   if (rank <= 0 || rank > count) return widest;  // no value at the rank to compare with
   const double cut = kGapRatio * values[rank - 1];

@@ -7,8 +7,8 @@
 // A warm start runs kWarmPowerSteps batched power steps (Cholesky QR) and one Rayleigh-Ritz
 // step, and certify_ritz_batch accepts a matrix under the same bounds as the CPU kernel; the
 // rest are solved cold. Host syncs: energy_rank's own NaN check per call of it, one to read
-// which warm starts held, and one at the end for the ranks (the bases' widths depend on them)
-// and the NaN/Inf flags. None per matrix.
+// which warm starts held, and one at the end for the bases' widths (gap_basis_width, as on the
+// CPU) and the NaN/Inf flags. None per matrix.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -443,17 +443,20 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
     for (Solved& s : solve_and_rank(std::move(work), /*force_lapack=*/false)) solved.push_back(std::move(s));
   }
 
-  // 4. Ranks and convergence flags to the host, one sync. A part whose Jacobi solve hit the
+  // 4. The bases' widths and the convergence flags to the host, one sync. A part whose Jacobi solve hit the
   // sweep limit (never seen) is solved again through cuSOLVER, at the cost of one more sync.
-  std::vector<int64_t> rank_of(count, 0);
+  std::vector<int64_t> width_of(count, 0);
   std::vector<std::pair<int64_t, int64_t>> found(count, {-1, -1});  // (part, row in the part)
   for (int attempt = 0;; ++attempt) {
     std::vector<Tensor> parts;
     const bool with_flags = !try_warm && attempt == 0;
-    if (with_flags) parts.push_back(flags.view({-1, 2}));
-    for (Solved& s : solved) parts.push_back(at::stack({s.rank, s.converged.to(at::kLong)}, 1));
+    if (with_flags) parts.push_back(flags.view({-1}));
+    for (Solved& s : solved) {
+      const Tensor width = cuda::gap_basis_widths(s.values.contiguous(), s.rank.contiguous(), s.group->k);
+      parts.push_back(at::stack({s.converged.to(at::kLong), width}, 1).view({-1}));
+    }
     if (parts.empty()) break;  // only empty matrices
-    const Tensor host = at::cat(parts).cpu();  // host sync: the ranks (and flags)
+    const Tensor host = at::cat(parts).cpu();  // host sync: the widths (and flags)
     const int64_t* h = host.const_data_ptr<int64_t>();
     if (with_flags) {
       read_flags(h);
@@ -464,11 +467,11 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
     int64_t row = 0;
     for (Solved& s : solved) {
       bool converged = true;
-      for (size_t j = 0; j < s.local.size(); ++j) converged &= h[(row + j) * 2 + 1] != 0;
+      for (size_t j = 0; j < s.local.size(); ++j) converged &= h[(row + j) * 2] != 0;
       if (converged) {
         for (size_t j = 0; j < s.local.size(); ++j) {
           const int64_t i = s.group->index[s.local[j]];
-          rank_of[i] = h[(row + j) * 2];
+          width_of[i] = h[(row + j) * 2 + 1];
           found[i] = {static_cast<int64_t>(kept.size()), static_cast<int64_t>(j)};
         }
         kept.push_back(std::move(s));
@@ -505,8 +508,7 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
     projected[i] = to_output(s.projected[j], transposed, mat);
     if (want_subgradient) subgradients[i] = to_output(s.subgradient[j], transposed, mat);
     // A zero matrix returns an empty basis, as on the CPU: it warm-starts nothing.
-    const int64_t width =
-        zero_matrix[i] ? 0 : std::min<int64_t>(s.vectors.size(2), basis_width(rank_of[i], k));
+    const int64_t width = zero_matrix[i] ? 0 : std::min<int64_t>(s.vectors.size(2), width_of[i]);
     new_bases[i] = at::empty({k, width}, mat.options());
     new_bases[i].copy_(s.vectors[j].narrow(1, 0, width));
     count_project_path(path[i], path[i] == ProjectPath::kCold ? 0 : kWarmPowerSteps + 1);

@@ -1,9 +1,11 @@
-// Certification of batched warm-start results: one thread per matrix runs the same
-// certify_ritz (common/ritz_certificate.h) as the CPU kernel, so both devices accept a warm
-// result under exactly the same bounds.
+// The per-matrix rules of batched results, one thread per matrix running the CPU kernel's own
+// code: certify_ritz (common/ritz_certificate.h), so both devices accept a warm result under
+// exactly the same bounds, and gap_basis_width (common/lowrank_project_policy.h), so both return
+// bases of the same widths.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
+#include "common/lowrank_project_policy.h"
 #include "common/ritz_certificate.h"
 #include "cuda/lowrank_project_kernels.cuh"
 
@@ -52,11 +54,21 @@ __global__ void certify_kernel(RitzArgs args, int64_t* __restrict__ rank_out,
   status_out[i] = certificate.status;
 }
 
-void check_batch_tensor(const at::Tensor& t, at::ScalarType dtype, int64_t numel, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == dtype && t.numel() == numel,
-              "certify_ritz_batch: '", name, "' must be a contiguous CUDA ", dtype, " tensor of ",
-              numel, " elements");
+__global__ void gap_width_kernel(int64_t count, int64_t w, int64_t k, const double* __restrict__ values,
+                                 const int64_t* __restrict__ rank, int64_t* __restrict__ width_out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  width_out[i] = gap_basis_width(values + i * w, w, rank[i], k);
 }
+
+void check_batch_tensor(const at::Tensor& t, at::ScalarType dtype, int64_t numel, const char* name,
+                        const char* caller = "certify_ritz_batch") {
+  TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == dtype && t.numel() == numel,
+              caller, ": '", name, "' must be a contiguous CUDA ", dtype, " tensor of ", numel,
+              " elements");
+}
+
+unsigned blocks_for(int64_t count) { return static_cast<unsigned>((count + kThreads - 1) / kThreads); }
 
 }  // namespace
 
@@ -90,11 +102,25 @@ void certify_ritz_batch(const RitzBatch& batch, const at::Tensor& rank, const at
                 batch.tol_rank,
                 batch.tol_proj,
                 batch.tol_sub};
-  const int64_t blocks = (count + kThreads - 1) / kThreads;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  certify_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      args, rank.data_ptr<int64_t>(), status.data_ptr<int>());
+  certify_kernel<<<blocks_for(count), kThreads, 0, stream>>>(args, rank.data_ptr<int64_t>(),
+                                                             status.data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor gap_basis_widths(const at::Tensor& values, const at::Tensor& rank, int64_t k) {
+  TORCH_CHECK(values.dim() == 2, "gap_basis_widths: 'values' must be (B, w)");
+  const int64_t count = values.size(0), w = values.size(1);
+  check_batch_tensor(values, at::kDouble, count * w, "values", "gap_basis_widths");
+  check_batch_tensor(rank, at::kLong, count, "rank", "gap_basis_widths");
+  at::Tensor width = at::empty({count}, rank.options());
+  if (count == 0) return width;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  gap_width_kernel<<<blocks_for(count), kThreads, 0, stream>>>(
+      count, w, k, values.const_data_ptr<double>(), rank.const_data_ptr<int64_t>(),
+      width.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return width;
 }
 
 }  // namespace cuda

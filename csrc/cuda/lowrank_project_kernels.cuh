@@ -37,5 +37,10 @@ struct RitzBatch {
 // One thread per matrix: writes rank (B) int64 and status (B) int32 (a RitzStatus).
 void certify_ritz_batch(const RitzBatch& batch, const at::Tensor& rank, const at::Tensor& status);
 
+// The widths of the bases to return (common/lowrank_project_policy.h's gap_basis_width, one
+// thread per matrix): values (B, w) float64, descending eigenvalues (or Ritz values) of the Gram
+// matrices of size k; rank (B) int64. Returns (B) int64.
+at::Tensor gap_basis_widths(const at::Tensor& values, const at::Tensor& rank, int64_t k);
+
 }  // namespace cuda
 }  // namespace trp_ext
