@@ -406,9 +406,7 @@ def _call(x, w1, w2, bias, stride=(1, 1), padding=(1, 1), dilation=(1, 1), schem
     return torch.ops.trp_ext.factored_conv2d(x, w1, w2, bias, stride, padding, dilation, scheme, activation)
 
 
-@pytest.mark.parametrize(
-    "change,error,message",
-    [
+BAD_INPUTS = [
         (lambda a: dict(a, w1=a["w1"][:, :3]), ValueError, "argument 'w1' must have x's 4 channels"),
         (lambda a: dict(a, w2=a["w2"][:, :2]), ValueError, r"argument 'w2' must be \(n, 3, 1, 1\) for the channel"),
         (lambda a: dict(a, w2=a["w2"].expand(5, 3, 1, 3)), ValueError, "argument 'w2' must be .* channel scheme"),
@@ -425,13 +423,50 @@ def _call(x, w1, w2, bias, stride=(1, 1), padding=(1, 1), dilation=(1, 1), schem
          "argument 'x' must be"),
         (lambda a: dict(a, x=a["x"][0]), ValueError, "argument 'x' must be 4-D"),
         (lambda a: dict(a, x=a["x"][..., :2], padding=(0, 0)), ValueError, "argument 'x' is too small along its width"),
-    ],
-)
+        (lambda a: dict(a, padding=(1, 2 ** 62)), ValueError, "argument 'padding' is too large along the width"),
+        (lambda a: dict(a, dilation=(2 ** 62 + 1, 1)), ValueError, "argument 'dilation' is too large along the height"),
+]
+
+
+@pytest.mark.parametrize("change,error,message", BAD_INPUTS)
 def test_bad_input_names_the_argument(device, change, error, message):
     x, w1, w2, bias = _good(device)
     args = change(dict(x=x, w1=w1, w2=w2, bias=bias))
     with pytest.raises(error, match=message):
         _call(**args)
+
+
+@pytest.mark.parametrize("change,error,message", BAD_INPUTS)
+def test_bad_input_on_meta_tensors_names_the_argument(change, error, message):
+    # The fake kernel (meta tensors, torch.compile) checks what the kernels check.
+    x, w1, w2, bias = _good("meta")
+    args = change(dict(x=x, w1=w1, w2=w2, bias=bias))
+    with pytest.raises(error, match=message):
+        _call(**args)
+
+
+@pytest.mark.parametrize("on_meta", ["w1", "w2", "bias"])
+def test_a_meta_tensor_among_cpu_tensors_is_a_device_error(on_meta):
+    # Any meta argument sends the call to the fake kernel, which returned uninitialised memory.
+    args = dict(zip(("x", "w1", "w2", "bias"), _good("cpu")))
+    args[on_meta] = args[on_meta].to("meta")
+    with pytest.raises(ValueError, match=f"argument '{on_meta}' must be on cpu, got meta"):
+        _call(**args)
+    with pytest.raises(ValueError, match="argument 'residual' must be on cpu, got meta"):
+        ops.factored_conv2d(*_good("cpu"), padding=1, residual=torch.zeros(5, 1, 1, device="meta"))
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [((2 ** 31, 1), (1, 1), (1, 1)), ((1, 2 ** 40), (0, 0), (1, 1)),
+                                                     ((1, 1), (10 ** 5, 1), (10 ** 5, 1))])
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_extreme_geometry_matches_the_reference(device, scheme, stride, padding, dilation):
+    # A stride past the image (one output along it) crashed: the stride-phase buffers grew with
+    # it; a padding and dilation of 1e5 on a 9x9 image exhausted memory for a 9-row output.
+    x, w1, w2, bias = _good(device, scheme)
+    got = _call(x, w1, w2, bias, stride, padding, dilation, scheme)
+    expected = _expected(x, w1, w2, bias, stride, padding, dilation, scheme, None)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got.cpu().double(), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_spatial_shapes(device):

@@ -143,7 +143,7 @@ def test_meta_shape_with_residual():
     out = torch.ops.trp_ext.factored_conv2d(x, w1, w2, None, [2, 2], [1, 1], [1, 1], "channel", "relu",
                                             torch.empty(5, 1, 1, device="meta"))
     assert out.shape == (2, 5, 6, 7)
-    with pytest.raises(RuntimeError, match="argument 'residual' must broadcast to the output shape"):
+    with pytest.raises(ValueError, match="argument 'residual' must broadcast to the output shape"):
         torch.ops.trp_ext.factored_conv2d(x, w1, w2, None, [2, 2], [1, 1], [1, 1], "channel", "relu",
                                           torch.empty(2, 5, 6, 6, device="meta"))
 

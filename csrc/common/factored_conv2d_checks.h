@@ -1,4 +1,5 @@
-// Argument checks and output geometry of factored_conv2d, shared by its CPU and CUDA kernels.
+// Argument checks, output geometry and the unfused composition of factored_conv2d, shared by its
+// CPU and CUDA kernels.
 //
 // channel scheme: w1 (r, c, kh, kw) with the conv's stride/padding/dilation, then w2 (n, r, 1, 1).
 // spatial scheme: w1 (r, c, kh, 1) with the height parts, then w2 (n, r, 1, kw) with the width
@@ -6,8 +7,13 @@
 // A residual, added before the activation, broadcasts to that shape.
 #pragma once
 
+#include <limits>
 #include <optional>
 #include <string_view>
+
+#include <ATen/ATen.h>
+
+#include <vector>
 
 #include "common/checks.h"
 
@@ -38,8 +44,15 @@ inline int64_t checked_pair(at::IntArrayRef values, const char* arg, int64_t min
 }
 
 // Output size of one axis of a conv; the input must hold at least one dilated kernel window.
+// The padded size and the kernel's extent must fit int64: wrapped, they gave a wrong output
+// shape without an error.
 inline int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad,
                              int64_t dil, const char* axis) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  TRP_CHECK_ARG(pad <= (kMax - in) / 2, kOp, "padding", "is too large along the ", axis, ": ", pad,
+                " (the padded input size overflows int64)");
+  TRP_CHECK_ARG(kernel <= 1 || dil <= (kMax - 1) / (kernel - 1), kOp, "dilation",
+                "is too large along the ", axis, ": ", dil, " (the dilated kernel extent overflows int64)");
   const int64_t span = dil * (kernel - 1) + 1;
   TRP_CHECK_ARG(in + 2 * pad >= span, kOp, "x", "is too small along its ", axis, ": ", in,
                 " plus padding 2*", pad, " is less than the dilated kernel extent ", span);
@@ -116,6 +129,10 @@ inline FconvGeometry check_factored_conv2d_args(
   g.dh = fconv_detail::checked_pair(dilation, "dilation", 1, "positive", &g.dw);
   g.out_h = fconv_detail::conv_out_size(g.height, g.kh, g.sh, g.ph, g.dh, "height");
   g.out_w = fconv_detail::conv_out_size(g.width, g.kw, g.sw, g.pw, g.dw, "width");
+  // An axis with one output reads one window whatever the stride: the kernels size their
+  // stride-phase buffers by the stride (a stride of 2^31 crashed), so it is 1 there.
+  if (g.out_h == 1) g.sh = 1;
+  if (g.out_w == 1) g.sw = 1;
   if (residual.has_value()) {
     const at::Tensor& r = *residual;
     check_same_device(x, r, kOp, "residual");
@@ -131,6 +148,27 @@ inline FconvGeometry check_factored_conv2d_args(
                   g.out_channels, ", ", g.out_h, ", ", g.out_w, "], got shape ", r.sizes());
   }
   return g;
+}
+
+// The composition of two library convs, with the epilogue: what a kernel runs for the calls its
+// fused path does not cover, in the fused output's memory format.
+inline at::Tensor unfused_factored_conv2d(const FconvGeometry& g, const at::Tensor& x,
+                                          const at::Tensor& w1, const at::Tensor& w2,
+                                          const std::optional<at::Tensor>& bias,
+                                          const std::optional<at::Tensor>& residual) {
+  using Pair = std::vector<int64_t>;
+  const std::optional<at::Tensor> none;
+  at::Tensor mid, out;
+  if (g.spatial) {
+    mid = at::conv2d(x, w1, none, Pair{g.sh, 1}, Pair{g.ph, 0}, Pair{g.dh, 1});
+    out = at::conv2d(mid, w2, bias, Pair{1, g.sw}, Pair{0, g.pw}, Pair{1, g.dw});
+  } else {
+    mid = at::conv2d(x, w1, none, Pair{g.sh, g.sw}, Pair{g.ph, g.pw}, Pair{g.dh, g.dw});
+    out = at::conv2d(mid, w2, bias, Pair{1, 1}, Pair{0, 0}, Pair{1, 1});
+  }
+  if (residual.has_value()) out.add_(*residual);
+  if (g.relu) out.relu_();
+  return out.contiguous(x.suggest_memory_format());
 }
 
 // The residual as a view of the output's shape (0 strides where it broadcasts); undefined

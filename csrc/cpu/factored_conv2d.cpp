@@ -58,6 +58,27 @@ constexpr int64_t kTargetBandPositions = 768;
 constexpr int64_t kPlaneGroupBytes = 64 << 10;
 constexpr int64_t kMinGroupTaps = 96;
 
+// Calls whose stride-phase planes would hold more than this many elements per band, and more
+// than kMaxPlaneRatio times the input and output images, run the unfused composition: a
+// padding or dilation far beyond the image (1e5 on an 8x8 input) or a huge stride would make
+// the planes (zeros almost all) exhaust memory for an output torch's convs compute at once.
+constexpr double kMinPlaneLimit = 1 << 22;
+constexpr double kMaxPlaneRatio = 16.0;
+
+// Whether the planes of a band (at most the whole output) stay within those limits. In double:
+// the sizes of such calls overflow int64.
+bool planes_fit(const FconvGeometry& g) {
+  const double rows = static_cast<double>(g.out_h) + (g.kh - 1.0) * g.dh / g.sh + 2.0;
+  const double pitch = std::max<double>(g.out_w, (g.width + g.pw + g.sw - 1.0) / g.sw);
+  const double mid_channels = g.spatial ? static_cast<double>(g.rank) : 0.0;
+  const double x_planes = static_cast<double>(g.in_channels) * g.sh * (g.spatial ? 1.0 : g.sw) * rows *
+                          (g.spatial ? g.width : pitch);
+  const double mid_planes = mid_channels * g.sw * (g.out_h + 1.0) * pitch;
+  const double images = static_cast<double>(g.in_channels) * g.height * g.width +
+                        static_cast<double>(g.out_channels) * g.out_h * g.out_w;
+  return x_planes + mid_planes <= std::max(kMinPlaneLimit, kMaxPlaneRatio * images);
+}
+
 // Everything about a call that does not depend on the work item.
 struct BandPlan {
   int64_t rows = 0;   // output rows per band
@@ -346,6 +367,7 @@ at::Tensor factored_conv2d_cpu(const at::Tensor& x, const at::Tensor& w1, const 
   const FconvGeometry g = check_factored_conv2d_args(x, w1, w2, bias, stride, padding, dilation,
                                                      scheme, activation, residual, &cpu_dtype_ok,
                                                      "float32 or float64");
+  if (!planes_fit(g)) return unfused_factored_conv2d(g, x, w1, w2, bias, residual);
   at::Tensor out = empty_factored_conv2d_output(x, g);
   if (out.numel() == 0) return out;
   const at::Tensor res = expanded_residual(residual, g);

@@ -30,25 +30,6 @@ bool cuda_dtype_ok(at::ScalarType t) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The composition of two library convs, for what the fused kernel does not cover.
-at::Tensor unfused(const FconvGeometry& g, const at::Tensor& x, const at::Tensor& w1,
-                   const at::Tensor& w2, const std::optional<at::Tensor>& bias,
-                   const std::optional<at::Tensor>& residual) {
-  using Pair = std::vector<int64_t>;
-  const std::optional<at::Tensor> none;
-  at::Tensor mid, out;
-  if (g.spatial) {
-    mid = at::conv2d(x, w1, none, Pair{g.sh, 1}, Pair{g.ph, 0}, Pair{g.dh, 1});
-    out = at::conv2d(mid, w2, bias, Pair{1, g.sw}, Pair{0, g.pw}, Pair{1, g.dw});
-  } else {
-    mid = at::conv2d(x, w1, none, Pair{g.sh, g.sw}, Pair{g.ph, g.pw}, Pair{g.dh, g.dw});
-    out = at::conv2d(mid, w2, bias, Pair{1, 1}, Pair{0, 0}, Pair{1, 1});
-  }
-  if (residual.has_value()) out.add_(*residual);
-  if (g.relu) out.relu_();
-  return out.contiguous(x.suggest_memory_format());  // the fused kernel's (and fake's) format
-}
-
 // The rank rounded up to a compiled tile width, or 0 past kMaxRank.
 int tile_rank(int64_t r) {
   for (int rp : {16, 32, 64, 128}) {
@@ -231,7 +212,7 @@ at::Tensor factored_conv2d_cuda(const at::Tensor& x, const at::Tensor& w1, const
     }
     if (launched) return out;
   }
-  return unfused(g, x, w1, w2, bias, residual);
+  return unfused_factored_conv2d(g, x, w1, w2, bias, residual);
 }
 
 TORCH_LIBRARY_IMPL(trp_ext, CUDA, m) { m.impl("factored_conv2d", &factored_conv2d_cuda); }

@@ -137,16 +137,66 @@ def broadcasts_to(tensor, shape) -> bool:
     return tensor.dim() <= len(shape) and all(t == 1 or t == s for t, s in zip(tensor.shape[::-1], shape[::-1]))
 
 
+INT64_MAX = 2 ** 63 - 1
+
+
+def _check_fake_args(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual):
+    """The kernels' argument checks (csrc/common/factored_conv2d_checks.h), on shapes, dtypes and
+    devices: under torch.compile, and for meta tensors, which a kernel never sees (a meta bias
+    with CPU inputs came here and returned uninitialised memory)."""
+    op = "factored_conv2d(): argument"
+    torch._check_value(scheme in ("channel", "spatial"), lambda: f"{op} 'scheme' must be 'channel' or 'spatial', "
+                                                                f"got {scheme!r}")
+    torch._check_value(activation in (None, "relu"), lambda: f"{op} 'activation' must be None or 'relu', "
+                                                            f"got {activation!r}")
+    named = {"x": x, "w1": w1, "w2": w2, "bias": bias, "residual": residual}
+    for name in ("x", "w1", "w2"):
+        torch._check_value(named[name].dim() == 4, lambda: f"{op} '{name}' must be 4-D, got shape "
+                                                           f"{tuple(named[name].shape)}")
+    torch._check_type(x.dtype.is_floating_point, lambda: f"{op} 'x' must be a floating-point tensor, got {x.dtype}")
+    for name, tensor in named.items():
+        if tensor is None or name == "x":
+            continue
+        torch._check_value(tensor.device == x.device, lambda: f"{op} '{name}' must be on {x.device}, got {tensor.device}")
+        torch._check_type(tensor.dtype == x.dtype, lambda: f"{op} '{name}' must have x's dtype {x.dtype}, got {tensor.dtype}")
+    rank, kh = w1.shape[0], w1.shape[2]
+    torch._check_value(w1.shape[1] == x.shape[1], lambda: f"{op} 'w1' must have x's {x.shape[1]} channels in dim 1, "
+                                                          f"got shape {tuple(w1.shape)}")
+    torch._check_value(kh >= 1 and w1.shape[3] >= 1, lambda: f"{op} 'w1' must have a non-empty kernel, "
+                                                             f"got shape {tuple(w1.shape)}")
+    if scheme == "spatial":
+        torch._check_value(w1.shape[3] == 1, lambda: f"{op} 'w1' must be (r, c, kh, 1) for the spatial scheme, "
+                                                     f"got shape {tuple(w1.shape)}")
+        fits, kw, want = w2.shape[1] == rank and w2.shape[2] == 1 and w2.shape[3] >= 1, w2.shape[3], "kw"
+    else:
+        fits, kw, want = w2.shape[1] == rank and w2.shape[2] == 1 and w2.shape[3] == 1, w1.shape[3], "1"
+    torch._check_value(fits, lambda: f"{op} 'w2' must be (n, {rank}, 1, {want}) for the {scheme} scheme, "
+                                     f"got shape {tuple(w2.shape)}")
+    if bias is not None:
+        torch._check_value(bias.dim() == 1 and bias.shape[0] == w2.shape[0],
+                           lambda: f"{op} 'bias' must be 1-D with w2.size(0) = {w2.shape[0]} values, "
+                                   f"got shape {tuple(bias.shape)}")
+    for name, pair, least, rule in (("stride", stride, 1, "positive"), ("padding", padding, 0, "non-negative"),
+                                    ("dilation", dilation, 1, "positive")):
+        torch._check_value(len(pair) == 2, lambda: f"{op} '{name}' must have 2 values (height, width), got {len(pair)}")
+        torch._check_value(pair[0] >= least and pair[1] >= least, lambda: f"{op} '{name}' must be {rule}, got {list(pair)}")
+    for axis, size, kernel, pad, dil in (("height", x.shape[2], kh, padding[0], dilation[0]),
+                                         ("width", x.shape[3], kw, padding[1], dilation[1])):
+        torch._check_value(pad <= (INT64_MAX - size) // 2, lambda: f"{op} 'padding' is too large along the {axis}")
+        torch._check_value(kernel <= 1 or dil <= (INT64_MAX - 1) // (kernel - 1),
+                           lambda: f"{op} 'dilation' is too large along the {axis}")
+        torch._check_value(size + 2 * pad >= dil * (kernel - 1) + 1,
+                           lambda: f"{op} 'x' is too small along its {axis} for the dilated kernel")
+
+
 @torch.library.register_fake("trp_ext::factored_conv2d")
 def _factored_conv2d_fake(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual=None):
-    ref.check_scheme(scheme)
-    torch._check(x.dim() == 4 and w1.dim() == 4 and w2.dim() == 4,
-                 lambda: "factored_conv2d(): x, w1 and w2 must be 4-D")
+    _check_fake_args(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
     shape = output_shape(x, w1, w2, stride, padding, dilation, scheme)
     if residual is not None:
-        torch._check(broadcasts_to(residual, shape),
-                     lambda: f"factored_conv2d(): argument 'residual' must broadcast to the output shape "
-                             f"{list(shape)}, got shape {list(residual.shape)}")
+        torch._check_value(broadcasts_to(residual, shape),
+                           lambda: f"factored_conv2d(): argument 'residual' must broadcast to the output shape "
+                                   f"{list(shape)}, got shape {list(residual.shape)}")
     return x.new_empty(shape).contiguous(memory_format=suggest_memory_format(x))
 
 
