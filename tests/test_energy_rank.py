@@ -72,6 +72,25 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.trp_ext.energy_rank, (s, 0.9))
 
 
+@pytest.mark.parametrize("scale", [2.0 ** 600, 1e300, 2.0 ** -600, 1e-310])
+def test_values_whose_squares_leave_float64_keep_their_rank(device, scale):
+    # Squared, 1e200 overflowed the sums (a row of equal values got rank 1 at energy 0.9), and
+    # 1e-310 underflowed them (rank 0 for a non-zero row).
+    s = _spectra(7, 12, torch.float64, device, seed=4)
+    s = s / s.amax(dim=1, keepdim=True)
+    expected = ops.energy_rank(s, 0.9).cpu()
+    assert expected.min() > 0
+    assert ops.energy_rank(s * scale, 0.9).cpu().tolist() == expected.tolist()
+    assert ref.energy_rank((s * scale).cpu(), 0.9).tolist() == expected.tolist()
+    assert ops.energy_rank(torch.full((1, 4), 1e200, dtype=torch.float64, device=device), 0.9).item() == 4
+
+
+@pytest.mark.parametrize("energy", ["0.9", True, None])
+def test_energy_must_be_a_number(energy):
+    with pytest.raises(ValueError, match="argument 'energy' must be a number"):
+        ops.energy_rank(torch.ones(2, 3), energy)
+
+
 @pytest.mark.parametrize("bad_energy", [0.0, -0.5, 1.5, math.nan, math.inf])
 def test_energy_out_of_range_raises(device, bad_energy):
     with pytest.raises(ValueError, match="argument 'energy'"):

@@ -395,6 +395,21 @@ def test_meta_shapes_and_compile():
     torch.testing.assert_close(compiled(x, w1, w2, bias), layer(x, w1, w2, bias))
 
 
+@pytest.mark.parametrize("empty", ["rank", "in_channels", "out_channels"])
+def test_backward_with_no_channels_somewhere(empty):
+    # The forward took them; the backward failed inside aten's conv, which refuses zero channels.
+    c, r, n = (0 if empty == "in_channels" else 3), (0 if empty == "rank" else 2), (0 if empty == "out_channels" else 4)
+    x = torch.randn(2, c, 6, 6, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(r, c, 3, 3, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(n, r, 1, 1, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(n, dtype=torch.float64, requires_grad=True)
+    ops.factored_conv2d(x, w1, w2, bias, 1, 1).sum().backward()
+    # The output is the bias at every pixel (or empty); torch's own convs refuse these shapes.
+    for tensor in (x, w1, w2):
+        assert tensor.grad.shape == tensor.shape and not tensor.grad.any()
+    torch.testing.assert_close(bias.grad, torch.full_like(bias, 2 * 6 * 6))
+
+
 # ----------------------------------------------------------------------------- bad input
 def _good(device, scheme="channel", dtype=torch.float32):
     x = _input((2, 4, 9, 9), dtype, device)

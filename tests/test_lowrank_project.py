@@ -522,6 +522,39 @@ def test_mixed_devices_raise(device):
         ops.lowrank_project([torch.ones(2, 2, device=device), torch.ones(2, 2, device=other)], 0.9)
 
 
+def test_float32_matrices_near_the_float32_limit_stay_finite(device):
+    # The float32 products U_r^T A passed FLT_MAX for a finite matrix: Inf projections and
+    # sub-gradients came back without an error.
+    for value, shape in ((2e38, (10, 8)), (5e37, (100, 80))):
+        mat = torch.full(shape, value, device=device)
+        result = ops.lowrank_project([mat], 0.9, want_subgradient=True)
+        assert result.ranks.tolist() == [1]
+        torch.testing.assert_close(result.projected[0], mat, rtol=1e-5, atol=0)
+        torch.testing.assert_close(result.subgradients[0], torch.full_like(mat, 1 / math.sqrt(mat.numel())),
+                                   rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("argument,value", [("energy", "0.5"), ("energy", None), ("value_threshold", "0.1"),
+                                            ("max_rank", 2.9), ("max_rank", "3"), ("max_rank", True),
+                                            ("want_subgradient", "no"), ("want_subgradient", 1)])
+def test_arguments_are_checked_not_converted(argument, value):
+    # float("0.5") and int(2.9) ran another rule than the one asked for; bool("no") is True.
+    kwargs = {"energy": 0.9, argument: value}
+    with pytest.raises(ValueError, match=f"argument '{argument}'"):
+        ops.lowrank_project([torch.ones(3, 3)], **kwargs)
+
+
+def test_backward_through_it_says_it_is_not_differentiable():
+    # Without an autograd kernel the outputs of inputs that require grad required grad too, and
+    # backward silently dropped the dependence.
+    mat = torch.randn(5, 4, requires_grad=True)
+    result = ops.lowrank_project([mat], 0.9)
+    with pytest.raises(RuntimeError, match="lowrank_project\\(\\) is not differentiable"):
+        result.projected[0].sum().backward()
+    with torch.no_grad():
+        assert not ops.lowrank_project([mat], 0.9).projected[0].requires_grad
+
+
 @pytest.mark.parametrize("energy", [0.0, -0.5, 1.5, math.nan, math.inf])
 def test_bad_energy_raises(device, energy):
     with pytest.raises(ValueError, match="argument 'energy' must lie in"):

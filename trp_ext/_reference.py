@@ -41,6 +41,18 @@ def matrix_to_conv_weight(matrix, scheme, weight_shape):
 
 
 # ----------------------------------------------------------------------------- rank rules
+def _scaled_rows(s64):
+    """Rows whose largest magnitude lies outside 2^+-500 scaled by a power of two, so that their
+    squares neither overflow nor underflow (as the kernels do); other rows as they are."""
+    if s64.numel() == 0:
+        return s64
+    largest = s64.abs().amax(dim=1, keepdim=True)
+    exponent = torch.frexp(largest).exponent
+    exponent = torch.where((largest > 2.0 ** 500) | ((largest > 0) & (largest < 2.0 ** -500)), exponent, 0)
+    half = torch.div(exponent, 2, rounding_mode="floor")  # two steps: 2^-exponent itself may not exist
+    return torch.ldexp(torch.ldexp(s64, -half), -(exponent - half))
+
+
 def energy_rank(s, energy):
     """Smallest r with sum(s[:r]^2) >= energy * sum(s^2), per row of s (float64 inside)."""
     s64 = torch.as_tensor(s).double()
@@ -50,6 +62,7 @@ def energy_rank(s, energy):
         raise ValueError(f"argument 'energy' must lie in (0, 1], got {energy}")
     if not torch.isfinite(s64).all():
         raise ValueError("argument 's' has a NaN or Inf value")
+    s64 = _scaled_rows(s64)
     cumulative = torch.cumsum(s64 * s64, dim=1)
     total = cumulative[:, -1:] if s64.shape[1] else s64.new_zeros(s64.shape[0], 1)
     ranks = (cumulative < energy * total).sum(dim=1) + 1

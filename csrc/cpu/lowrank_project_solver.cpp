@@ -58,6 +58,7 @@ struct Problem {
   bool transposed = false;
   std::unique_ptr<double[]> a;  // k x len: mat (or mat^T) * 2^-exponent (no zero-fill pass)
   int exponent = 0;
+  double max_abs = 0.0;       // of the matrix as given
   double total = 0.0;         // ||a||_F^2
   std::vector<double> gram;   // k x k
   double gram_fro2 = 0.0;     // ||gram||_F^2
@@ -123,6 +124,7 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
           ? to_double_rows(mat.const_data_ptr<float>(), p.transposed, p.k, p.len, a)
           : to_double_rows(mat.const_data_ptr<double>(), p.transposed, p.k, p.len, a);
   if (!values.finite) return false;
+  p.max_abs = values.max_abs;
   p.total = values.sum_squares;
   if (values.max_abs > 0.0) {
     int exponent = 0;
@@ -436,6 +438,10 @@ void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
   }
 }
 
+// float32 products of a matrix whose entries could sum past this (2^120, FLT_MAX / 2^8) run in
+// float64 (write_outputs).
+constexpr double kFloatProductLimit = 0x1p120;
+
 template <typename T>
 at::Tensor basis_tensor(const at::Tensor& mat, const Spectrum& s, int64_t k, int64_t width) {
   at::Tensor basis = at::empty({k, width}, mat.options());
@@ -453,6 +459,12 @@ void write_outputs(const at::Tensor& mat, const Problem& p, const Spectrum& s,
   if (r == 0) {
     result.projected = at::zeros({p.m, p.n}, mat.options());
     if (options.want_subgradient) result.subgradient = at::zeros({p.m, p.n}, mat.options());
+  } else if (single && p.max_abs * std::sqrt(static_cast<double>(p.k)) > kFloatProductLimit) {
+    // Entries of U_r^T A reach sqrt(k) max|a|: in float32 they would overflow to Inf for a
+    // finite matrix. Multiplied in float64 (from the float64 copy), then rounded, as on CUDA.
+    write_products<double>(mat.to(at::kDouble), p, s, options, sub_floor, result);
+    result.projected = result.projected.to(at::kFloat);
+    if (options.want_subgradient) result.subgradient = result.subgradient.to(at::kFloat);
   } else if (single) {
     write_products<float>(mat, p, s, options, sub_floor, result);
   } else {

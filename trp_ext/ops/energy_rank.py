@@ -1,6 +1,8 @@
 """energy_rank: the energy-threshold rank of rows of singular values."""
 import torch
 
+from trp_ext.lowrank import is_real
+
 
 def energy_rank(s: torch.Tensor, energy: float) -> torch.Tensor:
     """Energy-threshold rank of each row of singular values.
@@ -19,6 +21,8 @@ def energy_rank(s: torch.Tensor, energy: float) -> torch.Tensor:
             Inf (the message names the row).
         TypeError: ``s`` is not float32 or float64.
     """
+    if not is_real(energy):  # float("0.9") would be accepted
+        raise ValueError(f"energy_rank(): argument 'energy' must be a number, got {energy!r}")
     if isinstance(s, torch.Tensor) and s.dim() == 1:
         return torch.ops.trp_ext.energy_rank(s.unsqueeze(0), float(energy))[0]
     return torch.ops.trp_ext.energy_rank(s, float(energy))

@@ -222,7 +222,12 @@ def _backward(ctx, grad_out):
     # The residual is added to the output: its gradient is the output's, summed where it broadcast.
     grad_residual = grad_out.sum_to_size(ctx.residual_shape) if need_residual else None
     grad_x = grad_w1 = grad_w2 = None
-    if need_x or need_w1 or need_w2:
+    if min(x.shape[1], w1.shape[0], w2.shape[0]) == 0:
+        # No channels in, none between or none out: the output does not depend on x, w1 or w2
+        # (it is the bias, or empty), and aten's conv backward refuses zero channels.
+        grad_x, grad_w1, grad_w2 = (torch.zeros_like(t) if need else None
+                                    for t, need in ((x, need_x), (w1, need_w1), (w2, need_w2)))
+    elif need_x or need_w1 or need_w2:
         # Recompute the intermediate rather than keep it: it is what the fused op avoids storing.
         middle = torch.nn.functional.conv2d(x, w1, None, s1, p1, d1)
         grad_middle, grad_w2, _ = torch.ops.aten.convolution_backward(

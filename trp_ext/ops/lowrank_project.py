@@ -8,6 +8,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import torch
 
 from trp_ext import _ext  # noqa: F401  (loads the compiled library)
+from trp_ext.lowrank import is_integer, is_real
 
 STATS_FIELDS = ("cold", "warm", "widened", "fallback", "warm_iterations")
 
@@ -66,13 +67,22 @@ def lowrank_project(
     mats = list(mats)
     if not mats:  # the dispatcher needs a tensor to pick a kernel; say what is wrong instead
         raise ValueError("lowrank_project(): argument 'mats' must hold at least one matrix")
+    # Checked, not converted: float("0.5") and int(2.9) would run another rule than the one asked
+    # for, and bool("no") is True.
+    for name, value, kind in (("energy", energy, "a number"), ("value_threshold", value_threshold, "None or a number")):
+        if not (is_real(value) or (value is None and name == "value_threshold")):
+            raise ValueError(f"lowrank_project(): argument '{name}' must be {kind}, got {value!r}")
+    if not (max_rank is None or is_integer(max_rank)):
+        raise ValueError(f"lowrank_project(): argument 'max_rank' must be None or an integer, got {max_rank!r}")
+    if not isinstance(want_subgradient, bool):
+        raise ValueError(f"lowrank_project(): argument 'want_subgradient' must be a bool, got {want_subgradient!r}")
     projected, ranks, subgradients, new_bases = torch.ops.trp_ext.lowrank_project(
         mats,
         float(energy),
         None if value_threshold is None else float(value_threshold),
         None if max_rank is None else int(max_rank),
         None if bases is None else list(bases),
-        bool(want_subgradient),
+        want_subgradient,
     )
     return LowRankProjection(projected, ranks, subgradients, new_bases)
 
@@ -139,3 +149,13 @@ def _lowrank_project_fake(mats, energy, value_threshold, max_rank, bases, want_s
         torch._check(width <= k)
         new_bases.append(mat.new_empty((k, width)))
     return projected, ranks, subgradients, new_bases
+
+
+def _no_backward(ctx, *grads):
+    raise RuntimeError("lowrank_project() is not differentiable: it projects weights between training steps, "
+                       "under torch.no_grad(); detach its inputs")
+
+
+# Registered so that outputs computed from inputs that require grad say so when backpropagated
+# through, instead of silently dropping the dependence (torch's fallback for an op without one).
+torch.library.register_autograd("trp_ext::lowrank_project", _no_backward, setup_context=lambda ctx, inputs, output: None)
