@@ -400,11 +400,16 @@ def test_eval_of_a_compressed_model_defaults_to_the_data_it_records(tmp_path, ca
     assert "on other test (3 images)" in capsys.readouterr().out
 
 
-def test_train_writes_its_data_into_the_compressed_model(tmp_path):
+def test_train_writes_its_data_into_the_compressed_model(tmp_path, monkeypatch):
     from trp_ext.io import safe_torch_load
+    from trp_ext.train import TrainConfig, data_record
 
     assert main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
     assert safe_torch_load(tmp_path / "run" / "compressed.pt")["data"] == {"name": "digits", "dir": None}
+    # A relative folder is recorded absolute: eval may run from another directory.
+    monkeypatch.chdir(tmp_path)
+    assert data_record(TrainConfig(data="cifar10", data_dir="cifar")) == {"name": "cifar10",
+                                                                          "dir": str(tmp_path / "cifar")}
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])

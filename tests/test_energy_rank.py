@@ -91,6 +91,14 @@ def test_energy_must_be_a_number(energy):
         ops.energy_rank(torch.ones(2, 3), energy)
 
 
+def test_an_energy_just_past_one_is_quoted_exactly(device):
+    # Quoted with 6 digits it read "must lie in (0, 1], got 1".
+    with pytest.raises(ValueError, match=r"got 1\.0000001"):
+        ops.energy_rank(torch.ones(2, 3, device=device), 1.0000001)
+    with pytest.raises(ValueError, match=r"got 1\.0000001"):
+        ops.lowrank_project([torch.ones(2, 3, device=device)], 1.0000001)
+
+
 @pytest.mark.parametrize("bad_energy", [0.0, -0.5, 1.5, math.nan, math.inf])
 def test_energy_out_of_range_raises(device, bad_energy):
     with pytest.raises(ValueError, match="argument 'energy'"):

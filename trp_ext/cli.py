@@ -248,6 +248,7 @@ def cmd_compress(args):
     from trp_ext.data import TensorLoader, load_dataset
     from trp_ext.metrics import accuracy
     from trp_ext.report import compress_and_report, format_table
+    from trp_ext.train import data_record
 
     state, config = _checkpoint_config(args.checkpoint, dict(scheme=args.scheme, device=args.device,
                                                              data_dir=args.data_dir))
@@ -258,7 +259,7 @@ def cmd_compress(args):
     loader = TensorLoader(dataset, "test", 256)
     report = compress_and_report(model, config, lambda m: accuracy(m, loader, config.device), dataset,
                                  torch.device(config.device), rule=_rank_rule(args, state, config))
-    io.save_compressed(report.compressed, args.out, data={"name": config.data, "dir": config.data_dir})
+    io.save_compressed(report.compressed, args.out, data=data_record(config))
     if args.report:
         io.atomic_write_json(args.report, report.summary)
     print(format_table(report.summary))

@@ -16,7 +16,6 @@ import torch.fx
 import torch.nn as nn
 
 
-
 @dataclass
 class Cost:
     conv_macs: int

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from trp_ext import distributed, io, plots
 from trp_ext.data import TensorLoader, load_dataset
+from trp_ext.lowrank import is_real
 from trp_ext.models import build_model
 from trp_ext.report import compress_and_report
 from trp_ext.trp import TRP
@@ -88,8 +89,7 @@ class TrainConfig:
             raise ValueError(f"argument 'lr' must be positive, got {self.lr}")
         if self.batch_size < 1:
             raise ValueError(f"argument 'batch_size' must be positive, got {self.batch_size}")
-        if not (isinstance(self.milestones, (list, tuple)) and all(
-                isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in self.milestones)):
+        if not (isinstance(self.milestones, (list, tuple)) and all(is_real(f) and 0 <= f <= 1 for f in self.milestones)):
             raise ValueError(f"argument 'milestones' must be a list of fractions of the epochs in [0, 1], "
                              f"got {self.milestones!r}")
         if self.scheme != "none":
@@ -99,6 +99,12 @@ class TrainConfig:
                 raise ValueError(f"argument 'period' must be a positive integer, got {self.period}")
             if self.nuclear < 0:
                 raise ValueError(f"argument 'nuclear' must be non-negative, got {self.nuclear}")
+
+
+def data_record(config):
+    """The dataset of a run as a compressed model file records it (io.save_compressed's ``data``),
+    its folder absolute: ``trp-ext eval`` may run from another directory."""
+    return {"name": config.data, "dir": os.path.abspath(config.data_dir) if config.data_dir else None}
 
 
 def milestone_epochs(config):
@@ -281,8 +287,7 @@ class Run:
         out = self.config.out
         io.atomic_write_json(os.path.join(out, "report.json"), report.summary)
         if report.compressed is not None:
-            io.save_compressed(report.compressed, os.path.join(out, "compressed.pt"),
-                               data={"name": self.config.data, "dir": self.config.data_dir})
+            io.save_compressed(report.compressed, os.path.join(out, "compressed.pt"), data=data_record(self.config))
         if self.trp is not None:
             plots.plot_ranks(self.trp.names, [d["rank"] for d in report.summary["layers"]],
                              [d["full_rank"] for d in report.summary["layers"]], os.path.join(out, "ranks.png"))

@@ -5,6 +5,11 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <iomanip>
+#include <limits>
+#include <sstream>
+#include <string>
+
 // ValueError: a value or shape is wrong.
 #define TRP_CHECK_ARG(cond, op, arg, ...) \
   TORCH_CHECK_VALUE(cond, op, "(): argument '", arg, "' ", __VA_ARGS__)
@@ -14,6 +19,14 @@
   TORCH_CHECK_TYPE(cond, op, "(): argument '", arg, "' ", __VA_ARGS__)
 
 namespace trp_ext {
+
+// `value` with every digit it needs to read back exactly: streamed as is, 1.0000001 reads
+// "1", and "must lie in (0, 1], got 1" contradicts itself.
+inline std::string exact_number(double value) {
+  std::ostringstream out;
+  out << std::setprecision(std::numeric_limits<double>::max_digits10) << value;
+  return out.str();
+}
 
 inline void check_floating(const at::Tensor& t, const char* op, const char* arg) {
   TRP_CHECK_ARG_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, arg,

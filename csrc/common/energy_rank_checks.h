@@ -9,7 +9,7 @@ inline void check_energy_rank_args(const at::Tensor& s, double energy) {
   check_dim(s, 2, "energy_rank", "s");
   check_floating(s, "energy_rank", "s");
   TRP_CHECK_ARG(std::isfinite(energy) && energy > 0.0 && energy <= 1.0, "energy_rank", "energy",
-                "must lie in (0, 1], got ", energy);
+                "must lie in (0, 1], got ", exact_number(energy));
 }
 
 // Kernels mark a row holding NaN or Inf with rank -1; this turns that into an error.

@@ -36,10 +36,10 @@ inline void check_lowrank_project_args(at::TensorList mats, double energy,
                   mat.device(), " at index ", i);
   }
   TRP_CHECK_ARG(std::isfinite(energy) && energy > 0.0 && energy <= 1.0, kLowrankOp, "energy",
-                "must lie in (0, 1], got ", energy);
+                "must lie in (0, 1], got ", exact_number(energy));
   if (value_threshold.has_value()) {
     TRP_CHECK_ARG(!std::isnan(*value_threshold) && *value_threshold >= 0.0, kLowrankOp,
-                  "value_threshold", "must be None or >= 0, got ", *value_threshold);
+                  "value_threshold", "must be None or >= 0, got ", exact_number(*value_threshold));
   }
   if (max_rank.has_value()) {
     TRP_CHECK_ARG(*max_rank >= 0, kLowrankOp, "max_rank", "must be None or >= 0, got ",
