@@ -129,10 +129,6 @@ inline FconvGeometry check_factored_conv2d_args(
   g.dh = fconv_detail::checked_pair(dilation, "dilation", 1, "positive", &g.dw);
   g.out_h = fconv_detail::conv_out_size(g.height, g.kh, g.sh, g.ph, g.dh, "height");
   g.out_w = fconv_detail::conv_out_size(g.width, g.kw, g.sw, g.pw, g.dw, "width");
-  // An axis with one output reads one window whatever the stride: the kernels size their
-  // stride-phase buffers by the stride (a stride of 2^31 crashed), so it is 1 there.
-  if (g.out_h == 1) g.sh = 1;
-  if (g.out_w == 1) g.sw = 1;
   if (residual.has_value()) {
     const at::Tensor& r = *residual;
     check_same_device(x, r, kOp, "residual");
@@ -147,6 +143,16 @@ inline FconvGeometry check_factored_conv2d_args(
     TRP_CHECK_ARG(fits, kOp, "residual", "must broadcast to the output shape [", g.batch, ", ",
                   g.out_channels, ", ", g.out_h, ", ", g.out_w, "], got shape ", r.sizes());
   }
+  return g;
+}
+
+// The geometry the fused kernels run: an axis with one output reads one window whatever the
+// stride, so its stride is 1 there (the CPU kernel sized its stride-phase planes by the stride,
+// and a stride of 2^31 crashed). Not for the unfused composition: the library convs derive the
+// output size from the stride.
+inline FconvGeometry fused_geometry(FconvGeometry g) {
+  if (g.out_h == 1) g.sh = 1;
+  if (g.out_w == 1) g.sw = 1;
   return g;
 }
 

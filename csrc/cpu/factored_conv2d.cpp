@@ -364,10 +364,11 @@ at::Tensor factored_conv2d_cpu(const at::Tensor& x, const at::Tensor& w1, const 
                                c10::string_view scheme,
                                std::optional<c10::string_view> activation,
                                const std::optional<at::Tensor>& residual) {
-  const FconvGeometry g = check_factored_conv2d_args(x, w1, w2, bias, stride, padding, dilation,
-                                                     scheme, activation, residual, &cpu_dtype_ok,
-                                                     "float32 or float64");
-  if (!planes_fit(g)) return unfused_factored_conv2d(g, x, w1, w2, bias, residual);
+  const FconvGeometry checked = check_factored_conv2d_args(x, w1, w2, bias, stride, padding,
+                                                           dilation, scheme, activation, residual,
+                                                           &cpu_dtype_ok, "float32 or float64");
+  const FconvGeometry g = fused_geometry(checked);
+  if (!planes_fit(g)) return unfused_factored_conv2d(checked, x, w1, w2, bias, residual);
   at::Tensor out = empty_factored_conv2d_output(x, g);
   if (out.numel() == 0) return out;
   const at::Tensor res = expanded_residual(residual, g);

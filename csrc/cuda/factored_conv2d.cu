@@ -164,12 +164,19 @@ int64_t span(const at::Tensor& t) {
   return last + 1;
 }
 
-// The fused kernel indexes pixels, reduction indices and image offsets with 32-bit ints.
+// The fused kernel indexes pixels, reduction indices and image offsets, and holds the stride,
+// padding and dilation, in 32-bit ints.
 bool fits_int32(const FconvGeometry& g) {
   constexpr int64_t kLimit = std::numeric_limits<int>::max() - 2 * kBM;
   const int64_t k1 = g.in_channels * g.kh * (g.spatial ? 1 : g.kw);
-  return g.batch * g.out_h * g.out_w < kLimit && k1 < kLimit && g.height < kLimit &&
-         g.width < kLimit && g.rank * k1 < kLimit && g.out_channels * g.rank * g.kw < kLimit;
+  const bool sizes = g.batch * g.out_h * g.out_w < kLimit && k1 < kLimit && g.height < kLimit &&
+                     g.width < kLimit && g.rank * k1 < kLimit &&
+                     g.out_channels * g.rank * g.kw < kLimit;
+  // padding and dilation * (kernel - 1) are each below 2^62 (checked), so these sums stay exact
+  const bool geometry = g.sh < kLimit && g.sw < kLimit && g.ph < kLimit && g.pw < kLimit &&
+                        g.dh < kLimit && g.dw < kLimit && g.dh * (g.kh - 1) + g.ph < kLimit &&
+                        g.dw * (g.kw - 1) + g.pw < kLimit;
+  return sizes && geometry;
 }
 
 }  // namespace
@@ -180,9 +187,10 @@ at::Tensor factored_conv2d_cuda(const at::Tensor& x, const at::Tensor& w1, const
                                 c10::string_view scheme,
                                 std::optional<c10::string_view> activation,
                                 const std::optional<at::Tensor>& residual) {
-  const FconvGeometry g = check_factored_conv2d_args(
+  const FconvGeometry checked = check_factored_conv2d_args(
       x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual, &cuda_dtype_ok,
       "float32, float16, bfloat16 or float64");
+  const FconvGeometry g = fused_geometry(checked);
   const c10::cuda::CUDAGuard device_guard(x.device());
   at::Tensor out = empty_factored_conv2d_output(x, g);
   if (out.numel() == 0) return out;
@@ -212,7 +220,7 @@ at::Tensor factored_conv2d_cuda(const at::Tensor& x, const at::Tensor& w1, const
     }
     if (launched) return out;
   }
-  return unfused_factored_conv2d(g, x, w1, w2, bias, residual);
+  return unfused_factored_conv2d(checked, x, w1, w2, bias, residual);
 }
 
 TORCH_LIBRARY_IMPL(trp_ext, CUDA, m) { m.impl("factored_conv2d", &factored_conv2d_cuda); }
