@@ -441,3 +441,19 @@ def test_a_full_disk_is_an_error_message_not_a_traceback(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "trp-ext train: error:" in err and "No space left on device" in err and "Traceback" not in err
     assert not [f for f in os.listdir(tmp_path / "run") if f.endswith(".tmp")]
+
+
+def test_a_checkpoint_saved_with_an_ignored_digits_folder_still_loads(tmp_path, capsys):
+    # Before such a folder was refused, it was saved in the config though never read: the run's
+    # own checkpoint must still resume, compress and evaluate.
+    from trp_ext.io import atomic_torch_save, safe_torch_load
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    state = safe_torch_load(run / "checkpoint.pt")
+    state["config"]["data_dir"] = str(tmp_path / "never_read")
+    atomic_torch_save(state, run / "checkpoint.pt")
+    assert main(["eval", "--model", str(run / "checkpoint.pt")]) == 0
+    assert main(["compress", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path / "c.pt")]) == 0
+    assert main(["train", "--resume", str(run / "checkpoint.pt"), "--epochs", "2", "--quiet"]) == 0
+    assert "error" not in capsys.readouterr().err

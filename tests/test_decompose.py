@@ -196,6 +196,23 @@ def test_a_module_called_twice_keeps_its_batchnorm(block):
     torch.testing.assert_close(folded(x), unfolded(x), rtol=0, atol=0)
 
 
+def test_a_conv_overriding_conv_forward_stays_dense():
+    # Weight standardisation in _conv_forward: the raw weight is not what the conv applies, so
+    # factoring it (or folding a BN into it) changed the output.
+    class Standardised(nn.Conv2d):
+        def _conv_forward(self, x, weight, bias):
+            return super()._conv_forward(x, weight / weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1), bias)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), Standardised(16, 16, 3), nn.BatchNorm2d(16)).eval()
+    _batchnorm_statistics(model[2])
+    compressed, report = decompose(model, "channel", energy=0.5)
+    (decision,) = [d for d in report.layers if d.name == "1"]
+    assert not decision.factored and "overrides" in decision.reason and isinstance(compressed[2], nn.BatchNorm2d)
+    x = torch.randn(1, 3, 9, 9)
+    torch.testing.assert_close(compressed(x), model(x), rtol=0, atol=0)
+
+
 def test_a_hooked_batchnorm_is_not_folded_and_a_hooked_conv_stays_dense():
     # A hook must keep running: folded, the BN's hook was dropped; factored, the conv's.
     torch.manual_seed(0)

@@ -125,7 +125,16 @@ def _pruned(conv):
     prune.l1_unstructured(conv, "weight", 0.5)
 
 
+class _WeightStandardisedConv(nn.Conv2d):
+    """Keeps nn.Conv2d's forward but standardises the weight in _conv_forward, as such convs do."""
+
+    def _conv_forward(self, x, weight, bias):
+        mean, std = weight.mean(dim=(1, 2, 3), keepdim=True), weight.std(dim=(1, 2, 3), keepdim=True)
+        return super()._conv_forward(x, (weight - mean) / (std + 1e-5), bias)
+
+
 DEPLOYMENT_CASES = {
+    "weight-standardised conv": lambda: nn.Sequential(_WeightStandardisedConv(4, 4, 3), nn.BatchNorm2d(4)),
     "conv called twice": _ConvCalledTwice,
     "hooked conv": lambda: _conv_bn(lambda c: c.register_forward_hook(lambda m, i, o: o * 2)),
     "hooked BN": lambda: _conv_bn(bn_hook=lambda b: b.register_forward_hook(lambda m, i, o: o.clamp(min=0))),

@@ -9,7 +9,8 @@ module, and so every call of that. It is exact only when:
   nothing else reads, and reads neither module's tensors by attribute (``self.conv.weight``);
 * the BN normalises by running statistics (``track_running_stats=True``), as it does in eval
   mode, and is an ``nn.BatchNorm2d`` that keeps its class's forward;
-* the conv is an ``nn.Conv2d`` that keeps its class's forward, with no parametrization;
+* the conv is an ``nn.Conv2d`` that keeps its class's forward and ``_conv_forward`` (a
+  weight-standardised conv overrides the latter), with no parametrization;
 * neither module has hooks: a hook must keep running, and pruning and the old-style
   ``weight_norm`` compute the applied weight in a forward pre-hook.
 
@@ -23,6 +24,8 @@ from torch import fx, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from trp_ext.nn import overrides_forward
+
 
 def hookless(module: nn.Module) -> bool:
     return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
@@ -34,7 +37,8 @@ def keeps_forward(module: nn.Module, base: type) -> bool:
 
 
 def _foldable_conv(module) -> bool:
-    return keeps_forward(module, nn.Conv2d) and hookless(module) and not parametrize.is_parametrized(module)
+    return (isinstance(module, nn.Conv2d) and not overrides_forward(module) and hookless(module)
+            and not parametrize.is_parametrized(module))
 
 
 def _foldable_batchnorm(module) -> bool:

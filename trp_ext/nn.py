@@ -94,9 +94,10 @@ class FactoredConv2d(nn.Module):
 
 def overrides_forward(conv):
     """Whether ``conv``'s class (an nn.Conv2d subclass, e.g. a weight-standardised conv) replaces
-    nn.Conv2d's forward: then what it computes is not a conv with its weight, and splitting that
-    weight would change it."""
-    return type(conv).forward is not nn.Conv2d.forward
+    nn.Conv2d's forward or the ``_conv_forward`` it calls (where weight standardisation usually
+    goes): then what it computes is not a conv with its weight, and splitting that weight, or
+    folding a BatchNorm into it, would change it."""
+    return type(conv).forward is not nn.Conv2d.forward or type(conv)._conv_forward is not nn.Conv2d._conv_forward
 
 
 def replace_submodule(model, name, module):

@@ -78,6 +78,10 @@ class TrainConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        if values.get("data", cls.data) == "digits" and values.get("data_dir") is not None:
+            # Saved before a folder given with the built-in digits was refused: it was never read,
+            # and kept it would make load_dataset refuse the run's own checkpoint.
+            values = {**values, "data_dir": None}
         return cls(**values)
 
     def validate(self):
