@@ -2,12 +2,12 @@
 
 Each selected conv becomes a FactoredConv2d at the rank the rule picks, unless the factored form
 would not save FLOPs (past the break-even rank), in which case it stays dense and the report says
-so; so do a subclass of nn.Conv2d that overrides forward and a conv with hooks. With ``fold_bn=True``
-a BatchNorm that directly follows a factored conv is folded into it (its running statistics, so
-use the result in eval mode) where that is exact (trp_ext.batchnorm_folding: the model calls each
-of the two once, the BN keeps running statistics, neither has hooks). On a
-network trained without TRP this gives the classic post-training baselines: Zhang et al.
-(channel) and Jaderberg et al. (spatial).
+so; so do a subclass of nn.Conv2d that overrides forward (or _conv_forward) and a conv with hooks.
+With ``fold_bn=True`` a BatchNorm that directly follows a factored conv is folded into it (its
+running statistics, so use the result in eval mode) where that is exact
+(trp_ext.batchnorm_folding: the model calls each of the two once, the BN keeps running
+statistics, neither has hooks). On a network trained without TRP this gives the classic
+post-training baselines: Zhang et al. (channel) and Jaderberg et al. (spatial).
 """
 import copy
 from dataclasses import asdict, dataclass
@@ -129,7 +129,7 @@ def decompose(model, scheme="channel", energy: Optional[float] = None, value_thr
         dense = conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
         if overrides_forward(conv):  # e.g. a weight-standardised conv: its raw weight is not what it applies
             decisions.append(LayerDecision(name, full_rank, full_rank, dense, dense, factored=False, reason=(
-                f"{type(conv).__name__} overrides nn.Conv2d's forward: kept dense")))
+                f"{type(conv).__name__} overrides nn.Conv2d's forward (or _conv_forward): kept dense")))
             continue
         if not hookless(conv):  # a forward hook, pruning's mask, weight_norm: the factored layer runs none
             decisions.append(LayerDecision(name, full_rank, full_rank, dense, dense, factored=False, reason=(

@@ -69,7 +69,7 @@ class FactoredConv2d(nn.Module):
             raise ValueError(f"argument 'conv' cannot be factored: it is {reason}")
         if overrides_forward(conv):
             raise ValueError(f"argument 'conv' cannot be factored: its class {type(conv).__name__} overrides "
-                             f"forward, so its raw weight is not what it convolves with")
+                             f"forward (or _conv_forward), so its raw weight is not what it convolves with")
         weight = conv.weight.detach()
         module = cls(conv.in_channels, conv.out_channels, rank, conv.kernel_size, conv.stride, conv.padding,
                      conv.dilation, scheme, bias=True, device=weight.device, dtype=weight.dtype)

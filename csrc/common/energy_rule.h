@@ -32,7 +32,6 @@ TRP_HOST_DEVICE inline bool finite_value(double v) {
 // squaring: squares of float64 values past ~1e154 overflow the sums (a row of 1e200s got rank 1
 // at energy 0.9), and below ~1e-154 they underflow. Other rows are not touched, so their sums
 // are those of the reference's cumsum(s * s) to the bit.
-
 TRP_HOST_DEVICE inline double scaled_value(double v, int exponent) {
 #ifdef __CUDA_ARCH__
   return exponent == 0 ? v : ldexp(v, -exponent);

@@ -7,12 +7,11 @@
 // A residual, added before the activation, broadcasts to that shape.
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <limits>
 #include <optional>
 #include <string_view>
-
-#include <ATen/ATen.h>
-
 #include <vector>
 
 #include "common/checks.h"
