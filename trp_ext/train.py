@@ -113,10 +113,10 @@ def data_record(config):
 
 def milestone_epochs(config):
     """The epochs at which the lr drops x0.1: each milestone fraction of the epoch count, rounded
-    (164 epochs: from epoch 82 and from 123, counted from 0), never before the second epoch (round(0.5 * 1)
-    is 0, which ran a one-epoch run entirely at lr x0.1) and each after the one before: at 3 epochs
-    both fractions round to epoch 2, which dropped the lr x0.01 at once. Drops that this moves
-    past the last epoch do not happen."""
+    (164 epochs: from epoch 82 and from 123, counted from 0), never before the second epoch
+    (round(0.5 * 1) is 0, which ran a one-epoch run entirely at lr x0.1) and each after the one
+    before: at 3 epochs both fractions round to epoch 2, which dropped the lr x0.01 at once.
+    Drops that this moves past the last epoch do not happen."""
     epochs, last = [], 0
     for fraction in sorted(config.milestones):
         last = max(last + 1, round(fraction * config.epochs))
