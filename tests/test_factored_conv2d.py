@@ -1,5 +1,6 @@
 """factored_conv2d against the reference composition, opcheck, gradcheck, and bad input."""
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -408,6 +409,17 @@ def test_backward_with_no_channels_somewhere(empty):
     for tensor in (x, w1, w2):
         assert tensor.grad.shape == tensor.shape and not tensor.grad.any()
     torch.testing.assert_close(bias.grad, torch.full_like(bias, 2 * 6 * 6))
+
+
+def test_relu_backward_passes_a_nan_outputs_gradient_as_torch_does():
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    x[0, 0, 2, 2] = math.nan
+    w1 = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(4, 2, 1, 1, dtype=torch.float64, requires_grad=True)
+    ours = torch.autograd.grad(ops.factored_conv2d(x, w1, w2, None, 1, 1, activation="relu").sum(), (w1, w2))
+    theirs = torch.autograd.grad(ref.factored_conv2d(x, w1, w2, None, 1, 1, activation="relu").sum(), (w1, w2))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, equal_nan=True)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -217,7 +217,9 @@ def _backward(ctx, grad_out):
     # Called without the residual argument, the op has nine inputs.
     need_residual = len(ctx.needs_input_grad) > 9 and ctx.needs_input_grad[9]
     if ctx.relu:
-        grad_out = grad_out * (output > 0).to(grad_out.dtype)
+        # As torch's ReLU backward: zero where the output is <= 0, so a NaN output passes its
+        # gradient on (a mask of output > 0 zeroed it)
+        grad_out = grad_out.masked_fill(output <= 0, 0)
     grad_bias = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_bias else None
     # The residual is added to the output: its gradient is the output's, summed where it broadcast.
     grad_residual = grad_out.sum_to_size(ctx.residual_shape) if need_residual else None
