@@ -87,6 +87,16 @@ def _following_batchnorms(model):
     return foldable_pairs(traced)
 
 
+def _unsplittable_reason(conv):
+    """Why replacing ``conv`` by a factored layer would change what the model computes ("" when
+    it would not)."""
+    if overrides_forward(conv):  # e.g. a weight-standardised conv: its raw weight is not what it applies
+        return f"{type(conv).__name__} overrides nn.Conv2d's forward (or _conv_forward)"
+    if not hookless(conv):  # a forward hook, pruning's mask, weight_norm: the factored layer runs none
+        return "has hooks, which a factored layer in its place would not run"
+    return ""
+
+
 def _fold_batchnorm(factored, bn):
     """Folds eval-mode BN into the factored conv: scale weight2's rows, shift the bias."""
     scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
@@ -127,13 +137,10 @@ def decompose(model, scheme="channel", energy: Optional[float] = None, value_thr
         matrix = layer_matrix(conv, scheme)
         full_rank = min(matrix.shape)
         dense = conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-        if overrides_forward(conv):  # e.g. a weight-standardised conv: its raw weight is not what it applies
-            decisions.append(LayerDecision(name, full_rank, full_rank, dense, dense, factored=False, reason=(
-                f"{type(conv).__name__} overrides nn.Conv2d's forward (or _conv_forward): kept dense")))
-            continue
-        if not hookless(conv):  # a forward hook, pruning's mask, weight_norm: the factored layer runs none
-            decisions.append(LayerDecision(name, full_rank, full_rank, dense, dense, factored=False, reason=(
-                "has hooks, which a factored layer in its place would not run: kept dense")))
+        unsplittable = _unsplittable_reason(conv)
+        if unsplittable:
+            decisions.append(LayerDecision(name, full_rank, full_rank, dense, dense, factored=False,
+                                           reason=f"{unsplittable}: kept dense"))
             continue
         rank = _rank_for(matrix, energy, value_threshold, max_rank)
         factored = factored_macs_per_pixel(conv, rank, scheme)

@@ -44,26 +44,27 @@ TRP_HOST_DEVICE inline double scaled_value(double v, int exponent) {
 // the CUDA energy_rank kernel (one thread per row) both run this function.
 template <typename T>
 TRP_HOST_DEVICE inline int64_t energy_rank_of_row(const T* s, int64_t n, double energy) {
-  double largest = 0.0;
+  double largest = 0.0, total = 0.0;
   int64_t last_nonzero = -1;
   for (int64_t i = 0; i < n; ++i) {
     const double v = static_cast<double>(s[i]);
     if (!finite_value(v)) return -1;
     const double magnitude = v < 0.0 ? -v : v;
     largest = magnitude > largest ? magnitude : largest;
+    total = add_square(total, v);
     if (v != 0.0) last_nonzero = i;
   }
   if (largest == 0.0) return 0;
   int exponent = 0;
-  if (largest > 0x1p500 || largest < 0x1p-500) {
+  if (largest > 0x1p500 || largest < 0x1p-500) {  // the sum above over- or underflowed: again, scaled
 #ifdef __CUDA_ARCH__
     frexp(largest, &exponent);
 #else
     std::frexp(largest, &exponent);
 #endif
+    total = 0.0;
+    for (int64_t i = 0; i < n; ++i) total = add_square(total, scaled_value(static_cast<double>(s[i]), exponent));
   }
-  double total = 0.0;
-  for (int64_t i = 0; i < n; ++i) total = add_square(total, scaled_value(static_cast<double>(s[i]), exponent));
   const double target = energy * total;
   double cumulative = 0.0;
   for (int64_t i = 0; i <= last_nonzero; ++i) {
