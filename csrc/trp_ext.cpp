@@ -88,8 +88,11 @@ PyMethodDef methods[] = {
      "{'cuda': bool, 'torch_version': (major, minor, patch), 'intra_op_parallel': bool} this "
      "library was compiled with."},
     {"cpu_kernels", cpu_kernels, METH_NOARGS,
-     "'avx2' or 'portable': the instruction set every CPU kernel of this process runs with "
-     "(portable when the CPU lacks AVX2+FMA or ATEN_CPU_CAPABILITY=default)."},
+     "'avx512', 'avx2' or 'portable': the widest instruction set the CPU kernels of this "
+     "process run with ('avx512': the factored_conv2d micro-kernel uses AVX-512VL's 32 "
+     "registers, the rest AVX2; 'avx2' when the CPU lacks AVX-512F/VL or "
+     "ATEN_CPU_CAPABILITY=avx2; portable when it lacks AVX2+FMA or "
+     "ATEN_CPU_CAPABILITY=default)."},
     {"cpu_winograd", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cpu_winograd)),
      METH_VARARGS | METH_KEYWORDS,
      "cpu_winograd(mode=None) -> str: the CPU factored_conv2d's use of Winograd F(2x2, 3x3) "

@@ -595,6 +595,9 @@ PRODUCT_PATHS = {
     # The portable build of every vector loop (the eigensolver's four-lane inverse iteration
     # included), as on a CPU without AVX2: ATEN_CPU_CAPABILITY=default switches ours off too.
     "portable": {"ATEN_CPU_CAPABILITY": "default"},
+    # The own GEMM on the AVX2 micro-kernel (16 registers) where the CPU has AVX-512 (whose
+    # 32-register build the default path runs there); elsewhere the default path again.
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "TRP_EXT_OWN_GEMM": "always"},
     # The BLAS/LAPACK libtorch exports, called directly when it can, else ATen's (the path of a
     # torch build that does not export them); every product there, none on the own GEMM.
     "aten": {"TRP_EXT_NO_DIRECT_BLAS": "1", "TRP_EXT_OWN_GEMM": "never"},

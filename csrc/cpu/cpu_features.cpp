@@ -21,7 +21,22 @@ bool use_avx2_fma() {
   return allowed;
 }
 
-const char* cpu_kernel_isa() { return use_avx2_fma() ? "avx2" : "portable"; }
+bool use_avx512vl() {
+  static const bool allowed = [] {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    return use_avx2_fma() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512vl") && at::get_cpu_capability() == "AVX512";
+#else
+    return false;
+#endif
+  }();
+  return allowed;
+}
+
+const char* cpu_kernel_isa() {
+  if (use_avx512vl()) return "avx512";
+  return use_avx2_fma() ? "avx2" : "portable";
+}
 
 }  // namespace cpu
 }  // namespace trp_ext

@@ -9,7 +9,13 @@ namespace cpu {
 // setting switches the portable code on in every trp_ext kernel, as it does in ATen's own.
 bool use_avx2_fma();
 
-// "avx2" or "portable": what use_avx2_fma() chose (reported by trp_ext._C.cpu_kernels()).
+// Whether the AVX-512VL build of the factored_conv2d kernels may run (the micro-kernel that
+// small_gemm shares included): use_avx2_fma(), the CPU has AVX-512F and AVX-512VL, and ATen's
+// capability is AVX512 (ATEN_CPU_CAPABILITY=avx2 switches it off, as it does ATen's own).
+bool use_avx512vl();
+
+// "avx512", "avx2" or "portable": the widest of those that may run (reported by
+// trp_ext._C.cpu_kernels()). The other CPU kernels use AVX2 under "avx512".
 const char* cpu_kernel_isa();
 
 }  // namespace cpu

@@ -13,6 +13,7 @@ template <typename T>
 struct PortableVec {
   using Scalar = T;
   static constexpr int kWidth = 32 / sizeof(T);
+  static constexpr int kRegisters = 16;
   struct Reg {
     T v[kWidth];
   };

@@ -131,6 +131,9 @@ CpuKernels portable_kernels();
 // Null kernels when this build has no AVX2 code (a non-x86 target or compiler); only to be
 // called on a CPU with AVX2 and FMA.
 CpuKernels avx2_kernels();
+// The same with AVX-512VL's 32 registers (factored_conv2d_avx512.cpp); only to be called on a
+// CPU with AVX2, FMA, AVX-512F and AVX-512VL.
+CpuKernels avx512_kernels();
 
 }  // namespace fconv_cpu
 }  // namespace trp_ext

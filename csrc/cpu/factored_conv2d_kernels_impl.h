@@ -1,5 +1,6 @@
 // The building blocks of factored_conv2d_kernels.h as templates over a vector type V:
-//   V::Scalar, V::Reg, V::kWidth, V::zero(), V::set1(s), V::load(p), V::store(p, r),
+//   V::Scalar, V::Reg, V::kWidth, V::kRegisters (vector registers the build may allocate: 16
+//   or 32), V::zero(), V::set1(s), V::load(p), V::store(p, r),
 //   V::fma(a, b, c) = a * b + c, V::add(a, b), V::sub(a, b), V::relu(r),
 //   V::deinterleave(a, b, even, odd) (the even and odd lanes of the 2 * kWidth values a, b),
 //   V::interleave(a, b, first, second) (its inverse), V::load_partial(p, n) and
@@ -20,8 +21,9 @@ namespace {
 // ---------------------------------------------------------------------------- tap_conv
 // Register blocking: R output rows times NV vectors of consecutive q are accumulated in
 // registers while the taps stream by; each tap costs NV vector loads and R broadcasts for
-// R * NV FMAs. R * NV stays at 8..12 so that enough independent FMAs hide the FMA latency, and
-// accumulators, inputs and a broadcast fit in the 16 vector registers of AVX2.
+// R * NV FMAs. R * NV stays at 8..12 with 16 vector registers (AVX2) and up to 24 with 32
+// (AVX-512VL), so that enough independent FMAs hide the FMA latency, and accumulators, inputs
+// and a broadcast fit in the registers.
 template <class V, int R, int NV>
 inline void tap_block(const typename V::Scalar* in, const int64_t* off, int64_t taps,
                       const typename V::Scalar* w, int64_t ldw, const typename V::Scalar* bias,
@@ -59,15 +61,17 @@ inline void tap_block(const typename V::Scalar* in, const int64_t* off, int64_t 
   }
 }
 
-// Vectors per block for R rows: 6x2 and 5x2 run at ~95% of the FMA peak (measured); fewer
-// rows take more vectors, up to the registers.
-template <int R>
+// Vectors per block for R rows: with 16 registers, 6x2 and 5x2 run at ~95% of the FMA peak
+// (measured on an AVX2 EPYC); fewer rows take more vectors, up to the registers. With 32, 6x4
+// halves the loads per FMA of 6x2 (R * NV accumulators + NV inputs + a broadcast <= 29).
+template <class V, int R>
 constexpr int vectors_for_rows() {
+  if constexpr (V::kRegisters >= 32) return 4;
   return R >= 4 ? 2 : 4;
 }
 
 // A three-vector block of R rows, split into two row blocks where R x 3 accumulators would not
-// fit the 16 registers (with the three inputs and a broadcast): for a count ending in a lone
+// fit the registers (with the three inputs and a broadcast): for a count ending in a lone
 // vector, which on its own would run at under half speed.
 template <class V, int R>
 inline void tap_block_three(const typename V::Scalar* in, const int64_t* off, int64_t taps,
@@ -75,7 +79,7 @@ inline void tap_block_three(const typename V::Scalar* in, const int64_t* off, in
                             const typename V::Scalar* bias, bool accumulate, bool relu,
                             typename V::Scalar* out, int64_t ldo, const typename V::Scalar* res,
                             int64_t ldr) {
-  if constexpr (R <= 4) {
+  if constexpr (3 * R + 4 <= V::kRegisters) {
     tap_block<V, R, 3>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, res, ldr);
   } else {
     constexpr int kFirst = R / 2;
@@ -93,7 +97,7 @@ void tap_rows(const typename V::Scalar* in, const int64_t* off, int64_t taps,
               const typename V::Scalar* res, int64_t ldr) {
   // res + q: null stays null (no residual).
   const auto res_at = [res](int64_t q) { return res ? res + q : nullptr; };
-  constexpr int NV = vectors_for_rows<R>();
+  constexpr int NV = vectors_for_rows<V, R>();
   constexpr int64_t L = V::kWidth;
   constexpr int64_t step = NV * L;
   // The last three vectors of a count that would end in a lone vector (see kPositionAlign).

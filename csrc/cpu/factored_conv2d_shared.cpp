@@ -8,6 +8,10 @@ namespace fconv_cpu {
 
 const CpuKernels& cpu_kernels() {
   static const CpuKernels kernels = [] {
+    if (cpu::use_avx512vl()) {
+      const CpuKernels avx512 = avx512_kernels();
+      if (avx512.f32.tap_conv != nullptr) return avx512;
+    }
     if (cpu::use_avx2_fma()) {
       const CpuKernels avx2 = avx2_kernels();
       if (avx2.f32.tap_conv != nullptr) return avx2;

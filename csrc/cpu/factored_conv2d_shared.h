@@ -19,7 +19,8 @@ inline int64_t round_up(int64_t value, int64_t multiple) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The AVX2+FMA kernels when cpu::use_avx2_fma() allows them, else the portable ones.
+// The AVX-512VL kernels when cpu::use_avx512vl() allows them, else the AVX2+FMA ones when
+// cpu::use_avx2_fma() does, else the portable ones.
 const CpuKernels& cpu_kernels();
 
 template <typename T>
