@@ -424,6 +424,41 @@ def test_small_matrices_count_once(device):
     assert counted(ops.lowrank_project_stats(reset=True)) == len(mats)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("caps", [{}, {"value_threshold": 0.05, "max_rank": 9}])
+def test_cpu_results_do_not_depend_on_the_other_matrices(dtype, caps):
+    """The CPU kernel solves a few cold matrices at a time, their eigenvalue iterations
+    interleaved, and reuses its per-group results between groups: every matrix of a list must
+    come out bitwise as it does among 1 x 1 zero matrices (at the same index, which seeds the
+    random columns of a widened basis), cold and warm, zero and tiny matrices included. One
+    thread: with more, a call's float32 products may run on MKL's threads outside the workers,
+    whose rounding differs."""
+    mats = mixed_list(dtype, "cpu", seed=30) + warm_list(dtype, "cpu", seed=40)
+    mats += [torch.zeros(40, 50, dtype=dtype), decaying(60, 200, 6.0, dtype, seed=41), decaying(1, 9, 1.0, dtype, seed=42)]
+    mats += [decaying(192, 192, 24.0, dtype, seed=43 + i) for i in range(5)]
+    filler, filler_basis = torch.zeros(1, 1, dtype=dtype), torch.zeros(1, 0, dtype=dtype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = ops.lowrank_project(mats, 0.9, want_subgradient=True, **caps)
+        moved = [drift(m, 1e-3, 70 + i) for i, m in enumerate(mats)]
+        for bases in (None, first.bases):  # cold, then warm starts (and cold small matrices)
+            whole = ops.lowrank_project(moved, 0.9, bases=bases, want_subgradient=True, **caps)
+            for i, m in enumerate(moved):
+                among = [filler] * len(moved)
+                among[i] = m
+                among_bases = None
+                if bases is not None:
+                    among_bases = [filler_basis] * len(moved)
+                    among_bases[i] = bases[i]
+                alone = ops.lowrank_project(among, 0.9, bases=among_bases, want_subgradient=True, **caps)
+                assert int(alone.ranks[i]) == int(whole.ranks[i]), i
+                for name in ("projected", "subgradients", "bases"):
+                    assert torch.equal(getattr(alone, name)[i], getattr(whole, name)[i]), (name, i)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_bad_warm_basis_is_widened_or_falls_back(device):
     """A basis narrower than the rank, along the weakest directions: it cannot hold the energy
     without widening, so no plain warm result may be certified, and the results stay right."""

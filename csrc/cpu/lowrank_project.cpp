@@ -1,7 +1,8 @@
 // CPU kernel of lowrank_project: every matrix of the list in one call, in parallel over matrices.
 // Matrices differ in size by orders of magnitude (a ResNet's 16 x 144 and 512 x 4608 weights),
 // so a static split of the list would leave one thread with all the big ones: threads instead
-// take the next matrix, largest first, from a shared counter.
+// take the next matrices, largest first, from a shared counter (a few at a time: see
+// group_size).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -14,6 +15,8 @@
 #include "common/lowrank_project_checks.h"
 #include "common/lowrank_project_stats.h"
 #include "cpu/lowrank_project_solver.h"
+#include "cpu/partial_eigen.h"
+#include "cpu/tridiagonal_ql.h"
 
 namespace trp_ext {
 
@@ -42,11 +45,35 @@ lowrank_project_cpu(at::TensorList mats, double energy, std::optional<double> va
   std::vector<cpu::MatrixResult> results(count);
   std::atomic<int64_t> next{0};
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
+  // How many matrices from position t of the schedule a worker takes at once: up to kQlGroup
+  // that solve cold, whose eigenvalue iterations then interleave (project_matrices), but fewer
+  // toward the end of the list, so that no worker is left with a group while the others idle.
+  // A matrix that tries a warm start, or that LAPACK solves (no QL to interleave), goes alone.
+  auto groups_with_others = [&](int64_t i) {
+    const at::Tensor* basis = bases.has_value() ? &(*bases)[i] : nullptr;
+    return !cpu::tries_warm_start(mats[i], basis, options) &&
+           lowrank_side(mats[i]) < cpu::SymmetricEigen::kLapackFromSize;
+  };
+  auto group_size = [&](int64_t t) {
+    const int64_t most = std::clamp<int64_t>((count - t) / (2 * workers), 1, cpu::kQlGroup);
+    int64_t size = 0;
+    while (size < most && groups_with_others(order[t + size])) ++size;
+    return std::max<int64_t>(size, 1);
+  };
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    for (int64_t t = next.fetch_add(1); t < count; t = next.fetch_add(1)) {
-      const int64_t i = order[t];
-      const at::Tensor* basis = bases.has_value() ? &(*bases)[i] : nullptr;
-      results[i] = cpu::project_matrix(mats[i], basis, options, static_cast<uint64_t>(i));
+    cpu::MatrixTask tasks[cpu::kQlGroup];
+    cpu::MatrixResult group_results[cpu::kQlGroup];
+    int64_t t = next.load();
+    while (t < count) {
+      const int64_t size = group_size(t);
+      if (!next.compare_exchange_weak(t, t + size)) continue;  // t now holds the new position
+      for (int64_t j = 0; j < size; ++j) {
+        const int64_t i = order[t + j];
+        tasks[j] = {&mats[i], bases.has_value() ? &(*bases)[i] : nullptr, static_cast<uint64_t>(i)};
+      }
+      cpu::project_matrices(tasks, size, options, group_results);
+      for (int64_t j = 0; j < size; ++j) results[order[t + j]] = std::move(group_results[j]);
+      t = next.load();
     }
   });
 

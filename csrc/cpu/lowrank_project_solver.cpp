@@ -1,11 +1,12 @@
-// One matrix of the CPU lowrank_project kernel (see lowrank_project_solver.h).
+// The matrices of the CPU lowrank_project kernel, a few at a time (see lowrank_project_solver.h).
 //
 // The matrix A (k x len, k = the shorter side) is loaded as float64 and scaled by a power of two.
 // Its Gram matrix G = A A^T is formed in float64: a float32 Gram would square the condition
 // number and lose the small singular values the contract checks. The top eigenpairs of G give
 // U_r, and P = U_r (U_r^T A), the sub-gradient U_r V_r^T = U_r S_r^-1 (U_r^T A): V is never formed.
 //
-// Cold: the full eigen-decomposition of G. Warm: subspace iteration on G from the previous
+// Cold: the full eigen-decomposition of G (those of a group of matrices together, see
+// cold_solve_all). Warm: subspace iteration on G from the previous
 // call's basis, then Rayleigh-Ritz, certified by common/ritz_certificate.h; a basis that does
 // not hold the energy is widened, and a warm start that cannot be certified falls back to cold.
 #include "cpu/lowrank_project_solver.h"
@@ -164,9 +165,9 @@ int64_t rank_of_spectrum(const std::vector<double>& values, const Problem& p,
   return rank;
 }
 
-void cold_solve(const Problem& p, const ProjectOptions& options, Spectrum& s) {
-  SymmetricEigen eigen;
-  eigen.reduce(p.gram.data(), p.k);
+// The cold solve of a matrix whose Gram eigen-decomposition `eigen` has reduced.
+void cold_solve_reduced(SymmetricEigen& eigen, const Problem& p, const ProjectOptions& options,
+                        Spectrum& s) {
   std::vector<double> values = eigen.values();
   // G is PSD; eigenvalues within its rounding count as zero (see gram_noise_factor).
   const double noise = values.empty() ? 0.0 : gram_noise_factor(p.k, p.len) * values[0];
@@ -177,6 +178,26 @@ void cold_solve(const Problem& p, const ProjectOptions& options, Spectrum& s) {
   s.values.assign(values.begin(), values.begin() + s.width);
   s.vectors.resize(p.k * s.width);
   eigen.vectors(s.width, s.vectors.data());
+}
+
+// The cold solves of several matrices, their eigenvalue iterations interleaved
+// (SymmetricEigen::reduce_all): each result is bitwise what a cold solve of it alone gives.
+void cold_solve_all(const std::vector<const Problem*>& problems, const ProjectOptions& options,
+                    const std::vector<Spectrum*>& spectra) {
+  const int64_t count = static_cast<int64_t>(problems.size());
+  std::vector<SymmetricEigen> eigens(count);
+  std::vector<SymmetricEigen*> eigen_ptrs(count);
+  std::vector<const double*> grams(count);
+  std::vector<int64_t> sizes(count);
+  for (int64_t t = 0; t < count; ++t) {
+    eigen_ptrs[t] = &eigens[t];
+    grams[t] = problems[t]->gram.data();
+    sizes[t] = problems[t]->k;
+  }
+  SymmetricEigen::reduce_all(eigen_ptrs.data(), grams.data(), sizes.data(), count);
+  for (int64_t t = 0; t < count; ++t) {
+    cold_solve_reduced(eigens[t], *problems[t], options, *spectra[t]);
+  }
 }
 
 // The width a basis whose columns have Rayleigh quotients q_j^T G q_j = quotient[j] needs (see
@@ -491,49 +512,83 @@ bool all_finite(const at::Tensor& t) {
   return true;
 }
 
-}  // namespace
-
-MatrixResult project_matrix(const at::Tensor& input, const at::Tensor* basis,
-                            const ProjectOptions& options, uint64_t seed) {
-  // load and write_outputs read the matrix row-major (a copy only for a non-contiguous input).
-  const at::Tensor mat = input.contiguous();
-  MatrixResult result;
+// One matrix of project_matrices, between its phases.
+struct MatrixJob {
+  at::Tensor mat;
   Problem p;
-  if (!load(mat, options, p)) {
+  Spectrum s;
+  double sub_floor = 0.0;
+  bool needs_cold = false;
+  bool done = false;  // its result is complete (a non-finite input, or a zero matrix)
+};
+
+// Everything up to the cold solve: load, checks, the Gram and the warm start; then needs_cold
+// says whether the cold solve must follow.
+void start_job(const MatrixTask& task, const ProjectOptions& options, MatrixJob& job,
+               MatrixResult& result) {
+  // load and write_outputs read the matrix row-major (a copy only for a non-contiguous input).
+  job.mat = task.mat->contiguous();
+  Problem& p = job.p;
+  if (!load(job.mat, options, p)) {
     result.nonfinite_matrix = true;
-    return result;
+    job.done = true;
+    return;
   }
+  const at::Tensor* basis = task.basis;
   if (basis != nullptr && !all_finite(*basis)) {
     result.nonfinite_basis = true;
-    return result;
+    job.done = true;
+    return;
   }
-  const bool single = mat.scalar_type() == at::kFloat;
-  const double sub_floor = subgradient_floor(single, p.m, p.n);
-  Spectrum s;
+  const bool single = job.mat.scalar_type() == at::kFloat;
+  job.sub_floor = subgradient_floor(single, p.m, p.n);
   if (p.k == 0 || p.total == 0.0) {
     // Zero (or empty) matrix: rank 0, zero projection and sub-gradient, an empty basis.
-    write_outputs(mat, p, s, options, sub_floor, result);
-    return result;
+    write_outputs(job.mat, p, job.s, options, job.sub_floor, result);
+    job.done = true;
+    return;
   }
   form_gram(p);
-  // A warm start needs columns, is pointless when energy = 1 asks for every nonzero value, and
-  // loses to a cold solve on small matrices.
-  const bool try_warm = basis != nullptr && basis->size(1) > 0 && options.energy < 1.0 &&
-                        p.k >= kWarmMinSize;
-  if (try_warm) {
+  if (tries_warm_start(*task.mat, basis, options)) {
     bool widened = false;
-    if (warm_solve(p, *basis, options, warm_tolerances(single), sub_floor, seed, s,
+    if (warm_solve(p, *basis, options, warm_tolerances(single), job.sub_floor, task.seed, job.s,
                    &widened, &result.warm_iterations)) {
       result.path = widened ? ProjectPath::kWidened : ProjectPath::kWarm;
     } else {
       result.path = ProjectPath::kFallback;
     }
   }
-  if (result.path == ProjectPath::kCold || result.path == ProjectPath::kFallback) {
-    cold_solve(p, options, s);
+  job.needs_cold = result.path == ProjectPath::kCold || result.path == ProjectPath::kFallback;
+}
+
+}  // namespace
+
+void project_matrices(const MatrixTask* tasks, int64_t count, const ProjectOptions& options,
+                      MatrixResult* results) {
+  std::vector<MatrixJob> jobs(count);
+  std::vector<const Problem*> cold_problems;
+  std::vector<Spectrum*> cold_spectra;
+  for (int64_t t = 0; t < count; ++t) {
+    results[t] = MatrixResult{};  // the caller's may hold (moved-from) earlier results
+    start_job(tasks[t], options, jobs[t], results[t]);
+    if (!jobs[t].done && jobs[t].needs_cold) {
+      cold_problems.push_back(&jobs[t].p);
+      cold_spectra.push_back(&jobs[t].s);
+    }
   }
-  write_outputs(mat, p, s, options, sub_floor, result);
-  return result;
+  if (!cold_problems.empty()) cold_solve_all(cold_problems, options, cold_spectra);
+  for (int64_t t = 0; t < count; ++t) {
+    MatrixJob& job = jobs[t];
+    if (!job.done) write_outputs(job.mat, job.p, job.s, options, job.sub_floor, results[t]);
+  }
+}
+
+bool tries_warm_start(const at::Tensor& mat, const at::Tensor* basis,
+                      const ProjectOptions& options) {
+  // A warm start needs columns, is pointless when energy = 1 asks for every nonzero value, and
+  // loses to a cold solve on small matrices.
+  return basis != nullptr && basis->size(1) > 0 && options.energy < 1.0 &&
+         std::min(mat.size(0), mat.size(1)) >= kWarmMinSize;
 }
 
 }  // namespace cpu

@@ -4,18 +4,16 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
-#include <limits>
 
 #include "cpu/lowrank_linalg.h"
 #include "cpu/simd.h"
 #include "cpu/tridiagonal_inverse_iteration.h"
+#include "cpu/tridiagonal_ql.h"
 
 namespace trp_ext {
 namespace cpu {
 namespace {
 
-constexpr double kEps = std::numeric_limits<double>::epsilon();
-constexpr int kMaxQlIterations = 60;  // per eigenvalue; QL needs ~1.5 on average
 // Householder reflector of row i of a (the column i below the diagonal, by symmetry) that
 // zeroes its columns i+2..n-1: stores v (v_0 = 1 implicit) there and in v_out, the new
 // off-diagonal in offdiag[i], and returns tau (0 when the row is already reduced).
@@ -122,103 +120,6 @@ TRP_CPU_DISPATCH_TEMPLATE(void, tridiagonalize,
                           (double* a, int64_t n, double* tau, double* diag, double* offdiag),
                           (a, n, tau, diag, offdiag))
 
-// Eigenvalues of the 2 x 2 symmetric [[a, b], [b, c]] (LAPACK's dlae2), in any order.
-void eigenvalues_2x2(double a, double b, double c, double* rt1, double* rt2) {
-  const double sm = a + c, adf = std::abs(a - c), ab = std::abs(b + b);
-  const double acmx = std::abs(a) > std::abs(c) ? a : c;
-  const double acmn = std::abs(a) > std::abs(c) ? c : a;
-  double rt;
-  if (adf > ab) {
-    rt = adf * std::sqrt(1.0 + (ab / adf) * (ab / adf));
-  } else if (adf < ab) {
-    rt = ab * std::sqrt(1.0 + (adf / ab) * (adf / ab));
-  } else {
-    rt = ab * std::sqrt(2.0);
-  }
-  if (sm == 0.0) {
-    *rt1 = 0.5 * rt;
-    *rt2 = -0.5 * rt;
-    return;
-  }
-  *rt1 = 0.5 * (sm < 0.0 ? sm - rt : sm + rt);
-  // The smaller one from the determinant: no cancellation.
-  *rt2 = (acmx / *rt1) * acmn - (b / *rt1) * b;
-}
-
-// Eigenvalues of the tridiagonal (d, e) by implicit QL with Wilkinson-type shifts in the
-// root-free form of Pal, Walker and Kahan (LAPACK's dsterf): it carries the squared
-// off-diagonals, so that a rotation costs two divisions and no square root. The sweep is one
-// dependent chain, bound by the latency of those operations: the square root and division of
-// the classic form took twice as long. d is overwritten with the eigenvalues (unsorted), e
-// (size n, e[i] couples i and i+1) is destroyed.
-// An off-diagonal deflates once below eps * ||T||: absolute accuracy eps ||T||, all the Gram
-// matrix itself carries, and a relative test would stall on noise-sized blocks of a
-// rank-deficient Gram. Works on T / ||T||, where no square or sum below can overflow, and
-// every squared off-diagonal still in play is above eps^2, far from underflow.
-bool ql_eigenvalues(double* d, double* e, int64_t n, double norm) {
-  if (n == 0) return true;
-  e[n - 1] = 0.0;
-  if (norm == 0.0) return true;
-  for (int64_t i = 0; i < n; ++i) {
-    d[i] /= norm;
-    e[i] = (e[i] / norm) * (e[i] / norm);
-  }
-  const double negligible2 = kEps * kEps;
-  for (int64_t l = 0; l < n; ++l) {
-    int iterations = 0;
-    for (;;) {
-      int64_t m = l;
-      for (; m + 1 < n; ++m) {
-        if (e[m] <= negligible2) break;
-      }
-      if (m == l) break;
-      if (m == l + 1) {  // a 2 x 2 block: closed form (d[l + 1] is then found at once)
-        double rt1, rt2;
-        eigenvalues_2x2(d[l], std::sqrt(e[l]), d[l + 1], &rt1, &rt2);
-        d[l] = rt1;
-        d[l + 1] = rt2;
-        e[l] = 0.0;
-        break;
-      }
-      if (++iterations > kMaxQlIterations) return false;
-      const double rte = std::sqrt(e[l]);
-      double sigma = (d[l + 1] - d[l]) / (2.0 * rte);
-      const double r0 = std::sqrt(sigma * sigma + 1.0);
-      sigma = d[l] - rte / (sigma + std::copysign(r0, sigma));
-      double c = 1.0, s = 0.0;
-      double gamma = d[m] - sigma;
-      double p = gamma * gamma;
-      for (int64_t i = m - 1; i >= l; --i) {
-        const double bb = e[i];
-        const double r = p + bb;  // > 0: bb > eps^2 for every i < m
-        // One reciprocal on the chain from r to the next p instead of two divisions: c = p / r,
-        // s = bb / r, and gamma^2 / c = gamma^2 (r / p), whose 1 / p starts as soon as p is
-        // known, off the chain (a subnormal p, whose reciprocal overflows, divides as before).
-        const bool p_normal = p >= std::numeric_limits<double>::min();
-        const double inv_p = p_normal ? 1.0 / p : 0.0;
-        const double inv_r = 1.0 / r;
-        if (i != m - 1) e[i + 1] = s * r;
-        const double old_c = c;
-        c = p * inv_r;
-        s = bb * inv_r;
-        const double old_gamma = gamma;
-        const double alpha = d[i];
-        gamma = c * (alpha - sigma) - s * old_gamma;
-        d[i + 1] = old_gamma + (alpha - gamma);
-        if (c == 0.0) {
-          p = old_c * bb;
-        } else {
-          p = p_normal ? (gamma * gamma) * (r * inv_p) : (gamma * gamma) / c;
-        }
-      }
-      e[l] = s * p;
-      d[l] = sigma + gamma;
-    }
-  }
-  for (int64_t i = 0; i < n; ++i) d[i] *= norm;
-  return true;
-}
-
 using inverse_iteration::tridiagonal_vectors_impl;
 TRP_CPU_DISPATCH(void, tridiagonal_vectors,
                  (const double* d, const double* e, int64_t n, const double* lambda, int64_t m,
@@ -298,30 +199,63 @@ void back_transform_blocked(const double* house, const double* tau, int64_t n, d
 }  // namespace
 
 void SymmetricEigen::reduce(const double* a, int64_t n) {
-  n_ = n;
-  lapack_ = n >= kLapackFromSize;
-  if (!lapack_) {
-    house_.assign(a, a + n * n);
-    tau_.assign(std::max<int64_t>(n - 2, 0), 0.0);
-    diag_.assign(n, 0.0);
-    offdiag_.assign(n, 0.0);
-    tridiagonalize(house_.data(), n, tau_.data(), diag_.data(), offdiag_.data());
+  SymmetricEigen* self = this;
+  reduce_all(&self, &a, &n, 1);
+}
+
+void SymmetricEigen::reduce_all(SymmetricEigen* const* eigens, const double* const* matrices,
+                                const int64_t* sizes, int64_t count) {
+  // Each matrix to tridiagonal form (or to LAPACK, when large), then the eigenvalues of all the
+  // tridiagonal ones in one interleaved QL.
+  std::vector<TridiagonalProblem> problems;
+  std::vector<std::vector<double>> off_copies;  // QL destroys its off-diagonals
+  std::vector<SymmetricEigen*> owners;
+  problems.reserve(count);
+  off_copies.reserve(count);
+  for (int64_t t = 0; t < count; ++t) {
+    SymmetricEigen& eig = *eigens[t];
+    const double* a = matrices[t];
+    const int64_t n = sizes[t];
+    eig.n_ = n;
+    eig.lapack_ = n >= kLapackFromSize;
+    if (eig.lapack_) continue;
+    eig.house_.assign(a, a + n * n);
+    eig.tau_.assign(std::max<int64_t>(n - 2, 0), 0.0);
+    eig.diag_.assign(n, 0.0);
+    eig.offdiag_.assign(n, 0.0);
+    tridiagonalize(eig.house_.data(), n, eig.tau_.data(), eig.diag_.data(), eig.offdiag_.data());
     double norm = 0.0;  // ||T||_inf (T symmetric, so also ||T||_1)
     for (int64_t i = 0; i < n; ++i) {
-      norm = std::max(norm, std::abs(diag_[i]) + std::abs(offdiag_[i]) +
-                                (i > 0 ? std::abs(offdiag_[i - 1]) : 0.0));
+      norm = std::max(norm, std::abs(eig.diag_[i]) + std::abs(eig.offdiag_[i]) +
+                                (i > 0 ? std::abs(eig.offdiag_[i - 1]) : 0.0));
     }
-    values_ = diag_;
-    std::vector<double> e = offdiag_;
-    lapack_ = !ql_eigenvalues(values_.data(), e.data(), n, norm);
-    if (!lapack_) {
-      std::sort(values_.begin(), values_.end(), std::greater<double>());
-      return;
+    eig.values_ = eig.diag_;
+    off_copies.push_back(eig.offdiag_);
+    TridiagonalProblem problem;
+    problem.d = eig.values_.data();
+    problem.e = off_copies.back().data();
+    problem.n = n;
+    problem.norm = norm;
+    problems.push_back(problem);
+    owners.push_back(&eig);
+  }
+  ql_eigenvalues(problems.data(), static_cast<int64_t>(problems.size()));
+  for (size_t t = 0; t < owners.size(); ++t) {
+    SymmetricEigen& eig = *owners[t];
+    if (problems[t].converged) {
+      std::sort(eig.values_.begin(), eig.values_.end(), std::greater<double>());
+    } else {
+      eig.lapack_ = true;  // the (never seen) non-converged QL: LAPACK instead
     }
   }
-  values_.resize(n);
-  house_.resize(n * n);
-  lapack_eigh(a, n, values_.data(), house_.data());
+  for (int64_t t = 0; t < count; ++t) {
+    SymmetricEigen& eig = *eigens[t];
+    if (!eig.lapack_) continue;
+    const int64_t n = sizes[t];
+    eig.values_.resize(n);
+    eig.house_.resize(n * n);
+    lapack_eigh(matrices[t], n, eig.values_.data(), eig.house_.data());
+  }
 }
 
 void SymmetricEigen::vectors(int64_t m, double* out) {

@@ -4,8 +4,9 @@
 // eigenvectors for only the top r + oversampling of them, usually a third of the matrix or less.
 // LAPACK's dsyevd (all ATen offers) computes every eigenvector, which is ~3/4 of its time at
 // k = 192. This solver reduces to tridiagonal form by Householder reflections, finds the
-// eigenvalues by implicit QL, then computes only the wanted eigenvectors of the tridiagonal
-// matrix by inverse iteration (re-orthogonalised within clusters) and transforms them back.
+// eigenvalues by implicit QL (tridiagonal_ql.h), then computes only the wanted eigenvectors of
+// the tridiagonal matrix by inverse iteration (re-orthogonalised within clusters) and transforms
+// them back.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,12 @@ class SymmetricEigen {
   // its eigenvalues. Above kLapackFromSize, or in the (never seen) event that QL does not
   // converge, it uses LAPACK's dsyevd through ATen instead, whose blocked reduction wins there.
   void reduce(const double* a, int64_t n);
+
+  // reduce for count matrices at once: eigens[t] reduces matrices[t] (sizes[t] x sizes[t]),
+  // with the eigenvalue iterations of all of them interleaved (tridiagonal_ql.h), which keeps a
+  // core busier than one at a time. Each result is bitwise what reduce gives.
+  static void reduce_all(SymmetricEigen* const* eigens, const double* const* matrices,
+                         const int64_t* sizes, int64_t count);
 
   // All n eigenvalues, descending, accurate to ~eps * ||a||.
   const std::vector<double>& values() const { return values_; }
