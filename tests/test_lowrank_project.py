@@ -631,7 +631,8 @@ PRODUCT_PATHS = {
     # included), as on a CPU without AVX2: ATEN_CPU_CAPABILITY=default switches ours off too.
     "portable": {"ATEN_CPU_CAPABILITY": "default"},
     # The own GEMM on the AVX2 micro-kernel (16 registers) where the CPU has AVX-512 (whose
-    # 32-register build the default path runs there); elsewhere the default path again.
+    # 32-register build the default path runs there); on an AVX2 CPU the own-GEMM path again.
+    # Skipped without AVX2: ATen takes the setting without checking the CPU.
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "TRP_EXT_OWN_GEMM": "always"},
     # The BLAS/LAPACK libtorch exports, called directly when it can, else ATen's (the path of a
     # torch build that does not export them); every product there, none on the own GEMM.
@@ -661,6 +662,8 @@ def test_every_product_path_meets_the_same_contract(path):
     variables = PRODUCT_PATHS[path]
     if all(os.environ.get(name) == value for name, value in variables.items()):
         pytest.skip("this process is already on that path")
+    if variables.get("ATEN_CPU_CAPABILITY") == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("this CPU has no AVX2")
     env = dict(os.environ, **variables)
     selection = "cpu and (match_svd or warm_start or widened or rank_deficient or numerical_rank)"
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
