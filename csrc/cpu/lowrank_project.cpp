@@ -19,6 +19,15 @@
 #include "cpu/tridiagonal_ql.h"
 
 namespace trp_ext {
+namespace {
+
+// The largest matrix (in values) a worker groups with others: a group's members are all loaded
+// (as float64, with their Gram matrices) at once, and the QL sweeps a group interleaves are a
+// small part of a large matrix's solve (its Gram and reduction grow as k^2 len and k^3, the
+// sweeps as k^2). 2^20 values: 8 MiB a copy; a ResNet-50 512 x 4608 weight goes alone.
+constexpr int64_t kMaxGroupedValues = int64_t{1} << 20;
+
+}  // namespace
 
 std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
 lowrank_project_cpu(at::TensorList mats, double energy, std::optional<double> value_threshold,
@@ -48,11 +57,13 @@ lowrank_project_cpu(at::TensorList mats, double energy, std::optional<double> va
   // How many matrices from position t of the schedule a worker takes at once: up to kQlGroup
   // that solve cold, whose eigenvalue iterations then interleave (project_matrices), but fewer
   // toward the end of the list, so that no worker is left with a group while the others idle.
-  // A matrix that tries a warm start, or that LAPACK solves (no QL to interleave), goes alone.
+  // A matrix that tries a warm start, that LAPACK solves (no QL to interleave), or whose float64
+  // copy is large (a group holds all of its members' at once) goes alone.
   auto groups_with_others = [&](int64_t i) {
     const at::Tensor* basis = bases.has_value() ? &(*bases)[i] : nullptr;
     return !cpu::tries_warm_start(mats[i], basis, options) &&
-           lowrank_side(mats[i]) < cpu::SymmetricEigen::kLapackFromSize;
+           lowrank_side(mats[i]) < cpu::SymmetricEigen::kLapackFromSize &&
+           mats[i].numel() <= kMaxGroupedValues;
   };
   auto group_size = [&](int64_t t) {
     const int64_t most = std::clamp<int64_t>((count - t) / (2 * workers), 1, cpu::kQlGroup);
