@@ -22,6 +22,14 @@ import trp_ext  # noqa: F401
 CUDA = pytest.param("cuda", marks=pytest.mark.cuda)
 
 
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Records which CPU code ran: ours (``trp_ext._C.cpu_kernels()``) and torch's (ATen's CPU
+    capability, which oneDNN's convs and MKL follow too). The development VM once changed from an
+    AVX2 CPU to an AVX-512 one between two runs, which moved every ratio."""
+    machine_info["trp_ext_cpu_kernels"] = trp_ext._C.cpu_kernels()
+    machine_info["aten_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+
+
 def synchronizing(fn, device):
     """Wraps fn so that a timed call includes the GPU work it launched."""
     if torch.device(device).type != "cuda":

@@ -83,7 +83,10 @@ def main(argv=None):
     if not groups:
         sys.exit(f"no benchmarks in {args.json_path}" + (f" matching {args.filter!r}" if args.filter else ""))
     cpu = machine.get("cpu", {}).get("brand_raw", "unknown CPU")
-    print(f"Machine: {cpu}, {machine.get('cpu', {}).get('count', '?')} cores; medians in ms\n")
+    code = ""
+    if "trp_ext_cpu_kernels" in machine:  # recorded by bench/conftest.py
+        code = f", trp-ext {machine['trp_ext_cpu_kernels']} kernels, ATen {machine.get('aten_cpu_capability', '?')}"
+    print(f"Machine: {cpu}, {machine.get('cpu', {}).get('count', '?')} cores{code}; medians in ms\n")
     print(table(groups, extras))
     alternating = alternating_groups(extras)
     if alternating:
