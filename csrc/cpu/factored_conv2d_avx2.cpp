@@ -37,6 +37,7 @@ using Avx2F64 = YmmF64<16>;
 #else
 #pragma GCC pop_options
 #endif
+#include "cpu/factored_conv2d_kernel_table.h"
 #endif  // x86-64 with GCC or Clang
 
 namespace trp_ext {
@@ -44,15 +45,11 @@ namespace fconv_cpu {
 
 // Only takes addresses: nothing compiled for AVX2 runs here, so any CPU may call it.
 CpuKernels avx2_kernels() {
-  CpuKernels k;
 #ifdef TRP_FCONV_HAVE_AVX2
-  k.f32 = {&tap_conv<Avx2F32>, &build_planes<Avx2F32>, &copy_rows<Avx2F32>,
-           &winograd_input<Avx2F32>, &winograd_output<Avx2F32>};
-  k.f64 = {&tap_conv<Avx2F64>, &build_planes<Avx2F64>, &copy_rows<Avx2F64>,
-           &winograd_input<Avx2F64>, &winograd_output<Avx2F64>};
-  k.isa = "avx2";
+  return kernel_table<Avx2F32, Avx2F64>("avx2");
+#else
+  return CpuKernels{};
 #endif
-  return k;
 }
 
 }  // namespace fconv_cpu

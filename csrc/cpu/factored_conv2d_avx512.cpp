@@ -42,6 +42,7 @@ using Avx512VlF64 = YmmF64<32>;
 #else
 #pragma GCC pop_options
 #endif
+#include "cpu/factored_conv2d_kernel_table.h"
 #endif  // x86-64 with GCC or Clang
 
 namespace trp_ext {
@@ -49,15 +50,11 @@ namespace fconv_cpu {
 
 // Only takes addresses: nothing compiled for AVX-512 runs here, so any CPU may call it.
 CpuKernels avx512_kernels() {
-  CpuKernels k;
 #ifdef TRP_FCONV_HAVE_AVX512
-  k.f32 = {&tap_conv<Avx512VlF32>, &build_planes<Avx512VlF32>, &copy_rows<Avx512VlF32>,
-           &winograd_input<Avx512VlF32>, &winograd_output<Avx512VlF32>};
-  k.f64 = {&tap_conv<Avx512VlF64>, &build_planes<Avx512VlF64>, &copy_rows<Avx512VlF64>,
-           &winograd_input<Avx512VlF64>, &winograd_output<Avx512VlF64>};
-  k.isa = "avx512";
+  return kernel_table<Avx512VlF32, Avx512VlF64>("avx512");
+#else
+  return CpuKernels{};
 #endif
-  return k;
 }
 
 }  // namespace fconv_cpu

@@ -3,6 +3,8 @@
 // out AVX2, and on non-x86 targets.
 #include "cpu/factored_conv2d_kernels.h"
 #include "cpu/factored_conv2d_kernels_impl.h"
+// After the templates it names.
+#include "cpu/factored_conv2d_kernel_table.h"
 
 namespace trp_ext {
 namespace fconv_cpu {
@@ -77,15 +79,7 @@ struct PortableVec {
 }  // namespace
 
 CpuKernels portable_kernels() {
-  using F32 = PortableVec<float>;
-  using F64 = PortableVec<double>;
-  CpuKernels k;
-  k.f32 = {&tap_conv<F32>, &build_planes<F32>, &copy_rows<F32>,
-           &winograd_input<F32>, &winograd_output<F32>};
-  k.f64 = {&tap_conv<F64>, &build_planes<F64>, &copy_rows<F64>,
-           &winograd_input<F64>, &winograd_output<F64>};
-  k.isa = "portable";
-  return k;
+  return kernel_table<PortableVec<float>, PortableVec<double>>("portable");
 }
 
 }  // namespace fconv_cpu
