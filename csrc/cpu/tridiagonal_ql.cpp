@@ -130,14 +130,27 @@ inline void rotate(double* __restrict d, double* __restrict e, int64_t i, int64_
   }
 }
 
-// `steps` rotations of each of the K sweeps, interleaved.
+// `steps` rotations of each of the K sweeps, interleaved. Each sweep's arrays, indices and shift
+// are copied to locals first: read through q, every store into d or e (which could alias them,
+// for all the compiler knows) would force them to be loaded again on every rotation.
 template <int K>
 void rotate_interleaved(QlState* const* q, int64_t steps) {
   Rotation x[K];
-  for (int j = 0; j < K; ++j) x[j] = {q[j]->c, q[j]->s, q[j]->p, q[j]->gamma};
+  double* d[K];
+  double* e[K];
+  int64_t first[K], m[K];
+  double sigma[K];
+  for (int j = 0; j < K; ++j) {
+    x[j] = {q[j]->c, q[j]->s, q[j]->p, q[j]->gamma};
+    d[j] = q[j]->d;
+    e[j] = q[j]->e;
+    first[j] = q[j]->i;
+    m[j] = q[j]->m;
+    sigma[j] = q[j]->sigma;
+  }
   for (int64_t k = 0; k < steps; ++k) {
 #pragma GCC unroll 4
-    for (int j = 0; j < K; ++j) rotate(q[j]->d, q[j]->e, q[j]->i - k, q[j]->m, q[j]->sigma, x[j]);
+    for (int j = 0; j < K; ++j) rotate(d[j], e[j], first[j] - k, m[j], sigma[j], x[j]);
   }
   for (int j = 0; j < K; ++j) {
     q[j]->c = x[j].c;
