@@ -498,13 +498,17 @@ def test_a_meta_tensor_among_cpu_tensors_is_a_device_error(on_meta):
 
 @pytest.mark.parametrize("stride,padding,dilation", [((2 ** 31, 1), (1, 1), (1, 1)), ((1, 2 ** 40), (0, 0), (1, 1)),
                                                      ((1, 1), (10 ** 5, 1), (10 ** 5, 1)),
-                                                     ((16, 10 ** 5), (1, 10 ** 5), (1, 5 * 10 ** 4))])
+                                                     ((16, 10 ** 5), (1, 10 ** 5), (1, 5 * 10 ** 4)),
+                                                     ((1, 2147483500), (0, 2147483500), (1, 1)),
+                                                     ((1, 1431655769), (0, 2147483518), (1, 1))])
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
 def test_extreme_geometry_matches_the_reference(device, scheme, stride, padding, dilation):
     # A stride past the image (one output along it) crashed: the stride-phase buffers grew with
     # it; a padding and dilation of 1e5 on a 9x9 image exhausted memory for a 9-row output. The
-    # last case runs unfused with one output row: at the fused kernels' stride 1 the library
-    # convs gave more rows.
+    # fourth case runs unfused with one output row: at the fused kernels' stride 1 the library
+    # convs gave more rows. The last two: a stride and padding near 2^31 with 3 output columns,
+    # each within 32 bits but not their sums; the CUDA kernel's spatial tile width wrapped in an
+    # int there and passed its shared-memory checks (found by reading; no GPU has run them yet).
     x, w1, w2, bias = _good(device, scheme)
     got = _call(x, w1, w2, bias, stride, padding, dilation, scheme)
     expected = _expected(x, w1, w2, bias, stride, padding, dilation, scheme, None)

@@ -46,9 +46,13 @@ bool choose_spatial_tile(FconvArgs& a, size_t smem_limit) {
   double best = std::numeric_limits<double>::infinity();
   for (int tw = 1; tw <= std::min(a.Wo, kBM); ++tw) {
     for (int th = std::min(a.Ho, kBM / tw); th >= 1; --th) {
-      const int wi = (tw - 1) * a.sw2 + (a.kw2 - 1) * a.dw2 + 1;
-      const int m1p = static_cast<int>(ceil_div(static_cast<int64_t>(th) * wi, kBM) * kBM);
-      if (m1p > kMaxMidRows || Layout<T, RP>::bytes(m1p, true) > smem_limit) continue;
+      // In 64 bits, and bounded before the narrowing: with a stride or dilation near 2^31 the
+      // halo'd width, or its product with th, would wrap in an int and pass the size checks.
+      const int64_t wi = static_cast<int64_t>(tw - 1) * a.sw2 + static_cast<int64_t>(a.kw2 - 1) * a.dw2 + 1;
+      const int64_t rows = ceil_div(th * wi, kBM) * kBM;
+      if (rows > kMaxMidRows) continue;
+      const int m1p = static_cast<int>(rows);
+      if (Layout<T, RP>::bytes(m1p, true) > smem_limit) continue;
       const double blocks = static_cast<double>(a.N) * ceil_div(a.Ho, th) * ceil_div(a.Wo, tw);
       const double cost = blocks * (static_cast<double>(m1p) * a.K1p * RP +
                                     static_cast<double>(kBM) * a.kw2 * RP * a.n_chunks * kBN);
@@ -56,8 +60,8 @@ bool choose_spatial_tile(FconvArgs& a, size_t smem_limit) {
         best = cost;
         a.tile_h = th;
         a.tile_w = tw;
-        a.tile_wi = wi;
-        a.m1 = th * wi;
+        a.tile_wi = static_cast<int>(wi);
+        a.m1 = static_cast<int>(th * wi);
         a.m1p = m1p;
       }
       break;  // the tallest tile that fits is the cheapest for this width
@@ -172,10 +176,13 @@ bool fits_int32(const FconvGeometry& g) {
   const bool sizes = g.batch * g.out_h * g.out_w < kLimit && k1 < kLimit && g.height < kLimit &&
                      g.width < kLimit && g.rank * k1 < kLimit &&
                      g.out_channels * g.rank * g.kw < kLimit;
-  // padding and dilation * (kernel - 1) are each below 2^62 (checked), so these sums stay exact
+  // padding and dilation * (kernel - 1) are each below 2^62 (checked), so these sums stay exact.
+  // The padded extents bound every input coordinate the kernel forms (oh * sh - ph + ky * dh
+  // lies in [-ph, height + ph)), so those stay ints too.
   const bool geometry = g.sh < kLimit && g.sw < kLimit && g.ph < kLimit && g.pw < kLimit &&
                         g.dh < kLimit && g.dw < kLimit && g.dh * (g.kh - 1) + g.ph < kLimit &&
-                        g.dw * (g.kw - 1) + g.pw < kLimit;
+                        g.dw * (g.kw - 1) + g.pw < kLimit && g.height + 2 * g.ph < kLimit &&
+                        g.width + 2 * g.pw < kLimit;
   return sizes && geometry;
 }
 
