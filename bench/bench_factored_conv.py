@@ -54,15 +54,16 @@ class Layer:
         return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
                      for size, k, s, p, d in zip((self.h, self.w), self.kernel, self.stride, self.padding, self.dilation))
 
-    def flop_ratio(self, scheme):
-        """Dense multiply-adds / factored multiply-adds, per image."""
+    def macs(self, scheme):
+        """(dense, factored) multiply-adds per image."""
         (kh, kw), (ho, wo), r = self.kernel, self.out_size(), self.rank
         dense = ho * wo * self.n * self.c * kh * kw
         if scheme == "channel":
             factored = ho * wo * (r * self.c * kh * kw + self.n * r)
         else:  # kh x 1 over the full input width, then 1 x kw
             factored = ho * self.w * r * self.c * kh + ho * wo * self.n * r * kw
-        return dense / factored
+        return dense, factored
+
 
 
 def _selected_layer_inputs(arch, size):
@@ -137,6 +138,13 @@ def _variant_fn(variant, layer, scheme, x, w, w1, w2, bias):
     return lambda: torch.relu_(F.conv2d(x, w, bias, s, p, d))
 
 
+def _work(layer, scheme, batch, calls=1):
+    """ours' extra_info on the arithmetic: the FLOP ratio (for realisation), and the multiply-adds
+    of one timed call of `calls` layer calls (for bench/report.py --fma-peak)."""
+    dense, factored = layer.macs(scheme)
+    return {"flop_ratio": dense / factored, "macs": {"dense": dense * batch * calls, "factored": factored * batch * calls}}
+
+
 def _rounds(layer, batch):
     """Enough rounds for a stable median, few enough that ImageNet at batch 32 stays quick."""
     ho, wo = layer.out_size()
@@ -152,7 +160,7 @@ def test_cpu(benchmark, layer, batch, scheme, variant):
     fn = _variant_fn(variant, layer, scheme, x, w, w1, w2, bias)
     extra = {}
     if variant == "ours":
-        extra = {"flop_ratio": layer.flop_ratio(scheme),
+        extra = {**_work(layer, scheme, batch),
                  "alternates": {v: _variant_fn(v, layer, scheme, x, w, w1, w2, bias) for v in VARIANTS if v != "ours"}}
     # Three warm-up calls: the first one to three calls of a shape run slower (allocator, caches).
     measure(benchmark, fn, variant, "cpu", rounds=_rounds(layer, batch), warmup_rounds=3, **extra)
@@ -183,6 +191,5 @@ def test_cuda(benchmark, device, layer, batch, scheme, dtype, channels_last, var
     fn = repeated(variant)
     extra = {}
     if variant == "ours":
-        extra = {"flop_ratio": layer.flop_ratio(scheme),
-                 "alternates": {v: repeated(v) for v in VARIANTS if v != "ours"}}
+        extra = {**_work(layer, scheme, batch, CUDA_REPEATS), "alternates": {v: repeated(v) for v in VARIANTS if v != "ours"}}
     measure(benchmark, fn, variant, device, rounds=20, warmup_rounds=3, repeats=CUDA_REPEATS, **extra)

@@ -7,6 +7,9 @@
 - ``benchmark.extra_info["flop_ratio"]`` (optional, on ``ours``): dense FLOPs / factored FLOPs;
   with a ``"dense"`` variant in the group the report adds realisation =
   (t_dense / t_ours) / flop_ratio.
+- ``benchmark.extra_info["macs"]`` (optional, on ``ours``): ``{"dense": ..., "factored": ...}``,
+  the multiply-adds of one timed call of the dense conv and of the factored pair (which the fused
+  op computes too); ``bench/report.py --fma-peak`` turns them into fractions of the machine's peak.
 - ``benchmark.extra_info["alternating_ms"]`` (optional, on ``ours``): ours' and the baselines'
   medians timed in alternation, call by call (see ``measure``); the report gives their ratios as
   a second table.

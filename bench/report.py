@@ -9,6 +9,12 @@ a flop_ratio and a dense variant; and the median of each ratio column over all r
 Where ours' test also timed every variant in alternation, call by call (extra_info
 "alternating_ms", see bench/conftest.py), a second table gives the same columns from those
 medians: all of one time window, each call after another variant's.
+
+With --fma-peak GFLOPS (the machine's multiply-add peak, all cores the bench used, counting a
+multiply-add as two FLOPs) and cases that record their multiply-adds (extra_info "macs"), a
+further table gives each variant's share of that peak, and the bound it puts on ours: the fused op
+computes at least the factored pair's multiply-adds, so it cannot beat the pair by more than
+1 / (the pair's share of the peak), nor realise more than 1 / (the dense conv's share).
 """
 import argparse
 import json
@@ -74,10 +80,40 @@ def table(groups, extras):
     return "\n".join(lines)
 
 
+def peak_table(groups, extras, peak_gflops):
+    """Each variant's share of the peak, and the bounds on ours: pair/ours at most 1 / the pair's
+    share, realisation at most 1 / the dense conv's share (see the module docstring)."""
+    header = ["case", "ours % of peak", "pair % of peak", "dense % of peak", "pair/ours", "pair/ours bound",
+              "realisation bound"]
+    rows, columns = [], defaultdict(list)
+    for group in sorted(groups):
+        medians, macs = groups[group], extras.get(group, {}).get("macs")
+        if not macs or not all(v in medians for v in ("ours", "pair", "dense")):
+            continue
+        share = {v: 2 * macs["dense" if v == "dense" else "factored"] / (medians[v] * 1e-3) / (peak_gflops * 1e9)
+                 for v in ("ours", "pair", "dense")}
+        values = {"ours": share["ours"], "pair": share["pair"], "dense": share["dense"],
+                  "ratio": medians["pair"] / medians["ours"], "bound": 1 / share["pair"], "realisation": 1 / share["dense"]}
+        for key, value in values.items():
+            columns[key].append(value)
+        rows.append([group] + [f"{100 * values[v]:.0f}%" for v in ("ours", "pair", "dense")] +
+                    [f"{values['ratio']:.2f}x", f"{values['bound']:.2f}x", f"{values['realisation']:.2f}"])
+    if not rows:
+        return "(no case records its multiply-adds)"
+    median = {key: statistics.median(values) for key, values in columns.items()}
+    rows.append(["**median**"] + [f"{100 * median[v]:.0f}%" for v in ("ours", "pair", "dense")] +
+                [f"{median['ratio']:.2f}x", f"{median['bound']:.2f}x", f"{median['realisation']:.2f}"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json_path")
     parser.add_argument("--filter", default=None, help="keep benchmarks whose full name contains this")
+    parser.add_argument("--fma-peak", type=float, default=None, metavar="GFLOPS",
+                        help="the machine's multiply-add peak in GFLOP/s (all cores used): adds the peak table")
     args = parser.parse_args(argv)
     machine, groups, extras = load_groups(args.json_path, args.filter)
     if not groups:
@@ -92,6 +128,10 @@ def main(argv=None):
     if alternating:
         print("\nAlternating calls (every variant timed in turn, one call each, in the same time window):\n")
         print(table(alternating, extras))
+    if args.fma_peak is not None:
+        print(f"\nShare of the {args.fma_peak:g} GFLOP/s multiply-add peak, and the bounds it puts on ours "
+              f"({'alternating' if alternating else 'back-to-back'} medians):\n")
+        print(peak_table(alternating or groups, extras, args.fma_peak))
 
 
 if __name__ == "__main__":
