@@ -102,13 +102,15 @@ def subgradient_floor(mat):
 
 
 def energy_band_ok(s, energy, r1, r2):
-    """Ranks r1 != r2 are allowed where every cumulative energy between them is within the band."""
-    c = torch.cumsum(s * s, 0)
+    """Ranks r1 < r2 are both allowed where the cumulative energies of ranks r1 .. r2 - 1 all lie
+    within the band around the target: rounding can move each of them across it. (The energy of
+    rank r2 itself need not: a tie at rank r1 makes r2 the next rank up, whatever its energy.)"""
+    s = s / s[0] if s[0] > 0 else s  # squares of values near the float64 limit overflow
+    c = torch.cat([s.new_zeros(1), torch.cumsum(s * s, 0)])  # c[r]: the energy of rank r
     total = c[-1]
     target = energy * total
     lo, hi = min(r1, r2), max(r1, r2)
-    between = c[max(lo - 1, 0):hi] if lo > 0 else torch.cat([c.new_zeros(1), c[:hi]])
-    return bool(((between - target).abs() <= RANK_BAND * total).all())
+    return bool(((c[lo:hi] - target).abs() <= RANK_BAND * total).all())
 
 
 def svd_error(mat, rank, p_exact):
@@ -236,6 +238,23 @@ def test_hand_example(device):
         torch.testing.assert_close(result.subgradients[0].cpu(), u[:, :rank] @ v[:, :rank].T, rtol=0, atol=1e-12)
     assert int(ops.lowrank_project([w], 0.99, value_threshold=1.5).ranks[0]) == 2
     assert int(ops.lowrank_project([w], 0.99, max_rank=1).ranks[0]) == 1
+
+
+def test_the_rank_band_admits_ties_and_nothing_else():
+    # Energies 0, 1, 1.25 for ranks 0, 1, 2. At energy 0.8 (target 1.0, an exact tie at rank 1)
+    # ranks 1 and 2 are both right; at 0.7 or 0.9 only one is.
+    s = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    assert energy_band_ok(s, 0.8, 1, 2) and energy_band_ok(s, 0.8, 2, 1)
+    assert not energy_band_ok(s, 0.7, 1, 2) and not energy_band_ok(s, 0.9, 1, 2)
+    assert not energy_band_ok(s, 0.8, 0, 2)  # rank 0's energy is nowhere near the target
+    assert energy_band_ok(torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64), 1 / 3, 0, 1) is False
+    # Near the float64 limit the squares overflow unless normalised first.
+    assert energy_band_ok(torch.ldexp(s, torch.tensor(1022)), 0.8, 2, 1)
+    # The tie through the whole check: rank 1 or 2, whichever way the kernel rounds.
+    u, _ = torch.linalg.qr(torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    v, _ = torch.linalg.qr(torch.randn(2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    w = (u * s) @ v.T
+    check_all([w], ops.lowrank_project([w], 0.8), 0.8)
 
 
 # ----------------------------------------------------------------------------- edge cases
