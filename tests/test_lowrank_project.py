@@ -588,6 +588,29 @@ def test_float32_matrices_near_the_float32_limit_stay_finite(device):
                                    rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("shape,exponent,energy", [((2, 700), -144, 1.0), ((64, 200), -136, 0.99),
+                                                   ((200, 64), -136, 0.99), ((49, 49), -130, 0.99)])
+def test_float32_matrices_among_the_subnormals_meet_the_contract(device, shape, exponent, energy):
+    # Below ~2^-100 the float32 products rounded onto the subnormal grid: errors up to 14x a float32
+    # SVD's. Compared in units of 2^exponent (exact), where the float64 norms are well scaled.
+    base = decaying(*shape, 4.0, torch.float64, 3) if energy < 1 else gaussian(*shape, torch.float64, 3)
+    mat = torch.ldexp(base, torch.tensor(exponent)).float().to(device)
+    result = ops.lowrank_project([mat], energy)
+    rank = int(result.ranks[0])
+    a = torch.ldexp(mat.cpu().double(), torch.tensor(-exponent))
+    u, s, vh = ref.svd64(a)
+    assert rank == ref.select_rank(s, energy)
+    exact = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    scaled = lambda t: torch.ldexp(t.cpu().double(), torch.tensor(-exponent))  # noqa: E731
+    err = float((scaled(result.projected[0]) - exact).norm() / a.norm())
+    uu, ss, vv = torch.linalg.svd(mat.cpu(), full_matrices=False)
+    svd_err = float((scaled((uu[:, :rank] * ss[:rank]) @ vv[:rank]) - exact).norm() / a.norm())
+    assert err <= max(2 * svd_err, FLOOR[torch.float32]), (err, svd_err)
+    # No worse than rounding the exact projection to float32 (at these magnitudes, that is the error).
+    rounded = float((scaled(torch.ldexp(exact, torch.tensor(exponent)).float()) - exact).norm() / a.norm())
+    assert err <= 1.01 * rounded + 1e-12, (err, rounded)
+
+
 @pytest.mark.parametrize("argument,value", [("energy", "0.5"), ("energy", None), ("value_threshold", "0.1"),
                                             ("max_rank", 2.9), ("max_rank", "3"), ("max_rank", True),
                                             ("want_subgradient", "no"), ("want_subgradient", 1)])

@@ -462,6 +462,10 @@ void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
 // float32 products of a matrix whose entries could sum past this (2^120, FLT_MAX / 2^8) run in
 // float64 (write_outputs).
 constexpr double kFloatProductLimit = 0x1p120;
+// So do those of a matrix whose largest entry is below this: below 2^-100, entries and products
+// 2^-24 of it fall among float32's subnormals (from 2^-126), which hold fewer significant bits;
+// the rounding of both products there cost up to 14x the error of a float32 SVD (entries ~2^-140).
+constexpr double kFloatProductFloor = 0x1p-100;
 
 template <typename T>
 at::Tensor basis_tensor(const at::Tensor& mat, const Spectrum& s, int64_t k, int64_t width) {
@@ -480,9 +484,11 @@ void write_outputs(const at::Tensor& mat, const Problem& p, const Spectrum& s,
   if (r == 0) {
     result.projected = at::zeros({p.m, p.n}, mat.options());
     if (options.want_subgradient) result.subgradient = at::zeros({p.m, p.n}, mat.options());
-  } else if (single && p.max_abs * std::sqrt(static_cast<double>(p.k)) > kFloatProductLimit) {
+  } else if (single && (p.max_abs * std::sqrt(static_cast<double>(p.k)) > kFloatProductLimit ||
+                        p.max_abs < kFloatProductFloor)) {
     // Entries of U_r^T A reach sqrt(k) max|a|: in float32 they would overflow to Inf for a
-    // finite matrix. Multiplied in float64 (from the float64 copy), then rounded, as on CUDA.
+    // finite matrix, or, for a tiny one, lose bits among the subnormals. Multiplied in float64
+    // (from the float64 copy), then rounded, as on CUDA.
     write_products<double>(mat.to(at::kDouble), p, s, options, sub_floor, result);
     result.projected = result.projected.to(at::kFloat);
     if (options.want_subgradient) result.subgradient = result.subgradient.to(at::kFloat);
