@@ -466,6 +466,12 @@ constexpr double kFloatProductLimit = 0x1p120;
 // 2^-24 of it fall among float32's subnormals (from 2^-126), which hold fewer significant bits;
 // the rounding of both products there cost up to 14x the error of a float32 SVD (entries ~2^-140).
 constexpr double kFloatProductFloor = 0x1p-100;
+// And so do those of a float32 sub-gradient that keeps a singular value below this fraction of
+// s_1: V_r^T = S_r^-1 (U_r^T A) amplifies the float32 rounding of U_r^T A by s_1 / s_j. Measured
+// (clustered spectra at energy 1, 31 x 31 and 63 x 63): errors ~0.2 eps32 s_1 / s_j, 1.2-3.5e-3
+// at s_j ~ 1e-5 s_1 against the contract's 1e-3; from 1e-3 s_1 on, float32 keeps them at ~3e-5
+// or less (TRP's ranks stop near 0.1 s_1).
+constexpr double kFloatSubgradientFloor = 1e-3;
 
 template <typename T>
 at::Tensor basis_tensor(const at::Tensor& mat, const Spectrum& s, int64_t k, int64_t width) {
@@ -477,6 +483,23 @@ at::Tensor basis_tensor(const at::Tensor& mat, const Spectrum& s, int64_t k, int
   return basis;
 }
 
+// Whether a float32 matrix's products must run in float64 (see the constants above).
+bool needs_float64_products(const Problem& p, const Spectrum& s, const ProjectOptions& options,
+                            double sub_floor) {
+  if (p.max_abs * std::sqrt(static_cast<double>(p.k)) > kFloatProductLimit ||
+      p.max_abs < kFloatProductFloor) {
+    return true;
+  }
+  if (!options.want_subgradient) return false;
+  // The smallest value the sub-gradient keeps (write_products' rule), against s_1: in squares.
+  const double floor2 = sub_floor * sub_floor * s.values[0];
+  double smallest = s.values[0];
+  for (int64_t j = 0; j < s.rank; ++j) {
+    if (s.values[j] > floor2) smallest = std::min(smallest, s.values[j]);
+  }
+  return smallest < kFloatSubgradientFloor * kFloatSubgradientFloor * s.values[0];
+}
+
 void write_outputs(const at::Tensor& mat, const Problem& p, const Spectrum& s,
                    const ProjectOptions& options, double sub_floor, MatrixResult& result) {
   const int64_t k = p.k, r = s.rank;
@@ -484,11 +507,11 @@ void write_outputs(const at::Tensor& mat, const Problem& p, const Spectrum& s,
   if (r == 0) {
     result.projected = at::zeros({p.m, p.n}, mat.options());
     if (options.want_subgradient) result.subgradient = at::zeros({p.m, p.n}, mat.options());
-  } else if (single && (p.max_abs * std::sqrt(static_cast<double>(p.k)) > kFloatProductLimit ||
-                        p.max_abs < kFloatProductFloor)) {
+  } else if (single && needs_float64_products(p, s, options, sub_floor)) {
     // Entries of U_r^T A reach sqrt(k) max|a|: in float32 they would overflow to Inf for a
-    // finite matrix, or, for a tiny one, lose bits among the subnormals. Multiplied in float64
-    // (from the float64 copy), then rounded, as on CUDA.
+    // finite matrix, or, for a tiny one, lose bits among the subnormals; and a sub-gradient
+    // divides them by its smallest values. Multiplied in float64 (from the float64 copy), then
+    // rounded, as on CUDA.
     write_products<double>(mat.to(at::kDouble), p, s, options, sub_floor, result);
     result.projected = result.projected.to(at::kFloat);
     if (options.want_subgradient) result.subgradient = result.subgradient.to(at::kFloat);
