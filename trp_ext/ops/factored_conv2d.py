@@ -91,7 +91,8 @@ def cpu_winograd_mode() -> str:
     (rank >= 16, >= 32 input channels, >= 128 tiles per call); ``"never"`` always runs the
     direct kernel; ``"always"`` uses Winograd wherever it applies. For finite inputs results
     differ only by rounding. The transforms add up to 16 input values, so an Inf in the input can
-    give NaN where the direct conv gives +-Inf (the same outputs are non-finite either way), and
+    give NaN where the direct conv gives +-Inf (the same outputs are non-finite before the
+    activation; after a ReLU, such an output is NaN where the direct conv's -Inf gives 0), and
     inputs near the float range overflow sooner; ``"never"`` keeps the direct behaviour."""
     from trp_ext import _C
 

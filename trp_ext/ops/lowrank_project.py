@@ -63,6 +63,12 @@ def lowrank_project(
 
     Zero matrices get rank 0 and a zero projection; 1 x n and n x 1 matrices are fine. The op
     is not differentiable.
+
+    Accuracy: float32 projections are within twice the error of ``torch.linalg.svd`` in float32,
+    or ``1e-5 * ||W||``. Both kernels work from the float64 Gram matrix, so float64 projections
+    are usually within ``1e-10 * ||W||``, but a rank cut between singular values below about
+    ``1e-5 * s_1`` lies near the Gram's resolution: errors up to ``1e-8 * ||W||`` were measured
+    there (e.g. clusters at ``1e-6`` and ``2e-7 * s_1`` at ``energy=1``).
     """
     mats = list(mats)
     if not mats:  # the dispatcher needs a tensor to pick a kernel; say what is wrong instead
