@@ -65,7 +65,6 @@ class Layer:
         return dense, factored
 
 
-
 def _selected_layer_inputs(arch, size):
     """(name, module, input shape) of every layer select_layers picks, from a meta-device pass."""
     with torch.device("meta"):
