@@ -12,9 +12,11 @@ medians: all of one time window, each call after another variant's.
 
 With --fma-peak GFLOPS (the machine's multiply-add peak, all cores the bench used, counting a
 multiply-add as two FLOPs) and cases that record their multiply-adds (extra_info "macs"), a
-further table gives each variant's share of that peak, and the bound it puts on ours: the fused op
-computes at least the factored pair's multiply-adds, so it cannot beat the pair by more than
-1 / (the pair's share of the peak), nor realise more than 1 / (the dense conv's share).
+further table gives each variant's share of that peak, and the bound it puts on ours: computing
+every multiply-add of the factored pair, the fused op cannot beat the pair by more than
+1 / (the pair's share of the peak), nor realise more than 1 / (the dense conv's share). Winograd
+kernels (ours on some 3x3 layers, oneDNN's on some) do fewer multiplications: their shares can
+pass 100%, and the bounds do not hold for them.
 """
 import argparse
 import json
