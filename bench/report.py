@@ -1,6 +1,6 @@
 """Turns pytest-benchmark JSON into the ratio tables of bench/RESULTS.md.
 
-    python bench/report.py bench/latest.json [--baseline loop] [--filter NAME]
+    python bench/report.py bench/latest.json [--filter NAME] [--fma-peak GFLOPS]
 
 One row per group (a case); a column per variant with its median in ms; then, for each baseline
 variant, the ratio baseline / ours (above 1 means ours is faster); realisation where the group has
