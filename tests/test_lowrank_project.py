@@ -322,6 +322,20 @@ def test_float32_subgradient_with_small_kept_values(device, n):
     check_all([mat], ops.lowrank_project([mat], 1.0, want_subgradient=True), 1.0, want_subgradient=True)
 
 
+@pytest.mark.xfail(strict=True, reason="known limit: a float64 rank cut near the float64 Gram's resolution "
+                                       "(singular values ~1e-6 s_1) errs ~1e-8, past the tests' 1e-10 floor")
+def test_float64_cut_among_tiny_singular_values(device):
+    # Clusters at 1, 1e-2, 1e-4, 1e-6 and 2e-7 (found by fuzzing): the rank cuts between the last
+    # two, whose squares the float64 Gram separates by ~1e-12 of lambda_1 against its rounding of
+    # ~1e-14: errors of 9e-9. A fix would refine on A itself (both kernels); documented meanwhile.
+    gen = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(48, 48, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(49, 48, generator=gen, dtype=torch.float64))
+    s = torch.tensor([1.0] * 6 + [1e-2] * 6 + [1e-4] * 6 + [1e-6] * 16 + [2e-7] * 14, dtype=torch.float64)
+    mat = ((u * s) @ v.T).to(device)
+    check_all([mat], ops.lowrank_project([mat], 1.0), 1.0)
+
+
 def test_rank_deficient_and_repeated_values(device):
     gen = torch.Generator().manual_seed(4)
     low = (torch.randn(40, 3, generator=gen, dtype=torch.float64) @ torch.randn(3, 70, generator=gen, dtype=torch.float64))
