@@ -8,6 +8,8 @@ the whole layer: conv(s), bias (a folded BatchNorm) and ReLU.
     make bench                                  # everything (CPU; CUDA too where a GPU is visible)
     TRP_BENCH_QUICK=1 make bench                # CIFAR shapes, and ImageNet shapes at batch 1 only
     python bench/report.py bench/latest.json    # the ratio tables of RESULTS.md
+    python bench/report.py bench/latest.json --fma-peak 230   # and each variant's share of a
+                                                # 230 GFLOP/s multiply-add peak (measure yours)
 
 The report's ``pair/ours`` column is the speedup over the unfused pair; ``realisation`` is
 (t_dense / t_ours) / (dense FLOPs / factored FLOPs): 1.0 means the whole FLOP saving became
