@@ -402,11 +402,12 @@ bool warm_solve(const Problem& p, const at::Tensor& basis, const ProjectOptions&
   }
 }
 
-// P = U_r (U_r^T A) and the sub-gradient U_r S_r^-1 (U_r^T A), in mat's orientation and dtype,
-// written straight into the output tensors. float32 inputs are multiplied in float32 straight
-// from mat (never rescaled: |exponent| < 128): rounding adds ~sqrt(r) eps32 ~ 1e-6 relative,
-// within the contract next to the certified tolerance, at twice the GEMM speed. float64 inputs
-// use the rescaled copy and are scaled back.
+// P = U_r (U_r^T A) and the sub-gradient U_r S_r^-1 (U_r^T A), in mat's orientation, as T,
+// written straight into the output tensors. T = float: float32 inputs multiplied in float32
+// straight from mat (never rescaled: |exponent| < 128): rounding adds ~sqrt(r) eps32 ~ 1e-6
+// relative, within the contract next to the certified tolerance, at twice the GEMM speed.
+// T = double (float64 inputs, and float32 ones write_outputs sends here): the rescaled float64
+// copy, scaled back.
 template <typename T>
 void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
                     const ProjectOptions& options, double sub_floor, MatrixResult& result) {
@@ -430,7 +431,7 @@ void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
   matmul(ur.data(), true, a, a_transposed, w.data(), r, len, k);
   // out = U_r right (k x len), or its transpose right^T U_r^T (len x k) in mat's orientation.
   auto product = [&](const std::vector<T>& right, at::Tensor& out) {
-    out = at::empty({p.m, p.n}, mat.options());
+    out = at::empty({p.m, p.n}, mat.options().dtype(c10::CppTypeToScalarType<T>::value));
     T* o = out.data_ptr<T>();
     if (p.transposed) {
       matmul(right.data(), true, ur.data(), true, o, len, k, r);
@@ -512,7 +513,7 @@ void write_outputs(const at::Tensor& mat, const Problem& p, const Spectrum& s,
     // finite matrix, or, for a tiny one, lose bits among the subnormals; and a sub-gradient
     // divides them by its smallest values. Multiplied in float64 (from the float64 copy), then
     // rounded, as on CUDA.
-    write_products<double>(mat.to(at::kDouble), p, s, options, sub_floor, result);
+    write_products<double>(mat, p, s, options, sub_floor, result);
     result.projected = result.projected.to(at::kFloat);
     if (options.want_subgradient) result.subgradient = result.subgradient.to(at::kFloat);
   } else if (single) {
