@@ -516,6 +516,20 @@ def test_extreme_geometry_matches_the_reference(device, scheme, stride, padding,
     torch.testing.assert_close(got.cpu().double(), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("past_the_image", [(2 ** 31, 1), (1, 2 ** 31)])
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_a_stride_past_the_image_does_not_change_the_next_calls_plan(scheme, past_the_image):
+    # A stride past the image gives one output row (or column), and the fused path then runs it
+    # at stride 1: its plan was cached under the same key as the stride-1 call of the same shapes,
+    # whose output is larger. The stride-1 call that followed reused the one-row plan, computed
+    # one row and returned the others uninitialised (NaN and 1e19 on CPU).
+    x, w1, w2, bias = _good("cpu", scheme)
+    for stride in (past_the_image, (1, 1), past_the_image):
+        got = _call(x, w1, w2, bias, stride, (1, 1), (1, 1), scheme)
+        expected = _expected(x, w1, w2, bias, stride, (1, 1), (1, 1), scheme, None)
+        torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_bad_spatial_shapes(device):
     x, w1, w2, bias = _good(device, "spatial")
     with pytest.raises(ValueError, match=r"argument 'w1' must be \(r, c, kh, 1\) for the spatial scheme"):

@@ -179,15 +179,18 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size) {
 // one thread). The reference stays valid for the call (nothing in it plans again).
 constexpr size_t kCachedPlans = 16;
 const BandPlan& cached_plan(const FconvGeometry& g, int64_t element_size) {
-  using Key = std::array<int64_t, 17>;
+  // Every geometry field make_plan reads. The output size is one: fused_geometry sets a stride
+  // to 1 where the output has one row or column, so two calls that differ only in a stride
+  // past the image share the other fields but not the output size.
+  using Key = std::array<int64_t, 19>;
   struct Entry {
     Key key;
     BandPlan plan;
   };
   thread_local std::vector<Entry> cache;  // the most recently added last
   const Key key = {g.spatial,  g.batch, g.in_channels, g.height, g.width, g.rank,
-                   g.out_channels, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, element_size,
-                   at::get_num_threads()};
+                   g.out_channels, g.out_h, g.out_w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh,
+                   g.dw, element_size, at::get_num_threads()};
   for (const Entry& entry : cache) {
     if (entry.key == key) return entry.plan;
   }
