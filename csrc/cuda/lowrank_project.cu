@@ -444,7 +444,7 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
   }
 
   // 4. The bases' widths and the convergence flags to the host, one sync. A part whose Jacobi solve hit the
-  // sweep limit (never seen) is solved again through cuSOLVER, at the cost of one more sync.
+  // sweep limit is solved again through cuSOLVER, at the cost of one more sync.
   std::vector<int64_t> width_of(count, 0);
   std::vector<std::pair<int64_t, int64_t>> found(count, {-1, -1});  // (part, row in the part)
   for (int attempt = 0;; ++attempt) {
