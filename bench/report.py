@@ -94,8 +94,8 @@ def peak_table(groups, extras, peak_gflops):
             continue
         share = {v: 2 * macs["dense" if v == "dense" else "factored"] / (medians[v] * 1e-3) / (peak_gflops * 1e9)
                  for v in ("ours", "pair", "dense")}
-        values = {"ours": share["ours"], "pair": share["pair"], "dense": share["dense"],
-                  "ratio": medians["pair"] / medians["ours"], "bound": 1 / share["pair"], "realisation": 1 / share["dense"]}
+        values = {**share, "ratio": medians["pair"] / medians["ours"], "bound": 1 / share["pair"],
+                  "realisation": 1 / share["dense"]}
         for key, value in values.items():
             columns[key].append(value)
         rows.append([group] + [f"{100 * values[v]:.0f}%" for v in ("ours", "pair", "dense")] +
