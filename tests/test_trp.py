@@ -247,25 +247,108 @@ def test_full_subgradient_ignores_the_rank_caps(caps):
         torch.testing.assert_close(module.weight.grad, full[name], rtol=1e-5, atol=1e-7)
 
 
-def test_regularize_skips_frozen_layers_and_fails_before_changing_any_gradient():
+def test_regularize_skips_layers_without_a_gradient_and_changes_the_others_as_usual():
     model = _model()
-    trp = TRP(model, lam=0.1)
-    frozen = trp.layers[3][1].weight
+    trp = TRP(model, energy=0.7, lam=0.1)
+    frozen, unused = trp.layers[3][1].weight, trp.layers[-1][1].weight
     frozen.requires_grad_(False)
     x, y = _batch()
     F.cross_entropy(model(x), y).backward()
     assert frozen.grad is None
-    trp.regularize()  # no error: a frozen layer has no update to steer
-    assert frozen.grad is None
-    model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    missing = trp.layers[-1][1].weight
-    missing.grad = None
-    before = [m.weight.grad.clone() for _, m in trp.layers[:-1] if m.weight.grad is not None]
-    with pytest.raises(RuntimeError, match=f"layer '{trp.layers[-1][0]}' has no gradient"):
+    unused.grad = None  # as for a branch this step's forward did not take
+    grads = {n: m.weight.grad.clone() for n, m in trp.layers if m.weight.grad is not None}
+    trp.regularize()  # no error: neither layer has an update to steer
+    assert frozen.grad is None and unused.grad is None
+    for name, module in trp.layers:
+        if name not in grads:
+            continue
+        matrix = ref.conv_weight_to_matrix(module.weight.detach(), "channel")
+        sub = ref.nuclear_subgradient(matrix, rank=ref.lowrank_project(matrix, 0.7)[1])
+        expected = grads[name] + 0.1 * ref.matrix_to_conv_weight(sub, "channel", module.weight.shape)
+        torch.testing.assert_close(module.weight.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_regularize_before_backward_raises_even_with_frozen_layers():
+    trp = TRP(_model(), lam=0.1)
+    trp.layers[0][1].weight.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="the selected layers have no gradient; call it after backward"):
         trp.regularize()
-    after = [m.weight.grad for _, m in trp.layers[:-1] if m.weight.grad is not None]
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_all_frozen_layers_regularize_to_nothing():
+    model = _model()
+    trp = TRP(model, lam=0.1)
+    for _, module in trp.layers:
+        module.weight.requires_grad_(False)
+    trp.regularize()  # nothing to steer, and nothing wrong
+    assert all(m.weight.grad is None for _, m in trp.layers)
+
+
+@pytest.mark.parametrize("parametrize", ["weight_norm", "spectral_norm", "hook_weight_norm"])
+def test_convs_with_computed_weights_are_not_selected(parametrize):
+    """TRP would write a copy that the next forward recomputes, and decompose would drop the
+    parametrization: neither selects such a layer, and from_conv says why."""
+    from trp_ext import FactoredConv2d, decompose
+    model = _model()
+    conv = model.layer2[0].conv2
+    if parametrize == "weight_norm":
+        torch.nn.utils.parametrizations.weight_norm(conv)
+    elif parametrize == "spectral_norm":
+        torch.nn.utils.parametrizations.spectral_norm(conv)
+    else:
+        with pytest.warns(FutureWarning):
+            torch.nn.utils.weight_norm(conv)
+    trp = TRP(model, period=1)
+    assert "layer2.0.conv2" not in trp.names and "layer2.0.conv1" in trp.names
+    trp.step()  # the other layers project as usual
+    with pytest.raises(ValueError, match="argument 'conv' cannot be factored: it is a layer .*weight"):
+        FactoredConv2d.from_conv(conv, 2)
+    with pytest.raises(ValueError, match="argument 'include'.*'layer2.0.conv2', which cannot be factored: "
+                                         "it is a layer .*weight"):
+        TRP(model, include="layer2.0.conv2")
+    # In place: torch cannot deepcopy a model with hook-based weight_norm.
+    _, report = decompose(model, energy=0.9, inplace=True)
+    assert "layer2.0.conv2" not in {d.name for d in report.layers} and model.layer2[0].conv2 is conv
+
+
+@pytest.mark.parametrize("change", ["resized", "scheme"])
+def test_layers_whose_matrix_shape_changed_start_cold_and_project_exactly(change):
+    model = _model()
+    trp = TRP(model, energy=0.8, period=1, lam=0.0)
+    trp.step()  # bases for the old shapes
+    if change == "resized":  # e.g. a channel pruner narrowing a conv in place
+        conv, bn = model.layer1[0].conv1, model.layer1[0].bn1
+        keep = 12
+        conv.weight = nn.Parameter(conv.weight.detach()[:keep].clone())
+        conv.out_channels = keep
+        model.layer1[0].conv2.weight = nn.Parameter(model.layer1[0].conv2.weight.detach()[:, :keep].clone())
+        model.layer1[0].conv2.in_channels = keep
+        for name in ("weight", "bias"):
+            setattr(bn, name, nn.Parameter(getattr(bn, name).detach()[:keep].clone()))
+        bn.running_mean, bn.running_var, bn.num_features = bn.running_mean[:keep], bn.running_var[:keep], keep
+    else:
+        trp.scheme = "spatial"
+    before = {name: m.weight.detach().clone() for name, m in trp.layers}
+    assert trp.step()
+    for (name, module), rank in zip(trp.layers, trp.history[-1]["ranks"]):
+        matrix = ref.conv_weight_to_matrix(before[name], trp.scheme)
+        expected, expected_rank = ref.lowrank_project(matrix, 0.8)
+        assert rank == expected_rank
+        torch.testing.assert_close(ref.conv_weight_to_matrix(module.weight.detach(), trp.scheme), expected,
+                                   rtol=1e-4, atol=1e-5)
+    x, _ = _batch()
+    model(x)  # the resized model still runs
+    assert trp.step()  # and warm-starts from the new shapes' bases
+
+
+def test_a_layer_replaced_in_the_model_is_not_projected_silently():
+    from trp_ext import decompose
+    model = _model()
+    trp = TRP(model, energy=0.8, period=1)
+    trp.step()
+    decompose(model, value_threshold=1e-2, inplace=True)
+    with pytest.raises(RuntimeError, match="layer '.*' is no longer the module this TRP selected"):
+        trp.step()
 
 
 def test_model_converted_to_float64_after_a_projection_keeps_warm_starting():

@@ -116,8 +116,10 @@ def decompose(model, scheme="channel", energy: Optional[float] = None, value_thr
     The rank of each layer is the rank rule on its weight matrix in ``scheme``: the energy
     threshold ``energy``, capped by the count of singular values >= ``value_threshold`` and by
     ``max_rank``. Give at least one of ``energy`` and ``value_threshold``. A TRP-trained model is
-    already low-rank, so a small value threshold (the published code uses 1e-2) or TRP's own
-    energy keeps its accuracy; on a normally trained model this is the post-training baseline.
+    already low-rank, so a small value threshold (the published code uses 1e-2) recovers TRP's
+    ranks and keeps its accuracy. TRP's own energy would not: applied again to the already
+    truncated spectrum it keeps only that fraction of it (e of e), cutting below TRP's ranks. On a
+    normally trained model the energy rule is the post-training baseline.
 
     The input model is left untouched unless ``inplace=True``.
     """

@@ -4,11 +4,15 @@ Default (as in the TRP paper and its code): every ``nn.Conv2d`` with a kernel la
 except the first conv of the network, whose few input channels leave nothing to factor. Stride-2
 convs are included (the published code skips them; we do not). Grouped convs are never selected:
 neither scheme factors them, and neither are convs with string padding ("same", "valid") or a
-padding_mode other than "zeros", which the factored conv does not implement.
+padding_mode other than "zeros", which the factored conv does not implement. Nor are layers
+whose weight is computed rather than stored (``torch.nn.utils.parametrizations.weight_norm`` or
+``spectral_norm``, hook-based ``weight_norm``): TRP would project a copy that the next forward
+recomputes, and a factored layer would drop the parametrization that defines the weight.
 """
 import fnmatch
 
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 
 def _matches(name, patterns):
@@ -33,8 +37,21 @@ def is_factorable(module, include_linear=False):
     return not unfactorable_reason(module, include_linear)
 
 
+def _computed_weight_reason(module):
+    """Why ``module.weight`` is not a stored parameter that can be written in place ("" when it is)."""
+    if parametrize.is_parametrized(module, "weight"):
+        return "a layer with a parametrized weight (e.g. weight_norm or spectral_norm), recomputed at every forward"
+    if not isinstance(module._parameters.get("weight"), nn.Parameter):
+        return "a layer whose weight is not a registered parameter (e.g. hook-based weight_norm recomputes it)"
+    return ""
+
+
 def unfactorable_reason(module, include_linear=True):
     """Why neither scheme can factor ``module`` ("" when it can)."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        computed = _computed_weight_reason(module)
+        if computed:
+            return computed
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             return f"a grouped conv (groups={module.groups})"
@@ -59,7 +76,9 @@ def _check_patterns(modules, patterns, arg):
         matched = [(name, module) for name, module in modules if fnmatch.fnmatchcase(name, pattern)]
         if not matched:
             raise ValueError(f"argument '{arg}': pattern {pattern!r} matches no module of the model")
-        leaves = [(name, module) for name, module in matched if not any(True for _ in module.children())]
+        # A parametrized conv holds its parametrizations as children, but is a layer all the same.
+        leaves = [(name, module) for name, module in matched
+                  if isinstance(module, (nn.Conv2d, nn.Linear)) or not any(True for _ in module.children())]
         if not leaves:
             name = matched[0][0]
             raise ValueError(f"argument '{arg}': pattern {pattern!r} matches the container '{name}', not a "

@@ -94,12 +94,22 @@ class TRP:
         self._plan = None  # ShardPlan when this process projects only its share
         self._mode = None
         self._shapes = None  # the layers' matrix shapes, for the shard plan and the all-gathers
+        self._layout = None  # (scheme, weight shapes) that _shapes, the plan and the bases were made for
 
     # ------------------------------------------------------------------ projection
     def _resolve_mode(self):
-        """Shard or replicate; decided once, from shapes alone, so every rank decides alike."""
+        """Shard or replicate; decided from shapes alone, so every rank decides alike. Decided again
+        when the layers' matrix shapes change (a layer resized in place, or another scheme): the
+        shard plan and the warm-start bases of the old shapes no longer fit, so both are dropped."""
+        # Weight shapes and scheme, not matrix shapes: this runs on every regularize() call, and
+        # the weights' sizes are cheaper to read than the matrices' to derive.
+        layout = (self.scheme, [module.weight.shape for _, module in self.layers])
+        if self._mode is not None and layout != self._layout:
+            self._mode = None
+            self._bases = {"project": None, "regularize": None}  # the next projection starts cold
         if self._mode is None:
             world = distributed.world_size()
+            self._layout = layout
             shapes = self._shapes = [layer_matrix_shape(module, self.scheme) for _, module in self.layers]
             weight = self.layers[0][1].weight
             mode = self.distributed
@@ -163,9 +173,26 @@ class TRP:
                 raise TypeError(f"TRP: the selected layers must share one dtype and device; layer '{name}' is "
                                 f"{w.dtype} on {w.device}, layer '{first_name}' {first.dtype} on {first.device}")
 
+    def _check_layers_in_model(self):
+        """A layer replaced in the model since this TRP selected it (decompose(inplace=True), a
+        swapped submodule) would otherwise be projected in its detached old module, silently, while
+        the model trains the new one. Checked once per projection: regularize() skips such a layer
+        anyway, as it gets no gradient."""
+        for name, module in self.layers:
+            try:
+                current = self.model.get_submodule(name)
+            except AttributeError:
+                current = None
+            if current is not module:
+                raise RuntimeError(f"TRP: layer '{name}' is no longer the module this TRP selected: it was replaced "
+                                   "or removed (e.g. by decompose(inplace=True)); create a new TRP for the model")
+
     @torch.no_grad()
     def project(self):
-        """Projects every selected weight onto its truncated SVD now; returns {name: rank}."""
+        """Projects every selected weight onto its truncated SVD now; returns {name: rank}. Frozen
+        layers (requires_grad=False) are projected too: TRP's low rank is a constraint on the
+        selected layers, not an update; leave a layer out with ``exclude=`` instead."""
+        self._check_layers_in_model()
         projections, ranks = self._lowrank("project", self.energy, want_subgradient=False)
         for (_, module), projected in zip(self.layers, projections):
             module.weight.copy_(matrix_to_layer_weight(projected, module, self.scheme))
@@ -185,6 +212,7 @@ class TRP:
     @torch.no_grad()
     def regularize(self, scaler=None):
         """Adds ``lam * subgradient`` to each selected weight's gradient. Call after ``backward()``.
+        Layers without a gradient (frozen, or unused by this step's forward) are skipped.
 
         scaler: a ``torch.amp.GradScaler`` whose scale the gradients still carry; the term is then
         scaled alike, so that it is exactly ``lam * subgradient`` after unscaling. Leave it None
@@ -192,13 +220,13 @@ class TRP:
         """
         if self.lam == 0.0:
             return
-        # Checked for every layer before any gradient changes, so that an error leaves them all
-        # as they were. A frozen layer (requires_grad=False) gets no term: there is no update
-        # for it to steer.
-        trained = [module.weight.requires_grad for _, module in self.layers]
-        for (name, module), needed in zip(self.layers, trained):
-            if needed and module.weight.grad is None:
-                raise RuntimeError(f"TRP.regularize(): layer '{name}' has no gradient; call it after backward()")
+        # Like torch.optim, a layer without a gradient gets no term: a frozen layer
+        # (requires_grad=False) has no update to steer, nor has one that this step's forward did
+        # not use (a branch not taken; DDP with find_unused_parameters). But when no trainable
+        # layer has a gradient, regularize() came before backward(): say so, and change nothing.
+        trained = [module.weight.requires_grad and module.weight.grad is not None for _, module in self.layers]
+        if not any(trained) and any(module.weight.requires_grad for _, module in self.layers):
+            raise RuntimeError("TRP.regularize(): the selected layers have no gradient; call it after backward()")
         if self.subgradient == "truncated":
             subgradients, _ = self._lowrank("regularize", self.energy, want_subgradient=True)
         else:  # U V^T over every non-negligible singular value: no rank rule, no caps
