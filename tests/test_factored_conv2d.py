@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from torch._subclasses import FakeTensorMode
 
 import trp_ext
 from trp_ext import _reference as ref
@@ -424,6 +425,45 @@ def test_backward_with_no_channels_somewhere(empty):
     torch.testing.assert_close(bias.grad, torch.full_like(bias, 2 * 6 * 6))
 
 
+@pytest.mark.parametrize("scheme,size", [("channel", (0, 5)), ("spatial", (4, 0))])
+def test_backward_of_an_input_of_padding_only(scheme, size):
+    # The forward gives the bias at every pixel; the backward's aten convs refused the empty input.
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    w1, w2, bias = (t.requires_grad_() for t in _factors(scheme, 2, 3, 4, (1, 1), torch.float64))
+    out = ops.factored_conv2d(x, w1, w2, bias, 1, 1, scheme=scheme)
+    torch.testing.assert_close(out, bias.detach().view(1, -1, 1, 1).expand_as(out))
+    out.sum().backward()
+    for tensor in (x, w1, w2):
+        assert tensor.grad.shape == tensor.shape and not tensor.grad.any()
+    torch.testing.assert_close(bias.grad, torch.full_like(bias, out[:, 0].numel()))
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("empty", ["rank", "in_channels", "height"])
+def test_empty_sums_far_past_the_image_run_unfused_to_the_bias(scheme, empty):
+    """A stride and padding far past the image send the call to the unfused composition (its
+    planes would be almost all zeros), whose library convs refused zero channels, a zero rank or
+    an empty input; the output is relu(bias) at every pixel, as the fake kernel's shape says."""
+    c, r = (0 if empty == "in_channels" else 3), (0 if empty == "rank" else 2)
+    x = torch.randn(2, c, 0 if empty == "height" else 4, 4)
+    w1, w2, bias = _factors(scheme, 5, c, r, (1, 1), torch.float32)
+    stride, padding = (1000, 1000), (1000, 1000)
+    out = _call(x, w1, w2, bias, stride, padding, scheme=scheme, activation="relu")
+    with FakeTensorMode() as mode:
+        fake = _call(*(mode.from_tensor(t) for t in (x, w1, w2, bias)), stride, padding, scheme=scheme,
+                     activation="relu")
+    assert out.shape == fake.shape and out.numel() > 0
+    torch.testing.assert_close(out, torch.relu(bias).view(1, -1, 1, 1).expand_as(out))
+
+
+def test_fake_kernel_refuses_the_dtypes_the_cpu_kernel_refuses():
+    x, w1, w2, bias = (t.half() for t in _good("cpu"))
+    with pytest.raises(TypeError, match="argument 'x' must be float32 or float64 on cpu, got"):
+        _call(x, w1, w2, bias)
+    with FakeTensorMode() as mode, pytest.raises(TypeError, match="argument 'x' must be float32 or float64 on cpu"):
+        _call(*(mode.from_tensor(t) for t in (x, w1, w2, bias)))
+
+
 def test_relu_backward_passes_a_nan_outputs_gradient_as_torch_does():
     x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
     x[0, 0, 2, 2] = math.nan
@@ -465,6 +505,8 @@ BAD_INPUTS = [
         (lambda a: dict(a, x=a["x"][..., :2], padding=(0, 0)), ValueError, "argument 'x' is too small along its width"),
         (lambda a: dict(a, padding=(1, 2 ** 62)), ValueError, "argument 'padding' is too large along the width"),
         (lambda a: dict(a, dilation=(2 ** 62 + 1, 1)), ValueError, "argument 'dilation' is too large along the height"),
+        # The padded size fits int64, the output's bytes do not (the allocator's error named nothing).
+        (lambda a: dict(a, padding=(2 ** 40, 2 ** 40)), ValueError, "argument 'padding' is too large: .* beyond any"),
 ]
 
 

@@ -128,6 +128,16 @@ inline FconvGeometry check_factored_conv2d_args(
   g.dh = fconv_detail::checked_pair(dilation, "dilation", 1, "positive", &g.dw);
   g.out_h = fconv_detail::conv_out_size(g.height, g.kh, g.sh, g.ph, g.dh, "height");
   g.out_w = fconv_detail::conv_out_size(g.width, g.kw, g.sw, g.pw, g.dw, "width");
+  // The output's bytes must fit int64 too (the allocator's error would name no argument). The
+  // input and weights exist, so only a padding can make the output that large.
+  {
+    const double bytes = static_cast<double>(g.batch) * static_cast<double>(g.out_channels) *
+                         static_cast<double>(g.out_h) * static_cast<double>(g.out_w) *
+                         static_cast<double>(x.element_size());
+    TRP_CHECK_ARG(bytes < 0x1p62, kOp, "padding", "is too large: ", padding,
+                  " gives an output of ", g.batch, " x ", g.out_channels, " x ", g.out_h, " x ",
+                  g.out_w, " values, beyond any allocation");
+  }
   if (residual.has_value()) {
     const at::Tensor& r = *residual;
     check_same_device(x, r, kOp, "residual");
@@ -164,7 +174,12 @@ inline at::Tensor unfused_factored_conv2d(const FconvGeometry& g, const at::Tens
   using Pair = std::vector<int64_t>;
   const std::optional<at::Tensor> none;
   at::Tensor mid, out;
-  if (g.spatial) {
+  if (g.in_channels == 0 || g.rank == 0 || g.height == 0 || g.width == 0) {
+    // Empty sums (no input channels or rank, or an input of padding only): the intermediate is
+    // zero and the output the bias alone; the library convs reject these shapes.
+    out = at::zeros({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
+    if (bias.has_value()) out.add_(bias->view({1, -1, 1, 1}));
+  } else if (g.spatial) {
     mid = at::conv2d(x, w1, none, Pair{g.sh, 1}, Pair{g.ph, 0}, Pair{g.dh, 1});
     out = at::conv2d(mid, w2, bias, Pair{1, g.sw}, Pair{0, g.pw}, Pair{1, g.dw});
   } else {

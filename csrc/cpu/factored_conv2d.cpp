@@ -371,9 +371,9 @@ at::Tensor factored_conv2d_cpu(const at::Tensor& x, const at::Tensor& w1, const 
                                                            dilation, scheme, activation, residual,
                                                            &cpu_dtype_ok, "float32 or float64");
   const FconvGeometry g = fused_geometry(checked);
-  if (!planes_fit(g)) return unfused_factored_conv2d(checked, x, w1, w2, bias, residual);
   at::Tensor out = empty_factored_conv2d_output(x, g);
   if (out.numel() == 0) return out;
+  if (!planes_fit(g)) return unfused_factored_conv2d(checked, x, w1, w2, bias, residual);
   const at::Tensor res = expanded_residual(residual, g);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "factored_conv2d_cpu", [&] {
     factored_conv2d_cpu_impl<scalar_t>(g, x, w1, w2, bias, res, out);

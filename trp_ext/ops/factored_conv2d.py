@@ -155,6 +155,10 @@ def _check_fake_args(x, w1, w2, bias, stride, padding, dilation, scheme, activat
         torch._check_value(named[name].dim() == 4, lambda: f"{op} '{name}' must be 4-D, got shape "
                                                            f"{tuple(named[name].shape)}")
     torch._check_type(x.dtype.is_floating_point, lambda: f"{op} 'x' must be a floating-point tensor, got {x.dtype}")
+    # The CPU kernel takes float32 and float64 only (CUDA's adds float16 and bfloat16): a traced
+    # graph should fail where the eager call would, not later at run time.
+    torch._check_type(x.device.type != "cpu" or x.dtype in (torch.float32, torch.float64),
+                      lambda: f"{op} 'x' must be float32 or float64 on cpu, got {x.dtype}")
     for name, tensor in named.items():
         if tensor is None or name == "x":
             continue
@@ -188,6 +192,12 @@ def _check_fake_args(x, w1, w2, bias, stride, padding, dilation, scheme, activat
                            lambda: f"{op} 'dilation' is too large along the {axis}")
         torch._check_value(size + 2 * pad >= dil * (kernel - 1) + 1,
                            lambda: f"{op} 'x' is too small along its {axis} for the dilated kernel")
+    # As the kernels: an output too large for any allocation, which only a padding can cause.
+    out_h, out_w = output_shape(x, w1, w2, stride, padding, dilation, scheme)[2:]
+    values = x.shape[0] * w2.shape[0] * out_h * out_w
+    torch._check_value(values * x.element_size() < 2 ** 62,
+                       lambda: f"{op} 'padding' is too large: {list(padding)} gives an output of {values} values, "
+                               "beyond any allocation")
 
 
 @torch.library.register_fake("trp_ext::factored_conv2d")
@@ -225,9 +235,9 @@ def _backward(ctx, grad_out):
     # The residual is added to the output: its gradient is the output's, summed where it broadcast.
     grad_residual = grad_out.sum_to_size(ctx.residual_shape) if need_residual else None
     grad_x = grad_w1 = grad_w2 = None
-    if min(x.shape[1], w1.shape[0], w2.shape[0]) == 0:
-        # No channels in, none between or none out: the output does not depend on x, w1 or w2
-        # (it is the bias, or empty), and aten's conv backward refuses zero channels.
+    if min(x.shape[1], w1.shape[0], w2.shape[0], x.shape[2], x.shape[3]) == 0:
+        # No channels in, none between or none out, or an input of padding only: the output does
+        # not depend on x, w1 or w2 (it is the bias, or empty), and aten's convs refuse such shapes.
         grad_x, grad_w1, grad_w2 = (torch.zeros_like(t) if need else None
                                     for t, need in ((x, need_x), (w1, need_w1), (w2, need_w2)))
     elif need_x or need_w1 or need_w2:
