@@ -464,6 +464,33 @@ def test_fake_kernel_refuses_the_dtypes_the_cpu_kernel_refuses():
         _call(*(mode.from_tensor(t) for t in (x, w1, w2, bias)))
 
 
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_forward_mode_ad_and_function_transforms_match_the_reference(scheme):
+    """The op's autograd is reverse-mode only: a dual tensor's tangent was dropped (jvp gave 0)
+    and torch.func.grad failed. The wrapper runs torch's convs under such transforms."""
+    import torch.autograd.forward_ad as fwd
+    x = _input((2, 3, 7, 6))
+    w1, w2, bias = _factors(scheme, 4, 3, 2, (3, 3))
+    res = _input((2, 4, 4, 3), seed=5)
+    kwargs = dict(stride=2, padding=1, scheme=scheme, activation="relu", residual=res)
+    ours = lambda x, w1: ops.factored_conv2d(x, w1, w2, bias, **kwargs)  # noqa: E731
+    theirs = lambda x, w1: ref.factored_conv2d(x, w1, w2, bias, **kwargs)  # noqa: E731
+    tangents = (torch.randn_like(x), torch.randn_like(w1))
+    for a, b in zip(torch.func.jvp(ours, (x, w1), tangents), torch.func.jvp(theirs, (x, w1), tangents)):
+        torch.testing.assert_close(a, b)
+    assert torch.func.jvp(ours, (x, w1), tangents)[1].abs().sum() > 0
+    with fwd.dual_level():
+        dual = fwd.unpack_dual(ours(fwd.make_dual(x, tangents[0]), w1)).tangent
+        expected = fwd.unpack_dual(theirs(fwd.make_dual(x, tangents[0]), w1)).tangent
+    torch.testing.assert_close(dual, expected)
+    torch.testing.assert_close(torch.func.grad(lambda w: ours(x, w).sum())(w1),
+                               torch.func.grad(lambda w: theirs(x, w).sum())(w1))
+    per_image = lambda xi, ri: ops.factored_conv2d(xi, w1, w2, bias, **dict(kwargs, residual=ri))  # noqa: E731
+    torch.testing.assert_close(torch.vmap(per_image)(x.unsqueeze(1), res.unsqueeze(1)).squeeze(1), theirs(x, w1))
+    with pytest.raises(ValueError, match="argument 'scheme' must be"):  # checked as the op checks
+        torch.func.jvp(lambda x: ops.factored_conv2d(x, w1, w2, bias, scheme="diag"), (x,), tangents[:1])
+
+
 def test_relu_backward_passes_a_nan_outputs_gradient_as_torch_does():
     x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
     x[0, 0, 2, 2] = math.nan

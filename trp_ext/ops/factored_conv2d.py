@@ -10,6 +10,7 @@ import contextlib
 from typing import Iterator, Optional
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch._prims_common import suggest_memory_format
 
 from trp_ext import _reference as ref
@@ -50,6 +51,11 @@ def factored_conv2d(
     Returns:
         ``(N, n, Ho, Wo)``, the shape the original conv gives, in x's memory format.
 
+    Under forward-mode AD (``torch.autograd.forward_ad``) and ``torch.func`` transforms (``jvp``,
+    ``grad``, ``vmap``, ...) this runs the unfused composition of torch convs, whose rules those
+    transforms have: the op's own autograd is reverse-mode only, and the raw op
+    ``torch.ops.trp_ext.factored_conv2d`` drops a forward-mode tangent.
+
     Raises:
         ValueError: a shape that does not fit the scheme (the message names the argument), an
             unknown scheme or activation, a negative padding, a non-positive stride or
@@ -74,8 +80,16 @@ def factored_conv2d_normalised(x, w1, w2, bias, stride, padding, dilation, schem
     op = torch.ops.trp_ext.factored_conv2d.default
     args = (x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
     # is_compiling first: torch.compile cannot trace is_inference_mode_enabled.
-    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled() or _may_need_grad(x, w1, w2, bias,
-                                                                                           residual):
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if _under_function_transform():
+        # The op's autograd (register_autograd) is reverse-mode only, and a dual tensor does not
+        # require grad: forward-mode AD dropped the tangent, silently (torch.func.jvp gave 0), and
+        # torch.func.grad failed. torch's convs have every transform's rules: checked as the op
+        # checks, the call runs the reference composition.
+        _check_fake_args(*args)
+        return ref.factored_conv2d(*args)
+    if torch.is_inference_mode_enabled() or _may_need_grad(x, w1, w2, bias, residual):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
@@ -113,6 +127,12 @@ def cpu_winograd(mode: str) -> Iterator[None]:
         yield
     finally:
         _C.cpu_winograd(previous)
+
+
+def _under_function_transform():
+    """Inside forward-mode AD (torch.autograd.forward_ad) or a torch.func transform (jvp, grad,
+    vmap, ...): two cheap reads, as this runs on every call."""
+    return forward_ad._current_level >= 0 or torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def _may_need_grad(*tensors):
