@@ -360,6 +360,29 @@ def test_eval_of_a_compressed_model_on_data_of_another_shape_names_the_option(tm
     assert "argument --data:" in err and "3-channel" in err and "Traceback" not in err
 
 
+def test_eval_of_a_checkpoint_on_data_of_another_shape_names_the_option(trained, tmp_path, capsys):
+    from test_data import _write_cifar  # a CIFAR-10 folder in miniature: 3-channel 32x32 images
+
+    _write_cifar(tmp_path)
+    assert main(["eval", "--model", str(trained / "checkpoint.pt"), "--data", "cifar10",
+                 "--data-dir", str(tmp_path)]) == 2  # the checkpoint's net takes 1-channel digits
+    err = capsys.readouterr().err
+    assert "argument --data:" in err and "3-channel" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_records_its_data_folder_absolute(tmp_path, monkeypatch):
+    from test_data import _write_cifar
+
+    _write_cifar(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY, "--data", "cifar10", "--data-dir", "data", "--arch", "resnet20", "--epochs", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["config"]["data_dir"] == str(tmp_path / "data")
+    monkeypatch.chdir(tmp_path / "run")  # eval from elsewhere reads the same folder
+    assert main(["eval", "--model", "checkpoint.pt"]) == 0
+
+
 def test_a_fresh_run_in_an_earlier_runs_folder_leaves_none_of_its_files(tmp_path):
     run = tmp_path / "run"
     assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0

@@ -51,6 +51,65 @@ def test_round_trip_keeps_the_base_models_dtype(tmp_path):
     torch.testing.assert_close(loaded(x), compressed.eval()(x), rtol=0, atol=0)
 
 
+def test_a_float64_model_loads_back_in_float64_from_its_recorded_architecture(tmp_path):
+    """Built from the file's arch (float32 by default), its float64 tensors were cast down silently."""
+    torch.manual_seed(0)
+    compressed, report = decompose(build_model("resnet20", num_classes=10).double().eval(), "spatial", energy=0.5)
+    assert report.factored
+    save_compressed(compressed, tmp_path / "m64.pt")
+    loaded = load_compressed(tmp_path / "m64.pt").eval()
+    assert {p.dtype for p in loaded.parameters()} == {torch.float64}
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(loaded(x), compressed.eval()(x), rtol=0, atol=0)
+
+
+def test_a_file_with_flipped_bytes_is_refused_not_loaded_as_garbage(tmp_path):
+    save_compressed(_compressed(), tmp_path / "m.pt")
+    data = bytearray((tmp_path / "m.pt").read_bytes())
+    middle = len(data) // 2  # inside the tensors' bytes, which torch.load reads unchecked
+    data[middle:middle + 16] = bytes(b ^ 0x55 for b in data[middle:middle + 16])
+    (tmp_path / "bad.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="bad.pt is not a readable trp-ext compressed model: it is corrupted"):
+        load_compressed(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("where,message", [("nonsense", "must name a device"), (3.5, "must name a device")] +
+                         ([] if torch.cuda.is_available() else [("cuda", "is not available on this machine")]))
+def test_a_bad_map_location_is_named_not_blamed_on_the_file(tmp_path, where, message):
+    save_compressed(_compressed(), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=f"argument 'map_location'.*{message}"):
+        load_compressed(tmp_path / "m.pt", map_location=where)
+    assert load_compressed(tmp_path / "m.pt", map_location=torch.device("cpu:0")) is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod") or os.name != "posix", reason="POSIX permissions")
+def test_atomic_write_keeps_permissions_links_and_long_names(tmp_path, monkeypatch):
+    private = tmp_path / "private.json"
+    atomic_write_text(private, "old")
+    os.chmod(private, 0o600)
+    atomic_write_text(private, "new")
+    assert private.read_text() == "new" and (os.stat(private).st_mode & 0o777) == 0o600
+    link = tmp_path / "link.json"
+    os.symlink(private, link)
+    atomic_write_text(link, "through the link")
+    assert os.path.islink(link) and private.read_text() == "through the link"
+    long_name = tmp_path / ("x" * 250 + ".pt")  # the temporary name must still fit 255 bytes
+    atomic_write_text(long_name, "long")
+    assert long_name.read_text() == "long"
+
+    def refused(fd, mode):
+        raise PermissionError("this filesystem keeps no permissions")
+
+    monkeypatch.setattr(os, "fchmod", refused)
+    open_before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for _ in range(3):
+        atomic_write_text(tmp_path / "plain.json", "saved anyway")
+    assert (tmp_path / "plain.json").read_text() == "saved anyway"
+    if open_before is not None:
+        assert len(os.listdir("/proc/self/fd")) == open_before  # no descriptor left open
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
 @pytest.mark.parametrize("data", ["cifar10", {"name": "cifar10", "dir": 3}, {"dir": "/x"},
                                   {"name": "folder", "dir": "/x", "extra": 1}])
 def test_data_record_must_be_a_name_and_folder(tmp_path, data):

@@ -235,11 +235,18 @@ def _rank_rule(args, state, config):
     return rank_rule(config, trained_with_trp=state["config"].get("scheme", "channel") != "none")
 
 
-def _model_from_checkpoint(state, config, dataset):
+def _model_from_checkpoint(state, config, dataset, option="--data-dir"):
+    """The checkpoint's network, built for ``dataset``'s image channels and classes; a dataset of
+    other shapes than the run's is a usage error of ``option``, not a size-mismatch traceback."""
     from trp_ext.models import build_model
 
     model = build_model(config.arch, num_classes=len(dataset.classes), in_channels=dataset.in_channels)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise UsageError(option, f"the checkpoint's {config.arch} was not trained on {dataset.name} as given "
+                                 f"({dataset.in_channels}-channel images in {len(dataset.classes)} classes): pass "
+                                 "the data it was trained on") from None
     return model.to(config.device)
 
 
@@ -299,7 +306,7 @@ def cmd_eval(args):
                                    f"channel images in {len(dataset.classes)}: pass the --data (and --data-dir) "
                                    "it was trained on")
     if model is None:
-        model = _model_from_checkpoint(state, replace(config, device="cpu"), dataset)
+        model = _model_from_checkpoint(state, replace(config, device="cpu"), dataset, "--data")
     model = model.to(args.device)
     acc = accuracy(model, TensorLoader(dataset, "test", 256), args.device)
     cost = count_cost(model, torch.zeros(1, dataset.in_channels, *dataset.image_size, device=args.device))

@@ -60,8 +60,12 @@ class DecomposeReport:
 def factored_macs_per_pixel(conv, rank, scheme):
     """Multiply-adds per output pixel of the factored conv.
 
-    The spatial scheme's first (kh x 1) stage runs on the unstrided width, so it costs stride_w
-    times more pixels than the output has.
+    The spatial scheme's first (kh x 1) stage runs on the unstrided input width, so it costs
+    W_in / W_out times more pixels than the output has, counted as stride_w: exact for convs padded
+    to keep the size ("same" padding, ResNets' convs), an underestimate for unpadded dilated convs
+    on small images, whose input is wider by a fixed margin (dilation_w * (kw - 1) - 2 * padding_w
+    columns): decompose has no input size. ``trp_ext.metrics.count_cost`` counts a given input
+    exactly.
     """
     c, n = conv.in_channels, conv.out_channels
     kh, kw = conv.kernel_size

@@ -7,7 +7,9 @@ renamed over the target, so a crash never leaves a half-written file. Every load
 import io
 import json
 import os
+import stat
 import tempfile
+import zipfile
 
 import torch
 import torch.nn as nn
@@ -18,16 +20,38 @@ COMPRESSED_FORMAT = "trp-ext-compressed"
 COMPRESSED_VERSION = 1
 
 
-def atomic_write_bytes(path, data):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+def _umask():
+    """The process's umask, read without setting it where Linux allows (os.umask can only be read
+    by setting it, a race with other threads creating files)."""
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path, data):
+    # Through a symlink: its target is replaced, the link stays.
+    path = os.path.realpath(os.fspath(path))
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    try:  # an overwritten file keeps its permissions (a private checkpoint stays private)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()  # what open() would give; mkstemp makes 0600 files
+    # A short prefix: the temporary name must stay within the 255 bytes a name may have.
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name[:64]}.", suffix=".tmp")
+    try:
         with os.fdopen(fd, "wb") as handle:
+            try:
+                os.fchmod(handle.fileno(), mode)
+            except OSError:
+                pass  # a filesystem without permissions: the file keeps mkstemp's
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -52,16 +76,65 @@ def atomic_torch_save(obj, path):
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _corrupted_record(path):
+    """The first record of a torch.save zip file whose bytes fail the CRC-32 the zip stores for it,
+    or None. torch.load does not check them: flipped bits in a tensor loaded as garbage values."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except zipfile.BadZipFile:
+        return None  # not a zip (an old format, or not torch.save's): torch.load judges it
+    except (zipfile.LargeZipFile, RuntimeError, EOFError, ValueError) as error:
+        return f"({type(error).__name__}: {error})"
+
+
+def _load_device(map_location):
+    """map_location as a torch.device, or a ValueError that names it (torch.load's error would read
+    as a corrupted file)."""
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"argument 'map_location' must name a device, got {map_location!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"argument 'map_location': {device} is not available on this machine")
+    return device
+
+
+def _to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return type(value)((k, _to_device(v, device)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
 def safe_torch_load(path, what="checkpoint", map_location="cpu"):
-    """torch.load(weights_only=True), turning a missing, truncated or foreign file into a clear error."""
+    """torch.load(weights_only=True), turning a missing, truncated, corrupted or foreign file into a
+    clear error. The file is read onto the CPU, then moved to ``map_location``, so that an
+    unusable device is reported as such rather than as a bad file."""
+    device = _load_device(map_location)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} file not found: {path}")
+    corrupted = _corrupted_record(path)
+    if corrupted is not None:
+        raise ValueError(f"{path} is not a readable trp-ext {what}: it is corrupted (record {corrupted} fails "
+                         "its checksum)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - every failure means the same thing to the user
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # unreadable (permissions, I/O): not a matter of the file's contents
+    except Exception as error:  # noqa: BLE001 - every other failure means the same thing to the user
         raise ValueError(f"{path} is not a readable trp-ext {what} (truncated, corrupted, or not written by "
                          f"trp-ext): {type(error).__name__}: {error}") from None
+    if device.type == "cpu":
+        return payload
+    try:
+        return _to_device(payload, device)
+    except RuntimeError as error:
+        raise ValueError(f"argument 'map_location': cannot move the {what} to {device}: {error}") from None
 
 
 # ---------------------------------------------------------------------------- compressed models
@@ -138,6 +211,11 @@ def model_from_compressed(payload, path, model=None):
 
         arch = dict(payload["arch"])
         model = build_model(arch.pop("name"), **arch)
+        # Built in float32 on the CPU: load_state_dict would cast a float64 (or CUDA) model's
+        # tensors into it, silently. The saved floating tensors say where and in what it runs.
+        saved = next((t for t in payload["state_dict"].values() if t.is_floating_point()), None)
+        if saved is not None:
+            model = model.to(device=saved.device, dtype=saved.dtype)
     for name, spec in payload["factored"].items():
         try:
             dense = model.get_submodule(name)

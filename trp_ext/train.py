@@ -180,7 +180,9 @@ class Run:
             return
         io.atomic_torch_save({
             "format": CHECKPOINT_FORMAT,
-            "config": asdict(self.config),
+            # The folder absolute, as data_record keeps it: eval, compress and bench may run from
+            # another directory.
+            "config": dict(asdict(self.config), data_dir=data_record(self.config)["dir"]),
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
