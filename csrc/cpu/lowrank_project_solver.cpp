@@ -42,7 +42,11 @@ constexpr int kMaxWidenings = 2;
 // Rayleigh-Ritz grow as k b^2 and b^3). Measured on ResNet-56 weights of real TRP training (energies
 // 0.6-0.99, drift 1e-3, one thread), cold / warm time: 1.24-2.3 at b / k = 0.1-0.29, 1.34 at 0.49,
 // 0.77-1.35 at 0.59-0.62, 0.6-1.09 from 0.69 on; early in training (CIFAR-10, lr 0.1, step 120)
-// the ranks at energy 0.99 reach 0.6-0.9 k, where warm starts took 1.3-2.5x a cold solve.
+// the ranks at energy 0.99 reach 0.6-0.9 k, where warm starts took 1.3-2.5x a cold solve. Not
+// lower: a basis that a cold call sized without a spectral gap (1.5 x its rank, ~0.45 k on the
+// bench's spectra) narrows to the gap in its first power step, to ~0.3 k, and wins 1.2-1.6x; later
+// in training (step 320, ranks ~0.45 k) bases already narrowed to 0.44-0.5 k certified in two
+// products but ran at ~0.85 (0.63-1.17) of a cold solve's speed, those at <= 0.35 k at ~1.18.
 constexpr double kMaxWarmFraction = 0.5;
 // Below this size a cold solve is cheaper than a warm start, so smaller matrices are solved cold
 // even when a basis is given. Measured on ResNet-56 sets after a projection and a drift (one
