@@ -25,6 +25,19 @@ import trp_ext  # noqa: F401
 CUDA = pytest.param("cuda", marks=pytest.mark.cuda)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def like_for_like_cuda_baselines():
+    """float32 baselines in float32: torch lets cuDNN convs run float32 on TF32 tensor cores by
+    default, a lower precision than ours computes in. And cuDNN picks its fastest algorithm for
+    each shape (benchmark mode; the warm-up rounds absorb the search), so that ours is measured
+    against the strongest cuDNN baseline."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Records which CPU code ran: ours (``trp_ext._C.cpu_kernels()``) and torch's (ATen's CPU
     capability, which oneDNN's convs and MKL follow too). The development VM once changed from an
