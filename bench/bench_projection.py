@@ -20,6 +20,11 @@ few SGD steps (a random drift of relative size DRIFT), and are projected again. 
 TRP_BENCH_TRAINED=path/to/checkpoint.pt adds the groups "trained-<arch>/<scheme> ..." with the
 weights of a TRP checkpoint (its config names the arch and scheme) instead of synthetic ones.
 The warm/widened/fallback counts of every warm group are stored in extra_info.
+
+These synthetic sets favour warm starts: their ranks (~0.29 k) are lower, and the drift (1e-3)
+smaller, than those of TRP's early training on CIFAR-10 (ranks 0.6-0.9 k at energy 0.99, drift
+~7e-3 per period at lr 0.1), where warm starts do not pay and the CPU solves cold
+(bench/RESULTS.md, "Warm starts in real TRP training").
 """
 import functools
 import math
