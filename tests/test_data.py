@@ -86,6 +86,46 @@ def test_image_folder_file_that_is_not_an_image_is_named(tmp_path):
         load_image_folder(tmp_path)
 
 
+def test_cifar_meta_that_is_malformed_or_has_too_few_classes_is_named(tmp_path):
+    folder = _write_cifar(tmp_path)
+    (folder / "batches.meta").write_bytes(b"\x80\x04trunc")
+    with pytest.raises(ValueError, match="malformed CIFAR-10 meta file .*batches.meta"):
+        load_cifar10(folder)
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump({b"label_names": [b"cat", b"dog"]}, handle)  # labels run to 9
+    with pytest.raises(ValueError, match=r"labels \d\.\.9 do not fit the 2 classes of its batches.meta"):
+        load_cifar10(folder)
+
+
+def test_image_folder_skips_hidden_folders_and_refuses_classes_it_would_drop(tmp_path):
+    """A hidden folder became class 0 (every label shifted, a dead output); a test class that
+    train/ lacks, or an empty train class, left images out or an output dead, silently."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / label / "0.png")
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    data = load_image_folder(tmp_path, size=8)
+    assert data.classes == ["cat", "dog"] and data.train.labels.tolist() == [0, 1]
+    (tmp_path / "test" / "Dog").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "test" / "Dog" / "1.png")
+    with pytest.raises(ValueError, match="test/ has classes that train/ lacks: Dog"):
+        load_image_folder(tmp_path, size=8)
+    (tmp_path / "test" / "Dog" / "1.png").unlink()
+    (tmp_path / "test" / "Dog").rmdir()
+    (tmp_path / "train" / "bird").mkdir()
+    with pytest.raises(FileNotFoundError, match="class folder .*bird holds no images"):
+        load_image_folder(tmp_path, size=8)
+
+
+@pytest.mark.parametrize("split", ["Train", "val", "training"])
+def test_loader_refuses_a_split_it_does_not_know(split):
+    with pytest.raises(ValueError, match="argument 'split' must be 'train' or 'test'"):
+        TensorLoader(load_digits(), split)
+
+
 def test_load_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match="argument 'data'"):
         load_dataset("mnist")

@@ -211,3 +211,21 @@ def test_compare_latency_times_both_models():
     factored = nn.Sequential(FactoredConv2d(3, 16, 2, 3, padding=1))
     dense_s, factored_s = compare_latency(dense, factored, torch.zeros(1, 3, 8, 8), repeats=3, warmup=1)
     assert dense_s > 0 and factored_s > 0
+
+
+def test_compress_and_report_leaves_every_module_in_its_mode():
+    """It put the caller's model in eval mode for good; a BatchNorm frozen in eval inside a training
+    model must come back so too."""
+    from trp_ext.data import load_digits
+    from trp_ext.models import build_model
+    from trp_ext.report import compress_and_report
+    from trp_ext.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1).train()
+    model.layer1[0].bn1.eval()
+    modes = [m.training for m in model.modules()]
+    config = TrainConfig(arch="resnet20", scheme="channel", latency_batch=1)
+    report = compress_and_report(model, config, lambda m: 0.0, load_digits(), torch.device("cpu"), latency_repeats=1)
+    assert report.compressed is not None
+    assert [m.training for m in model.modules()] == modes

@@ -86,9 +86,18 @@ def load_cifar10(root):
     classes = [f"class_{i}" for i in range(10)]
     meta = os.path.join(folder, "batches.meta")
     if os.path.isfile(meta):
-        with open(meta, "rb") as handle:
-            classes = [c.decode() if isinstance(c, bytes) else c
-                       for c in pickle.load(handle, encoding="bytes").get(b"label_names", classes)]
+        try:
+            with open(meta, "rb") as handle:
+                classes = [c.decode() if isinstance(c, bytes) else str(c)
+                           for c in pickle.load(handle, encoding="bytes").get(b"label_names", classes)]
+        except Exception as error:  # noqa: BLE001 - any parse failure is a malformed file
+            raise ValueError(f"malformed CIFAR-10 meta file {meta}: {type(error).__name__}: {error} "
+                             f"({CIFAR_LAYOUT})") from None
+    # The class count sizes the model's output: labels past it would fail deep inside training.
+    for split_labels in [p[1] for p in parts] + [test[1]]:
+        if len(split_labels) and not (split_labels.min() >= 0 and split_labels.max() < len(classes)):
+            raise ValueError(f"CIFAR-10 folder {folder}: labels {int(split_labels.min())}..{int(split_labels.max())} "
+                             f"do not fit the {len(classes)} classes of its batches.meta ({CIFAR_LAYOUT})")
     train = ImageSplit(torch.from_numpy(np.concatenate([p[0] for p in parts])),
                        torch.from_numpy(np.concatenate([p[1] for p in parts])))
     return ImageDataset("cifar10", train, ImageSplit(torch.from_numpy(test[0]), torch.from_numpy(test[1])),
@@ -110,16 +119,20 @@ def _read_image(path, size):
                          f"({IMAGE_FOLDER_LAYOUT})") from None
 
 
-def _read_image_split(folder, classes, size):
+def _read_image_split(folder, classes, size, every_class=False):
+    """every_class: a class folder without images is an error (train/: it would be a dead output)."""
     images, labels = [], []
     for label, name in enumerate(classes):
         class_dir = os.path.join(folder, name)
         if not os.path.isdir(class_dir):
             continue
+        count = len(images)
         for file in sorted(os.listdir(class_dir)):
             if file.lower().endswith(IMAGE_EXTENSIONS):
                 images.append(_read_image(os.path.join(class_dir, file), size))
                 labels.append(label)
+        if every_class and len(images) == count:
+            raise FileNotFoundError(f"class folder {class_dir} holds no images ({IMAGE_FOLDER_LAYOUT})")
     if not images:
         raise FileNotFoundError(f"no images under {folder} ({IMAGE_FOLDER_LAYOUT})")
     return ImageSplit(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.long))
@@ -132,10 +145,20 @@ def load_image_folder(root, size=32):
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     if not os.path.isdir(train_dir) or not os.path.isdir(test_dir):
         raise FileNotFoundError(f"image folder {root} lacks train/ or test/ ({IMAGE_FOLDER_LAYOUT})")
-    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    # Hidden folders (.ipynb_checkpoints, .DS_Store's kin) are no classes: one would shift every
+    # label and add a dead output.
+    def class_dirs(folder):
+        return sorted(d for d in os.listdir(folder)
+                      if not d.startswith(".") and os.path.isdir(os.path.join(folder, d)))
+
+    classes = class_dirs(train_dir)
     if not classes:
         raise FileNotFoundError(f"no class sub-folders in {train_dir} ({IMAGE_FOLDER_LAYOUT})")
-    train = _read_image_split(train_dir, classes, size)
+    unknown = sorted(set(class_dirs(test_dir)) - set(classes))
+    if unknown:  # their images would be left out of the test accuracy, silently
+        raise ValueError(f"image folder {root}: test/ has classes that train/ lacks: {', '.join(unknown)} "
+                         f"({IMAGE_FOLDER_LAYOUT})")
+    train = _read_image_split(train_dir, classes, size, every_class=True)
     test = _read_image_split(test_dir, classes, size)
     mean = tuple((train.images.float().mean(dim=(0, 2, 3)) / 255).tolist())
     std = tuple((train.images.float().std(dim=(0, 2, 3)) / 255).clamp_min(1e-3).tolist())
@@ -192,6 +215,8 @@ class TensorLoader:
                  drop_last=False, shard=(0, 1)):
         if batch_size < 1:
             raise ValueError(f"argument 'batch_size' must be positive, got {batch_size}")
+        if split not in ("train", "test"):  # any other word served the test split, unshuffled
+            raise ValueError(f"argument 'split' must be 'train' or 'test', got {split!r}")
         data = dataset.train if split == "train" else dataset.test
         self.train = split == "train" if train is None else train
         self.device = torch.device(device)

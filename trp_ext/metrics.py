@@ -36,7 +36,7 @@ class Cost:
 
 
 @contextlib.contextmanager
-def _eval_mode(model):
+def eval_mode(model):
     """``model`` in eval mode, then every module back in its own mode: ``model.train(flag)`` would
     set them all alike, and a BatchNorm frozen for fine-tuning (or an MC-dropout layer left in
     training mode for inference) would come back changed."""
@@ -79,7 +79,7 @@ def count_cost(model, example_input):
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False, custom_mapping={torch.ops.trp_ext.factored_conv2d: _factored_conv_flops})
-    with _eval_mode(model), counter:
+    with eval_mode(model), counter:
         model(example_input)
     conv_ops = _conv_ops()
     flops = counter.get_flop_counts()["Global"]
@@ -148,7 +148,7 @@ def measure_latency(model, example_input, repeats=20, warmup=3):
     (synchronised on CUDA), in eval mode; the model's modules keep their own modes afterwards."""
     cuda = example_input.device.type == "cuda"
     times = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for index in range(warmup + repeats):
             if cuda:
                 torch.cuda.synchronize(example_input.device)
@@ -167,7 +167,7 @@ def correct_and_total(model, batches, device=None):
     are class indices, one per sample. In eval mode; the model's modules keep their own modes
     afterwards."""
     correct = total = 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for inputs, labels in batches:
             if device is not None:
                 inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)

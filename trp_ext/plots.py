@@ -38,8 +38,9 @@ def plot_ranks(names, ranks, full_ranks, path, title="rank per layer"):
 
 def plot_spectra(layers, scheme, path, count=4):
     """Normalised singular values of up to `count` layers spread over the network."""
-    step = max(1, len(layers) // count)
-    chosen = layers[::step][:count]
+    # Evenly spaced from the first layer to the last (every stage shown).
+    picks = sorted({round(i * (len(layers) - 1) / max(count - 1, 1)) for i in range(min(count, len(layers)))})
+    chosen = [layers[i] for i in picks]
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, module in chosen:
         s = torch.linalg.svdvals(layer_matrix(module, scheme).double().cpu())

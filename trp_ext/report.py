@@ -5,7 +5,8 @@ from typing import Optional
 import torch
 
 from trp_ext.decompose import decompose
-from trp_ext.metrics import compare_latency, count_cost, deployment_form, measure_latency, theoretical_speedup
+from trp_ext.metrics import (compare_latency, count_cost, deployment_form, eval_mode, measure_latency,
+                             theoretical_speedup)
 
 
 @dataclass
@@ -32,8 +33,13 @@ def latency_pair(dense, compressed, example, repeats):
 
 def compress_and_report(model, config, evaluate, dataset, device, latency_repeats=20, rule=None):
     """Decomposes ``model`` per ``config`` (scheme, energy, value_threshold), then measures both.
-    ``rule``: decompose's rank-rule arguments, if not ``rank_rule(config)``."""
-    model = model.eval()
+    ``rule``: decompose's rank-rule arguments, if not ``rank_rule(config)``. ``model`` is measured
+    in eval mode and left in the mode it came in."""
+    with eval_mode(model):
+        return _compress_and_report(model, config, evaluate, dataset, device, latency_repeats, rule)
+
+
+def _compress_and_report(model, config, evaluate, dataset, device, latency_repeats, rule):
     example = torch.zeros((1, dataset.in_channels, *dataset.image_size), device=device)
     summary = {"arch": config.arch, "data": config.data, "scheme": config.scheme,
                "dense_accuracy": evaluate(model)}
