@@ -438,11 +438,11 @@ def test_warm_start_chain_like_trp(device):
 
 def test_bases_narrow_to_a_spectral_gap(device):
     """After a projection the spectrum has a gap at the projected rank (the rest is drift), and
-    the returned bases keep no columns past it: rank + rank / 2 columns without a gap, at most the
-    gap's width with one, on both devices (CUDA returned rank + rank / 2 always). Warm starts from
+    the returned bases keep no columns past it: rank + rank / 4 columns without a gap, at most the
+    gap's width with one, on both devices (CUDA returned the gapless width always). Warm starts from
     the wide bases and from the narrow ones hold (no widening, no fallback) and stay exact."""
     def default_width(rank, k):
-        return min(k, rank + max(4, (rank + 1) // 2))
+        return min(k, rank + max(4, (rank + 3) // 4))
 
     mats = [decaying(192, 192, 24.0, torch.float32, 40 + i, device=device) for i in range(3)]
     first = ops.lowrank_project(mats, 0.99)
@@ -545,13 +545,14 @@ def test_energy_one_and_empty_bases_count_as_cold(device):
     assert stats == {"cold": 6, "warm": 0, "widened": 0, "fallback": 0, "warm_iterations": 0}
 
 
-def test_cpu_solves_cold_from_a_basis_wider_than_half_the_matrix():
-    """Early in training TRP's ranks reach 0.6-0.9 k, and warm starts from such bases took 1.3-2.5x
-    a cold solve (bench/RESULTS.md): the CPU solves those cold, exactly as without a basis."""
+def test_cpu_solves_cold_from_a_basis_wider_than_0_4_of_the_matrix():
+    """Early in training TRP's ranks reach 0.6-0.9 k, and warm starts from bases wider than ~0.4 k
+    took longer than cold solves (bench/RESULTS.md): the CPU solves those cold, exactly as without
+    a basis."""
     mats = [decaying(96, 96, 60.0, torch.float32, 21), decaying(96, 96, 8.0, torch.float32, 22)]
     first = ops.lowrank_project(mats, 0.99)
     widths = [b.shape[1] for b in first.bases]
-    assert widths[0] > 48 >= widths[1]  # one basis wider than half of k = 96, one not
+    assert widths[0] > 0.4 * 96 >= widths[1]  # one basis wider than 0.4 of k = 96, one not
     moved = [drift(p, 1e-3, 30 + i) for i, p in enumerate(first.projected)]
     ops.lowrank_project_stats(reset=True)
     warm = ops.lowrank_project(moved, 0.99, bases=first.bases)

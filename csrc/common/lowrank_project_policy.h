@@ -44,13 +44,16 @@ inline double gram_noise_factor(int64_t k, int64_t len) {
   return kGramNoise * static_cast<double>(k + len) * std::numeric_limits<double>::epsilon();
 }
 
-// The returned basis keeps this many columns beyond the rank (at least kMinOversample): they
-// make the next warm start converge at the rate lambda_{b+1} / lambda_r per power step.
+// The returned basis keeps a quarter of the rank beyond it (at least kMinOversample columns):
+// they make the next warm start converge at the rate lambda_{b+1} / lambda_r per power step.
+// After a projection the spectrum has a gap at the rank, and the first power step narrows the
+// basis to it anyway; a wider basis (half the rank, before) only made that step dearer and, on
+// the CPU, past kMaxWarmFraction of k, kept TRP's later calls from warm-starting where they win.
 constexpr int64_t kMinOversample = 4;
 TRP_HOST_DEVICE inline int64_t basis_width(int64_t rank, int64_t k) {
   // No std::max here: it binds kMinOversample by reference, which device code cannot.
-  const int64_t half = (rank + 1) / 2;
-  const int64_t oversample = half > kMinOversample ? half : kMinOversample;
+  const int64_t quarter = (rank + 3) / 4;
+  const int64_t oversample = quarter > kMinOversample ? quarter : kMinOversample;
   return std::min(k, rank + oversample);
 }
 

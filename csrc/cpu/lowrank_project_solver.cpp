@@ -39,15 +39,14 @@ constexpr int64_t kMaxWarmSteps = 24;  // a safety net: the cost budget is the r
 constexpr int kMaxWidenings = 2;
 // A warm start runs only from a basis of at most this fraction of k, and widens it only while it
 // stays so: wider, the warm start costs more than the cold solve it would replace (its QR and
-// Rayleigh-Ritz grow as k b^2 and b^3). Measured on ResNet-56 weights of real TRP training (energies
-// 0.6-0.99, drift 1e-3, one thread), cold / warm time: 1.24-2.3 at b / k = 0.1-0.29, 1.34 at 0.49,
-// 0.77-1.35 at 0.59-0.62, 0.6-1.09 from 0.69 on; early in training (CIFAR-10, lr 0.1, step 120)
-// the ranks at energy 0.99 reach 0.6-0.9 k, where warm starts took 1.3-2.5x a cold solve. Not
-// lower: a basis that a cold call sized without a spectral gap (1.5 x its rank, ~0.45 k on the
-// bench's spectra) narrows to the gap in its first power step, to ~0.3 k, and wins 1.2-1.6x; later
-// in training (step 320, ranks ~0.45 k) bases already narrowed to 0.44-0.5 k certified in two
-// products but ran at ~0.85 (0.63-1.17) of a cold solve's speed, those at <= 0.35 k at ~1.18.
-constexpr double kMaxWarmFraction = 0.5;
+// Rayleigh-Ritz grow as k b^2 and b^3, and the cold solve's share at ~40% of the FMA peak is
+// small). Measured per matrix on ResNet-56 weights of real TRP training (CIFAR-10, energy 0.99,
+// one thread), cold / warm time: 0.94-1.46 (median 1.18) at b / k <= 0.35, 0.63-1.17 (median
+// ~0.85) at 0.44-0.50 although every one certified in two products, 0.6-1.1 from 0.6 on. Early in
+// training (lr 0.1, step 120) the ranks at energy 0.99 reach 0.6-0.9 k. The bench's synthetic
+// spectra give bases of ~0.36 k from a cold call (rank + rank / 4, see basis_width) and ~0.3 k
+// after a warm one: 1.2-1.7x.
+constexpr double kMaxWarmFraction = 0.4;
 // Below this size a cold solve is cheaper than a warm start, so smaller matrices are solved cold
 // even when a basis is given. Measured on ResNet-56 sets after a projection and a drift (one
 // thread, warm and cold calls alternated), cold / warm time: k = 16 0.76-0.82, k = 32 0.97-0.99

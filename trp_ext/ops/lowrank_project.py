@@ -99,7 +99,7 @@ def lowrank_project_stats(reset: bool = False) -> Dict[str, int]:
     Returns ``{"cold", "warm", "widened", "fallback", "warm_iterations"}`` counts: ``cold``
     matrices solved without a usable basis (none given, an empty one, a zero matrix,
     ``energy == 1``, which needs the whole spectrum, or on the CPU a matrix whose shorter side is
-    below 48, or whose basis is wider than half of it, where a cold solve is cheaper); ``warm``
+    below 48, or whose basis is wider than 0.4 of it, where a cold solve is cheaper); ``warm``
     certified from the given basis; ``widened`` certified after widening it; ``fallback`` solved
     cold because the warm start could not be certified; ``warm_iterations`` the subspace
     iterations all warm starts ran.
