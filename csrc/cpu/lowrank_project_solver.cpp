@@ -39,13 +39,12 @@ constexpr int64_t kMaxWarmSteps = 24;  // a safety net: the cost budget is the r
 constexpr int kMaxWidenings = 2;
 // A warm start runs only from a basis of at most this fraction of k, and widens it only while it
 // stays so: wider, the warm start costs more than the cold solve it would replace (its QR and
-// Rayleigh-Ritz grow as k b^2 and b^3, and the cold solve's share at ~40% of the FMA peak is
-// small). Measured per matrix on ResNet-56 weights of real TRP training (CIFAR-10, energy 0.99,
-// one thread), cold / warm time: 0.94-1.46 (median 1.18) at b / k <= 0.35, 0.63-1.17 (median
-// ~0.85) at 0.44-0.50 although every one certified in two products, 0.6-1.1 from 0.6 on. Early in
-// training (lr 0.1, step 120) the ranks at energy 0.99 reach 0.6-0.9 k. The bench's synthetic
-// spectra give bases of ~0.36 k from a cold call (rank + rank / 4, see basis_width) and ~0.3 k
-// after a warm one: 1.2-1.7x.
+// Rayleigh-Ritz grow as k b^2 and b^3). Measured per matrix on ResNet-56 weights of real TRP
+// training (CIFAR-10, energy 0.99, one thread), cold / warm time: 0.94-1.46 (median 1.18) at
+// b / k <= 0.35, 0.63-1.17 (median ~0.85) at 0.44-0.50 although every one certified in two
+// products, 0.6-1.1 from 0.6 on. Early in training (lr 0.1, step 120) the ranks at energy 0.99
+// reach 0.6-0.9 k. The bench's synthetic spectra give bases of ~0.36 k from a cold call
+// (rank + rank / 4, see basis_width) and ~0.3 k after a warm one: 1.2-1.7x.
 constexpr double kMaxWarmFraction = 0.4;
 // Below this size a cold solve is cheaper than a warm start, so smaller matrices are solved cold
 // even when a basis is given. Measured on ResNet-56 sets after a projection and a drift (one
