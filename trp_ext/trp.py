@@ -225,8 +225,10 @@ class TRP:
         # not use (a branch not taken; DDP with find_unused_parameters). But when no trainable
         # layer has a gradient, regularize() came before backward(): say so, and change nothing.
         trained = [module.weight.requires_grad and module.weight.grad is not None for _, module in self.layers]
-        if not any(trained) and any(module.weight.requires_grad for _, module in self.layers):
-            raise RuntimeError("TRP.regularize(): the selected layers have no gradient; call it after backward()")
+        if not any(trained):
+            if any(module.weight.requires_grad for _, module in self.layers):
+                raise RuntimeError("TRP.regularize(): the selected layers have no gradient; call it after backward()")
+            return  # every selected layer frozen (alike on every rank): no term to compute
         if self.subgradient == "truncated":
             subgradients, _ = self._lowrank("regularize", self.energy, want_subgradient=True)
         else:  # U V^T over every non-negligible singular value: no rank rule, no caps

@@ -164,7 +164,7 @@ INT64_MAX = 2 ** 63 - 1
 def _check_fake_args(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual):
     """The kernels' argument checks (csrc/common/factored_conv2d_checks.h), on shapes, dtypes and
     devices: under torch.compile, and for meta tensors, which a kernel never sees (a meta bias
-    with CPU inputs came here and returned uninitialised memory)."""
+    with CPU inputs came here and returned uninitialised memory). Returns the output's shape."""
     op = "factored_conv2d(): argument"
     torch._check_value(scheme in ("channel", "spatial"), lambda: f"{op} 'scheme' must be 'channel' or 'spatial', "
                                                                 f"got {scheme!r}")
@@ -213,17 +213,17 @@ def _check_fake_args(x, w1, w2, bias, stride, padding, dilation, scheme, activat
         torch._check_value(size + 2 * pad >= dil * (kernel - 1) + 1,
                            lambda: f"{op} 'x' is too small along its {axis} for the dilated kernel")
     # As the kernels: an output too large for any allocation, which only a padding can cause.
-    out_h, out_w = output_shape(x, w1, w2, stride, padding, dilation, scheme)[2:]
-    values = x.shape[0] * w2.shape[0] * out_h * out_w
+    shape = output_shape(x, w1, w2, stride, padding, dilation, scheme)
+    values = shape[0] * shape[1] * shape[2] * shape[3]
     torch._check_value(values * x.element_size() < 2 ** 62,
                        lambda: f"{op} 'padding' is too large: {list(padding)} gives an output of {values} values, "
                                "beyond any allocation")
+    return shape
 
 
 @torch.library.register_fake("trp_ext::factored_conv2d")
 def _factored_conv2d_fake(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual=None):
-    _check_fake_args(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
-    shape = output_shape(x, w1, w2, stride, padding, dilation, scheme)
+    shape = _check_fake_args(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
     if residual is not None:
         torch._check_value(broadcasts_to(residual, shape),
                            lambda: f"factored_conv2d(): argument 'residual' must broadcast to the output shape "
