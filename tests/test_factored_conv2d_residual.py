@@ -247,3 +247,46 @@ def test_channel_scheme_into_nchw_is_bit_identical_to_the_copy_path(winograd, th
         _check(x, w1, w2, bias, residual, (stride, stride), (1, 1), (1, 1), "channel", "relu")
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("residual_kind", [None, "contiguous", "image", "per_pixel"])
+@pytest.mark.parametrize("batch,size,kw,padding,dilation", [
+    (1, (7, 9), 3, 1, 1),     # the unshifted column written by the first conv in place
+    (2, (9, 13), 3, 1, 1),    # odd rows of 13
+    (2, (12, 16), 3, 0, 1),   # rows of 14 from 16: every column gathered, none in place
+    (1, (10, 11), 5, 2, 1),   # shifts -2 .. 2
+    (2, (8, 12), 3, 2, 2),    # dilated: shifts -2, 0, 2
+    (1, (6, 5), 3, 3, 1),     # padding past the kernel: shifts -3 .. -1, 9 columns from 5
+    (2, (9, 10), 1, 0, 1),    # a 1 x 1 second conv
+    (1, (30, 33), 3, 1, 1),   # two bands of rows
+])
+def test_spatial_scheme_into_nchw_is_bit_identical_to_the_copy_path(threads, dtype, residual_kind, batch, size, kw,
+                                                                    padding, dilation):
+    """At stride 1 along the width, an NCHW output of the spatial scheme is written by its
+    1 x kw conv in place, from the intermediate gathered into one shifted copy per kernel column
+    (zeros where a column reads padding); a channels_last output takes the copy path from
+    zero-padded planes. Both run the same sums, so they must agree exactly, and with the
+    reference."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = _input((batch, 5, *size), dtype)
+        w1, w2, bias = _factors("spatial", 7, 5, 3, (3, kw), dtype)
+        stride, pad, dil = (1, 1), (1, padding), (1, dilation)
+        out_shape = _output_shape(x, w1, w2, stride, pad, dil, "spatial")
+        n, c, h, w = out_shape
+        residual = None if residual_kind is None else {
+            "contiguous": _input(out_shape, dtype, seed=5),
+            "image": _input((1, c, h, w), dtype, seed=5),
+            "per_pixel": _input((n, 1, h, w), dtype, seed=5),
+        }[residual_kind]
+        args = (w1, w2, bias, stride, pad, dil, "spatial", "relu")
+        direct = ops.factored_conv2d(x, *args, residual=residual)
+        copied = ops.factored_conv2d(x.contiguous(memory_format=torch.channels_last), *args, residual=residual)
+        assert direct.is_contiguous() and copied.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(direct, copied.contiguous())
+        _check(x, w1, w2, bias, residual, stride, pad, dil, "spatial", "relu")
+    finally:
+        torch.set_num_threads(previous)

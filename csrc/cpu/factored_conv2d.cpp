@@ -11,10 +11,12 @@
 //      padding and stride phases) in the same way;
 //   4. runs the second conv with the bias and ReLU epilogue, a few output channels at a time,
 //      and copies the valid columns into the output (NCHW or channels_last, any strides); with
-//      a residual, the copy adds it and applies the ReLU instead. Channel scheme into an NCHW
-//      output (and a residual laid out like it, if any): the intermediate's rows are first
-//      compacted to the output's row length, and the 1x1 conv then writes the band's output
-//      rows, residual and ReLU included, straight from its registers (no copy).
+//      a residual, the copy adds it and applies the ReLU instead. Into an NCHW output (and a
+//      residual laid out like it, if any): the channel scheme's intermediate rows are first
+//      compacted to the output's row length (the spatial scheme's, at stride 1 along the width,
+//      gathered into one shifted copy per kernel column instead of planes), and the second
+//      conv then writes the band's output rows, residual and ReLU included, straight from its
+//      registers (no copy).
 // Both convs are the same micro-kernel (factored_conv2d_kernels.h), run over different taps.
 // Items run in parallel with at::parallel_for, so batch 1 still uses every core.
 #include <ATen/Parallel.h>
@@ -90,10 +92,15 @@ struct BandPlan {
   std::vector<int64_t> taps2;
   int64_t count2 = 0;  // stage-2 positions of a full band
   int64_t pitch2 = 0;  // stage-2 positions per output row
-  // Channel scheme: the intermediate compacted to rows of the output's length (see
-  // stage2_direct), tap j of the 1x1 conv at row j.
+  // The second conv's input laid out in rows of the output's length, for stage2_direct.
+  // Channel scheme: the intermediate compacted, tap j of the 1x1 conv at row j. Spatial
+  // scheme: kw arrays of rank rows, array kx gathered so that its position q = oh * out_w + ow
+  // holds the intermediate value kernel column kx reads for output (oh, ow), or zero where that
+  // is padding; tap (j, kx) at row j of array kx.
   int64_t dense_ld = 0;
   std::vector<int64_t> taps2_dense;
+  std::vector<int64_t> column_shifts;  // spatial, per kx: the column output column 0 reads
+  int64_t in_place_column = -1;  // spatial: the kx whose array stage 1 writes itself, or -1
   int64_t slack = 0;   // readable elements past the last plane: taps over-read past a band
   int64_t work = 0;    // multiply-adds per band
   int64_t group = 0;   // input channels per stage-1 group
@@ -155,9 +162,22 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size) {
   }
   p.pitch2 = pitch;
   p.count2 = g.spatial ? round_up(p.rows * pitch, kPositionAlign) : p.count1;
+  p.dense_ld = round_up(p.rows * g.out_w, kPositionAlign);
   if (!g.spatial) {
-    p.dense_ld = round_up(p.rows * g.out_w, kPositionAlign);
     for (int64_t j = 0; j < g.rank; ++j) p.taps2_dense.push_back(j * p.dense_ld);
+  } else {
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      const int64_t shift = kx * g.dw - g.pw;
+      p.column_shifts.push_back(shift);
+      // At stride 1 an unshifted column over rows as long as the output's reads the
+      // intermediate as stage 1 lays it out: stage 1 writes that array, no gather.
+      if (g.sw == 1 && shift == 0 && g.width == g.out_w) p.in_place_column = kx;
+    }
+    for (int64_t j = 0; j < g.rank; ++j) {
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        p.taps2_dense.push_back((kx * g.rank + j) * p.dense_ld);
+      }
+    }
   }
   // A band computes up to kPositionAlign - 1 positions past its last row, and a tap reads up to
   // (kw - 1) * dw / sw columns further; that runs into the next plane, or past the last one.
@@ -207,15 +227,20 @@ template <typename T>
 struct Scratch {
   T* x_planes;
   T* mid;
-  T* mid_planes;  // spatial scheme: the intermediate's planes; channel: its compacted rows
+  // The second conv's input: the intermediate's planes (spatial), or its rows of the output's
+  // length (BandPlan::dense_ld, both schemes) for stage2_direct.
+  T* mid_planes;
   T* out;
 };
 
+// direct: whether the call runs stage2_direct (see direct_output). The gathered arrays' columns
+// that read padding are zeroed here too, like the planes' padding.
 template <typename T>
-Scratch<T> thread_scratch(const BandPlan& p, const FconvGeometry& g) {
+Scratch<T> thread_scratch(const BandPlan& p, const FconvGeometry& g, bool direct) {
+  const int64_t stage2_input = !direct ? p.mid_planes.size() + p.slack
+                                       : (g.spatial ? g.kw : 1) * g.rank * p.dense_ld;
   const auto parts = fconv_cpu::thread_buffers<T, 4>(
-      {p.x_planes.size() + p.slack, g.rank * p.count1,
-       g.spatial ? p.mid_planes.size() + p.slack : g.rank * p.dense_ld, kMaxRows * p.count2});
+      {p.x_planes.size() + p.slack, g.rank * p.count1, stage2_input, kMaxRows * p.count2});
   const Scratch<T> s{parts[0], parts[1], parts[2], parts[3]};
   std::fill(s.x_planes, s.mid, T(0));
   std::fill(s.mid_planes, s.out, T(0));
@@ -235,25 +260,71 @@ struct Operands {
   int64_t rs[4];
 };
 
-// Whether stage2_direct can write this call's output: the channel scheme, output and residual
-// rows as fconv_cpu::rows_like_nchw, and bands of at least one vector of positions.
+// Whether stage2_direct can write this call's output: output and residual rows as
+// fconv_cpu::rows_like_nchw, and bands of at least one vector of positions. Spatial scheme:
+// only at stride 1 along the width, and where that computes fewer second-conv positions per
+// band than the planes do. Its kw gathered arrays, whose taps share no cache lines, take kw
+// times the planes' memory, and cost more than the copy-out they save where the positions are
+// the same (7-wide outputs: 56 either way) or where a stride-2 gather (scalar) replaces the
+// planes' vectorised one. In-process A/B on the bench's layers, direct/planes: 1.03-1.18x at
+// stride 1 but 7-wide, 0.92-1.03x at stride 2, 0.95-1.0x 7-wide.
 template <typename T>
 bool direct_output(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops) {
   const int64_t shortest = g.out_h - (p.bands - 1) * p.rows;  // the last band's rows
-  return !g.spatial && fconv_cpu::rows_like_nchw(g.out_w, ops.os, ops.residual != nullptr, ops.rs) &&
-         shortest * g.out_w >= kPositionAlign;
+  const bool fewer_positions =
+      round_up(p.rows * g.out_w, kPositionAlign) < round_up(p.rows * p.pitch2, kPositionAlign);
+  return fconv_cpu::rows_like_nchw(g.out_w, ops.os, ops.residual != nullptr, ops.rs) &&
+         shortest * g.out_w >= kPositionAlign && (!g.spatial || (g.sw == 1 && fewer_positions));
 }
 
-// Step 4 of the channel scheme into an NCHW output (see direct_output): the intermediate's
-// rows compacted to the output's row length (dropping the thrown-away columns), then the 1x1
-// conv over the band's rows * out_w positions with the whole epilogue, written in place.
+// Where stage 1 writes a band's intermediate (r rows, row j at j * ld): for the direct
+// spatial path, into the gathered array it would otherwise be copied to, if there is one.
+template <typename T>
+std::pair<T*, int64_t> stage1_target(const FconvGeometry& g, const BandPlan& p,
+                                     const Scratch<T>& s, bool direct) {
+  if (direct && p.in_place_column >= 0) {
+    return {s.mid_planes + p.in_place_column * g.rank * p.dense_ld, p.dense_ld};
+  }
+  return {s.mid, p.count1};
+}
+
+// Spatial scheme at stride 1 along the width: copies the band's intermediate (rows of
+// `width` values, row j at mid + j * ld) into the arrays of BandPlan::column_shifts, shifted;
+// their columns that read padding stay as zeroed once per call (the same in every band).
+template <typename T>
+void gather_columns(const FconvGeometry& g, const BandPlan& p, const T* mid, int64_t ld,
+                    int64_t rows, T* arrays) {
+  const KernelSet<T>& k = kernels_for<T>();
+  for (int64_t kx = 0; kx < g.kw; ++kx) {
+    if (kx == p.in_place_column) continue;
+    const int64_t shift = p.column_shifts[kx];
+    // Output columns ow with 0 <= ow + shift < width.
+    const int64_t lo = std::max<int64_t>(0, -shift);
+    const int64_t hi = std::min(g.out_w, g.width - shift);
+    if (hi <= lo) continue;
+    for (int64_t j = 0; j < g.rank; ++j) {
+      k.copy_rows(mid + j * ld + lo + shift, g.width, rows, hi - lo, nullptr, 0, 0, false,
+                  arrays + (kx * g.rank + j) * p.dense_ld + lo, g.out_w, 1);
+    }
+  }
+}
+
+// Step 4 into an NCHW output (see direct_output): the second conv's input laid out in rows of
+// the output's length (channel scheme: the intermediate's rows compacted, dropping the
+// thrown-away columns; spatial: gathered by gather_columns), then the second conv over the
+// band's rows * out_w positions with the whole epilogue, written in place.
 template <typename T>
 void stage2_direct(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
-                   int64_t image, int64_t oh0, int64_t rows, const Scratch<T>& s) {
+                   int64_t image, int64_t oh0, int64_t rows, const T* mid, int64_t ld,
+                   const Scratch<T>& s) {
   const KernelSet<T>& k = kernels_for<T>();
-  for (int64_t j = 0; j < g.rank; ++j) {
-    k.copy_rows(s.mid + j * p.count1, p.pitch2, rows, g.out_w, nullptr, 0, 0, false,
-                s.mid_planes + j * p.dense_ld, g.out_w, 1);
+  if (g.spatial) {
+    gather_columns(g, p, mid, ld, rows, s.mid_planes);
+  } else {
+    for (int64_t j = 0; j < g.rank; ++j) {
+      k.copy_rows(mid + j * ld, p.pitch2, rows, g.out_w, nullptr, 0, 0, false,
+                  s.mid_planes + j * p.dense_ld, g.out_w, 1);
+    }
   }
   const int64_t taps2 = static_cast<int64_t>(p.taps2_dense.size());
   for (const auto& [start, size] : p.out_blocks) {
@@ -283,6 +354,7 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
                p.x_planes, oh0, s.x_planes);
   // 2. First conv, into the intermediate (r rows of count1 positions), a group of input
   //    channels at a time (at least one group, so that c = 0 still writes zeros).
+  const auto [mid, ld] = stage1_target(g, p, s, direct);
   const int64_t taps1 = static_cast<int64_t>(p.taps1.size());
   const int64_t taps_per_channel = g.in_channels > 0 ? taps1 / g.in_channels : 0;
   for (int64_t c0 = 0; c0 == 0 || c0 < g.in_channels; c0 += p.group) {
@@ -290,11 +362,11 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
     const int64_t tn = std::min(p.group, g.in_channels - c0) * taps_per_channel;
     for (const auto& [start, size] : p.rank_blocks) {
       k.tap_conv(s.x_planes, p.taps1.data() + t0, tn, ops.w1 + start * taps1 + t0, taps1, size,
-                 nullptr, c0 > 0, false, s.mid + start * p.count1, p.count1, count1, nullptr, 0);
+                 nullptr, c0 > 0, false, mid + start * ld, ld, count1, nullptr, 0);
     }
   }
   if (direct) {
-    stage2_direct(g, p, ops, image, oh0, rows, s);
+    stage2_direct(g, p, ops, image, oh0, rows, mid, ld, s);
     return;
   }
   // 3. Spatial scheme: planes of the intermediate for the 1 x kw conv.
@@ -350,7 +422,7 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
   const int64_t grain = fconv_cpu::parallel_grain(plan.work);
   const bool direct = direct_output(g, plan, ops);
   at::parallel_for(0, g.batch * plan.bands, grain, [&](int64_t begin, int64_t end) {
-    const Scratch<T> scratch = thread_scratch<T>(plan, g);
+    const Scratch<T> scratch = thread_scratch<T>(plan, g, direct);
     for (int64_t item = begin; item < end; ++item) {
       run_band(g, plan, ops, item / plan.bands, item % plan.bands, scratch, direct);
     }
