@@ -227,9 +227,11 @@ template <typename T>
 struct Scratch {
   T* x_planes;
   T* mid;
-  // The second conv's input: the intermediate's planes (spatial), or its rows of the output's
-  // length (BandPlan::dense_ld, both schemes) for stage2_direct.
-  T* mid_planes;
+  T* mid_planes;  // spatial scheme: the intermediate's planes (none at stride 1 into NCHW)
+  // stage2_direct only: the second conv's input in rows of the output's length
+  // (BandPlan::dense_ld): the channel scheme's compacted intermediate, the spatial scheme's
+  // gathered arrays.
+  T* dense;
   T* out;
 };
 
@@ -237,11 +239,12 @@ struct Scratch {
 // that read padding are zeroed here too, like the planes' padding.
 template <typename T>
 Scratch<T> thread_scratch(const BandPlan& p, const FconvGeometry& g, bool direct) {
-  const int64_t stage2_input = !direct ? p.mid_planes.size() + p.slack
-                                       : (g.spatial ? g.kw : 1) * g.rank * p.dense_ld;
-  const auto parts = fconv_cpu::thread_buffers<T, 4>(
-      {p.x_planes.size() + p.slack, g.rank * p.count1, stage2_input, kMaxRows * p.count2});
-  const Scratch<T> s{parts[0], parts[1], parts[2], parts[3]};
+  const bool planes = g.spatial && (!direct || g.sw > 1);
+  const int64_t dense = direct ? (g.spatial ? g.kw : 1) * g.rank * p.dense_ld : 0;
+  const auto parts = fconv_cpu::thread_buffers<T, 5>(
+      {p.x_planes.size() + p.slack, g.rank * p.count1, planes ? p.mid_planes.size() + p.slack : 0,
+       dense, kMaxRows * p.count2});
+  const Scratch<T> s{parts[0], parts[1], parts[2], parts[3], parts[4]};
   std::fill(s.x_planes, s.mid, T(0));
   std::fill(s.mid_planes, s.out, T(0));
   return s;
@@ -262,19 +265,19 @@ struct Operands {
 
 // Whether stage2_direct can write this call's output: output and residual rows as
 // fconv_cpu::rows_like_nchw, and bands of at least one vector of positions. Spatial scheme:
-// only at stride 1 along the width, and where that computes fewer second-conv positions per
-// band than the planes do. Its kw gathered arrays, whose taps share no cache lines, take kw
-// times the planes' memory, and cost more than the copy-out they save where the positions are
-// the same (7-wide outputs: 56 either way) or where a stride-2 gather (scalar) replaces the
-// planes' vectorised one. In-process A/B on the bench's layers, direct/planes: 1.03-1.18x at
-// stride 1 but 7-wide, 0.92-1.03x at stride 2, 0.95-1.0x 7-wide.
+// only where that computes fewer second-conv positions per band than the planes do. Its kw
+// gathered arrays, whose taps share no cache lines, take kw times the planes' memory, and cost
+// more than the copy-out they save where the positions are the same (7-wide outputs: 56 either
+// way). In-process A/B on the bench's spatial layers, direct/planes: 1.03-1.18x at stride 1
+// and 1.0-1.19x at stride 2 (b1, median ~1.04) on outputs wider than 7, 0.95-0.99x on 7-wide
+// ones at stride 1.
 template <typename T>
 bool direct_output(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops) {
   const int64_t shortest = g.out_h - (p.bands - 1) * p.rows;  // the last band's rows
   const bool fewer_positions =
       round_up(p.rows * g.out_w, kPositionAlign) < round_up(p.rows * p.pitch2, kPositionAlign);
   return fconv_cpu::rows_like_nchw(g.out_w, ops.os, ops.residual != nullptr, ops.rs) &&
-         shortest * g.out_w >= kPositionAlign && (!g.spatial || (g.sw == 1 && fewer_positions));
+         shortest * g.out_w >= kPositionAlign && (!g.spatial || fewer_positions);
 }
 
 // Where stage 1 writes a band's intermediate (r rows, row j at j * ld): for the direct
@@ -283,18 +286,30 @@ template <typename T>
 std::pair<T*, int64_t> stage1_target(const FconvGeometry& g, const BandPlan& p,
                                      const Scratch<T>& s, bool direct) {
   if (direct && p.in_place_column >= 0) {
-    return {s.mid_planes + p.in_place_column * g.rank * p.dense_ld, p.dense_ld};
+    return {s.dense + p.in_place_column * g.rank * p.dense_ld, p.dense_ld};
   }
   return {s.mid, p.count1};
 }
 
-// Spatial scheme at stride 1 along the width: copies the band's intermediate (rows of
-// `width` values, row j at mid + j * ld) into the arrays of BandPlan::column_shifts, shifted;
-// their columns that read padding stay as zeroed once per call (the same in every band).
+// Spatial scheme: lays the band's intermediate (rows of `width` values, row j at mid + j * ld)
+// out as the arrays of BandPlan::column_shifts. At stride 1 each is a shifted copy, whose
+// columns that read padding stay as zeroed once per call (the same in every band); at larger
+// strides, each is a run of columns of the stride-phase planes build_planes lays out (padding
+// included), as their taps read them.
 template <typename T>
 void gather_columns(const FconvGeometry& g, const BandPlan& p, const T* mid, int64_t ld,
-                    int64_t rows, T* arrays) {
+                    int64_t rows, const Scratch<T>& s) {
   const KernelSet<T>& k = kernels_for<T>();
+  if (g.sw > 1) {
+    k.build_planes(mid, ld, g.width, int64_t{1}, rows, g.width, p.mid_planes, 0, s.mid_planes);
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      for (int64_t j = 0; j < g.rank; ++j) {
+        k.copy_rows(s.mid_planes + p.taps2[j * g.kw + kx], p.pitch2, rows, g.out_w, nullptr, 0,
+                    0, false, s.dense + (kx * g.rank + j) * p.dense_ld, g.out_w, 1);
+      }
+    }
+    return;
+  }
   for (int64_t kx = 0; kx < g.kw; ++kx) {
     if (kx == p.in_place_column) continue;
     const int64_t shift = p.column_shifts[kx];
@@ -304,7 +319,7 @@ void gather_columns(const FconvGeometry& g, const BandPlan& p, const T* mid, int
     if (hi <= lo) continue;
     for (int64_t j = 0; j < g.rank; ++j) {
       k.copy_rows(mid + j * ld + lo + shift, g.width, rows, hi - lo, nullptr, 0, 0, false,
-                  arrays + (kx * g.rank + j) * p.dense_ld + lo, g.out_w, 1);
+                  s.dense + (kx * g.rank + j) * p.dense_ld + lo, g.out_w, 1);
     }
   }
 }
@@ -319,11 +334,11 @@ void stage2_direct(const FconvGeometry& g, const BandPlan& p, const Operands<T>&
                    const Scratch<T>& s) {
   const KernelSet<T>& k = kernels_for<T>();
   if (g.spatial) {
-    gather_columns(g, p, mid, ld, rows, s.mid_planes);
+    gather_columns(g, p, mid, ld, rows, s);
   } else {
     for (int64_t j = 0; j < g.rank; ++j) {
       k.copy_rows(mid + j * ld, p.pitch2, rows, g.out_w, nullptr, 0, 0, false,
-                  s.mid_planes + j * p.dense_ld, g.out_w, 1);
+                  s.dense + j * p.dense_ld, g.out_w, 1);
     }
   }
   const int64_t taps2 = static_cast<int64_t>(p.taps2_dense.size());
@@ -331,7 +346,7 @@ void stage2_direct(const FconvGeometry& g, const BandPlan& p, const Operands<T>&
     const T* res = ops.residual ? ops.residual + image * ops.rs[0] + start * ops.rs[1] +
                                       oh0 * ops.rs[2]
                                 : nullptr;
-    fconv_cpu::conv1x1_into_rows(k, s.mid_planes, p.taps2_dense.data(), taps2,
+    fconv_cpu::conv1x1_into_rows(k, s.dense, p.taps2_dense.data(), taps2,
                                  ops.w2 + start * taps2, size, ops.bias ? ops.bias + start : nullptr,
                                  g.relu, res, ops.rs[1],
                                  ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2],
