@@ -45,6 +45,10 @@ struct PortableVec {
     for (int i = 0; i < kWidth; ++i) a.v[i] -= b.v[i];
     return a;
   }
+  static Reg mul(Reg a, const Reg& b) {
+    for (int i = 0; i < kWidth; ++i) a.v[i] *= b.v[i];
+    return a;
+  }
   // NaN stays NaN, as in torch.relu.
   static Reg relu(Reg r) {
     for (int i = 0; i < kWidth; ++i) r.v[i] = r.v[i] < T(0) ? T(0) : r.v[i];

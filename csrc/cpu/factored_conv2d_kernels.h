@@ -111,6 +111,11 @@ using WinogradOutputFn = void (*)(const T* m, int64_t rows, int64_t count, int64
                                   int64_t tile_rows, int64_t tiles_w, T* y, int64_t pitch,
                                   int64_t row_stride);
 
+// weights: U = G g G^T of `filters` 3 x 3 filters stored one after another (9 values each):
+//   point xi of filter f at u[xi * point_stride + f].
+template <typename T>
+using WinogradWeightsFn = void (*)(const T* w, int64_t filters, T* u, int64_t point_stride);
+
 template <typename T>
 struct KernelSet {
   TapConvFn<T> tap_conv = nullptr;
@@ -118,6 +123,7 @@ struct KernelSet {
   CopyRowsFn<T> copy_rows = nullptr;
   WinogradInputFn<T> winograd_input = nullptr;
   WinogradOutputFn<T> winograd_output = nullptr;
+  WinogradWeightsFn<T> winograd_weights = nullptr;
 };
 
 struct CpuKernels {

@@ -1,7 +1,7 @@
 // The building blocks of factored_conv2d_kernels.h as templates over a vector type V:
 //   V::Scalar, V::Reg, V::kWidth, V::kRegisters (vector registers the build may allocate: 16
 //   or 32), V::zero(), V::set1(s), V::load(p), V::store(p, r),
-//   V::fma(a, b, c) = a * b + c, V::add(a, b), V::sub(a, b), V::relu(r),
+//   V::fma(a, b, c) = a * b + c, V::add(a, b), V::sub(a, b), V::mul(a, b), V::relu(r),
 //   V::deinterleave(a, b, even, odd) (the even and odd lanes of the 2 * kWidth values a, b),
 //   V::interleave(a, b, first, second) (its inverse), V::load_partial(p, n) and
 //   V::store_partial(p, r, n) (the first n < kWidth lanes; the others are neither read nor
@@ -370,6 +370,53 @@ void winograd_input(const typename V::Scalar* planes, int64_t plane_stride, int6
           V::deinterleave(V::load(run + 2), V::load(run + 2 + L), &c2, &c3);
           winograd_b<V>(c0, c1, c2, c3, r);
           for (int m = 0; m < 4; ++m) V::store(out + (k * 4 + m) * point_stride + L * u, r[m]);
+        }
+      }
+    }
+  }
+}
+
+// U = G g G^T for `filters` 3 x 3 filters g (9 values each, one after another, as in a (r, c,
+// 3, 3) weight), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]: point xi of filter f at
+// u[xi * point_stride + f]. Vectorised over kWidth filters at a time, each group's 9 x kWidth
+// values first transposed through a small buffer.
+template <class V>
+void winograd_weights(const typename V::Scalar* w, int64_t filters, typename V::Scalar* u,
+                      int64_t point_stride) {
+  using T = typename V::Scalar;
+  using Reg = typename V::Reg;
+  constexpr int L = V::kWidth;
+  const Reg half = V::set1(T(0.5));
+  T taps[9][L];
+  for (int64_t f0 = 0; f0 < filters; f0 += L) {
+    const int64_t n = filters - f0 < L ? filters - f0 : L;
+    const T* src = w + f0 * 9;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int e = 0; e < 9; ++e) taps[e][i] = src[i * 9 + e];
+    }
+    for (int64_t i = n; i < L; ++i) {
+      for (int e = 0; e < 9; ++e) taps[e][i] = T(0);
+    }
+    Reg gg[4][3];  // G g, along the kernel rows: gg[i][kx]
+    for (int kx = 0; kx < 3; ++kx) {
+      const Reg g0 = V::load(taps[kx]);
+      const Reg g1 = V::load(taps[3 + kx]);
+      const Reg g2 = V::load(taps[6 + kx]);
+      gg[0][kx] = g0;
+      gg[1][kx] = V::mul(V::add(V::add(g0, g1), g2), half);
+      gg[2][kx] = V::mul(V::add(V::sub(g0, g1), g2), half);
+      gg[3][kx] = g2;
+    }
+    for (int i = 0; i < 4; ++i) {  // (G g) G^T, along the kernel columns
+      const Reg a = gg[i][0], b = gg[i][1], e = gg[i][2];
+      const Reg point[4] = {a, V::mul(V::add(V::add(a, b), e), half),
+                            V::mul(V::add(V::sub(a, b), e), half), e};
+      for (int m = 0; m < 4; ++m) {
+        T* dst = u + (i * 4 + m) * point_stride + f0;
+        if (n == L) {
+          V::store(dst, point[m]);
+        } else {
+          V::store_partial(dst, point[m], n);
         }
       }
     }

@@ -55,49 +55,10 @@ constexpr int64_t kMinRank = 16;
 constexpr int64_t kMinChannels = 32;
 constexpr int64_t kMinTiles = 128;
 
-// U[xi][j][c] = (G g G^T)[xi] for filter g = w1[j, c]; G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1].
-// Per rank row j, the filters are first transposed to (9, channels), so that every step below
-// is a loop over channels with unit strides (vectorised by the compiler).
-template <typename T>
-void transform_weights(const T* w1, int64_t rank, int64_t channels, T* u) {
-  at::parallel_for(0, rank, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> gt(9 * channels), gg(12 * channels);
-    const int64_t plane = rank * channels;  // stride of the points in u
-    for (int64_t j = begin; j < end; ++j) {
-      const T* w = w1 + j * channels * 9;
-      for (int64_t c = 0; c < channels; ++c) {
-        for (int e = 0; e < 9; ++e) gt[e * channels + c] = w[c * 9 + e];
-      }
-      for (int kx = 0; kx < 3; ++kx) {  // G g: along the kernel rows
-        const T* g0 = &gt[kx * channels];
-        const T* g1 = &gt[(3 + kx) * channels];
-        const T* g2 = &gt[(6 + kx) * channels];
-        T* r0 = &gg[kx * channels];
-        T* r1 = &gg[(3 + kx) * channels];
-        T* r2 = &gg[(6 + kx) * channels];
-        T* r3 = &gg[(9 + kx) * channels];
-        for (int64_t c = 0; c < channels; ++c) {
-          r0[c] = g0[c];
-          r1[c] = (g0[c] + g1[c] + g2[c]) * T(0.5);
-          r2[c] = (g0[c] - g1[c] + g2[c]) * T(0.5);
-          r3[c] = g2[c];
-        }
-      }
-      for (int i = 0; i < 4; ++i) {  // (G g) G^T: along the kernel columns
-        const T* a = &gg[(i * 3 + 0) * channels];
-        const T* b = &gg[(i * 3 + 1) * channels];
-        const T* e = &gg[(i * 3 + 2) * channels];
-        T* dst = u + (i * 4 * rank + j) * channels;
-        for (int64_t c = 0; c < channels; ++c) {
-          dst[c] = a[c];
-          dst[plane + c] = (a[c] + b[c] + e[c]) * T(0.5);
-          dst[2 * plane + c] = (a[c] - b[c] + e[c]) * T(0.5);
-          dst[3 * plane + c] = e[c];
-        }
-      }
-    }
-  });
-}
+// The weight transform runs in parallel over runs of kFilterRun filters (a multiple of every
+// vector width), at least kFilterGrain filters a thread.
+constexpr int64_t kFilterRun = 16;
+constexpr int64_t kFilterGrain = 1024;
 
 // Vector width of the transforms (both kernel builds use 32-byte vectors).
 template <typename T>
@@ -215,7 +176,8 @@ template <typename T>
 struct Operands {
   const T* x;
   const int64_t* xs;
-  const T* u;  // 16 x rank x channels
+  const T* u;  // 16 points x rank x channels, points u_point apart
+  int64_t u_point;
   const T* w2;
   const T* bias;
   const T* residual;  // null: none
@@ -256,7 +218,7 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
     for (int64_t xi = 0; xi < kPoints; ++xi) {
       for (const auto& [start, size] : p.rank_blocks) {
         k.tap_conv(s.v + xi * p.v_point, ops.v_offsets, spec.channels,
-                   ops.u + (xi * rank + start) * channels + c0, channels, size, nullptr, c0 > 0,
+                   ops.u + xi * ops.u_point + start * channels + c0, channels, size, nullptr, c0 > 0,
                    false, s.m + xi * p.m_point + start * p.count, p.count, count, nullptr, 0);
       }
     }
@@ -332,16 +294,30 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   // own, so that no thread holds on to them. Every value is written by transform_weights.
   thread_local std::vector<T> retained;
   std::vector<T> own;
-  const size_t u_size = static_cast<size_t>(kPoints * g.rank * g.in_channels);
+  // Point stride padded by a cache line, as v's and m's: at the power-of-two strides of most
+  // layers (rank x channels) the 16 points' streams written by winograd_weights shared one set
+  // of the L1 cache, and the transform took ~12% of a batch-1 call (128-128 28x28 r32).
+  const int64_t filters = g.rank * g.in_channels;
+  const int64_t u_point = filters + 16;
+  const size_t u_size = static_cast<size_t>(kPoints * u_point);
   const bool retain = u_size * sizeof(T) <= static_cast<size_t>(kRetainedWeightBytes);
   std::vector<T>& u = retain ? retained : own;
   if (u.size() < u_size) u.resize(u_size);
-  transform_weights(w1, g.rank, g.in_channels, u.data());
+  // U[xi][j][c] = (G g G^T)[xi] for filter g = w1[j, c]: filter j * channels + c.
+  // In parallel over filters, in runs of whole vectors (kFilterGrain: where fewer, one thread).
+  const auto transform = kernels_for<T>().winograd_weights;
+  T* u_data = u.data();
+  at::parallel_for(0, ceil_div(filters, kFilterRun), kFilterGrain / kFilterRun,
+                   [&](int64_t begin, int64_t end) {
+                     const int64_t f0 = begin * kFilterRun;
+                     const int64_t f1 = std::min(end * kFilterRun, filters);
+                     transform(w1 + f0 * 9, f1 - f0, u_data + f0, u_point);
+                   });
   std::vector<int64_t> v_offsets(p.group), mid_offsets(g.rank);
   for (int64_t t = 0; t < p.group; ++t) v_offsets[t] = t * p.v_channel;
   for (int64_t j = 0; j < g.rank; ++j) mid_offsets[j] = j * p.positions;
   const bool direct = p.pitch == g.out_w && rows_like_nchw(g.out_w, os, residual != nullptr, rs);
-  const Operands<T> ops{x,   xs, u.data(), w2, bias, residual, rs, out, os, v_offsets.data(),
+  const Operands<T> ops{x,   xs, u.data(), u_point, w2, bias, residual, rs, out, os, v_offsets.data(),
                         mid_offsets.data(), direct};
   const int64_t work = p.count * (kPoints * g.rank * g.in_channels + 4 * g.out_channels * g.rank);
   const int64_t grain = parallel_grain(work);

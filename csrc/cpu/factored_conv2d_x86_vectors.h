@@ -32,6 +32,7 @@ struct YmmF32 {
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
   static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
   static Reg sub(Reg a, Reg b) { return _mm256_sub_ps(a, b); }
+  static Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
   // max returns its second operand when either is NaN, so NaN stays NaN as in torch.relu.
   static Reg relu(Reg r) { return _mm256_max_ps(_mm256_setzero_ps(), r); }
   static __m256i mask(int64_t n) {
@@ -84,6 +85,7 @@ struct YmmF64 {
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_pd(a, b, c); }
   static Reg add(Reg a, Reg b) { return _mm256_add_pd(a, b); }
   static Reg sub(Reg a, Reg b) { return _mm256_sub_pd(a, b); }
+  static Reg mul(Reg a, Reg b) { return _mm256_mul_pd(a, b); }
   static Reg relu(Reg r) { return _mm256_max_pd(_mm256_setzero_pd(), r); }
   static __m256i mask(int64_t n) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask64 + kMaxLanes - n));
