@@ -252,31 +252,34 @@ def test_channel_scheme_into_nchw_is_bit_identical_to_the_copy_path(winograd, th
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("residual_kind", [None, "contiguous", "image", "per_pixel"])
-@pytest.mark.parametrize("batch,size,kw,padding,dilation,stride", [
-    (1, (7, 9), 3, 1, 1, 1),     # the unshifted column written by the first conv in place
-    (2, (9, 13), 3, 1, 1, 1),    # odd rows of 13
-    (2, (12, 16), 3, 0, 1, 1),   # rows of 14 from 16: every column gathered, none in place
-    (1, (10, 11), 5, 2, 1, 1),   # shifts -2 .. 2
-    (2, (8, 12), 3, 2, 2, 1),    # dilated: shifts -2, 0, 2
-    (1, (6, 5), 3, 3, 1, 1),     # padding past the kernel: shifts -3 .. -1, 9 columns from 5
-    (2, (9, 10), 1, 0, 1, 1),    # a 1 x 1 second conv
-    (1, (30, 33), 3, 1, 1, 1),   # two bands of rows
-    (2, (9, 16), 3, 1, 1, 2),    # stride 2: rows of 8, copied from planes of rows of 9
-    (1, (7, 15), 3, 1, 1, 2),    # stride 2, as many positions either way: the copy path
-    (1, (6, 20), 5, 2, 2, 3),    # stride 3, dilated
+@pytest.mark.parametrize("batch,size,kw,padding,dilation,stride,channels", [
+    # The direct path at 1, 2 and 3 threads (their bands differ):
+    (1, (12, 14), 3, 1, 1, 1, 5),    # the unshifted column written by the first conv in place
+    (1, (12, 11), 5, 2, 1, 1, 5),    # odd rows of 11, shifts -2 .. 2
+    (2, (12, 16), 3, 0, 1, 1, 5),    # rows of 14 from 16: every column gathered, none in place
+    (2, (12, 12), 3, 2, 2, 1, 5),    # dilated: shifts -2, 0, 2
+    (1, (30, 33), 3, 1, 1, 1, 40),   # several bands; two input-channel groups accumulate in place
+    (2, (9, 16), 3, 1, 1, 2, 5),     # stride 2: rows of 8, copied from planes of rows of 9
+    (1, (18, 20), 5, 2, 2, 3, 5),    # stride 3, dilated
+    # The planes path either way:
+    (1, (7, 15), 3, 1, 1, 2, 5),     # as many positions (8 a row) either way
+    (1, (6, 5), 3, 3, 1, 1, 5),      # padding past the kernel: no column to save
+    (1, (12, 13), 7, 3, 1, 1, 5),    # wider than kMaxDirectSpatialKernel
 ])
 def test_spatial_scheme_into_nchw_is_bit_identical_to_the_copy_path(threads, dtype, residual_kind, batch, size, kw,
-                                                                    padding, dilation, stride):
-    """An NCHW output of the spatial scheme is written by its 1 x kw conv in place, from the
-    intermediate laid out as one array per kernel column in rows of the output's length (at
-    stride 1 a shifted copy, zeros where a column reads padding; at larger strides copied from
-    the stride-phase planes); a channels_last output takes the copy path from the planes. Both
-    run the same sums, so they must agree exactly, and with the reference."""
+                                                                    padding, dilation, stride, channels):
+    """Where it computes fewer positions, an NCHW output of the spatial scheme is written by its
+    1 x kw conv in place, from the intermediate laid out as one array per kernel column in rows of
+    the output's length (at stride 1 a shifted copy, zeros where a column reads padding; at
+    larger strides copied from the stride-phase planes); a channels_last output always takes the
+    copy path from the planes. Both run the same sums, so they must agree exactly, and with the
+    reference. The cases are chosen so that the first seven take the direct path at every thread
+    count here (the path is not observable from Python)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x = _input((batch, 5, *size), dtype)
-        w1, w2, bias = _factors("spatial", 7, 5, 3, (3, kw), dtype)
+        x = _input((batch, channels, *size), dtype)
+        w1, w2, bias = _factors("spatial", 7, channels, 3, (3, kw), dtype)
         stride, pad, dil = (1, stride), (1, padding), (1, dilation)
         out_shape = _output_shape(x, w1, w2, stride, pad, dil, "spatial")
         n, c, h, w = out_shape

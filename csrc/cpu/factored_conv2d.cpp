@@ -13,10 +13,10 @@
 //      and copies the valid columns into the output (NCHW or channels_last, any strides); with
 //      a residual, the copy adds it and applies the ReLU instead. Into an NCHW output (and a
 //      residual laid out like it, if any): the channel scheme's intermediate rows are first
-//      compacted to the output's row length (the spatial scheme's, at stride 1 along the width,
-//      gathered into one shifted copy per kernel column instead of planes), and the second
-//      conv then writes the band's output rows, residual and ReLU included, straight from its
-//      registers (no copy).
+//      compacted to the output's row length (the spatial scheme's laid out as one array per
+//      kernel column in rows of that length, where that computes fewer positions, see
+//      direct_output), and the second conv then writes the band's output rows, residual and
+//      ReLU included, straight from its registers (no copy).
 // Both convs are the same micro-kernel (factored_conv2d_kernels.h), run over different taps.
 // Items run in parallel with at::parallel_for, so batch 1 still uses every core.
 #include <ATen/Parallel.h>
@@ -227,7 +227,7 @@ template <typename T>
 struct Scratch {
   T* x_planes;
   T* mid;
-  T* mid_planes;  // spatial scheme: the intermediate's planes (none at stride 1 into NCHW)
+  T* mid_planes;  // spatial scheme: the intermediate's planes (none on the direct path at stride 1)
   // stage2_direct only: the second conv's input in rows of the output's length
   // (BandPlan::dense_ld): the channel scheme's compacted intermediate, the spatial scheme's
   // gathered arrays.
@@ -235,8 +235,10 @@ struct Scratch {
   T* out;
 };
 
-// direct: whether the call runs stage2_direct (see direct_output). The gathered arrays' columns
-// that read padding are zeroed here too, like the planes' padding.
+// direct: whether the call runs stage2_direct (see direct_output). The planes, and at stride 1
+// the spatial scheme's gathered arrays, are zeroed here: bands write their data columns only,
+// so the columns that read padding stay zero for every band of the call. Everything else is
+// written before it is read.
 template <typename T>
 Scratch<T> thread_scratch(const BandPlan& p, const FconvGeometry& g, bool direct) {
   const bool planes = g.spatial && (!direct || g.sw > 1);
@@ -246,8 +248,18 @@ Scratch<T> thread_scratch(const BandPlan& p, const FconvGeometry& g, bool direct
        dense, kMaxRows * p.count2});
   const Scratch<T> s{parts[0], parts[1], parts[2], parts[3], parts[4]};
   std::fill(s.x_planes, s.mid, T(0));
-  std::fill(s.mid_planes, s.out, T(0));
+  std::fill(s.mid_planes, s.dense, T(0));
+  if (direct && g.spatial && g.sw == 1) std::fill(s.dense, s.out, T(0));
   return s;
+}
+
+// Spatial scheme: the planes of a band's intermediate (rows of `width` values, row j at mid +
+// j * ld) for the 1 x kw conv.
+template <typename T>
+void build_mid_planes(const FconvGeometry& g, const BandPlan& p, const T* mid, int64_t ld,
+                      int64_t rows, const Scratch<T>& s) {
+  kernels_for<T>().build_planes(mid, ld, g.width, int64_t{1}, rows, g.width, p.mid_planes, 0,
+                                s.mid_planes);
 }
 
 template <typename T>
@@ -263,21 +275,27 @@ struct Operands {
   int64_t rs[4];
 };
 
+// The spatial scheme's direct path reads kw arrays, each as large as the intermediate's
+// planes; wider kernels keep the planes. In-process A/B, direct/planes, spatial layers of
+// 64-256 channels at ranks n/4: kw 3 and 5 gained 1.0-1.18x, kw 7 gave 0.96-1.08x, and kw 401 on
+// a 16000-wide row (a review's case) took 627 ms and 767 MiB against 11 ms.
+constexpr int64_t kMaxDirectSpatialKernel = 5;
+
 // Whether stage2_direct can write this call's output: output and residual rows as
 // fconv_cpu::rows_like_nchw, and bands of at least one vector of positions. Spatial scheme:
-// only where that computes fewer second-conv positions per band than the planes do. Its kw
-// gathered arrays, whose taps share no cache lines, take kw times the planes' memory, and cost
-// more than the copy-out they save where the positions are the same (7-wide outputs: 56 either
-// way). In-process A/B on the bench's spatial layers, direct/planes: 1.03-1.18x at stride 1
-// and 1.0-1.19x at stride 2 (b1, median ~1.04) on outputs wider than 7, 0.95-0.99x on 7-wide
-// ones at stride 1.
+// kernels up to kMaxDirectSpatialKernel wide, and only where that computes fewer second-conv
+// positions per band than the planes do: the gathered arrays, whose taps share no cache
+// lines, cost more than the copy-out they save where the positions are the same (7-wide
+// outputs: 56 either way). In-process A/B on the bench's spatial layers, direct/planes:
+// 1.03-1.18x at stride 1 and 1.0-1.19x at stride 2 (b1, median ~1.04) on outputs wider than 7,
+// 0.95-0.99x on 7-wide ones at stride 1.
 template <typename T>
 bool direct_output(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops) {
   const int64_t shortest = g.out_h - (p.bands - 1) * p.rows;  // the last band's rows
   const bool fewer_positions =
       round_up(p.rows * g.out_w, kPositionAlign) < round_up(p.rows * p.pitch2, kPositionAlign);
   return fconv_cpu::rows_like_nchw(g.out_w, ops.os, ops.residual != nullptr, ops.rs) &&
-         shortest * g.out_w >= kPositionAlign && (!g.spatial || fewer_positions);
+         shortest * g.out_w >= kPositionAlign && (!g.spatial || (g.kw <= kMaxDirectSpatialKernel && fewer_positions));
 }
 
 // Where stage 1 writes a band's intermediate (r rows, row j at j * ld): for the direct
@@ -301,7 +319,7 @@ void gather_columns(const FconvGeometry& g, const BandPlan& p, const T* mid, int
                     int64_t rows, const Scratch<T>& s) {
   const KernelSet<T>& k = kernels_for<T>();
   if (g.sw > 1) {
-    k.build_planes(mid, ld, g.width, int64_t{1}, rows, g.width, p.mid_planes, 0, s.mid_planes);
+    build_mid_planes(g, p, mid, ld, rows, s);
     for (int64_t kx = 0; kx < g.kw; ++kx) {
       for (int64_t j = 0; j < g.rank; ++j) {
         k.copy_rows(s.mid_planes + p.taps2[j * g.kw + kx], p.pitch2, rows, g.out_w, nullptr, 0,
@@ -387,8 +405,7 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
   // 3. Spatial scheme: planes of the intermediate for the 1 x kw conv.
   const T* stage2_in = s.mid;
   if (g.spatial) {
-    k.build_planes(s.mid, p.count1, g.width, int64_t{1}, rows, g.width, p.mid_planes,
-                 0, s.mid_planes);
+    build_mid_planes(g, p, s.mid, p.count1, rows, s);
     stage2_in = s.mid_planes;
   }
   // 4. Second conv with the epilogue, a block of output channels at a time, then copy-out.

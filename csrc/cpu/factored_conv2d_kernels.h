@@ -112,7 +112,8 @@ using WinogradOutputFn = void (*)(const T* m, int64_t rows, int64_t count, int64
                                   int64_t row_stride);
 
 // weights: U = G g G^T of `filters` 3 x 3 filters stored one after another (9 values each):
-//   point xi of filter f at u[xi * point_stride + f].
+//   point xi of filter f at u[xi * point_stride + f]; nothing else in u is written, so calls on
+//   disjoint runs of filters may run in parallel.
 template <typename T>
 using WinogradWeightsFn = void (*)(const T* w, int64_t filters, T* u, int64_t point_stride);
 

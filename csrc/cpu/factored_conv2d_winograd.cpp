@@ -291,12 +291,14 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   const Plan p = make_plan<T>(g);
   // The calling thread's buffer, kept between calls up to kRetainedWeightBytes: a fresh one
   // would cost a page fault per 4 KiB on every call. Larger ones (rare layers) are the call's
-  // own, so that no thread holds on to them. Every value is written by transform_weights.
+  // own, so that no thread holds on to them. winograd_weights writes every value the products
+  // read (not the points' padding).
   thread_local std::vector<T> retained;
   std::vector<T> own;
-  // Point stride padded by a cache line, as v's and m's: at the power-of-two strides of most
-  // layers (rank x channels) the 16 points' streams written by winograd_weights shared one set
-  // of the L1 cache, and the transform took ~12% of a batch-1 call (128-128 28x28 r32).
+  // Point stride padded by 16 values (a cache line of floats), as v's and m's: at the
+  // power-of-two strides of most layers (rank x channels) the 16 points' streams written by
+  // winograd_weights shared one set of the L1 cache, and the transform took ~12% of a batch-1
+  // call (128-128 28x28 r32).
   const int64_t filters = g.rank * g.in_channels;
   const int64_t u_point = filters + 16;
   const size_t u_size = static_cast<size_t>(kPoints * u_point);
