@@ -207,8 +207,27 @@ def test_module_takes_a_residual():
     torch.testing.assert_close(layer(x, residual=shortcut), expected)
 
 
+def _rows_residual(kind, out_shape, dtype):
+    """None, or a residual whose rows are laid out as an NCHW output's (what the direct paths
+    read in place): the whole shape, or broadcast along the batch or the channels."""
+    if kind is None:
+        return None
+    n, c, h, w = out_shape
+    shape = {"contiguous": out_shape, "image": (1, c, h, w), "per_pixel": (n, 1, h, w)}[kind]
+    return _input(shape, dtype, seed=5)
+
+
+@pytest.fixture
+def threads(request):
+    """The parametrized thread count for the test's duration."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("winograd", ["never", "always"])
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2, 3], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("residual_kind", [None, "contiguous", "image", "per_pixel"])
 @pytest.mark.parametrize("batch,size,stride", [
@@ -226,30 +245,20 @@ def test_channel_scheme_into_nchw_is_bit_identical_to_the_copy_path(winograd, th
     residual and ReLU included, from its registers), in the direct and the Winograd kernels; a
     channels_last one the copy path. Both run the same sums, so they must agree exactly, and
     with the reference."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        x = _input((batch, 6, *size), dtype)
-        w1, w2, bias = _factors("channel", 7, 6, 3, (3, 3), dtype)
-        out_shape = _output_shape(x, w1, w2, (stride, stride), (1, 1), (1, 1), "channel")
-        n, c, h, w = out_shape
-        residual = None if residual_kind is None else {
-            "contiguous": _input(out_shape, dtype, seed=5),
-            "image": _input((1, c, h, w), dtype, seed=5),       # broadcast along the batch
-            "per_pixel": _input((n, 1, h, w), dtype, seed=5),   # broadcast along the channels
-        }[residual_kind]
-        args = (w1, w2, bias, stride, 1, 1, "channel", "relu")
-        with ops.cpu_winograd(winograd):
-            direct = ops.factored_conv2d(x, *args, residual=residual)
-            copied = ops.factored_conv2d(x.contiguous(memory_format=torch.channels_last), *args, residual=residual)
-        assert direct.is_contiguous() and copied.is_contiguous(memory_format=torch.channels_last)
-        assert torch.equal(direct, copied.contiguous())
-        _check(x, w1, w2, bias, residual, (stride, stride), (1, 1), (1, 1), "channel", "relu")
-    finally:
-        torch.set_num_threads(previous)
+    x = _input((batch, 6, *size), dtype)
+    w1, w2, bias = _factors("channel", 7, 6, 3, (3, 3), dtype)
+    out_shape = _output_shape(x, w1, w2, (stride, stride), (1, 1), (1, 1), "channel")
+    residual = _rows_residual(residual_kind, out_shape, dtype)
+    args = (w1, w2, bias, stride, 1, 1, "channel", "relu")
+    with ops.cpu_winograd(winograd):
+        direct = ops.factored_conv2d(x, *args, residual=residual)
+        copied = ops.factored_conv2d(x.contiguous(memory_format=torch.channels_last), *args, residual=residual)
+    assert direct.is_contiguous() and copied.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(direct, copied.contiguous())
+    _check(x, w1, w2, bias, residual, (stride, stride), (1, 1), (1, 1), "channel", "relu")
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2, 3], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("residual_kind", [None, "contiguous", "image", "per_pixel"])
 @pytest.mark.parametrize("batch,size,kw,padding,dilation,stride,channels", [
@@ -275,24 +284,14 @@ def test_spatial_scheme_into_nchw_is_bit_identical_to_the_copy_path(threads, dty
     copy path from the planes. Both run the same sums, so they must agree exactly, and with the
     reference. The cases are chosen so that the first seven take the direct path at every thread
     count here (the path is not observable from Python)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        x = _input((batch, channels, *size), dtype)
-        w1, w2, bias = _factors("spatial", 7, channels, 3, (3, kw), dtype)
-        stride, pad, dil = (1, stride), (1, padding), (1, dilation)
-        out_shape = _output_shape(x, w1, w2, stride, pad, dil, "spatial")
-        n, c, h, w = out_shape
-        residual = None if residual_kind is None else {
-            "contiguous": _input(out_shape, dtype, seed=5),
-            "image": _input((1, c, h, w), dtype, seed=5),
-            "per_pixel": _input((n, 1, h, w), dtype, seed=5),
-        }[residual_kind]
-        args = (w1, w2, bias, stride, pad, dil, "spatial", "relu")
-        direct = ops.factored_conv2d(x, *args, residual=residual)
-        copied = ops.factored_conv2d(x.contiguous(memory_format=torch.channels_last), *args, residual=residual)
-        assert direct.is_contiguous() and copied.is_contiguous(memory_format=torch.channels_last)
-        assert torch.equal(direct, copied.contiguous())
-        _check(x, w1, w2, bias, residual, stride, pad, dil, "spatial", "relu")
-    finally:
-        torch.set_num_threads(previous)
+    x = _input((batch, channels, *size), dtype)
+    w1, w2, bias = _factors("spatial", 7, channels, 3, (3, kw), dtype)
+    stride, pad, dil = (1, stride), (1, padding), (1, dilation)
+    out_shape = _output_shape(x, w1, w2, stride, pad, dil, "spatial")
+    residual = _rows_residual(residual_kind, out_shape, dtype)
+    args = (w1, w2, bias, stride, pad, dil, "spatial", "relu")
+    direct = ops.factored_conv2d(x, *args, residual=residual)
+    copied = ops.factored_conv2d(x.contiguous(memory_format=torch.channels_last), *args, residual=residual)
+    assert direct.is_contiguous() and copied.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(direct, copied.contiguous())
+    _check(x, w1, w2, bias, residual, stride, pad, dil, "spatial", "relu")
