@@ -294,8 +294,9 @@ bool direct_output(const FconvGeometry& g, const BandPlan& p, const Operands<T>&
   const int64_t shortest = g.out_h - (p.bands - 1) * p.rows;  // the last band's rows
   const bool fewer_positions =
       round_up(p.rows * g.out_w, kPositionAlign) < round_up(p.rows * p.pitch2, kPositionAlign);
+  const bool spatial_ok = g.kw <= kMaxDirectSpatialKernel && fewer_positions;
   return fconv_cpu::rows_like_nchw(g.out_w, ops.os, ops.residual != nullptr, ops.rs) &&
-         shortest * g.out_w >= kPositionAlign && (!g.spatial || (g.kw <= kMaxDirectSpatialKernel && fewer_positions));
+         shortest * g.out_w >= kPositionAlign && (!g.spatial || spatial_ok);
 }
 
 // Where stage 1 writes a band's intermediate (r rows, row j at j * ld): for the direct

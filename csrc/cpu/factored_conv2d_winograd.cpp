@@ -218,8 +218,9 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
     for (int64_t xi = 0; xi < kPoints; ++xi) {
       for (const auto& [start, size] : p.rank_blocks) {
         k.tap_conv(s.v + xi * p.v_point, ops.v_offsets, spec.channels,
-                   ops.u + xi * ops.u_point + start * channels + c0, channels, size, nullptr, c0 > 0,
-                   false, s.m + xi * p.m_point + start * p.count, p.count, count, nullptr, 0);
+                   ops.u + xi * ops.u_point + start * channels + c0, channels, size, nullptr,
+                   c0 > 0, false, s.m + xi * p.m_point + start * p.count, p.count, count,
+                   nullptr, 0);
       }
     }
   }
@@ -319,8 +320,8 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   for (int64_t t = 0; t < p.group; ++t) v_offsets[t] = t * p.v_channel;
   for (int64_t j = 0; j < g.rank; ++j) mid_offsets[j] = j * p.positions;
   const bool direct = p.pitch == g.out_w && rows_like_nchw(g.out_w, os, residual != nullptr, rs);
-  const Operands<T> ops{x,   xs, u.data(), u_point, w2, bias, residual, rs, out, os, v_offsets.data(),
-                        mid_offsets.data(), direct};
+  const Operands<T> ops{x,  xs, u.data(), u_point, w2, bias, residual, rs, out, os,
+                        v_offsets.data(), mid_offsets.data(), direct};
   const int64_t work = p.count * (kPoints * g.rank * g.in_channels + 4 * g.out_channels * g.rank);
   const int64_t grain = parallel_grain(work);
   at::parallel_for(0, p.items, grain, [&](int64_t begin, int64_t end) {
