@@ -44,6 +44,8 @@ def _residual(shape, kind, dtype, device, seed=7):
         return _input((1, 1, h, 1), dtype, device, seed)
     if kind == "image":  # broadcast along the batch
         return _input((1, c, h, w), dtype, device, seed)
+    if kind == "per_pixel":  # broadcast along the channels
+        return _input((n, 1, h, w), dtype, device, seed)
     raise ValueError(kind)
 
 
@@ -207,16 +209,6 @@ def test_module_takes_a_residual():
     torch.testing.assert_close(layer(x, residual=shortcut), expected)
 
 
-def _rows_residual(kind, out_shape, dtype):
-    """None, or a residual whose rows are laid out as an NCHW output's (what the direct paths
-    read in place): the whole shape, or broadcast along the batch or the channels."""
-    if kind is None:
-        return None
-    n, c, h, w = out_shape
-    shape = {"contiguous": out_shape, "image": (1, c, h, w), "per_pixel": (n, 1, h, w)}[kind]
-    return _input(shape, dtype, seed=5)
-
-
 @pytest.fixture
 def threads(request):
     """The parametrized thread count for the test's duration."""
@@ -248,7 +240,7 @@ def test_channel_scheme_into_nchw_is_bit_identical_to_the_copy_path(winograd, th
     x = _input((batch, 6, *size), dtype)
     w1, w2, bias = _factors("channel", 7, 6, 3, (3, 3), dtype)
     out_shape = _output_shape(x, w1, w2, (stride, stride), (1, 1), (1, 1), "channel")
-    residual = _rows_residual(residual_kind, out_shape, dtype)
+    residual = None if residual_kind is None else _residual(out_shape, residual_kind, dtype, "cpu", seed=5)
     args = (w1, w2, bias, stride, 1, 1, "channel", "relu")
     with ops.cpu_winograd(winograd):
         direct = ops.factored_conv2d(x, *args, residual=residual)
@@ -288,7 +280,7 @@ def test_spatial_scheme_into_nchw_is_bit_identical_to_the_copy_path(threads, dty
     w1, w2, bias = _factors("spatial", 7, channels, 3, (3, kw), dtype)
     stride, pad, dil = (1, stride), (1, padding), (1, dilation)
     out_shape = _output_shape(x, w1, w2, stride, pad, dil, "spatial")
-    residual = _rows_residual(residual_kind, out_shape, dtype)
+    residual = None if residual_kind is None else _residual(out_shape, residual_kind, dtype, "cpu", seed=5)
     args = (w1, w2, bias, stride, pad, dil, "spatial", "relu")
     direct = ops.factored_conv2d(x, *args, residual=residual)
     copied = ops.factored_conv2d(x.contiguous(memory_format=torch.channels_last), *args, residual=residual)

@@ -99,7 +99,6 @@ struct BandPlan {
   // is padding; tap (j, kx) at row j of array kx.
   int64_t dense_ld = 0;
   std::vector<int64_t> taps2_dense;
-  std::vector<int64_t> column_shifts;  // spatial, per kx: the column output column 0 reads
   int64_t in_place_column = -1;  // spatial: the kx whose array stage 1 writes itself, or -1
   int64_t slack = 0;   // readable elements past the last plane: taps over-read past a band
   int64_t work = 0;    // multiply-adds per band
@@ -166,12 +165,10 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size) {
   if (!g.spatial) {
     for (int64_t j = 0; j < g.rank; ++j) p.taps2_dense.push_back(j * p.dense_ld);
   } else {
-    for (int64_t kx = 0; kx < g.kw; ++kx) {
-      const int64_t shift = kx * g.dw - g.pw;
-      p.column_shifts.push_back(shift);
-      // At stride 1 an unshifted column over rows as long as the output's reads the
-      // intermediate as stage 1 lays it out: stage 1 writes that array, no gather.
-      if (g.sw == 1 && shift == 0 && g.width == g.out_w) p.in_place_column = kx;
+    // At stride 1 an unshifted kernel column (kx * dw == pw) over rows as long as the output's
+    // reads the intermediate as stage 1 lays it out: stage 1 writes that array, no gather.
+    if (g.sw == 1 && g.width == g.out_w && g.pw % g.dw == 0 && g.pw / g.dw < g.kw) {
+      p.in_place_column = g.pw / g.dw;
     }
     for (int64_t j = 0; j < g.rank; ++j) {
       for (int64_t kx = 0; kx < g.kw; ++kx) {
@@ -311,10 +308,11 @@ std::pair<T*, int64_t> stage1_target(const FconvGeometry& g, const BandPlan& p,
 }
 
 // Spatial scheme: lays the band's intermediate (rows of `width` values, row j at mid + j * ld)
-// out as the arrays of BandPlan::column_shifts. At stride 1 each is a shifted copy, whose
-// columns that read padding stay as zeroed once per call (the same in every band); at larger
-// strides, each is a run of columns of the stride-phase planes build_planes lays out (padding
-// included), as their taps read them.
+// out as the second conv's arrays (see BandPlan::dense_ld). At stride 1 each is a shifted copy
+// (array kx: column ow holds intermediate column ow + kx * dw - pw), whose columns that read
+// padding stay as zeroed once per call (the same in every band); at larger strides, each is a
+// run of columns of the stride-phase planes build_planes lays out (padding included), as their
+// taps read them.
 template <typename T>
 void gather_columns(const FconvGeometry& g, const BandPlan& p, const T* mid, int64_t ld,
                     int64_t rows, const Scratch<T>& s) {
@@ -331,7 +329,7 @@ void gather_columns(const FconvGeometry& g, const BandPlan& p, const T* mid, int
   }
   for (int64_t kx = 0; kx < g.kw; ++kx) {
     if (kx == p.in_place_column) continue;
-    const int64_t shift = p.column_shifts[kx];
+    const int64_t shift = kx * g.dw - g.pw;
     // Output columns ow with 0 <= ow + shift < width.
     const int64_t lo = std::max<int64_t>(0, -shift);
     const int64_t hi = std::min(g.out_w, g.width - shift);
