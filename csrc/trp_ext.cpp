@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "cpu/cpu_features.h"
+#include "cpu/factored_conv2d_cv.h"
 #include "cpu/factored_conv2d_winograd.h"
 
 TORCH_LIBRARY(trp_ext, m) {
@@ -59,9 +60,10 @@ PyObject* cpu_kernels(PyObject* /*self*/, PyObject* /*args*/) {
   return PyUnicode_FromString(trp_ext::cpu::cpu_kernel_isa());
 }
 
-// cpu_winograd(mode=None): the CPU factored_conv2d's Winograd mode, set first when given.
-PyObject* cpu_winograd(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
-  using trp_ext::fconv_cpu::WinogradMode;
+// The body of cpu_winograd and cpu_channel_vectorised: `name`(mode=None) -> the mode in force,
+// set first when given; both modes are 'auto', 'never' or 'always' (their enums' order).
+PyObject* path_mode(const char* name, PyObject* args, PyObject* kwargs, void (*set)(int),
+                    int (*get)()) {
   static const char* const names[] = {"auto", "never", "always"};
   static const char* keywords[] = {"mode", nullptr};
   const char* mode = nullptr;
@@ -74,13 +76,29 @@ PyObject* cpu_winograd(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
       if (std::string(mode) == names[i]) found = i;
     }
     if (found < 0) {
-      PyErr_Format(PyExc_ValueError,
-                   "cpu_winograd(): mode must be 'auto', 'never' or 'always', got '%s'", mode);
+      PyErr_Format(PyExc_ValueError, "%s(): mode must be 'auto', 'never' or 'always', got '%s'",
+                   name, mode);
       return nullptr;
     }
-    trp_ext::fconv_cpu::set_winograd_mode(static_cast<WinogradMode>(found));
+    set(found);
   }
-  return PyUnicode_FromString(names[static_cast<int>(trp_ext::fconv_cpu::winograd_mode())]);
+  return PyUnicode_FromString(names[get()]);
+}
+
+PyObject* cpu_winograd(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
+  using trp_ext::fconv_cpu::WinogradMode;
+  return path_mode(
+      "cpu_winograd", args, kwargs,
+      [](int mode) { trp_ext::fconv_cpu::set_winograd_mode(static_cast<WinogradMode>(mode)); },
+      [] { return static_cast<int>(trp_ext::fconv_cpu::winograd_mode()); });
+}
+
+PyObject* cpu_channel_vectorised(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
+  using trp_ext::fconv_cpu::CvMode;
+  return path_mode(
+      "cpu_channel_vectorised", args, kwargs,
+      [](int mode) { trp_ext::fconv_cpu::set_cv_mode(static_cast<CvMode>(mode)); },
+      [] { return static_cast<int>(trp_ext::fconv_cpu::cv_mode()); });
 }
 
 PyMethodDef methods[] = {
@@ -98,6 +116,13 @@ PyMethodDef methods[] = {
      "cpu_winograd(mode=None) -> str: the CPU factored_conv2d's use of Winograd F(2x2, 3x3) "
      "for channel-scheme 3x3 stride-1 layers, set to mode ('auto', 'never', 'always') when "
      "given; returns the mode in force."},
+    {"cpu_channel_vectorised",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cpu_channel_vectorised)),
+     METH_VARARGS | METH_KEYWORDS,
+     "cpu_channel_vectorised(mode=None) -> str: the CPU factored_conv2d's use of its "
+     "channel-vectorised path (packed weights, exactly the output positions) for the layers "
+     "the direct kernel runs, set to mode ('auto', 'never', 'always') when given; returns the "
+     "mode in force."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "trp_ext compiled kernels", -1, methods};

@@ -242,7 +242,7 @@ def test_lower_capability_kernels_match_reference(capability):
         pytest.skip(f"this CPU runs {here}, not AVX2")
     expected = KERNELS_OF_CAPABILITY[capability]
     script = (
-        "import torch, trp_ext\n"
+        "import itertools, torch, trp_ext\n"
         "from trp_ext import ops, _reference as ref\n"
         f"assert trp_ext._C.cpu_kernels() == {expected!r}, trp_ext._C.cpu_kernels()\n"
         "g = torch.Generator().manual_seed(0)\n"
@@ -274,6 +274,17 @@ def test_lower_capability_kernels_match_reference(capability):
         "        got = ops.factored_conv2d(x, w1, w2, None, 1, 1, 1, 'channel', 'relu')\n"
         "        want = ref.factored_conv2d(x.double(), w1.double(), w2.double(), None, 1, 1, 1,\n"
         "                                   'channel', 'relu')\n"
+        "        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)\n"
+        "with ops.cpu_channel_vectorised('always'):  # its blocks, tails and transposing epilogue\n"
+        "    for scheme, dtype, size in itertools.product(('channel', 'spatial'), (torch.float32, torch.float64),\n"
+        "                                                 ((7, 7), (3, 5), (1, 1))):\n"
+        "        x = torch.randn(3, 6, *size, generator=g).to(dtype)\n"
+        "        w1 = (torch.randn(35, 6, 3, 3 if scheme == 'channel' else 1, generator=g) / 7).to(dtype)\n"
+        "        w2 = (torch.randn(17, 35, 1, 1 if scheme == 'channel' else 3, generator=g) / 10).to(dtype)\n"
+        "        r = torch.randn(3, 17, *size, generator=g).to(dtype)\n"
+        "        got = ops.factored_conv2d(x, w1, w2, None, 1, 1, 1, scheme, 'relu', residual=r)\n"
+        "        want = ref.factored_conv2d(x.double(), w1.double(), w2.double(), None, 1, 1, 1,\n"
+        "                                   scheme, 'relu', residual=r.double())\n"
         "        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)\n"
         "for shape in ((192, 192), (40, 300)):\n"
         "    q1, _ = torch.linalg.qr(torch.randn(shape[0], shape[0], generator=g, dtype=torch.float64))\n"

@@ -127,21 +127,25 @@ def test_auto_mode_picks_winograd_only_for_large_layers():
     assert not torch.equal(run("always", x, w1, w2, bias, 1), run("never", x, w1, w2, bias, 1))
 
 
-def test_mode_is_restored_and_checked():
-    assert ops.cpu_winograd_mode() == "auto"
-    with ops.cpu_winograd("never"):
-        assert ops.cpu_winograd_mode() == "never"
+@pytest.mark.parametrize("switch", ["cpu_winograd", "cpu_channel_vectorised"])
+def test_mode_is_restored_and_checked(switch):
+    """Both CPU path switches (this one and the channel-vectorised path's): the context manager
+    restores the previous mode, also on an exception, and bad modes raise naming the switch."""
+    context, mode = getattr(ops, switch), getattr(ops, f"{switch}_mode")
+    assert mode() == "auto"
+    with context("never"):
+        assert mode() == "never"
         with pytest.raises(RuntimeError):
-            with ops.cpu_winograd("always"):
+            with context("always"):
                 raise RuntimeError("inside")
-        assert ops.cpu_winograd_mode() == "never"
-    assert ops.cpu_winograd_mode() == "auto"
-    with pytest.raises(ValueError, match="mode must be one of"):
-        with ops.cpu_winograd("fast"):
+        assert mode() == "never"
+    assert mode() == "auto"
+    with pytest.raises(ValueError, match=f"{switch}\\(\\): mode must be one of"):
+        with context("fast"):
             pass
     from trp_ext import _C
-    with pytest.raises(ValueError, match="mode must be"):
-        _C.cpu_winograd("fast")
+    with pytest.raises(ValueError, match=f"{switch}\\(\\): mode must be"):
+        getattr(_C, switch)("fast")
     with pytest.raises(TypeError):
-        _C.cpu_winograd(3)
-    assert _C.cpu_winograd(mode="auto") == "auto"
+        getattr(_C, switch)(3)
+    assert getattr(_C, switch)(mode="auto") == "auto"

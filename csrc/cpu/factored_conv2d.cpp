@@ -19,6 +19,10 @@
 //      ReLU included, straight from its registers (no copy).
 // Both convs are the same micro-kernel (factored_conv2d_kernels.h), run over different taps.
 // Items run in parallel with at::parallel_for, so batch 1 still uses every core.
+// Two other paths take the calls where they do less work: Winograd (factored_conv2d_winograd.cpp,
+// 3x3 stride-1 channel-scheme layers) and the channel-vectorised path (factored_conv2d_cv.cpp,
+// whole images per thread, where the bands' thrown-away positions cost more than packing the
+// weights).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -27,6 +31,7 @@
 #include <vector>
 
 #include "common/factored_conv2d_checks.h"
+#include "cpu/factored_conv2d_cv.h"
 #include "cpu/factored_conv2d_kernels.h"
 #include "cpu/factored_conv2d_shared.h"
 #include "cpu/factored_conv2d_winograd.h"
@@ -450,6 +455,12 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
     return;
   }
   const BandPlan& plan = cached_plan(g, static_cast<int64_t>(sizeof(T)));
+  const int64_t busiest = ceil_div(g.batch * plan.bands, at::get_num_threads());
+  if (fconv_cpu::use_cv(g, busiest * plan.work, static_cast<int64_t>(sizeof(T)))) {
+    fconv_cpu::cv_factored_conv2d<T>(g, ops.x, ops.xs, ops.w1, ops.w2, ops.bias, ops.residual,
+                                     ops.rs, ops.out, ops.os);
+    return;
+  }
   const int64_t grain = fconv_cpu::parallel_grain(plan.work);
   const bool direct = direct_output(g, plan, ops);
   at::parallel_for(0, g.batch * plan.bands, grain, [&](int64_t begin, int64_t end) {

@@ -88,6 +88,26 @@ using CopyRowsFn = void (*)(const T* src, int64_t src_row, int64_t rows, int64_t
                             const T* res, int64_t res_row, int64_t res_col, bool relu, T* dst,
                             int64_t dst_row, int64_t dst_col);
 
+// cv_conv, the channel-vectorised micro-kernel (cpu/factored_conv2d_cv.cpp): for q < count,
+//   out[opos[q] + k] (+)= sum_t in[pos[q] + off[t]] * wp[t * panel + k], k < panel,
+// panel = kCvVectors vectors: a panel of output channels, whose weights are packed tap after
+// tap; accumulate adds to out, else overwrites it. Vectorised over the output channels, so
+// positions are arbitrary addresses (a position list) and none is computed in vain.
+constexpr int kCvVectors = 4;
+template <typename T>
+using CvConvFn = void (*)(const T* in, const int64_t* off, int64_t taps, const T* wp,
+                          const int64_t* pos, int64_t count, T* out, const int64_t* opos,
+                          bool accumulate);
+
+// The channel-vectorised path's epilogue: a position-major buffer into the output, for q <
+// count and n < channels:
+//   out[n * out_n + q * out_q] = act((src[q * ld + n] + bias[n]) + res[n * res_n + q * res_q]),
+// bias and res optional (null), act the ReLU when relu (NaN stays NaN).
+template <typename T>
+using CvOutputFn = void (*)(const T* src, int64_t ld, int64_t count, int64_t channels,
+                            const T* bias, const T* res, int64_t res_n, int64_t res_q, bool relu,
+                            T* out, int64_t out_n, int64_t out_q);
+
 // Winograd F(2x2, 3x3) transforms (cpu/factored_conv2d_winograd.cpp).
 // input: V = B^T d B for the tiles of `tile_rows` rows of `tiles_w` tiles, from zero-padded
 //   planes (channel c at planes + c * plane_stride, rows of wq values; tile (ty, tx) reads rows
@@ -125,6 +145,8 @@ struct KernelSet {
   WinogradInputFn<T> winograd_input = nullptr;
   WinogradOutputFn<T> winograd_output = nullptr;
   WinogradWeightsFn<T> winograd_weights = nullptr;
+  CvConvFn<T> cv_conv = nullptr;
+  CvOutputFn<T> cv_output = nullptr;
 };
 
 struct CpuKernels {

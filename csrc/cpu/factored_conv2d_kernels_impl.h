@@ -142,6 +142,146 @@ void tap_conv(const typename V::Scalar* in, const int64_t* off, int64_t taps,
 #undef TRP_FCONV_ROWS
 }
 
+// ---------------------------------------------------------------------------- cv_conv
+// The channel-vectorised micro-kernel (see CvConvFn): P positions times kCvVectors vectors of
+// output channels accumulated in registers while the taps stream by; each tap costs kCvVectors
+// vector loads of packed weights and P broadcasts of input values for P * kCvVectors FMAs, as
+// tap_block's R x NV. Positions are any P addresses, so no vector lane is spent on a position
+// the output does not keep.
+template <class V, int P>
+inline void cv_block(const typename V::Scalar* in, const int64_t* off, int64_t taps,
+                     const typename V::Scalar* wp, const int64_t* pos,
+                     typename V::Scalar* out, const int64_t* opos, bool accumulate) {
+  using Reg = typename V::Reg;
+  using T = typename V::Scalar;
+  constexpr int L = V::kWidth;
+  constexpr int NV = kCvVectors;
+  Reg acc[P][NV];
+  const T* base[P];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) {
+    base[p] = in + pos[p];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[p][v] = accumulate ? V::load(out + opos[p] + v * L) : V::zero();
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    const T* w = wp + t * (NV * L);
+    Reg wv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) wv[v] = V::load(w + v * L);
+    const int64_t o = off[t];
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      const Reg b = V::set1(base[p][o]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[p][v] = V::fma(b, wv[v], acc[p][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) V::store(out + opos[p] + v * L, acc[p][v]);
+  }
+}
+
+// Positions per block: P * kCvVectors accumulators, kCvVectors weights and a broadcast fit the
+// registers (6 with 32 of them, 2 with 16).
+template <class V>
+constexpr int cv_positions() {
+  return V::kRegisters >= 32 ? 6 : 2;
+}
+
+template <class V>
+void cv_conv(const typename V::Scalar* in, const int64_t* off, int64_t taps,
+             const typename V::Scalar* wp, const int64_t* pos, int64_t count,
+             typename V::Scalar* out, const int64_t* opos, bool accumulate) {
+  constexpr int P = cv_positions<V>();
+  // A block of one position keeps too few FMAs in flight (as tap_conv's lone vector): a count
+  // that would end in one runs its last P + 1 positions as two blocks instead (7 = 4 + 3).
+  int64_t blocks = count / P;
+  int64_t rest = count % P;
+  if (rest == 1 && blocks > 0 && P > 2) {
+    --blocks;
+    rest += P;
+  }
+  int64_t q = 0;
+  for (int64_t b = 0; b < blocks; ++b, q += P) {
+    cv_block<V, P>(in, off, taps, wp, pos + q, out, opos + q, accumulate);
+  }
+  while (rest > 0) {
+    const int64_t n = rest > P ? rest - rest / 2 : rest;
+    switch (n) {
+#define TRP_FCONV_CV_TAIL(N)                                                           \
+  case N:                                                                              \
+    if constexpr (N <= P) cv_block<V, N>(in, off, taps, wp, pos + q, out, opos + q, accumulate); \
+    break;
+      TRP_FCONV_CV_TAIL(1)
+      TRP_FCONV_CV_TAIL(2)
+      TRP_FCONV_CV_TAIL(3)
+      TRP_FCONV_CV_TAIL(4)
+      TRP_FCONV_CV_TAIL(5)
+      TRP_FCONV_CV_TAIL(6)
+#undef TRP_FCONV_CV_TAIL
+      default:
+        break;
+    }
+    q += n;
+    rest -= n;
+  }
+}
+
+// An L x L block transposed in registers (L = kWidth, a power of two): log2(L) rounds of the
+// perfect shuffle, row 2i and 2i + 1 of each round the interleave of rows i and i + L / 2.
+template <class V>
+inline void transpose_block(typename V::Reg* r) {
+  constexpr int L = V::kWidth;
+  for (int round = 1; round < L; round *= 2) {
+    typename V::Reg next[L];
+#pragma GCC unroll 8
+    for (int i = 0; i < L / 2; ++i) V::interleave(r[i], r[i + L / 2], &next[2 * i], &next[2 * i + 1]);
+#pragma GCC unroll 8
+    for (int i = 0; i < L; ++i) r[i] = next[i];
+  }
+}
+
+// See CvOutputFn. Whole L x L blocks (L channels by L positions) transposed in registers where
+// the output and residual run along the positions; the rest one value at a time.
+template <class V>
+void cv_output(const typename V::Scalar* src, int64_t ld, int64_t count, int64_t channels,
+               const typename V::Scalar* bias, const typename V::Scalar* res, int64_t res_n,
+               int64_t res_q, bool relu, typename V::Scalar* out, int64_t out_n, int64_t out_q) {
+  using T = typename V::Scalar;
+  constexpr int L = V::kWidth;
+  const auto one = [&](int64_t n, int64_t q) {
+    T v = src[q * ld + n] + (bias ? bias[n] : T(0));
+    if (res) v += res[n * res_n + q * res_q];
+    out[n * out_n + q * out_q] = relu && v < T(0) ? T(0) : v;
+  };
+  const bool blocks = out_q == 1 && (res == nullptr || res_q == 1);
+  const int64_t whole_n = blocks ? channels / L * L : 0;
+  const int64_t whole_q = blocks ? count / L * L : 0;
+  for (int64_t n0 = 0; n0 < whole_n; n0 += L) {
+    for (int64_t q0 = 0; q0 < whole_q; q0 += L) {
+      typename V::Reg r[L];
+#pragma GCC unroll 8
+      for (int i = 0; i < L; ++i) r[i] = V::load(src + (q0 + i) * ld + n0);
+      transpose_block<V>(r);  // r[j]: channel n0 + j at positions q0 ..
+#pragma GCC unroll 8
+      for (int j = 0; j < L; ++j) {
+        typename V::Reg v = bias ? V::add(r[j], V::set1(bias[n0 + j])) : r[j];
+        if (res) v = V::add(v, V::load(res + (n0 + j) * res_n + q0));
+        V::store(out + (n0 + j) * out_n + q0, relu ? V::relu(v) : v);
+      }
+    }
+    for (int64_t n = n0; n < n0 + L; ++n) {
+      for (int64_t q = whole_q; q < count; ++q) one(n, q);
+    }
+  }
+  for (int64_t n = whole_n; n < channels; ++n) {
+    for (int64_t q = 0; q < count; ++q) one(n, q);
+  }
+}
+
 // ---------------------------------------------------------------------------- layout
 // Rows are short (7 to 60 values), so these avoid library calls and scalar loops: a run of n >=
 // kWidth values ends with one vector that overlaps the previous one, a shorter run is one

@@ -1,0 +1,247 @@
+// The channel-vectorised path of the CPU factored_conv2d, for small outputs.
+//
+// The band path (factored_conv2d.cpp) vectorises over output positions: a tap reads one run of
+// its planes, so every output row is computed at the planes' row length (one thrown-away column
+// at stride 1) and a band rounds its positions up to a vector. A 7 x 7 output computes 56
+// positions for 49. Here both convs vectorise over output channels instead (cv_conv): weights
+// are packed in panels of kCvVectors vectors of output channels, tap after tap, and each
+// position is an address in a list, so exactly the output's positions are computed. A work item
+// is one image:
+//   1. its input laid out as planes (as the band path does, the whole image at once);
+//   2. the first conv into the intermediate, position-major (r channels per position, padded to
+//      a panel), a group of input channels at a time; for the spatial scheme the intermediate
+//      rows carry zero columns of width padding, so that the 1 x kw conv reads them as taps;
+//   3. the second conv into a position-major buffer of the output channels;
+//   4. the bias, residual and ReLU on the way into the output (any strides).
+// The weights are packed on every call (both factors once per call, in parallel), which is why
+// use_cv keeps this path to calls with enough positions to amortise it.
+#include "cpu/factored_conv2d_cv.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <vector>
+
+#include "cpu/factored_conv2d_shared.h"
+
+namespace trp_ext {
+namespace fconv_cpu {
+namespace {
+
+std::atomic<int> g_cv_mode{static_cast<int>(CvMode::kAuto)};
+
+// The first conv accumulates groups of input channels of at least this many taps, so that a
+// group's planes stay in L1 across the rank panels (as the band path's kMinGroupTaps).
+constexpr int64_t kGroupTaps = 96;
+// Packing a weight costs about this many multiply-adds of the micro-kernel (a strided copy:
+// 0.16 ms for the 393k weights of a 512-512 r128 spatial layer, 2 threads), for use_cv.
+constexpr int64_t kPackCost = 20;
+
+template <typename T>
+constexpr int64_t panel_width() {
+  return kCvVectors * static_cast<int64_t>(32 / sizeof(T));  // the kernels' vectors are 32 bytes
+}
+
+struct Plan {
+  int64_t panel = 0;         // output channels per weight panel
+  int64_t r_pad = 0, n_pad = 0;  // r and n rounded up to panels
+  int64_t tpc = 0;           // first-conv taps per input channel
+  int64_t group = 0;         // input channels per first-conv group
+  int64_t mid_width = 0;     // spatial: intermediate columns per row (W + 2 pw)
+  PlaneSpec planes;          // the whole image
+  std::vector<int64_t> taps1;        // tap t = i * tpc + (ky, kx) of the first conv, in the planes
+  std::vector<int64_t> pos1, opos1;  // its positions: in the planes, in the intermediate
+  std::vector<int64_t> taps2;        // the second conv's taps in the intermediate, in w2's order
+  std::vector<int64_t> pos2, opos2;  // its positions: in the intermediate, in the output buffer
+  int64_t mid_size = 0, buf_size = 0;
+};
+
+Plan make_plan(const FconvGeometry& g, int64_t panel) {
+  Plan p;
+  p.panel = panel;
+  p.r_pad = round_up(g.rank, panel);
+  p.n_pad = round_up(g.out_channels, panel);
+  p.tpc = g.spatial ? g.kh : g.kh * g.kw;
+  p.group = std::max<int64_t>(1, ceil_div(kGroupTaps, p.tpc));
+  PlaneSpec& s = p.planes;
+  s.channels = g.in_channels;
+  s.sh = g.sh;
+  s.ph = g.ph;
+  if (g.spatial) {
+    s.wq = g.width;  // kh x 1: the rows as they are
+  } else {
+    s.sw = g.sw;
+    s.pw = g.pw;
+    s.wq = PlaneSpec::row_length(g.width, g.pw, g.sw, g.out_w);
+  }
+  s.hb = g.out_h + (g.kh - 1) * g.dh / g.sh + 1;  // + 1: see PlaneSpec
+  for (int64_t i = 0; i < g.in_channels; ++i) {
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      for (int64_t kx = 0; kx < (g.spatial ? 1 : g.kw); ++kx) {
+        p.taps1.push_back(s.offset(i, ky * g.dh, kx * g.dw));
+      }
+    }
+  }
+  const int64_t first_width = g.spatial ? g.width : g.out_w;  // first-conv positions per row
+  p.mid_width = g.spatial ? g.width + 2 * g.pw : g.out_w;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t w = 0; w < first_width; ++w) {
+      p.pos1.push_back(oh * s.wq + w);
+      p.opos1.push_back((oh * p.mid_width + (g.spatial ? g.pw : 0) + w) * p.r_pad);
+    }
+  }
+  if (g.spatial) {
+    for (int64_t j = 0; j < g.rank; ++j) {
+      for (int64_t kx = 0; kx < g.kw; ++kx) p.taps2.push_back(kx * g.dw * p.r_pad + j);
+    }
+  } else {
+    for (int64_t j = 0; j < g.rank; ++j) p.taps2.push_back(j);
+  }
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      p.pos2.push_back((oh * p.mid_width + ow * (g.spatial ? g.sw : 1)) * p.r_pad);
+      p.opos2.push_back((oh * g.out_w + ow) * p.n_pad);
+    }
+  }
+  p.mid_size = g.out_h * p.mid_width * p.r_pad;
+  p.buf_size = g.out_h * g.out_w * p.n_pad;
+  return p;
+}
+
+// Panel b of a packed (rows, taps) matrix: packed[(b * taps + t) * panel + k] = w[(b * panel +
+// k) * taps + t], zero for rows past the last. In blocks of kPackTaps taps, whose packed values
+// stay in L1 while the panel's rows are read along.
+constexpr int64_t kPackTaps = 64;
+template <typename T>
+std::vector<T> pack_panels(const T* w, int64_t rows, int64_t taps, int64_t panel) {
+  const int64_t panels = ceil_div(rows, panel);
+  std::vector<T> packed(static_cast<size_t>(panels * taps * panel));
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      T* dst = packed.data() + b * taps * panel;
+      for (int64_t t0 = 0; t0 < taps; t0 += kPackTaps) {
+        const int64_t t1 = std::min(taps, t0 + kPackTaps);
+        for (int64_t k = 0; k < panel; ++k) {
+          const int64_t row = b * panel + k;
+          for (int64_t t = t0; t < t1; ++t) dst[t * panel + k] = row < rows ? w[row * taps + t] : T(0);
+        }
+      }
+    }
+  });
+  return packed;
+}
+
+template <typename T>
+struct Operands {
+  const T* x;
+  const int64_t* xs;
+  const T* w1p;  // packed panels of w1 (r_pad / panel of them)
+  const T* w2p;  // packed panels of w2
+  const T* bias;
+  const T* residual;
+  const int64_t* rs;
+  T* out;
+  const int64_t* os;
+};
+
+// The intermediate's width padding (spatial scheme) is never written: zeroed once per call, it
+// stays zero for every image. The planes' padding likewise (see build_planes).
+template <typename T>
+std::array<T*, 3> thread_scratch(const Plan& p) {
+  const auto parts = thread_buffers<T, 3>({p.planes.size(), p.mid_size, p.buf_size});
+  std::fill(parts[0], parts[2], T(0));
+  return parts;
+}
+
+template <typename T>
+void run_image(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int64_t image,
+               const std::array<T*, 3>& s) {
+  const KernelSet<T>& k = kernels_for<T>();
+  T* planes = s[0];
+  T* mid = s[1];
+  T* buf = s[2];
+  k.build_planes(ops.x + image * ops.xs[0], ops.xs[1], ops.xs[2], ops.xs[3], g.height, g.width,
+                 p.planes, 0, planes);
+  const int64_t taps1 = static_cast<int64_t>(p.taps1.size());
+  const int64_t count1 = static_cast<int64_t>(p.pos1.size());
+  for (int64_t c0 = 0; c0 == 0 || c0 < g.in_channels; c0 += p.group) {
+    const int64_t t0 = c0 * p.tpc;
+    const int64_t tn = std::min(p.group, g.in_channels - c0) * p.tpc;
+    for (int64_t b = 0; b < p.r_pad / p.panel; ++b) {
+      k.cv_conv(planes, p.taps1.data() + t0, tn, ops.w1p + (b * taps1 + t0) * p.panel,
+                p.pos1.data(), count1, mid + b * p.panel, p.opos1.data(), c0 > 0);
+    }
+  }
+  const int64_t taps2 = static_cast<int64_t>(p.taps2.size());
+  const int64_t count2 = static_cast<int64_t>(p.pos2.size());
+  for (int64_t b = 0; b < p.n_pad / p.panel; ++b) {
+    k.cv_conv(mid, p.taps2.data(), taps2, ops.w2p + b * taps2 * p.panel, p.pos2.data(), count2,
+              buf + b * p.panel, p.opos2.data(), false);
+  }
+  // The epilogue, (bias + sum) + residual then the ReLU as in the band path: the whole image at
+  // once where its rows (and the residual's) are consecutive, else row by row.
+  const T* res = ops.residual ? ops.residual + image * ops.rs[0] : nullptr;
+  T* dst = ops.out + image * ops.os[0];
+  if (rows_like_nchw(g.out_w, ops.os, res != nullptr, ops.rs)) {
+    k.cv_output(buf, p.n_pad, count2, g.out_channels, ops.bias, res, ops.rs[1], 1, g.relu, dst,
+                ops.os[1], 1);
+    return;
+  }
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    k.cv_output(buf + oh * g.out_w * p.n_pad, p.n_pad, g.out_w, g.out_channels, ops.bias,
+                res ? res + oh * ops.rs[2] : nullptr, ops.rs[1], ops.rs[3], g.relu,
+                dst + oh * ops.os[2], ops.os[1], ops.os[3]);
+  }
+}
+
+}  // namespace
+
+void set_cv_mode(CvMode mode) { g_cv_mode.store(static_cast<int>(mode)); }
+
+CvMode cv_mode() { return static_cast<CvMode>(g_cv_mode.load()); }
+
+bool use_cv(const FconvGeometry& g, int64_t band_makespan, int64_t element_size) {
+  const CvMode mode = cv_mode();
+  if (mode != CvMode::kAuto) return mode == CvMode::kAlways;
+  const int64_t panel = kCvVectors * (32 / element_size);
+  const int64_t positions = g.out_h * g.out_w;
+  const int64_t first = (g.spatial ? g.out_h * g.width : positions) * round_up(g.rank, panel) *
+                        g.in_channels * (g.spatial ? g.kh : g.kh * g.kw);
+  const int64_t second = positions * round_up(g.out_channels, panel) * g.rank *
+                         (g.spatial ? g.kw : 1);
+  const int64_t threads = at::get_num_threads();
+  const int64_t packed = round_up(g.rank, panel) * g.in_channels * (g.spatial ? g.kh : g.kh * g.kw) +
+                         round_up(g.out_channels, panel) * g.rank * (g.spatial ? g.kw : 1);
+  const int64_t busiest = ceil_div(g.batch, threads) * (first + second) +
+                          ceil_div(packed * kPackCost, threads);
+  return busiest < band_makespan;
+}
+
+template <typename T>
+void cv_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t* xs, const T* w1,
+                        const T* w2, const T* bias, const T* residual, const int64_t* rs, T* out,
+                        const int64_t* os) {
+  const Plan p = make_plan(g, panel_width<T>());
+  const std::vector<T> w1p =
+      pack_panels(w1, g.rank, static_cast<int64_t>(p.taps1.size()), p.panel);
+  const std::vector<T> w2p =
+      pack_panels(w2, g.out_channels, static_cast<int64_t>(p.taps2.size()), p.panel);
+  const Operands<T> ops{x, xs, w1p.data(), w2p.data(), bias, residual, rs, out, os};
+  at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+    const auto scratch = thread_scratch<T>(p);
+    for (int64_t image = begin; image < end; ++image) run_image(g, p, ops, image, scratch);
+  });
+}
+
+template void cv_factored_conv2d<float>(const FconvGeometry&, const float*, const int64_t*,
+                                        const float*, const float*, const float*, const float*,
+                                        const int64_t*, float*, const int64_t*);
+template void cv_factored_conv2d<double>(const FconvGeometry&, const double*, const int64_t*,
+                                         const double*, const double*, const double*,
+                                         const double*, const int64_t*, double*,
+                                         const int64_t*);
+
+}  // namespace fconv_cpu
+}  // namespace trp_ext
