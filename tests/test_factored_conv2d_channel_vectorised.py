@@ -78,7 +78,9 @@ def test_position_counts(always, scheme, size, threads):
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_many_input_channels(always, scheme, dtype):
-    """Enough channels for several channel groups of the first conv, at stride 2."""
+    """Enough channels for several channel groups of the first conv, at stride 2; images past
+    the size the spatial scheme reads where they are (128 KiB), so it lays out planes as the
+    channel scheme does (the other tests' small images are read in place)."""
     x = _input((2, 300, 14, 13), dtype)
     w1, w2, bias = _factors(scheme, 9, 300, 7, (3, 3), dtype)
     got = ops.factored_conv2d(x, w1, w2, bias, 2, 1, 1, scheme, "relu")

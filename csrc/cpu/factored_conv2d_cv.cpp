@@ -7,7 +7,10 @@
 // are packed in panels of kCvVectors vectors of output channels, tap after tap, and each
 // position is an address in a list, so exactly the output's positions are computed. A work item
 // is one image:
-//   1. its input laid out as planes (as the band path does, the whole image at once);
+//   1. its input laid out as planes (as the band path does, the whole image at once). The
+//      spatial scheme's kh x 1 conv reads small images where they are instead: each class of
+//      output rows (top, middle, bottom) runs only the kernel rows that read inside the image,
+//      which the packing puts next to each other;
 //   2. the first conv into the intermediate, position-major (r channels per position, padded to
 //      a panel), a group of input channels at a time; for the spatial scheme the intermediate
 //      rows carry zero columns of width padding, so that the 1 x kw conv reads them as taps;
@@ -35,6 +38,12 @@ std::atomic<int> g_cv_mode{static_cast<int>(CvMode::kAuto)};
 // The first conv accumulates groups of input channels of at least this many taps, so that a
 // group's planes stay in L1 across the rank panels (as the band path's kMinGroupTaps).
 constexpr int64_t kGroupTaps = 96;
+// The spatial scheme reads images of up to this many bytes where they are (no planes). Their
+// first-conv taps read one input row each, from one stream per channel of a group; from larger
+// images, which come from memory, the planes' row-by-row copy was faster. In-process A/B,
+// direct/planes, the bench's spatial layers at batch 32: 1.07x on 512-512 7x7 (100 KiB an
+// image), 0.98-1.03x at 200-400 KiB, 0.92-0.93x at 800 KiB (56 x 56 inputs).
+constexpr int64_t kDirectInputBytes = 128 << 10;
 // Packing a weight costs about this many multiply-adds of the micro-kernel (a strided copy:
 // 0.16 ms for the 393k weights of a 512-512 r128 spatial layer, 2 threads), for use_cv.
 constexpr int64_t kPackCost = 20;
@@ -44,54 +53,110 @@ constexpr int64_t panel_width() {
   return kCvVectors * static_cast<int64_t>(32 / sizeof(T));  // the kernels' vectors are 32 bytes
 }
 
+// Output rows whose first-conv taps are the kernel rows [lo, hi): from zero-padded planes, one
+// class of every row and tap; from the input as it is (spatial scheme), the rows, top, middle or
+// bottom, whose kernel rows read inside the image.
+struct RowClass {
+  int64_t lo = 0, hi = 0;
+  std::vector<int64_t> off;        // per packed tap: its offset from a position
+  std::vector<int64_t> pos, opos;  // the rows' positions: where they read, where they write
+};
+
 struct Plan {
   int64_t panel = 0;         // output channels per weight panel
   int64_t r_pad = 0, n_pad = 0;  // r and n rounded up to panels
-  int64_t tpc = 0;           // first-conv taps per input channel
+  int64_t kw1 = 0;           // first-conv kernel columns: kw, or the spatial scheme's 1
   int64_t group = 0;         // input channels per first-conv group
   int64_t mid_width = 0;     // spatial: intermediate columns per row (W + 2 pw)
+  bool use_planes = false;   // else the spatial scheme reads the input where it is
   PlaneSpec planes;          // the whole image
-  std::vector<int64_t> taps1;        // tap t = i * tpc + (ky, kx) of the first conv, in the planes
-  std::vector<int64_t> pos1, opos1;  // its positions: in the planes, in the intermediate
+  // The first conv's taps in packed order: group after group, in a group kernel row after
+  // kernel row, then channel, then kernel column; order[t] is packed tap t's index in w1.
+  std::vector<int64_t> order;
+  std::vector<RowClass> classes;
   std::vector<int64_t> taps2;        // the second conv's taps in the intermediate, in w2's order
   std::vector<int64_t> pos2, opos2;  // its positions: in the intermediate, in the output buffer
   int64_t mid_size = 0, buf_size = 0;
 };
 
-Plan make_plan(const FconvGeometry& g, int64_t panel) {
+// Calls fn(first channel, channels, first packed tap) for each first-conv group.
+template <typename Fn>
+void for_each_group(const FconvGeometry& g, const Plan& p, Fn&& fn) {
+  for (int64_t c0 = 0; c0 == 0 || c0 < g.in_channels; c0 += p.group) {
+    fn(c0, std::min(p.group, g.in_channels - c0), c0 * g.kh * p.kw1);
+  }
+}
+
+// xs: the input's strides (the spatial scheme may read it where it is); element_size: bytes
+// per value.
+Plan make_plan(const FconvGeometry& g, int64_t panel, const int64_t* xs, int64_t element_size) {
   Plan p;
   p.panel = panel;
   p.r_pad = round_up(g.rank, panel);
   p.n_pad = round_up(g.out_channels, panel);
-  p.tpc = g.spatial ? g.kh : g.kh * g.kw;
-  p.group = std::max<int64_t>(1, ceil_div(kGroupTaps, p.tpc));
-  PlaneSpec& s = p.planes;
-  s.channels = g.in_channels;
-  s.sh = g.sh;
-  s.ph = g.ph;
-  if (g.spatial) {
-    s.wq = g.width;  // kh x 1: the rows as they are
+  p.kw1 = g.spatial ? 1 : g.kw;
+  p.group = std::max<int64_t>(1, ceil_div(kGroupTaps, g.kh * p.kw1));
+  p.mid_width = g.spatial ? g.width + 2 * g.pw : g.out_w;
+  const int64_t first_width = g.spatial ? g.width : g.out_w;  // first-conv positions per row
+  const auto mid_position = [&](int64_t oh, int64_t w) {
+    return (oh * p.mid_width + (g.spatial ? g.pw : 0) + w) * p.r_pad;
+  };
+  p.use_planes =
+      !g.spatial || g.in_channels * g.height * g.width * element_size > kDirectInputBytes;
+  if (p.use_planes) {
+    PlaneSpec& s = p.planes;
+    s.channels = g.in_channels;
+    s.sh = g.sh;
+    s.ph = g.ph;
+    if (!g.spatial) {
+      s.sw = g.sw;
+      s.pw = g.pw;
+    }
+    s.wq = g.spatial ? g.width : PlaneSpec::row_length(g.width, g.pw, g.sw, g.out_w);
+    s.hb = g.out_h + (g.kh - 1) * g.dh / g.sh + 1;  // + 1: see PlaneSpec
+    RowClass all;
+    all.hi = g.kh;
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      for (int64_t w = 0; w < first_width; ++w) {
+        all.pos.push_back(oh * s.wq + w);
+        all.opos.push_back(mid_position(oh, w));
+      }
+    }
+    p.classes.push_back(std::move(all));
   } else {
-    s.sw = g.sw;
-    s.pw = g.pw;
-    s.wq = PlaneSpec::row_length(g.width, g.pw, g.sw, g.out_w);
-  }
-  s.hb = g.out_h + (g.kh - 1) * g.dh / g.sh + 1;  // + 1: see PlaneSpec
-  for (int64_t i = 0; i < g.in_channels; ++i) {
-    for (int64_t ky = 0; ky < g.kh; ++ky) {
-      for (int64_t kx = 0; kx < (g.spatial ? 1 : g.kw); ++kx) {
-        p.taps1.push_back(s.offset(i, ky * g.dh, kx * g.dw));
+    // Kernel rows ky read input row oh * sh - ph + ky * dh: inside the image for ky in [lo, hi).
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      const int64_t top = oh * g.sh - g.ph;
+      int64_t lo = 0, hi = 0;
+      while (lo < g.kh && top + lo * g.dh < 0) ++lo;
+      for (hi = lo; hi < g.kh && top + hi * g.dh < g.height; ++hi) {
+      }
+      auto found = std::find_if(p.classes.begin(), p.classes.end(),
+                                [&](const RowClass& c) { return c.lo == lo && c.hi == hi; });
+      if (found == p.classes.end()) {
+        p.classes.push_back({lo, hi, {}, {}, {}});
+        found = p.classes.end() - 1;
+      }
+      for (int64_t w = 0; w < first_width; ++w) {
+        // From the first kernel row the class reads (inside the image, so never negative).
+        found->pos.push_back(lo < hi ? (top + lo * g.dh) * xs[2] + w * xs[3] : 0);
+        found->opos.push_back(mid_position(oh, w));
       }
     }
   }
-  const int64_t first_width = g.spatial ? g.width : g.out_w;  // first-conv positions per row
-  p.mid_width = g.spatial ? g.width + 2 * g.pw : g.out_w;
-  for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    for (int64_t w = 0; w < first_width; ++w) {
-      p.pos1.push_back(oh * s.wq + w);
-      p.opos1.push_back((oh * p.mid_width + (g.spatial ? g.pw : 0) + w) * p.r_pad);
+  for_each_group(g, p, [&](int64_t c0, int64_t channels, int64_t) {
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      for (int64_t i = c0; i < c0 + channels; ++i) {
+        for (int64_t kx = 0; kx < p.kw1; ++kx) {
+          p.order.push_back((i * g.kh + ky) * p.kw1 + kx);
+          for (RowClass& c : p.classes) {
+            c.off.push_back(!p.use_planes ? i * xs[1] + (ky - c.lo) * g.dh * xs[2]
+                                      : p.planes.offset(i, ky * g.dh, kx * g.dw));
+          }
+        }
+      }
     }
-  }
+  });
   if (g.spatial) {
     for (int64_t j = 0; j < g.rank; ++j) {
       for (int64_t kx = 0; kx < g.kw; ++kx) p.taps2.push_back(kx * g.dw * p.r_pad + j);
@@ -111,11 +176,12 @@ Plan make_plan(const FconvGeometry& g, int64_t panel) {
 }
 
 // Panel b of a packed (rows, taps) matrix: packed[(b * taps + t) * panel + k] = w[(b * panel +
-// k) * taps + t], zero for rows past the last. In blocks of kPackTaps taps, whose packed values
-// stay in L1 while the panel's rows are read along.
+// k) * taps + order[t]] (order: the identity when empty), zero for rows past the last. In
+// blocks of kPackTaps taps, whose packed values stay in L1 while the panel's rows are read along.
 constexpr int64_t kPackTaps = 64;
 template <typename T>
-std::vector<T> pack_panels(const T* w, int64_t rows, int64_t taps, int64_t panel) {
+std::vector<T> pack_panels(const T* w, int64_t rows, int64_t taps, int64_t panel,
+                           const std::vector<int64_t>& order = {}) {
   const int64_t panels = ceil_div(rows, panel);
   std::vector<T> packed(static_cast<size_t>(panels * taps * panel));
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
@@ -125,7 +191,9 @@ std::vector<T> pack_panels(const T* w, int64_t rows, int64_t taps, int64_t panel
         const int64_t t1 = std::min(taps, t0 + kPackTaps);
         for (int64_t k = 0; k < panel; ++k) {
           const int64_t row = b * panel + k;
-          for (int64_t t = t0; t < t1; ++t) dst[t * panel + k] = row < rows ? w[row * taps + t] : T(0);
+          for (int64_t t = t0; t < t1; ++t) {
+            dst[t * panel + k] = row < rows ? w[row * taps + (order.empty() ? t : order[t])] : T(0);
+          }
         }
       }
     }
@@ -159,21 +227,30 @@ template <typename T>
 void run_image(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int64_t image,
                const std::array<T*, 3>& s) {
   const KernelSet<T>& k = kernels_for<T>();
-  T* planes = s[0];
   T* mid = s[1];
   T* buf = s[2];
-  k.build_planes(ops.x + image * ops.xs[0], ops.xs[1], ops.xs[2], ops.xs[3], g.height, g.width,
-                 p.planes, 0, planes);
-  const int64_t taps1 = static_cast<int64_t>(p.taps1.size());
-  const int64_t count1 = static_cast<int64_t>(p.pos1.size());
-  for (int64_t c0 = 0; c0 == 0 || c0 < g.in_channels; c0 += p.group) {
-    const int64_t t0 = c0 * p.tpc;
-    const int64_t tn = std::min(p.group, g.in_channels - c0) * p.tpc;
-    for (int64_t b = 0; b < p.r_pad / p.panel; ++b) {
-      k.cv_conv(planes, p.taps1.data() + t0, tn, ops.w1p + (b * taps1 + t0) * p.panel,
-                p.pos1.data(), count1, mid + b * p.panel, p.opos1.data(), c0 > 0);
-    }
+  const T* x = ops.x + image * ops.xs[0];
+  const T* in = x;
+  if (p.use_planes) {
+    k.build_planes(x, ops.xs[1], ops.xs[2], ops.xs[3], g.height, g.width, p.planes, 0, s[0]);
+    in = s[0];
   }
+  const int64_t taps1 = static_cast<int64_t>(p.order.size());
+  const int64_t kernel_row = p.kw1;  // packed taps per channel and kernel row
+  for_each_group(g, p, [&](int64_t c0, int64_t channels, int64_t t0) {
+    for (const RowClass& c : p.classes) {
+      // Kernel rows [lo, hi) of the group's channels: consecutive packed taps. None (rows that
+      // read only padding): zeros, written with the first group.
+      const int64_t first = t0 + c.lo * channels * kernel_row;
+      const int64_t taps = std::max<int64_t>(0, c.hi - c.lo) * channels * kernel_row;
+      if (taps == 0 && c0 > 0) continue;
+      for (int64_t b = 0; b < p.r_pad / p.panel; ++b) {
+        k.cv_conv(in, c.off.data() + first, taps, ops.w1p + (b * taps1 + first) * p.panel,
+                  c.pos.data(), static_cast<int64_t>(c.pos.size()), mid + b * p.panel,
+                  c.opos.data(), c0 > 0 && taps > 0);
+      }
+    }
+  });
   const int64_t taps2 = static_cast<int64_t>(p.taps2.size());
   const int64_t count2 = static_cast<int64_t>(p.pos2.size());
   for (int64_t b = 0; b < p.n_pad / p.panel; ++b) {
@@ -223,9 +300,9 @@ template <typename T>
 void cv_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t* xs, const T* w1,
                         const T* w2, const T* bias, const T* residual, const int64_t* rs, T* out,
                         const int64_t* os) {
-  const Plan p = make_plan(g, panel_width<T>());
+  const Plan p = make_plan(g, panel_width<T>(), xs, static_cast<int64_t>(sizeof(T)));
   const std::vector<T> w1p =
-      pack_panels(w1, g.rank, static_cast<int64_t>(p.taps1.size()), p.panel);
+      pack_panels(w1, g.rank, static_cast<int64_t>(p.order.size()), p.panel, p.order);
   const std::vector<T> w2p =
       pack_panels(w2, g.out_channels, static_cast<int64_t>(p.taps2.size()), p.panel);
   const Operands<T> ops{x, xs, w1p.data(), w2p.data(), bias, residual, rs, out, os};
