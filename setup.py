@@ -139,7 +139,7 @@ def _extension():
     use_cuda, cuda_reason = _resolve_cuda()
     debug = _flag("TRP_EXT_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    sources = [os.path.join("csrc", "trp_ext.cpp")]
+    sources = [os.path.join("csrc", "trp_ext.cpp"), os.path.join("csrc", "factored_conv2d_call.cpp")]
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     include_dirs = [os.path.join(ROOT, "csrc")]
     openmp, openmp_reason = _openmp_flags()

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "cpu/cpu_features.h"
+#include "factored_conv2d_call.h"
 #include "cpu/factored_conv2d_cv.h"
 #include "cpu/factored_conv2d_winograd.h"
 
@@ -123,6 +124,11 @@ PyMethodDef methods[] = {
      "channel-vectorised path (packed weights, exactly the output positions) for the layers "
      "the direct kernel runs, set to mode ('auto', 'never', 'always') when given; returns the "
      "mode in force."},
+    {"factored_conv2d_below_autograd", trp_ext::factored_conv2d_below_autograd, METH_VARARGS,
+     "factored_conv2d_below_autograd(x, w1, w2, bias, stride, padding, dilation, scheme, "
+     "activation, residual) -> Tensor: the op below autograd, its arguments in the op's form "
+     "(pairs as tuples or lists of two ints); NotImplemented where torch.ops' generic call is "
+     "needed (tensor subclasses, torch function modes, arguments of other types)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "trp_ext compiled kernels", -1, methods};

@@ -13,6 +13,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch._prims_common import suggest_memory_format
 
+from trp_ext import _C
 from trp_ext import _reference as ref
 
 
@@ -76,7 +77,10 @@ def factored_conv2d_normalised(x, w1, w2, bias, stride, padding, dilation, schem
     It runs the op, skipping its autograd kernel when nothing needs a gradient. That kernel,
     installed by register_autograd, runs in Python even under ``torch.no_grad()``, only to
     redispatch below autograd there: ~10 us a call, a large share of a small layer's time
-    (inference at batch 1). Under ``torch.inference_mode()`` the dispatcher skips it already."""
+    (inference at batch 1). Under ``torch.inference_mode()`` the dispatcher skips it already.
+    There, the call goes through the compiled binding ``_C.factored_conv2d_below_autograd``,
+    which skips torch.ops' generic argument handling (~3 us) and answers NotImplemented where
+    that is needed (tensor subclasses, torch function modes, arguments of other types)."""
     op = torch.ops.trp_ext.factored_conv2d.default
     args = (x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
     # is_compiling first: torch.compile cannot trace is_inference_mode_enabled.
@@ -89,7 +93,13 @@ def factored_conv2d_normalised(x, w1, w2, bias, stride, padding, dilation, schem
         # checks, the call runs the reference composition.
         _check_fake_args(*args)
         return ref.factored_conv2d(*args)
-    if torch.is_inference_mode_enabled() or _may_need_grad(x, w1, w2, bias, residual):
+    inference = torch.is_inference_mode_enabled()
+    if not inference and _may_need_grad(x, w1, w2, bias, residual):
+        return op(*args)
+    out = _C.factored_conv2d_below_autograd(*args)
+    if out is not NotImplemented:
+        return out
+    if inference:
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
@@ -108,8 +118,6 @@ def cpu_winograd_mode() -> str:
     give NaN where the direct conv gives +-Inf (the same outputs are non-finite before the
     activation; after a ReLU, such an output is NaN where the direct conv's -Inf gives 0), and
     inputs near the float range overflow sooner; ``"never"`` keeps the direct behaviour."""
-    from trp_ext import _C
-
     return _C.cpu_winograd()
 
 
@@ -123,8 +131,6 @@ def cpu_channel_vectorised_mode() -> str:
     in parallel, so ``"auto"`` takes it for batches of at least the thread count, ranks and
     output channels near multiples of 32 (16 in float64), and small outputs. Results differ only
     by rounding (the bias is added after the sum instead of before)."""
-    from trp_ext import _C
-
     return _C.cpu_channel_vectorised()
 
 
@@ -132,8 +138,6 @@ def cpu_channel_vectorised_mode() -> str:
 def _cpu_path(name: str, mode: str) -> Iterator[None]:
     """Runs the block with the process-wide mode of the C++ switch `name` set to `mode`; the
     previous one comes back on exit."""
-    from trp_ext import _C
-
     if mode not in PATH_MODES:
         raise ValueError(f"{name}(): mode must be one of {PATH_MODES}, got {mode!r}")
     switch = getattr(_C, name)
