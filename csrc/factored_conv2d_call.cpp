@@ -96,7 +96,7 @@ PyObject* factored_conv2d_below_autograd(PyObject* /*self*/, PyObject* args) {
     // As torch.ops' calls: other Python threads run meanwhile (a kernel written in Python, such
     // as the fake one, takes the GIL back itself).
     pybind11::gil_scoped_release no_gil;
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::AutoDispatchBelowAutograd below_autograd;
     out = op.call(THPVariable_Unpack(a[0]), THPVariable_Unpack(a[1]), THPVariable_Unpack(a[2]),
                   bias, stride, padding, dilation, scheme, activation, residual);
   }

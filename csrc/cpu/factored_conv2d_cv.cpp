@@ -35,8 +35,10 @@ namespace {
 
 std::atomic<int> g_cv_mode{static_cast<int>(CvMode::kAuto)};
 
-// The first conv accumulates groups of input channels of at least this many taps, so that a
-// group's planes stay in L1 across the rank panels (as the band path's kMinGroupTaps).
+// The first conv runs groups of input channels of at least this many taps: each group reloads
+// and stores the accumulators, which short groups would not amortise, and a group's share of the
+// planes stays near the core across the rank panels. The band path's kMinGroupTaps, not tuned
+// again for this path.
 constexpr int64_t kGroupTaps = 96;
 // The spatial scheme reads images of up to this many bytes where they are (no planes). Their
 // first-conv taps read one input row each, from one stream per channel of a group; from larger
