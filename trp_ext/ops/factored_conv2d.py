@@ -78,9 +78,10 @@ def factored_conv2d_normalised(x, w1, w2, bias, stride, padding, dilation, schem
     installed by register_autograd, runs in Python even under ``torch.no_grad()``, only to
     redispatch below autograd there: ~10 us a call, a large share of a small layer's time
     (inference at batch 1). Under ``torch.inference_mode()`` the dispatcher skips it already.
-    There, the call goes through the compiled binding ``_C.factored_conv2d_below_autograd``,
-    which skips torch.ops' generic argument handling (~3 us) and answers NotImplemented where
-    that is needed (tensor subclasses, torch function modes, arguments of other types)."""
+    Whenever the autograd kernel is not needed, the call goes through the compiled binding
+    ``_C.factored_conv2d_below_autograd``, which skips torch.ops' generic argument handling
+    (~3 us) and answers NotImplemented where that handling is needed (tensor subclasses, torch
+    function modes, arguments of other types); the call then takes torch.ops' path."""
     op = torch.ops.trp_ext.factored_conv2d.default
     args = (x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual)
     # is_compiling first: torch.compile cannot trace is_inference_mode_enabled.
@@ -128,9 +129,10 @@ def cpu_channel_vectorised_mode() -> str:
     output positions and computes each output row at its padded input rows' length, so a 7x7
     output costs 56 positions; the channel-vectorised path vectorises over output channels with
     weights packed on every call, computes exactly the output's positions, and runs whole images
-    in parallel, so ``"auto"`` takes it for batches of at least the thread count, ranks and
-    output channels near multiples of 32 (16 in float64), and small outputs. Results differ only
-    by rounding (the bias is added after the sum instead of before)."""
+    in parallel. ``"auto"`` takes it where its estimated work, with the packing and the channels
+    padded to panels of 32 (16 in float64), is below the band path's: in practice at batches of
+    at least the thread count, ranks of 32 or more, and outputs of up to about 28x28. Results
+    differ only by rounding (the bias is added after the sum instead of before)."""
     return _C.cpu_channel_vectorised()
 
 
