@@ -147,7 +147,8 @@ def test_gradcheck(always, one_thread, scheme):
 def test_auto_mode_takes_it_where_it_saves_work():
     """At 2 threads, auto gives bit for bit the result of always on an ImageNet-like layer with
     7 x 7 outputs (a band computes 56 positions for 49) at batch 4, and that of never at batch 1
-    (one image is one thread's work here) and at rank 10 (padded to a 32-channel panel)."""
+    (one image is one thread's work here), at rank 10 (padded to a 32-channel panel) and past
+    32 x 32 outputs (whole images outgrow the caches)."""
     def run(mode, x, factors):
         w1, w2, bias = factors
         with ops.cpu_channel_vectorised(mode):
@@ -163,6 +164,8 @@ def test_auto_mode_takes_it_where_it_saves_work():
         assert not torch.equal(run("always", x, wide), run("never", x, wide))
         assert torch.equal(run("auto", x[:1], wide), run("never", x[:1], wide))
         assert torch.equal(run("auto", x, narrow), run("never", x, narrow))
+        large = _input((4, 64, 33, 33), torch.float32)  # past 32 x 32 outputs: the band path
+        assert torch.equal(run("auto", large, wide), run("never", large, wide))
     finally:
         torch.set_num_threads(previous)
 

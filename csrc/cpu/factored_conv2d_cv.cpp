@@ -46,6 +46,12 @@ constexpr int64_t kGroupTaps = 96;
 // direct/planes, the bench's spatial layers at batch 32: 1.07x on 512-512 7x7 (100 KiB an
 // image), 0.98-1.03x at 200-400 KiB, 0.92-0.93x at 800 KiB (56 x 56 inputs).
 constexpr int64_t kDirectInputBytes = 128 << 10;
+// The estimate below counts multiply-adds only; an image's buffers (its planes, intermediate
+// and output, whole) outgrow the caches past this many output positions, where the band path's
+// bands stay in L2. In-process, auto/band at 2 threads: 28 x 28 outputs gained 1.05-1.16x
+// (bench layers at batch 32); 64-64 r32 layers lost at 56 x 56 (channel scheme 0.93x, though
+// the spatial one gained 1.17x), 112 x 112 (0.87-0.93x) and 224 x 224 (0.80x).
+constexpr int64_t kMaxImagePositions = 32 * 32;
 // Packing a weight costs about this many multiply-adds of the micro-kernel (a strided copy:
 // 0.16 ms for the 393k weights of a 512-512 r128 spatial layer, 2 threads), for use_cv.
 constexpr int64_t kPackCost = 20;
@@ -284,8 +290,9 @@ CvMode cv_mode() { return static_cast<CvMode>(g_cv_mode.load()); }
 bool use_cv(const FconvGeometry& g, int64_t band_makespan, int64_t element_size) {
   const CvMode mode = cv_mode();
   if (mode != CvMode::kAuto) return mode == CvMode::kAlways;
-  const int64_t panel = kCvVectors * (32 / element_size);
   const int64_t positions = g.out_h * g.out_w;
+  if (positions > kMaxImagePositions) return false;
+  const int64_t panel = kCvVectors * (32 / element_size);
   const int64_t first = (g.spatial ? g.out_h * g.width : positions) * round_up(g.rank, panel) *
                         g.in_channels * (g.spatial ? g.kh : g.kh * g.kw);
   const int64_t second = positions * round_up(g.out_channels, panel) * g.rank *
