@@ -183,18 +183,16 @@ Plan make_plan(const FconvGeometry& g, int64_t panel, const int64_t* xs, int64_t
   return p;
 }
 
-// Panel b of a packed (rows, taps) matrix: packed[(b * taps + t) * panel + k] = w[(b * panel +
-// k) * taps + order[t]] (order: the identity when empty), zero for rows past the last. In
-// blocks of kPackTaps taps, whose packed values stay in L1 while the panel's rows are read along.
+// Panel b of a packed (rows, taps) matrix: dst[(b * taps + t) * panel + k] = w[(b * panel + k)
+// * taps + order[t]] (order: the identity when empty), zero for rows past the last. In blocks of
+// kPackTaps taps, whose packed values stay in L1 while the panel's rows are read along.
 constexpr int64_t kPackTaps = 64;
 template <typename T>
-std::vector<T> pack_panels(const T* w, int64_t rows, int64_t taps, int64_t panel,
-                           const std::vector<int64_t>& order = {}) {
-  const int64_t panels = ceil_div(rows, panel);
-  std::vector<T> packed(static_cast<size_t>(panels * taps * panel));
-  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+void pack_panels(const T* w, int64_t rows, int64_t taps, int64_t panel,
+                 const std::vector<int64_t>& order, T* packed) {
+  at::parallel_for(0, ceil_div(rows, panel), 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      T* dst = packed.data() + b * taps * panel;
+      T* dst = packed + b * taps * panel;
       for (int64_t t0 = 0; t0 < taps; t0 += kPackTaps) {
         const int64_t t1 = std::min(taps, t0 + kPackTaps);
         for (int64_t k = 0; k < panel; ++k) {
@@ -206,7 +204,20 @@ std::vector<T> pack_panels(const T* w, int64_t rows, int64_t taps, int64_t panel
       }
     }
   });
-  return packed;
+}
+
+// Room for both factors' packed panels: the calling thread's buffer, kept between calls up to
+// kRetainedWeightBytes, as the Winograd path keeps its transformed weights (a fresh one costs a
+// page fault per 4 KiB on every call); larger ones are the call's own (`own`), so that no
+// thread holds on to them.
+constexpr int64_t kRetainedWeightBytes = 16 << 20;
+template <typename T>
+T* packed_weights_buffer(int64_t size, std::vector<T>* own) {
+  thread_local std::vector<T> retained;
+  std::vector<T>& buffer =
+      size * static_cast<int64_t>(sizeof(T)) <= kRetainedWeightBytes ? retained : *own;
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
+  return buffer.data();
 }
 
 template <typename T>
@@ -310,11 +321,14 @@ void cv_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t* xs, c
                         const T* w2, const T* bias, const T* residual, const int64_t* rs, T* out,
                         const int64_t* os) {
   const Plan p = make_plan(g, panel_width<T>(), xs, static_cast<int64_t>(sizeof(T)));
-  const std::vector<T> w1p =
-      pack_panels(w1, g.rank, static_cast<int64_t>(p.order.size()), p.panel, p.order);
-  const std::vector<T> w2p =
-      pack_panels(w2, g.out_channels, static_cast<int64_t>(p.taps2.size()), p.panel);
-  const Operands<T> ops{x, xs, w1p.data(), w2p.data(), bias, residual, rs, out, os};
+  const int64_t taps1 = static_cast<int64_t>(p.order.size());
+  const int64_t taps2 = static_cast<int64_t>(p.taps2.size());
+  std::vector<T> own;
+  T* w1p = packed_weights_buffer<T>(p.r_pad * taps1 + p.n_pad * taps2, &own);
+  T* w2p = w1p + p.r_pad * taps1;
+  pack_panels(w1, g.rank, taps1, p.panel, p.order, w1p);
+  pack_panels(w2, g.out_channels, taps2, p.panel, {}, w2p);
+  const Operands<T> ops{x, xs, w1p, w2p, bias, residual, rs, out, os};
   at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
     const auto scratch = thread_scratch<T>(p);
     for (int64_t image = begin; image < end; ++image) run_image(g, p, ops, image, scratch);
