@@ -309,8 +309,9 @@ bool use_cv(const FconvGeometry& g, int64_t band_makespan, int64_t element_size)
   const int64_t second = positions * round_up(g.out_channels, panel) * g.rank *
                          (g.spatial ? g.kw : 1);
   const int64_t threads = at::get_num_threads();
-  const int64_t packed = round_up(g.rank, panel) * g.in_channels * (g.spatial ? g.kh : g.kh * g.kw) +
-                         round_up(g.out_channels, panel) * g.rank * (g.spatial ? g.kw : 1);
+  const int64_t packed =
+      round_up(g.rank, panel) * g.in_channels * (g.spatial ? g.kh : g.kh * g.kw) +
+      round_up(g.out_channels, panel) * g.rank * (g.spatial ? g.kw : 1);
   const int64_t busiest = ceil_div(g.batch, threads) * (first + second) +
                           ceil_div(packed * kPackCost, threads);
   return busiest < band_makespan;

@@ -162,7 +162,9 @@ inline void cv_block(const typename V::Scalar* in, const int64_t* off, int64_t t
   for (int p = 0; p < P; ++p) {
     base[p] = in + pos[p];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[p][v] = accumulate ? V::load(out + opos[p] + v * L) : V::zero();
+    for (int v = 0; v < NV; ++v) {
+      acc[p][v] = accumulate ? V::load(out + opos[p] + v * L) : V::zero();
+    }
   }
   for (int64_t t = 0; t < taps; ++t) {
     const T* w = wp + t * (NV * L);
@@ -211,9 +213,11 @@ void cv_conv(const typename V::Scalar* in, const int64_t* off, int64_t taps,
   while (rest > 0) {
     const int64_t n = rest > P ? rest - rest / 2 : rest;
     switch (n) {
-#define TRP_FCONV_CV_TAIL(N)                                                           \
-  case N:                                                                              \
-    if constexpr (N <= P) cv_block<V, N>(in, off, taps, wp, pos + q, out, opos + q, accumulate); \
+#define TRP_FCONV_CV_TAIL(N)                                                     \
+  case N:                                                                        \
+    if constexpr (N <= P) {                                                      \
+      cv_block<V, N>(in, off, taps, wp, pos + q, out, opos + q, accumulate);     \
+    }                                                                            \
     break;
       TRP_FCONV_CV_TAIL(1)
       TRP_FCONV_CV_TAIL(2)
@@ -238,7 +242,9 @@ inline void transpose_block(typename V::Reg* r) {
   for (int round = 1; round < L; round *= 2) {
     typename V::Reg next[L];
 #pragma GCC unroll 8
-    for (int i = 0; i < L / 2; ++i) V::interleave(r[i], r[i + L / 2], &next[2 * i], &next[2 * i + 1]);
+    for (int i = 0; i < L / 2; ++i) {
+      V::interleave(r[i], r[i + L / 2], &next[2 * i], &next[2 * i + 1]);
+    }
 #pragma GCC unroll 8
     for (int i = 0; i < L; ++i) r[i] = next[i];
   }
