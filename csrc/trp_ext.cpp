@@ -1,7 +1,9 @@
 // The one place where trp_ext's operator schemas are declared. Kernels live in cpu/ and cuda/
 // and register with TORCH_LIBRARY_IMPL; fake kernels and autograd are registered from Python
-// (trp_ext/ops.py). The Python module below has no ops of its own: loading it registers the
-// library with the dispatcher, and it reports how it was built.
+// (trp_ext/ops/). The Python module below has no ops of its own: loading it registers the
+// library with the dispatcher; it reports how it was built, switches the CPU factored_conv2d's
+// paths, and calls that op below autograd without torch.ops' generic argument handling
+// (factored_conv2d_call.cpp).
 #include <Python.h>
 
 #include <string>
@@ -10,9 +12,9 @@
 #include <torch/library.h>
 
 #include "cpu/cpu_features.h"
-#include "factored_conv2d_call.h"
 #include "cpu/factored_conv2d_cv.h"
 #include "cpu/factored_conv2d_winograd.h"
+#include "factored_conv2d_call.h"
 
 TORCH_LIBRARY(trp_ext, m) {
   // Per row of singular values s (descending, zero-padded): the smallest r with
