@@ -40,7 +40,8 @@ bool optional_tensor(PyObject* o, std::optional<at::Tensor>* out) {
   return true;
 }
 
-// A tuple or list of two Python ints (not bools, which the op's schema refuses).
+// A tuple or list of two Python ints (not bools, nor int subclasses: those the generic path
+// converts).
 bool int_pair(PyObject* o, std::array<int64_t, 2>* out) {
   if (!(PyTuple_Check(o) || PyList_Check(o)) || PySequence_Fast_GET_SIZE(o) != 2) return false;
   PyObject** items = PySequence_Fast_ITEMS(o);
@@ -91,14 +92,19 @@ PyObject* factored_conv2d_below_autograd(PyObject* /*self*/, PyObject* args) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("trp_ext::factored_conv2d", "")
                              .typed<Signature>();
+  // Owning references, taken with the GIL held: once it is released, another thread may swap
+  // or free the tensor a Python object holds (torch.utils.swap_tensors), and the kernel would
+  // read freed memory. (bias and residual are owned copies already.)
+  const at::Tensor x = THPVariable_Unpack(a[0]);
+  const at::Tensor w1 = THPVariable_Unpack(a[1]);
+  const at::Tensor w2 = THPVariable_Unpack(a[2]);
   at::Tensor out;
   {
     // As torch.ops' calls: other Python threads run meanwhile (a kernel written in Python, such
     // as the fake one, takes the GIL back itself).
     pybind11::gil_scoped_release no_gil;
     at::AutoDispatchBelowAutograd below_autograd;
-    out = op.call(THPVariable_Unpack(a[0]), THPVariable_Unpack(a[1]), THPVariable_Unpack(a[2]),
-                  bias, stride, padding, dilation, scheme, activation, residual);
+    out = op.call(x, w1, w2, bias, stride, padding, dilation, scheme, activation, residual);
   }
   return THPVariable_Wrap(std::move(out));
   END_HANDLE_TH_ERRORS

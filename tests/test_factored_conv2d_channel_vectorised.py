@@ -62,8 +62,9 @@ def test_no_channels_or_an_input_of_padding_only(always, scheme, c, r, size):
 @pytest.mark.parametrize("size", [(1, 1), (1, 7), (2, 7), (7, 7), (3, 5), (13, 1), (5, 9)])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_position_counts(always, scheme, size, threads):
-    """Output sizes whose position counts end in every block remainder (1, 7 and 49 positions
-    split their last seven as 4 + 3), at batches that leave threads idle or uneven."""
+    """Output sizes whose position counts end in every block remainder (7 and 49 positions run
+    their last seven as 4 + 3, one position a block of one), at batches that leave threads idle
+    or uneven."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -122,6 +123,24 @@ def test_residual_matches_reference(always, scheme, kind, channels_last):
         shape = _output_shape(x, w1, w2, stride, padding, dilation, scheme)
         residual = _residual(shape, kind, torch.float32, "cpu")
         _check_residual(x, w1, w2, bias, residual, stride, padding, dilation, scheme, "relu")
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_reach_every_output_they_touch(always, scheme, value):
+    """A NaN or Inf first-conv weight reaches every output whose window it is in, those whose
+    window holds padding included (0 * w is NaN), as on the band path and in torch's convs: the
+    spatial scheme then lays out planes instead of reading the input in place, which skips the
+    padding."""
+    x = _input((2, 3, 6, 5), torch.float32)
+    w1, w2, bias = _factors(scheme, 4, 3, 2, (3, 3), torch.float32)
+    w1[0, 0, 0, 0] = value
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, scheme, None)
+    with ops.cpu_channel_vectorised("never"):
+        band = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, scheme, None)
+    assert torch.isnan(band[:, :, 0]).all()  # the first output row's window holds padding
+    assert torch.equal(torch.isnan(got), torch.isnan(band))
+    assert torch.equal(torch.isfinite(got), torch.isfinite(band))
 
 
 @pytest.mark.parametrize("scheme", ref.SCHEMES)

@@ -95,9 +95,32 @@ void for_each_group(const FconvGeometry& g, const Plan& p, Fn&& fn) {
   }
 }
 
-// xs: the input's strides (the spatial scheme may read it where it is); element_size: bytes
-// per value.
-Plan make_plan(const FconvGeometry& g, int64_t panel, const int64_t* xs, int64_t element_size) {
+// Whether the spatial scheme may read its input where it is: small images only (see
+// kDirectInputBytes), and only with finite first-conv weights. Reading in place skips the taps
+// that fall on padding, whose products a conv computes as 0 * w: NaN where w is NaN or +-Inf.
+template <typename T>
+bool reads_input_in_place(const FconvGeometry& g, const T* w1) {
+  if (!g.spatial ||
+      g.in_channels * g.height * g.width * static_cast<int64_t>(sizeof(T)) > kDirectInputBytes) {
+    return false;
+  }
+  // v * 0 is 0 for finite v and NaN otherwise; in eight independent sums, which the compiler
+  // vectorises without reordering a sum.
+  const int64_t count = g.rank * g.in_channels * g.kh;
+  T sums[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    for (int k = 0; k < 8; ++k) sums[k] += w1[i + k] * T(0);
+  }
+  for (; i < count; ++i) sums[0] += w1[i] * T(0);
+  T total = 0;
+  for (T sum : sums) total += sum;
+  return total == T(0);
+}
+
+// xs: the input's strides; in_place: the spatial scheme reads the input where it is (see
+// reads_input_in_place).
+Plan make_plan(const FconvGeometry& g, int64_t panel, const int64_t* xs, bool in_place) {
   Plan p;
   p.panel = panel;
   p.r_pad = round_up(g.rank, panel);
@@ -109,8 +132,7 @@ Plan make_plan(const FconvGeometry& g, int64_t panel, const int64_t* xs, int64_t
   const auto mid_position = [&](int64_t oh, int64_t w) {
     return (oh * p.mid_width + (g.spatial ? g.pw : 0) + w) * p.r_pad;
   };
-  p.use_planes =
-      !g.spatial || g.in_channels * g.height * g.width * element_size > kDirectInputBytes;
+  p.use_planes = !in_place;
   if (p.use_planes) {
     PlaneSpec& s = p.planes;
     s.channels = g.in_channels;
@@ -321,7 +343,7 @@ template <typename T>
 void cv_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t* xs, const T* w1,
                         const T* w2, const T* bias, const T* residual, const int64_t* rs, T* out,
                         const int64_t* os) {
-  const Plan p = make_plan(g, panel_width<T>(), xs, static_cast<int64_t>(sizeof(T)));
+  const Plan p = make_plan(g, panel_width<T>(), xs, reads_input_in_place(g, w1));
   const int64_t taps1 = static_cast<int64_t>(p.order.size());
   const int64_t taps2 = static_cast<int64_t>(p.taps2.size());
   std::vector<T> own;
