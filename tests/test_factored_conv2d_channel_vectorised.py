@@ -88,15 +88,6 @@ def test_many_input_channels(always, scheme, dtype):
     _check(got, x, w1, w2, bias, 2, 1, 1, scheme, "relu", tol=TOL[dtype])
 
 
-def test_large_layer(always):
-    """Packed weights past the size a thread keeps between calls (16 MiB): the call's own
-    buffer."""
-    x = _input((2, 520, 5, 4), torch.float32)
-    w1, w2, bias = _factors("channel", 8, 520, 1030, (3, 3), torch.float32)
-    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
-    _check(got, x, w1, w2, bias, 1, 1, 1, "channel", "relu", tol=2e-5)
-
-
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted", "channels_last_sliced"])
 def test_memory_layouts(always, scheme, layout):

@@ -45,12 +45,15 @@ def test_channels(always, c, r, n, dtype, bias, activation):
     _check(got, x, w1, w2, b, 1, 1, 1, "channel", activation, tol=TOL[dtype])
 
 
-def test_large_layer(always):
-    """Transformed weights past the size a thread keeps between calls (16 MiB): the call's own
-    buffer."""
-    x = _input((1, 520, 6, 5), torch.float32)
-    w1, w2, bias = _factors("channel", 8, 520, 520, (3, 3), torch.float32)
-    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
+@pytest.mark.parametrize("switch,batch,rank", [("cpu_winograd", 1, 520), ("cpu_channel_vectorised", 2, 1030)])
+def test_large_layer(switch, batch, rank):
+    """Weights laid out per call past the size a thread keeps between calls (16 MiB): the call's
+    own buffer. Winograd's transformed weights (this path), and the channel-vectorised path's
+    packed panels, which share that buffer."""
+    x = _input((batch, 520, 6, 5), torch.float32)
+    w1, w2, bias = _factors("channel", 8, 520, rank, (3, 3), torch.float32)
+    with getattr(ops, switch)("always"):
+        got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
     _check(got, x, w1, w2, bias, 1, 1, 1, "channel", "relu", tol=2e-5)
 
 

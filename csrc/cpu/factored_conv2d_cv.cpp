@@ -228,20 +228,6 @@ void pack_panels(const T* w, int64_t rows, int64_t taps, int64_t panel,
   });
 }
 
-// Room for both factors' packed panels: the calling thread's buffer, kept between calls up to
-// kRetainedWeightBytes, as the Winograd path keeps its transformed weights (a fresh one costs a
-// page fault per 4 KiB on every call); larger ones are the call's own (`own`), so that no
-// thread holds on to them.
-constexpr int64_t kRetainedWeightBytes = 16 << 20;
-template <typename T>
-T* packed_weights_buffer(int64_t size, std::vector<T>* own) {
-  thread_local std::vector<T> retained;
-  std::vector<T>& buffer =
-      size * static_cast<int64_t>(sizeof(T)) <= kRetainedWeightBytes ? retained : *own;
-  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
-  return buffer.data();
-}
-
 template <typename T>
 struct Operands {
   const T* x;
@@ -346,8 +332,8 @@ void cv_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t* xs, c
   const Plan p = make_plan(g, panel_width<T>(), xs, reads_input_in_place(g, w1));
   const int64_t taps1 = static_cast<int64_t>(p.order.size());
   const int64_t taps2 = static_cast<int64_t>(p.taps2.size());
-  std::vector<T> own;
-  T* w1p = packed_weights_buffer<T>(p.r_pad * taps1 + p.n_pad * taps2, &own);
+  std::vector<T> own;  // where the packed panels go past kRetainedWeightBytes
+  T* w1p = weights_buffer<T>(p.r_pad * taps1 + p.n_pad * taps2, &own);
   T* w2p = w1p + p.r_pad * taps1;
   pack_panels(w1, g.rank, taps1, p.panel, p.order, w1p);
   pack_panels(w2, g.out_channels, taps2, p.panel, {}, w2p);

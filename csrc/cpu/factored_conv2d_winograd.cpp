@@ -41,9 +41,6 @@ constexpr int64_t kPoints = 16;  // 4 x 4 transformed points per tile
 // bench layers unchanged).
 constexpr int64_t kMaxItemTiles = 256;
 constexpr int64_t kProductBytes = 256 << 10;
-// The transformed weights a calling thread keeps between calls: ImageNet ResNets' largest
-// (rank 128 x 512 channels) take 4 MiB.
-constexpr int64_t kRetainedWeightBytes = 16 << 20;
 // The transformed input of a group of channels (16 points x channels x tiles) is kept near
 // this size, so that it stays in L2 across the 16 point products that read it.
 constexpr int64_t kGroupBytes = 512 << 10;
@@ -290,26 +287,18 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
                               const T* w1, const T* w2, const T* bias, const T* residual,
                               const int64_t* rs, T* out, const int64_t* os) {
   const Plan p = make_plan<T>(g);
-  // The calling thread's buffer, kept between calls up to kRetainedWeightBytes: a fresh one
-  // would cost a page fault per 4 KiB on every call. Larger ones (rare layers) are the call's
-  // own, so that no thread holds on to them. winograd_weights writes every value the products
-  // read (not the points' padding).
-  thread_local std::vector<T> retained;
-  std::vector<T> own;
   // Point stride padded by 16 values (a cache line of floats), as v's and m's: at the
   // power-of-two strides of most layers (rank x channels) the 16 points' streams written by
   // winograd_weights shared one set of the L1 cache, and the transform took ~12% of a batch-1
   // call (128-128 28x28 r32).
   const int64_t filters = g.rank * g.in_channels;
   const int64_t u_point = filters + 16;
-  const size_t u_size = static_cast<size_t>(kPoints * u_point);
-  const bool retain = u_size * sizeof(T) <= static_cast<size_t>(kRetainedWeightBytes);
-  std::vector<T>& u = retain ? retained : own;
-  if (u.size() < u_size) u.resize(u_size);
+  // winograd_weights writes every value the products read (not the points' padding).
+  std::vector<T> own;  // where U goes past kRetainedWeightBytes
+  T* u_data = weights_buffer<T>(kPoints * u_point, &own);
   // U[xi][j][c] = (G g G^T)[xi] for filter g = w1[j, c]: filter j * channels + c.
   // In parallel over filters, in runs of whole vectors (kFilterGrain: where fewer, one thread).
   const auto transform = kernels_for<T>().winograd_weights;
-  T* u_data = u.data();
   at::parallel_for(0, ceil_div(filters, kFilterRun), kFilterGrain / kFilterRun,
                    [&](int64_t begin, int64_t end) {
                      const int64_t f0 = begin * kFilterRun;
@@ -320,7 +309,7 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   for (int64_t t = 0; t < p.group; ++t) v_offsets[t] = t * p.v_channel;
   for (int64_t j = 0; j < g.rank; ++j) mid_offsets[j] = j * p.positions;
   const bool direct = p.pitch == g.out_w && rows_like_nchw(g.out_w, os, residual != nullptr, rs);
-  const Operands<T> ops{x,  xs, u.data(), u_point, w2, bias, residual, rs, out, os,
+  const Operands<T> ops{x,  xs, u_data,   u_point, w2, bias, residual, rs, out, os,
                         v_offsets.data(), mid_offsets.data(), direct};
   const int64_t work = p.count * (kPoints * g.rank * g.in_channels + 4 * g.out_channels * g.rank);
   const int64_t grain = parallel_grain(work);
