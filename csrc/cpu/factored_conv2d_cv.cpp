@@ -52,8 +52,12 @@ constexpr int64_t kDirectInputBytes = 128 << 10;
 // (bench layers at batch 32); 64-64 r32 layers lost at 56 x 56 (channel scheme 0.93x, though
 // the spatial one gained 1.17x), 112 x 112 (0.87-0.93x) and 224 x 224 (0.80x).
 constexpr int64_t kMaxImagePositions = 32 * 32;
-// Packing a weight costs about this many multiply-adds of the micro-kernel (a strided copy:
-// 0.16 ms for the 393k weights of a 512-512 r128 spatial layer, 2 threads), for use_cv.
+// use_cv's price of packing a weight, in multiply-adds of the micro-kernel. Measured, packing
+// is dearer: 0.16 ms for the 393k weights of a 512-512 r128 spatial layer on 2 threads, ~45
+// multiply-adds a weight at the kernel's rate, bound by reading weights the batch has evicted.
+// 20 is the value auto's choices were measured with (every bench layer it moves gained,
+// 1.02-1.18x, in-process A/B); a price nearer the measured one would keep the path from calls
+// where packing is a larger share. Not re-tuned.
 constexpr int64_t kPackCost = 20;
 
 template <typename T>
@@ -312,16 +316,15 @@ bool use_cv(const FconvGeometry& g, int64_t band_makespan, int64_t element_size)
   const int64_t positions = g.out_h * g.out_w;
   if (positions > kMaxImagePositions) return false;
   const int64_t panel = kCvVectors * (32 / element_size);
-  const int64_t first = (g.spatial ? g.out_h * g.width : positions) * round_up(g.rank, panel) *
-                        g.in_channels * (g.spatial ? g.kh : g.kh * g.kw);
-  const int64_t second = positions * round_up(g.out_channels, panel) * g.rank *
-                         (g.spatial ? g.kw : 1);
-  const int64_t threads = at::get_num_threads();
-  const int64_t packed =
-      round_up(g.rank, panel) * g.in_channels * (g.spatial ? g.kh : g.kh * g.kw) +
-      round_up(g.out_channels, panel) * g.rank * (g.spatial ? g.kw : 1);
-  const int64_t busiest = ceil_div(g.batch, threads) * (first + second) +
-                          ceil_div(packed * kPackCost, threads);
+  const int64_t r_pad = round_up(g.rank, panel);
+  const int64_t n_pad = round_up(g.out_channels, panel);
+  const int64_t taps1 = g.in_channels * (g.spatial ? g.kh : g.kh * g.kw);
+  const int64_t taps2 = g.rank * (g.spatial ? g.kw : 1);
+  const int64_t first = (g.spatial ? g.out_h * g.width : positions) * r_pad * taps1;
+  const int64_t second = positions * n_pad * taps2;
+  const int64_t packed = r_pad * taps1 + n_pad * taps2;
+  const int64_t busiest = ceil_div(g.batch, at::get_num_threads()) * (first + second) +
+                          ceil_div(packed * kPackCost, at::get_num_threads());
   return busiest < band_makespan;
 }
 
