@@ -13,6 +13,7 @@
 
 #include "cpu/cpu_features.h"
 #include "cpu/factored_conv2d_cv.h"
+#include "cpu/factored_conv2d_split.h"
 #include "cpu/factored_conv2d_winograd.h"
 #include "factored_conv2d_call.h"
 
@@ -63,8 +64,9 @@ PyObject* cpu_kernels(PyObject* /*self*/, PyObject* /*args*/) {
   return PyUnicode_FromString(trp_ext::cpu::cpu_kernel_isa());
 }
 
-// The body of cpu_winograd and cpu_channel_vectorised: `name`(mode=None) -> the mode in force,
-// set first when given; both modes are 'auto', 'never' or 'always' (their enums' order).
+// The body of cpu_winograd, cpu_channel_vectorised and cpu_split_images: `name`(mode=None) ->
+// the mode in force, set first when given; the modes are 'auto', 'never' or 'always' (their
+// enums' order).
 PyObject* path_mode(const char* name, PyObject* args, PyObject* kwargs, void (*set)(int),
                     int (*get)()) {
   static const char* const names[] = {"auto", "never", "always"};
@@ -104,6 +106,18 @@ PyObject* cpu_channel_vectorised(PyObject* /*self*/, PyObject* args, PyObject* k
       [] { return static_cast<int>(trp_ext::fconv_cpu::cv_mode()); });
 }
 
+PyObject* cpu_split_images(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
+  using trp_ext::fconv_cpu::SplitMode;
+  return path_mode(
+      "cpu_split_images", args, kwargs,
+      [](int mode) { trp_ext::fconv_cpu::set_split_mode(static_cast<SplitMode>(mode)); },
+      [] { return static_cast<int>(trp_ext::fconv_cpu::split_mode()); });
+}
+
+PyObject* cpu_split_image_calls(PyObject* /*self*/, PyObject* /*args*/) {
+  return PyLong_FromLongLong(trp_ext::fconv_cpu::split_image_calls());
+}
+
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS,
      "{'cuda': bool, 'torch_version': (major, minor, patch), 'intra_op_parallel': bool} this "
@@ -126,6 +140,15 @@ PyMethodDef methods[] = {
      "channel-vectorised path (packed weights, exactly the output positions) for the layers "
      "the direct kernel runs, set to mode ('auto', 'never', 'always') when given; returns the "
      "mode in force."},
+    {"cpu_split_images",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cpu_split_images)),
+     METH_VARARGS | METH_KEYWORDS,
+     "cpu_split_images(mode=None) -> str: the CPU factored_conv2d's splitting of an image's "
+     "band-path work across threads by channels instead of rows, set to mode ('auto', 'never', "
+     "'always') when given; returns the mode in force."},
+    {"cpu_split_image_calls", cpu_split_image_calls, METH_NOARGS,
+     "cpu_split_image_calls() -> int: the CPU factored_conv2d calls that have split their "
+     "images across threads so far (process-wide)."},
     {"factored_conv2d_below_autograd", trp_ext::factored_conv2d_below_autograd, METH_VARARGS,
      "factored_conv2d_below_autograd(x, w1, w2, bias, stride, padding, dilation, scheme, "
      "activation, residual) -> Tensor: the op below autograd, its arguments in the op's form "

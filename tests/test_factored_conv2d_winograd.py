@@ -130,10 +130,11 @@ def test_auto_mode_picks_winograd_only_for_large_layers():
     assert not torch.equal(run("always", x, w1, w2, bias, 1), run("never", x, w1, w2, bias, 1))
 
 
-@pytest.mark.parametrize("switch", ["cpu_winograd", "cpu_channel_vectorised"])
+@pytest.mark.parametrize("switch", ["cpu_winograd", "cpu_channel_vectorised", "cpu_split_images"])
 def test_mode_is_restored_and_checked(switch):
-    """Both CPU path switches (this one and the channel-vectorised path's): the context manager
-    restores the previous mode, also on an exception, and bad modes raise naming the switch."""
+    """Every CPU path switch (this one, the channel-vectorised path's, the split images'): the
+    context manager restores the previous mode, also on an exception, and bad modes raise naming
+    the switch."""
     context, mode = getattr(ops, switch), getattr(ops, f"{switch}_mode")
     assert mode() == "auto"
     with context("never"):

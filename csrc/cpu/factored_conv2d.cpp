@@ -34,6 +34,7 @@
 #include "cpu/factored_conv2d_cv.h"
 #include "cpu/factored_conv2d_kernels.h"
 #include "cpu/factored_conv2d_shared.h"
+#include "cpu/factored_conv2d_split.h"
 #include "cpu/factored_conv2d_winograd.h"
 
 namespace trp_ext {
@@ -47,6 +48,8 @@ using fconv_cpu::kMaxRows;
 using fconv_cpu::PlaneSpec;
 using fconv_cpu::round_up;
 using fconv_cpu::row_blocks;
+using fconv_cpu::split_mode;
+using fconv_cpu::SplitMode;
 
 // Output positions per band (when the batch gives every thread enough bands). A band rebuilds
 // the (kh - 1) * dh / sh + 1 halo rows below it, which favours tall bands; its intermediate
@@ -86,6 +89,20 @@ bool planes_fit(const FconvGeometry& g) {
   return x_planes + mid_planes <= std::max(kMinPlaneLimit, kMaxPlaneRatio * images);
 }
 
+// One part of an image split across threads (see run_split_image): rows [r0, r1) of the
+// intermediate and the output rows of out_blocks, in register blocks (absolute row indices).
+struct SplitPart {
+  int64_t r0 = 0, r1 = 0;
+  fconv_cpu::RowBlocks rank_blocks, out_blocks;
+};
+
+// Register blocks of rows [begin, end).
+fconv_cpu::RowBlocks row_blocks_from(int64_t begin, int64_t end) {
+  fconv_cpu::RowBlocks blocks = row_blocks(end - begin);
+  for (auto& block : blocks) block.first += begin;
+  return blocks;
+}
+
 // Everything about a call that does not depend on the work item.
 struct BandPlan {
   int64_t rows = 0;   // output rows per band
@@ -109,10 +126,13 @@ struct BandPlan {
   int64_t work = 0;    // multiply-adds per band
   int64_t group = 0;   // input channels per stage-1 group
   fconv_cpu::RowBlocks rank_blocks, out_blocks;  // register blocks of both convs' output rows
+  // A split plan's shares of one image (see run_split_image), one per part; empty when banded.
+  std::vector<SplitPart> parts;
 };
 
-// element_size: bytes per value of the call's dtype.
-BandPlan make_plan(const FconvGeometry& g, int64_t element_size) {
+// element_size: bytes per value of the call's dtype. parts: 0 for a banded plan, else the parts
+// a split plan (one band per image) cuts each image into.
+BandPlan make_plan(const FconvGeometry& g, int64_t element_size, int64_t parts) {
   BandPlan p;
   const int64_t threads = at::get_num_threads();
   // Output row length in stage-2 positions, to size the bands.
@@ -123,6 +143,7 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size) {
   if (g.batch * bands < 4 * threads) {
     bands = std::min(g.out_h, ceil_div(round_up(g.batch * bands, threads), g.batch));
   }
+  if (parts > 0) bands = 1;
   p.rows = ceil_div(g.out_h, bands);
   p.bands = ceil_div(g.out_h, p.rows);
   const int64_t halo = (g.kh - 1) * g.dh / g.sh;  // plane rows below the band's last row
@@ -190,6 +211,14 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size) {
                       ceil_div(kMinGroupTaps, std::max<int64_t>(taps_per_channel, 1))});
   p.rank_blocks = row_blocks(g.rank);
   p.out_blocks = row_blocks(g.out_channels);
+  for (int64_t t = 0; t < parts; ++t) {
+    SplitPart part;
+    part.r0 = g.rank * t / parts;
+    part.r1 = g.rank * (t + 1) / parts;
+    part.rank_blocks = row_blocks_from(part.r0, part.r1);
+    part.out_blocks = row_blocks_from(g.out_channels * t / parts, g.out_channels * (t + 1) / parts);
+    p.parts.push_back(std::move(part));
+  }
   p.work = p.count1 * g.rank * static_cast<int64_t>(p.taps1.size()) +
            p.count2 * g.out_channels * static_cast<int64_t>(p.taps2.size());
   return p;
@@ -200,11 +229,11 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size) {
 // and kernel offset, the register blocks) took ~2.4 us of a 53 us batch-1 call (64-64 8x8 r20,
 // one thread). The reference stays valid for the call (nothing in it plans again).
 constexpr size_t kCachedPlans = 16;
-const BandPlan& cached_plan(const FconvGeometry& g, int64_t element_size) {
+const BandPlan& cached_plan(const FconvGeometry& g, int64_t element_size, int64_t parts) {
   // Every geometry field make_plan reads. The output size is one: fused_geometry sets a stride
   // to 1 where the output has one row or column, so two calls that differ only in a stride
   // past the image share the other fields but not the output size.
-  using Key = std::array<int64_t, 19>;
+  using Key = std::array<int64_t, 20>;
   struct Entry {
     Key key;
     BandPlan plan;
@@ -212,12 +241,12 @@ const BandPlan& cached_plan(const FconvGeometry& g, int64_t element_size) {
   thread_local std::vector<Entry> cache;  // the most recently added last
   const Key key = {g.spatial,  g.batch, g.in_channels, g.height, g.width, g.rank,
                    g.out_channels, g.out_h, g.out_w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh,
-                   g.dw, element_size, at::get_num_threads()};
+                   g.dw, element_size, at::get_num_threads(), parts};
   for (const Entry& entry : cache) {
     if (entry.key == key) return entry.plan;
   }
   if (cache.size() == kCachedPlans) cache.erase(cache.begin());
-  cache.push_back({key, make_plan(g, element_size)});
+  cache.push_back({key, make_plan(g, element_size, parts)});
   return cache.back().plan;
 }
 
@@ -241,12 +270,16 @@ struct Scratch {
 // the spatial scheme's gathered arrays, are zeroed here: bands write their data columns only,
 // so the columns that read padding stay zero for every band of the call. Everything else is
 // written before it is read.
+// split: for run_split_image, whose parts share the intermediate and the second conv's input
+// (SplitBuffers): the thread's own buffers then leave them out, and keep the intermediate's
+// planes only as gather_columns' staging.
 template <typename T>
-Scratch<T> thread_scratch(const BandPlan& p, const FconvGeometry& g, bool direct) {
-  const bool planes = g.spatial && (!direct || g.sw > 1);
-  const int64_t dense = direct ? (g.spatial ? g.kw : 1) * g.rank * p.dense_ld : 0;
+Scratch<T> thread_scratch(const BandPlan& p, const FconvGeometry& g, bool direct, bool split) {
+  const bool planes = g.spatial && (split ? direct && g.sw > 1 : !direct || g.sw > 1);
+  const int64_t mid = split ? 0 : g.rank * p.count1;
+  const int64_t dense = direct && !split ? (g.spatial ? g.kw : 1) * g.rank * p.dense_ld : 0;
   const auto parts = fconv_cpu::thread_buffers<T, 5>(
-      {p.x_planes.size() + p.slack, g.rank * p.count1, planes ? p.mid_planes.size() + p.slack : 0,
+      {p.x_planes.size() + p.slack, mid, planes ? p.mid_planes.size() + p.slack : 0,
        dense, kMaxRows * p.count2});
   const Scratch<T> s{parts[0], parts[1], parts[2], parts[3], parts[4]};
   std::fill(s.x_planes, s.mid, T(0));
@@ -255,13 +288,16 @@ Scratch<T> thread_scratch(const BandPlan& p, const FconvGeometry& g, bool direct
   return s;
 }
 
-// Spatial scheme: the planes of a band's intermediate (rows of `width` values, row j at mid +
-// j * ld) for the 1 x kw conv.
+// Spatial scheme: the planes of rows [j0, j1) of a band's intermediate (rows of `width`
+// values, row j at mid + j * ld) for the 1 x kw conv, into `planes` (all rows' planes).
 template <typename T>
 void build_mid_planes(const FconvGeometry& g, const BandPlan& p, const T* mid, int64_t ld,
-                      int64_t rows, const Scratch<T>& s) {
-  kernels_for<T>().build_planes(mid, ld, g.width, int64_t{1}, rows, g.width, p.mid_planes, 0,
-                                s.mid_planes);
+                      int64_t rows, int64_t j0, int64_t j1, T* planes) {
+  PlaneSpec spec = p.mid_planes;
+  spec.channels = j1 - j0;
+  const int64_t channel = spec.sh * spec.sw * spec.plane_size();
+  kernels_for<T>().build_planes(mid + j0 * ld, ld, g.width, int64_t{1}, rows, g.width, spec, 0,
+                                planes + j0 * channel);
 }
 
 template <typename T>
@@ -318,14 +354,15 @@ std::pair<T*, int64_t> stage1_target(const FconvGeometry& g, const BandPlan& p,
 // padding stay as zeroed once per call (the same in every band); at larger strides, each is a
 // run of columns of the stride-phase planes build_planes lays out (padding included), as their
 // taps read them.
+// Rows [j0, j1) of the intermediate only.
 template <typename T>
 void gather_columns(const FconvGeometry& g, const BandPlan& p, const T* mid, int64_t ld,
-                    int64_t rows, const Scratch<T>& s) {
+                    int64_t rows, int64_t j0, int64_t j1, const Scratch<T>& s) {
   const KernelSet<T>& k = kernels_for<T>();
   if (g.sw > 1) {
-    build_mid_planes(g, p, mid, ld, rows, s);
+    build_mid_planes(g, p, mid, ld, rows, j0, j1, s.mid_planes);
     for (int64_t kx = 0; kx < g.kw; ++kx) {
-      for (int64_t j = 0; j < g.rank; ++j) {
+      for (int64_t j = j0; j < j1; ++j) {
         k.copy_rows(s.mid_planes + p.taps2[j * g.kw + kx], p.pitch2, rows, g.out_w, nullptr, 0,
                     0, false, s.dense + (kx * g.rank + j) * p.dense_ld, g.out_w, 1);
       }
@@ -339,84 +376,80 @@ void gather_columns(const FconvGeometry& g, const BandPlan& p, const T* mid, int
     const int64_t lo = std::max<int64_t>(0, -shift);
     const int64_t hi = std::min(g.out_w, g.width - shift);
     if (hi <= lo) continue;
-    for (int64_t j = 0; j < g.rank; ++j) {
+    for (int64_t j = j0; j < j1; ++j) {
       k.copy_rows(mid + j * ld + lo + shift, g.width, rows, hi - lo, nullptr, 0, 0, false,
                   s.dense + (kx * g.rank + j) * p.dense_ld + lo, g.out_w, 1);
     }
   }
 }
 
-// Step 4 into an NCHW output (see direct_output): the second conv's input laid out in rows of
-// the output's length (channel scheme: the intermediate's rows compacted, dropping the
-// thrown-away columns; spatial: gathered by gather_columns), then the second conv over the
-// band's rows * out_w positions with the whole epilogue, written in place.
+// Step 2: the first conv into the intermediate (rows of `blocks`, count1 positions each, row j
+// at mid + j * ld) from the band's planes, a group of input channels at a time (at least one
+// group, so that c = 0 still writes zeros).
 template <typename T>
-void stage2_direct(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
-                   int64_t image, int64_t oh0, int64_t rows, const T* mid, int64_t ld,
-                   const Scratch<T>& s) {
+void stage1(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops, const T* planes,
+            const fconv_cpu::RowBlocks& blocks, T* mid, int64_t ld, int64_t count1) {
   const KernelSet<T>& k = kernels_for<T>();
-  if (g.spatial) {
-    gather_columns(g, p, mid, ld, rows, s);
-  } else {
-    for (int64_t j = 0; j < g.rank; ++j) {
-      k.copy_rows(mid + j * ld, p.pitch2, rows, g.out_w, nullptr, 0, 0, false,
-                  s.dense + j * p.dense_ld, g.out_w, 1);
-    }
-  }
-  const int64_t taps2 = static_cast<int64_t>(p.taps2_dense.size());
-  for (const auto& [start, size] : p.out_blocks) {
-    const T* res = ops.residual ? ops.residual + image * ops.rs[0] + start * ops.rs[1] +
-                                      oh0 * ops.rs[2]
-                                : nullptr;
-    fconv_cpu::conv1x1_into_rows(k, s.dense, p.taps2_dense.data(), taps2,
-                                 ops.w2 + start * taps2, size, ops.bias ? ops.bias + start : nullptr,
-                                 g.relu, res, ops.rs[1],
-                                 ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2],
-                                 ops.os[1], rows * g.out_w, s.out, p.count2);
-  }
-}
-
-template <typename T>
-void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops, int64_t image,
-              int64_t band, const Scratch<T>& s, bool direct) {
-  const KernelSet<T>& k = kernels_for<T>();
-  const int64_t oh0 = band * p.rows;
-  const int64_t rows = std::min(p.rows, g.out_h - oh0);
-  // The last band may be shorter: compute its rows only (buffers keep a full band's layout).
-  const int64_t count1 = round_up(rows * (g.spatial ? g.width : p.pitch2), kPositionAlign);
-  const int64_t count2 = g.spatial ? round_up(rows * p.pitch2, kPositionAlign) : count1;
-
-  // 1. Planes of the input rows this band reads.
-  k.build_planes(ops.x + image * ops.xs[0], ops.xs[1], ops.xs[2], ops.xs[3], g.height, g.width,
-               p.x_planes, oh0, s.x_planes);
-  // 2. First conv, into the intermediate (r rows of count1 positions), a group of input
-  //    channels at a time (at least one group, so that c = 0 still writes zeros).
-  const auto [mid, ld] = stage1_target(g, p, s, direct);
   const int64_t taps1 = static_cast<int64_t>(p.taps1.size());
   const int64_t taps_per_channel = g.in_channels > 0 ? taps1 / g.in_channels : 0;
   for (int64_t c0 = 0; c0 == 0 || c0 < g.in_channels; c0 += p.group) {
     const int64_t t0 = c0 * taps_per_channel;
     const int64_t tn = std::min(p.group, g.in_channels - c0) * taps_per_channel;
-    for (const auto& [start, size] : p.rank_blocks) {
-      k.tap_conv(s.x_planes, p.taps1.data() + t0, tn, ops.w1 + start * taps1 + t0, taps1, size,
+    for (const auto& [start, size] : blocks) {
+      k.tap_conv(planes, p.taps1.data() + t0, tn, ops.w1 + start * taps1 + t0, taps1, size,
                  nullptr, c0 > 0, false, mid + start * ld, ld, count1, nullptr, 0);
     }
   }
+}
+
+// Step 3: the second conv's input from rows [j0, j1) of the intermediate (as stage1 wrote
+// them). Into an NCHW output (see direct_output), rows of the output's length in s.dense (the
+// channel scheme's intermediate compacted, dropping the thrown-away columns; the spatial
+// scheme's gathered by gather_columns); otherwise the spatial scheme's planes of the
+// intermediate in s.mid_planes, and nothing for the channel scheme (its 1x1 conv reads s.mid).
+template <typename T>
+void stage2_input(const FconvGeometry& g, const BandPlan& p, const T* mid, int64_t ld,
+                  int64_t rows, int64_t j0, int64_t j1, bool direct, const Scratch<T>& s) {
+  if (direct && g.spatial) {
+    gather_columns(g, p, mid, ld, rows, j0, j1, s);
+  } else if (direct) {
+    for (int64_t j = j0; j < j1; ++j) {
+      kernels_for<T>().copy_rows(mid + j * ld, p.pitch2, rows, g.out_w, nullptr, 0, 0, false,
+                                 s.dense + j * p.dense_ld, g.out_w, 1);
+    }
+  } else if (g.spatial) {
+    build_mid_planes(g, p, mid, ld, rows, j0, j1, s.mid_planes);
+  }
+}
+
+// Step 4: the second conv with the epilogue for the output rows of `blocks`, over the band's
+// rows (count2 positions), from stage2_input's arrays. direct: the band's rows * out_w positions
+// written in place, residual and ReLU included; otherwise a block of output channels at a time
+// into s.out, then copied out into the output's layout (with the residual and ReLU).
+template <typename T>
+void stage2(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops, int64_t image,
+            int64_t oh0, int64_t rows, int64_t count2, const fconv_cpu::RowBlocks& blocks,
+            bool direct, const Scratch<T>& s) {
+  const KernelSet<T>& k = kernels_for<T>();
   if (direct) {
-    stage2_direct(g, p, ops, image, oh0, rows, mid, ld, s);
+    const int64_t taps2 = static_cast<int64_t>(p.taps2_dense.size());
+    for (const auto& [start, size] : blocks) {
+      const T* res = ops.residual ? ops.residual + image * ops.rs[0] + start * ops.rs[1] +
+                                        oh0 * ops.rs[2]
+                                  : nullptr;
+      fconv_cpu::conv1x1_into_rows(k, s.dense, p.taps2_dense.data(), taps2,
+                                   ops.w2 + start * taps2, size,
+                                   ops.bias ? ops.bias + start : nullptr, g.relu, res, ops.rs[1],
+                                   ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2],
+                                   ops.os[1], rows * g.out_w, s.out, p.count2);
+    }
     return;
   }
-  // 3. Spatial scheme: planes of the intermediate for the 1 x kw conv.
-  const T* stage2_in = s.mid;
-  if (g.spatial) {
-    build_mid_planes(g, p, s.mid, p.count1, rows, s);
-    stage2_in = s.mid_planes;
-  }
-  // 4. Second conv with the epilogue, a block of output channels at a time, then copy-out.
+  const T* in = g.spatial ? s.mid_planes : s.mid;
   const int64_t taps2 = static_cast<int64_t>(p.taps2.size());
   const bool residual = ops.residual != nullptr;  // then the ReLU follows its addition
-  for (const auto& [start, size] : p.out_blocks) {
-    k.tap_conv(stage2_in, p.taps2.data(), taps2, ops.w2 + start * taps2, taps2, size,
+  for (const auto& [start, size] : blocks) {
+    k.tap_conv(in, p.taps2.data(), taps2, ops.w2 + start * taps2, taps2, size,
                ops.bias ? ops.bias + start : nullptr, false, g.relu && !residual, s.out,
                p.count2, count2, nullptr, 0);
     T* dst = ops.out + image * ops.os[0] + start * ops.os[1] + oh0 * ops.os[2];
@@ -428,6 +461,139 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
                   dst + j * ops.os[1], ops.os[2], ops.os[3]);
     }
   }
+}
+
+// Steps 1-4 for one band of one image, on the calling thread.
+template <typename T>
+void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops, int64_t image,
+              int64_t band, const Scratch<T>& s, bool direct) {
+  const int64_t oh0 = band * p.rows;
+  const int64_t rows = std::min(p.rows, g.out_h - oh0);
+  // The last band may be shorter: compute its rows only (buffers keep a full band's layout).
+  const int64_t count1 = round_up(rows * (g.spatial ? g.width : p.pitch2), kPositionAlign);
+  const int64_t count2 = g.spatial ? round_up(rows * p.pitch2, kPositionAlign) : count1;
+  // 1. Planes of the input rows this band reads.
+  kernels_for<T>().build_planes(ops.x + image * ops.xs[0], ops.xs[1], ops.xs[2], ops.xs[3],
+                                g.height, g.width, p.x_planes, oh0, s.x_planes);
+  const auto [mid, ld] = stage1_target(g, p, s, direct);
+  stage1(g, p, ops, s.x_planes, p.rank_blocks, mid, ld, count1);
+  stage2_input(g, p, mid, ld, rows, 0, g.rank, direct, s);
+  stage2(g, p, ops, image, oh0, rows, count2, p.out_blocks, direct, s);
+}
+
+// The buffers the parts of a split image share (see run_split_image): the intermediate, and the
+// second conv's input (stage2_input) where it is not the intermediate itself. The calling
+// thread's (fconv_cpu::call_buffer), zeroed where stage2_input leaves columns unwritten, one
+// part's rows at a time (split_zero).
+template <typename T>
+struct SplitBuffers {
+  T* mid = nullptr;
+  T* dense = nullptr;       // direct calls
+  T* mid_planes = nullptr;  // spatial calls that are not direct
+};
+
+template <typename T>
+SplitBuffers<T> split_buffers(const FconvGeometry& g, const BandPlan& p, bool direct,
+                              std::vector<T>* own) {
+  const int64_t mid = round_up(g.rank * p.count1, 16);
+  const int64_t dense = direct ? round_up((g.spatial ? g.kw : 1) * g.rank * p.dense_ld, 16) : 0;
+  const int64_t planes = g.spatial && !direct ? p.mid_planes.size() + p.slack : 0;
+  T* base = fconv_cpu::call_buffer<T>(mid + dense + planes, own);
+  return {base, direct ? base + mid : nullptr, g.spatial && !direct ? base + mid + dense : nullptr};
+}
+
+// Zeroes what stage2_input leaves unwritten in a part's rows [j0, j1) of the shared buffers:
+// the columns of the spatial scheme's gathered arrays that read padding (stride 1), or the
+// padding of its intermediate's planes (and the slack after the last one).
+template <typename T>
+void split_zero(const FconvGeometry& g, const BandPlan& p, bool direct, int64_t j0, int64_t j1,
+                const SplitBuffers<T>& b) {
+  if (!g.spatial) return;
+  if (direct) {
+    if (g.sw > 1) return;  // gather_columns writes every column of its arrays there
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      T* rows = b.dense + (kx * g.rank + j0) * p.dense_ld;
+      std::fill(rows, rows + (j1 - j0) * p.dense_ld, T(0));
+    }
+    return;
+  }
+  const PlaneSpec& spec = p.mid_planes;
+  const int64_t channel = spec.sh * spec.sw * spec.plane_size();
+  const int64_t end = j1 == g.rank ? spec.size() + p.slack : j1 * channel;
+  std::fill(b.mid_planes + j0 * channel, b.mid_planes + end, T(0));
+}
+
+// One image whose band path runs as a single band, split across threads by channels instead
+// of positions: each part builds the image's planes, runs the first conv for its share of the
+// intermediate's rows and lays them out for the second (into buffers the parts share); then,
+// once every part is done, each runs the second conv for its share of the output channels.
+// Bands split the positions in whole output rows instead, which a few rows cannot share evenly
+// (a 7-row output: 4 + 3 on two threads), and each band reads all of both weights. Building the
+// planes once, each part its share of the channels, into a shared buffer (one more region)
+// measured slower: 0.7-0.9x on most batch-1 bench layers, as each part's first conv then reads
+// planes the other core wrote.
+template <typename T>
+void run_split_image(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
+                     int64_t image, bool direct, const SplitBuffers<T>& shared) {
+  const int64_t parts = static_cast<int64_t>(p.parts.size());
+  // The shared buffers in place of the thread's own (see thread_scratch), where they are used.
+  auto with_shared = [&](Scratch<T> s) {
+    s.mid = shared.mid;
+    if (direct) s.dense = shared.dense;
+    if (g.spatial && !direct) s.mid_planes = shared.mid_planes;
+    return s;
+  };
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    const Scratch<T> s = with_shared(thread_scratch<T>(p, g, direct, true));
+    kernels_for<T>().build_planes(ops.x + image * ops.xs[0], ops.xs[1], ops.xs[2], ops.xs[3],
+                                  g.height, g.width, p.x_planes, 0, s.x_planes);
+    for (int64_t t = begin; t < end; ++t) {
+      const SplitPart& part = p.parts[t];
+      split_zero(g, p, direct, part.r0, part.r1, shared);
+      const auto [mid, ld] = stage1_target(g, p, s, direct);
+      stage1(g, p, ops, s.x_planes, part.rank_blocks, mid, ld, p.count1);
+      stage2_input(g, p, mid, ld, g.out_h, part.r0, part.r1, direct, s);
+    }
+  });
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    Scratch<T> s = with_shared(Scratch<T>{});
+    s.out = fconv_cpu::thread_buffers<T, 1>({kMaxRows * p.count2})[0];
+    for (int64_t t = begin; t < end; ++t) {
+      stage2(g, p, ops, image, 0, g.out_h, p.count2, p.parts[t].out_blocks, direct, s);
+    }
+  });
+}
+
+std::atomic<int> g_split_mode{static_cast<int>(SplitMode::kAuto)};
+std::atomic<int64_t> g_split_calls{0};
+
+// A split image's estimated makespan must be below this fraction of the bands' for kAuto to
+// split it. In-process A/B on the bench's batch-1 layers, two threads, split / banded time:
+// 0.87-0.95 on 7x7 outputs, whose 7 rows make bands of 4 + 3 (banded / split makespan 1.14);
+// 1.01-1.03 on 14x14 outputs (1.04: 112 positions a band against 216 / 2); 1.1-1.4 on larger
+// ones, whose planes each part builds whole.
+constexpr double kSplitGain = 0.9;
+
+// The parts run_split_image cuts each image of a call into (the banded plan `banded`), or 0 when
+// the call runs in bands. kAlways splits every call the band path runs, into at least two parts
+// (so that one thread also runs the split code); kAuto splits calls with fewer images than
+// threads whose bands cannot share the positions evenly (kSplitGain).
+int64_t split_parts(const FconvGeometry& g, const BandPlan& banded, int64_t element_size) {
+  const int64_t threads = at::get_num_threads();
+  switch (split_mode()) {
+    case SplitMode::kAlways:
+      return std::max<int64_t>(2, threads);
+    case SplitMode::kNever:
+      return 0;
+    case SplitMode::kAuto:
+      break;
+  }
+  if (threads < 2 || g.batch >= threads) return 0;
+  const double banded_makespan =
+      static_cast<double>(ceil_div(g.batch * banded.bands, threads) * banded.work);
+  const double split_makespan =
+      static_cast<double>(g.batch * cached_plan(g, element_size, threads).work) / threads;
+  return split_makespan < kSplitGain * banded_makespan ? threads : 0;
 }
 
 template <typename T>
@@ -454,17 +620,28 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
                                            ops.residual, ops.rs, ops.out, ops.os);
     return;
   }
-  const BandPlan& plan = cached_plan(g, static_cast<int64_t>(sizeof(T)));
+  const BandPlan& plan = cached_plan(g, static_cast<int64_t>(sizeof(T)), 0);
   const int64_t busiest = ceil_div(g.batch * plan.bands, at::get_num_threads());
   if (fconv_cpu::use_cv(g, busiest * plan.work, static_cast<int64_t>(sizeof(T)))) {
     fconv_cpu::cv_factored_conv2d<T>(g, ops.x, ops.xs, ops.w1, ops.w2, ops.bias, ops.residual,
                                      ops.rs, ops.out, ops.os);
     return;
   }
+  if (const int64_t parts = split_parts(g, plan, static_cast<int64_t>(sizeof(T)))) {
+    const BandPlan& split = cached_plan(g, static_cast<int64_t>(sizeof(T)), parts);
+    const bool direct = direct_output(g, split, ops);
+    g_split_calls.fetch_add(1, std::memory_order_relaxed);
+    std::vector<T> own;
+    const SplitBuffers<T> shared = split_buffers<T>(g, split, direct, &own);
+    for (int64_t image = 0; image < g.batch; ++image) {
+      run_split_image(g, split, ops, image, direct, shared);
+    }
+    return;
+  }
   const int64_t grain = fconv_cpu::parallel_grain(plan.work);
   const bool direct = direct_output(g, plan, ops);
   at::parallel_for(0, g.batch * plan.bands, grain, [&](int64_t begin, int64_t end) {
-    const Scratch<T> scratch = thread_scratch<T>(plan, g, direct);
+    const Scratch<T> scratch = thread_scratch<T>(plan, g, direct, false);
     for (int64_t item = begin; item < end; ++item) {
       run_band(g, plan, ops, item / plan.bands, item % plan.bands, scratch, direct);
     }
@@ -494,6 +671,12 @@ at::Tensor factored_conv2d_cpu(const at::Tensor& x, const at::Tensor& w1, const 
   });
   return out;
 }
+
+namespace fconv_cpu {
+void set_split_mode(SplitMode mode) { g_split_mode.store(static_cast<int>(mode)); }
+SplitMode split_mode() { return static_cast<SplitMode>(g_split_mode.load()); }
+int64_t split_image_calls() { return g_split_calls.load(); }
+}  // namespace fconv_cpu
 
 TORCH_LIBRARY_IMPL(trp_ext, CPU, m) { m.impl("factored_conv2d", &factored_conv2d_cpu); }
 

@@ -335,8 +335,8 @@ void cv_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t* xs, c
   const Plan p = make_plan(g, panel_width<T>(), xs, reads_input_in_place(g, w1));
   const int64_t taps1 = static_cast<int64_t>(p.order.size());
   const int64_t taps2 = static_cast<int64_t>(p.taps2.size());
-  std::vector<T> own;  // where the packed panels go past kRetainedWeightBytes
-  T* w1p = weights_buffer<T>(p.r_pad * taps1 + p.n_pad * taps2, &own);
+  std::vector<T> own;  // where the packed panels go past kRetainedCallBytes
+  T* w1p = call_buffer<T>(p.r_pad * taps1 + p.n_pad * taps2, &own);
   T* w2p = w1p + p.r_pad * taps1;
   pack_panels(w1, g.rank, taps1, p.panel, p.order, w1p);
   pack_panels(w2, g.out_channels, taps2, p.panel, {}, w2p);

@@ -97,18 +97,19 @@ std::array<T*, N> thread_buffers(const std::array<int64_t, N>& sizes) {
   return parts;
 }
 
-// Weights a path lays out on every call (Winograd's transformed ones, the channel-vectorised
-// path's packed panels): the calling thread's buffer, kept between calls up to
-// kRetainedWeightBytes (ImageNet ResNets' largest Winograd weights take 4 MiB), since a fresh one
-// costs a page fault per 4 KiB on every call; larger ones go to the call's own `own`, so that
-// no thread holds on to them. One buffer per value type, which the paths share: a call uses it
-// only while it runs. Nothing in it is initialised here.
-constexpr int64_t kRetainedWeightBytes = 16 << 20;
+// The buffer of a call that the calling thread sets up and its parallel region reads (Winograd's
+// transformed weights, the channel-vectorised path's packed panels, a split image's shared
+// intermediate): the calling thread's, kept between calls up to kRetainedCallBytes (ImageNet
+// ResNets' largest Winograd weights take 4 MiB), since a fresh one costs a page fault per 4 KiB
+// on every call; larger ones go to the call's own `own`, so that no thread holds on to them. One
+// buffer per value type, which the paths share: a call uses it only while it runs. Nothing in it
+// is initialised here.
+constexpr int64_t kRetainedCallBytes = 16 << 20;
 template <typename T>
-T* weights_buffer(int64_t size, std::vector<T>* own) {
+T* call_buffer(int64_t size, std::vector<T>* own) {
   thread_local std::vector<T> retained;
   std::vector<T>& buffer =
-      size * static_cast<int64_t>(sizeof(T)) <= kRetainedWeightBytes ? retained : *own;
+      size * static_cast<int64_t>(sizeof(T)) <= kRetainedCallBytes ? retained : *own;
   if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
   return buffer.data();
 }

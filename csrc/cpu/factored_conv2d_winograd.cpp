@@ -294,8 +294,8 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   const int64_t filters = g.rank * g.in_channels;
   const int64_t u_point = filters + 16;
   // winograd_weights writes every value the products read (not the points' padding).
-  std::vector<T> own;  // where U goes past kRetainedWeightBytes
-  T* u_data = weights_buffer<T>(kPoints * u_point, &own);
+  std::vector<T> own;  // where U goes past kRetainedCallBytes
+  T* u_data = call_buffer<T>(kPoints * u_point, &own);
   // U[xi][j][c] = (G g G^T)[xi] for filter g = w1[j, c]: filter j * channels + c.
   // In parallel over filters, in runs of whole vectors (kFilterGrain: where fewer, one thread).
   const auto transform = kernels_for<T>().winograd_weights;

@@ -136,6 +136,17 @@ def cpu_channel_vectorised_mode() -> str:
     return _C.cpu_channel_vectorised()
 
 
+def cpu_split_images_mode() -> str:
+    """How the CPU kernel's band path (the layers that take neither Winograd nor the
+    channel-vectorised path) shares an image among threads: ``"auto"`` (the default) splits it
+    by channels (each thread a share of the intermediate's and the output's channels, over all
+    positions) where splitting it by bands of output rows would leave threads idle, in practice
+    at batches below the thread count with outputs of few rows (a 7x7 output splits 4 + 3 rows
+    on two threads); ``"never"`` always uses bands; ``"always"`` splits every image the band
+    path runs, into at least two parts. Results are the same bit for bit either way."""
+    return _C.cpu_split_images()
+
+
 @contextlib.contextmanager
 def _cpu_path(name: str, mode: str) -> Iterator[None]:
     """Runs the block with the process-wide mode of the C++ switch `name` set to `mode`; the
@@ -162,6 +173,13 @@ def cpu_channel_vectorised(mode: str):
     :func:`cpu_channel_vectorised_mode`); the mode is process-wide, and the previous one comes
     back on exit."""
     return _cpu_path("cpu_channel_vectorised", mode)
+
+
+def cpu_split_images(mode: str):
+    """Runs the block with the CPU split-images mode set to `mode` (see
+    :func:`cpu_split_images_mode`); the mode is process-wide, and the previous one comes back on
+    exit."""
+    return _cpu_path("cpu_split_images", mode)
 
 
 def _under_function_transform():

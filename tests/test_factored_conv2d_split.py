@@ -1,0 +1,176 @@
+"""The CPU band path with its images split across threads by channels (each thread a share of
+the intermediate's rows, then of the output's channels) against the reference composition and,
+bit for bit, against the same path in bands; and the mode that selects it."""
+import pytest
+import torch
+
+from trp_ext import _reference as ref
+from trp_ext import ops
+from test_factored_conv2d import CHANNELS, GEOMETRY, _check, _factors, _input, _layouts, one_thread  # noqa: F401
+from test_factored_conv2d_residual import RESIDUALS, _output_shape, _residual
+from test_factored_conv2d_residual import _check as _check_residual
+
+TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
+
+
+@pytest.fixture
+def band_path():
+    """The band path for every call (the other CPU paths off), images in bands unless a test
+    splits them."""
+    with ops.cpu_winograd("never"), ops.cpu_channel_vectorised("never"):
+        yield
+
+
+@pytest.fixture
+def always(band_path):
+    with ops.cpu_split_images("always"):
+        yield
+
+
+@pytest.fixture(params=[1, 2, 3])
+def threads(request):
+    """Two parts on one thread (run one after the other), and as many parts as threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(previous)
+
+
+def _split_and_banded(*args):
+    with ops.cpu_split_images("always"):
+        split = ops.factored_conv2d(*args)
+    with ops.cpu_split_images("never"):
+        banded = ops.factored_conv2d(*args)
+    return split, banded
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("kernel,stride,padding,dilation", GEOMETRY)
+def test_geometry_matches_reference(band_path, threads, scheme, kernel, stride, padding, dilation):
+    """Every stride/padding/dilation/kernel combination of the main tests, odd H and W: the
+    split image gives the banded result bit for bit (each value is the same sum, in the same
+    order), and both the reference's."""
+    x = _input((2, 3, 11, 9))
+    w1, w2, bias = _factors(scheme, 5, 3, 4, kernel)
+    split, banded = _split_and_banded(x, w1, w2, bias, stride, padding, dilation, scheme, "relu")
+    assert torch.equal(split, banded)
+    _check(split, x, w1, w2, bias, stride, padding, dilation, scheme, "relu", tol=1e-12)
+
+
+# Ranks and output channels that split into parts of one row, of no rows (rank 1 or 2 on three
+# threads), and of several register blocks.
+SPLIT_CHANNELS = CHANNELS + [(4, 2, 3), (6, 40, 50)]
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("c,r,n", SPLIT_CHANNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias,activation", [(True, None), (True, "relu"), (False, None)])
+def test_channels_match_reference(always, threads, scheme, c, r, n, dtype, bias, activation):
+    x = _input((1, c, 7, 9), dtype)
+    w1, w2, b = _factors(scheme, n, c, r, (3, 3), dtype)
+    b = b if bias else None
+    got = ops.factored_conv2d(x, w1, w2, b, 1, 1, 1, scheme, activation)
+    _check(got, x, w1, w2, b, 1, 1, 1, scheme, activation, tol=TOL[dtype])
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("kernel,stride,padding", [((3, 3), 1, 1), ((3, 3), 2, 1), ((1, 7), 1, (0, 3)),
+                                                    ((5, 5), 2, 2), ((3, 7), (1, 2), (1, 3))])
+def test_second_conv_inputs(band_path, threads, scheme, kernel, stride, padding):
+    """Every way the second conv reads the intermediate: compacted (channel scheme), gathered
+    per kernel column at stride 1 (one written by the first conv in place) and at stride 2
+    (through the intermediate's planes), and its planes (spatial kernels wider than 5), into
+    NCHW and channels_last outputs (written in place, or copied out)."""
+    for x in (_input((1, 5, 9, 13), torch.float32),
+              _input((1, 5, 9, 13), torch.float32).contiguous(memory_format=torch.channels_last)):
+        w1, w2, bias = _factors(scheme, 6, 5, 7, kernel, torch.float32)
+        split, banded = _split_and_banded(x, w1, w2, bias, stride, padding, 1, scheme, "relu")
+        assert torch.equal(split, banded)
+        _check(split, x, w1, w2, bias, stride, padding, 1, scheme, "relu", tol=2e-5)
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_many_input_channels(always, scheme, dtype):
+    """Enough channels for several channel groups of the first conv, at stride 2, batch 3 (the
+    images one after the other)."""
+    x = _input((3, 300, 14, 13), dtype)
+    w1, w2, bias = _factors(scheme, 9, 300, 7, (3, 3), dtype)
+    got = ops.factored_conv2d(x, w1, w2, bias, 2, 1, 1, scheme, "relu")
+    _check(got, x, w1, w2, bias, 2, 1, 1, scheme, "relu", tol=TOL[dtype])
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted", "channels_last_sliced"])
+def test_memory_layouts(always, scheme, layout):
+    x = _layouts("cpu")[layout]
+    w1, w2, bias = _factors(scheme, 7, 6, 4, (3, 3), torch.float32)
+    got = ops.factored_conv2d(x, w1, w2, bias, 2, 1, 1, scheme, None)
+    _check(got, x, w1, w2, bias, 2, 1, 1, scheme, None, tol=2e-5)
+    assert got.is_contiguous(memory_format=torch._prims_common.suggest_memory_format(x))
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("kind", RESIDUALS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_residual_matches_reference(always, scheme, kind, channels_last):
+    x = _input((2, 5, 11, 9), torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w1, w2, bias = _factors(scheme, 9, 5, 4, (3, 3), torch.float32)
+    for stride, padding, dilation in ((1, 1, 1), (2, (0, 2), (1, 2))):
+        shape = _output_shape(x, w1, w2, stride, padding, dilation, scheme)
+        residual = _residual(shape, kind, torch.float32, "cpu")
+        _check_residual(x, w1, w2, bias, residual, stride, padding, dilation, scheme, "relu")
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+def test_nan_stays_in_its_windows(band_path, scheme):
+    """A NaN reaches exactly the outputs whose window holds it, as in bands: every part zeroes
+    the padding of its share of the shared buffers on every call, so nothing of an earlier call
+    (here one with a NaN elsewhere) leaks into a later one."""
+    x = _input((1, 3, 8, 7), torch.float32)
+    w1, w2, bias = _factors(scheme, 10, 3, 4, (3, 3), torch.float32)
+    for position in ((0, 0), (3, 4), (7, 6)):
+        y = x.clone()
+        y[0, 2, position[0], position[1]] = float("nan")
+        split, banded = _split_and_banded(y, w1, w2, bias, 1, 1, 1, scheme, "relu")
+        assert torch.isnan(banded).any()
+        assert torch.equal(torch.isnan(split), torch.isnan(banded))
+        torch.testing.assert_close(split, banded, equal_nan=True, rtol=0, atol=0)
+
+
+def test_opcheck(always, one_thread):
+    x = _layouts("cpu")["channels_last"]
+    for scheme in ref.SCHEMES:
+        w1, w2, bias = _factors(scheme, 5, 6, 3, (3, 3), torch.float32)
+        torch.library.opcheck(torch.ops.trp_ext.factored_conv2d,
+                              (x, w1, w2, bias, [2, 1], [1, 1], [1, 1], scheme, "relu"))
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+def test_gradcheck(always, one_thread, scheme):
+    x = _input((2, 3, 5, 6)).requires_grad_()
+    w1, w2, bias = (t.requires_grad_() for t in _factors(scheme, 4, 3, 2, (3, 3)))
+    assert torch.autograd.gradcheck(
+        lambda *a: ops.factored_conv2d(*a, (1, 2), 1, 1, scheme, "relu"), (x, w1, w2, bias))
+
+
+def test_auto_mode_splits_only_uneven_bands():
+    """At 2 threads, auto splits a batch-1 image with a 7-row output (bands of 4 + 3 rows), not
+    one with 14 rows (7 + 7) nor a batch of 2 (an image per thread). The results are the same bit
+    for bit either way: the library's count of split calls tells."""
+    from trp_ext import _C
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with ops.cpu_winograd("never"), ops.cpu_channel_vectorised("never"):
+            for batch, size, splits in ((1, 7, True), (1, 14, False), (2, 7, False)):
+                x = _input((batch, 64, size, size), torch.float32)
+                w1, w2, bias = _factors("channel", 64, 64, 32, (3, 3), torch.float32)
+                before = _C.cpu_split_image_calls()
+                ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
+                assert (_C.cpu_split_image_calls() > before) == splits, (batch, size)
+    finally:
+        torch.set_num_threads(previous)
