@@ -1,6 +1,8 @@
 """The CPU band path with its images split across threads by channels (each thread a share of
 the intermediate's rows, then of the output's channels) against the reference composition and,
 bit for bit, against the same path in bands; and the mode that selects it."""
+import threading
+
 import pytest
 import torch
 
@@ -174,3 +176,28 @@ def test_auto_mode_splits_only_uneven_bands():
                 assert (_C.cpu_split_image_calls() > before) == splits, (batch, size)
     finally:
         torch.set_num_threads(previous)
+
+
+def test_auto_mode_keeps_its_plan_while_it_looks_up_another(band_path):
+    """auto looks up two plans for a batch-1 call at 2 threads (the bands', then a split's to
+    compare them), in the calling thread's plan cache: the second lookup grows that cache (here,
+    a fresh thread's: from one entry to two, which moves the first), and must not pull the
+    first plan from under the call (it did: the output was left unwritten). Then more
+    geometries than the cache holds (16), twice, each against the reference."""
+    failures = []
+
+    def calls():
+        try:
+            torch.set_num_threads(2)  # OpenMP's thread count is per calling thread
+            for size in [14] + list(range(5, 45)) * 2:  # 14: rows 7 + 7, not split
+                x = _input((1, 6, size, size + 1), torch.float32)
+                w1, w2, bias = _factors("channel", 9, 6, 4, (3, 3), torch.float32)
+                got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
+                _check(got, x, w1, w2, bias, 1, 1, 1, "channel", "relu", tol=2e-5)
+        except Exception as error:  # noqa: BLE001  (reported by the test's own thread)
+            failures.append(error)
+
+    thread = threading.Thread(target=calls)
+    thread.start()
+    thread.join()
+    assert not failures, failures[0]

@@ -227,16 +227,18 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size, int64_t parts) 
 // make_plan's result, kept for the calling thread's last kCachedPlans geometries: a network runs
 // the same few layer shapes call after call, and building a plan (a tap offset per input channel
 // and kernel offset, the register blocks) took ~2.4 us of a 53 us batch-1 call (64-64 8x8 r20,
-// one thread). The reference stays valid for the call (nothing in it plans again).
+// one thread). Shared, so that a plan stays valid for as long as a call holds it: a call may look
+// up two (split_parts), and the second lookup can evict or move the first's entry.
 constexpr size_t kCachedPlans = 16;
-const BandPlan& cached_plan(const FconvGeometry& g, int64_t element_size, int64_t parts) {
+std::shared_ptr<const BandPlan> cached_plan(const FconvGeometry& g, int64_t element_size,
+                                            int64_t parts) {
   // Every geometry field make_plan reads. The output size is one: fused_geometry sets a stride
   // to 1 where the output has one row or column, so two calls that differ only in a stride
   // past the image share the other fields but not the output size.
   using Key = std::array<int64_t, 20>;
   struct Entry {
     Key key;
-    BandPlan plan;
+    std::shared_ptr<const BandPlan> plan;
   };
   thread_local std::vector<Entry> cache;  // the most recently added last
   const Key key = {g.spatial,  g.batch, g.in_channels, g.height, g.width, g.rank,
@@ -246,7 +248,7 @@ const BandPlan& cached_plan(const FconvGeometry& g, int64_t element_size, int64_
     if (entry.key == key) return entry.plan;
   }
   if (cache.size() == kCachedPlans) cache.erase(cache.begin());
-  cache.push_back({key, make_plan(g, element_size, parts)});
+  cache.push_back({key, std::make_shared<const BandPlan>(make_plan(g, element_size, parts))});
   return cache.back().plan;
 }
 
@@ -592,7 +594,7 @@ int64_t split_parts(const FconvGeometry& g, const BandPlan& banded, int64_t elem
   const double banded_makespan =
       static_cast<double>(ceil_div(g.batch * banded.bands, threads) * banded.work);
   const double split_makespan =
-      static_cast<double>(g.batch * cached_plan(g, element_size, threads).work) / threads;
+      static_cast<double>(g.batch * cached_plan(g, element_size, threads)->work) / threads;
   return split_makespan < kSplitGain * banded_makespan ? threads : 0;
 }
 
@@ -620,7 +622,8 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
                                            ops.residual, ops.rs, ops.out, ops.os);
     return;
   }
-  const BandPlan& plan = cached_plan(g, static_cast<int64_t>(sizeof(T)), 0);
+  const std::shared_ptr<const BandPlan> banded = cached_plan(g, static_cast<int64_t>(sizeof(T)), 0);
+  const BandPlan& plan = *banded;
   const int64_t busiest = ceil_div(g.batch * plan.bands, at::get_num_threads());
   if (fconv_cpu::use_cv(g, busiest * plan.work, static_cast<int64_t>(sizeof(T)))) {
     fconv_cpu::cv_factored_conv2d<T>(g, ops.x, ops.xs, ops.w1, ops.w2, ops.bias, ops.residual,
@@ -628,7 +631,9 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
     return;
   }
   if (const int64_t parts = split_parts(g, plan, static_cast<int64_t>(sizeof(T)))) {
-    const BandPlan& split = cached_plan(g, static_cast<int64_t>(sizeof(T)), parts);
+    const std::shared_ptr<const BandPlan> split_plan =
+        cached_plan(g, static_cast<int64_t>(sizeof(T)), parts);
+    const BandPlan& split = *split_plan;
     const bool direct = direct_output(g, split, ops);
     g_split_calls.fetch_add(1, std::memory_order_relaxed);
     std::vector<T> own;
