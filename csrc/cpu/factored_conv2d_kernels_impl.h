@@ -525,7 +525,11 @@ void winograd_input(const typename V::Scalar* planes, int64_t plane_stride, int6
 // U = G g G^T for `filters` 3 x 3 filters g (9 values each, one after another, as in a (r, c,
 // 3, 3) weight), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]: point xi of filter f at
 // u[xi * point_stride + f]. Vectorised over kWidth filters at a time, each group's 9 x kWidth
-// values first transposed through a small buffer.
+// values first transposed through a buffer, kWinogradWeightGroups groups at once: a vector
+// load of values stored one by one just before waits for every store to retire (it cannot be
+// forwarded), which took ~75% of the transform's time when each group read back its own
+// transposition at once (perf, 128 x 128 filters).
+constexpr int64_t kWinogradWeightGroups = 8;
 template <class V>
 void winograd_weights(const typename V::Scalar* w, int64_t filters, typename V::Scalar* u,
                       int64_t point_stride) {
@@ -533,36 +537,46 @@ void winograd_weights(const typename V::Scalar* w, int64_t filters, typename V::
   using Reg = typename V::Reg;
   constexpr int L = V::kWidth;
   const Reg half = V::set1(T(0.5));
-  T taps[9][L];
-  for (int64_t f0 = 0; f0 < filters; f0 += L) {
-    const int64_t n = filters - f0 < L ? filters - f0 : L;
-    const T* src = w + f0 * 9;
-    for (int64_t i = 0; i < n; ++i) {
-      for (int e = 0; e < 9; ++e) taps[e][i] = src[i * 9 + e];
+  T taps[kWinogradWeightGroups][9][L];
+  for (int64_t chunk = 0; chunk < filters; chunk += kWinogradWeightGroups * L) {
+    const int64_t left = filters - chunk < kWinogradWeightGroups * L ? filters - chunk
+                                                                     : kWinogradWeightGroups * L;
+    const int64_t groups = (left + L - 1) / L;
+    for (int64_t group = 0; group < groups; ++group) {
+      const int64_t f0 = chunk + group * L;
+      const int64_t n = filters - f0 < L ? filters - f0 : L;
+      const T* src = w + f0 * 9;
+      for (int64_t i = 0; i < n; ++i) {
+        for (int e = 0; e < 9; ++e) taps[group][e][i] = src[i * 9 + e];
+      }
+      for (int64_t i = n; i < L; ++i) {
+        for (int e = 0; e < 9; ++e) taps[group][e][i] = T(0);
+      }
     }
-    for (int64_t i = n; i < L; ++i) {
-      for (int e = 0; e < 9; ++e) taps[e][i] = T(0);
-    }
-    Reg gg[4][3];  // G g, along the kernel rows: gg[i][kx]
-    for (int kx = 0; kx < 3; ++kx) {
-      const Reg g0 = V::load(taps[kx]);
-      const Reg g1 = V::load(taps[3 + kx]);
-      const Reg g2 = V::load(taps[6 + kx]);
-      gg[0][kx] = g0;
-      gg[1][kx] = V::mul(V::add(V::add(g0, g1), g2), half);
-      gg[2][kx] = V::mul(V::add(V::sub(g0, g1), g2), half);
-      gg[3][kx] = g2;
-    }
-    for (int i = 0; i < 4; ++i) {  // (G g) G^T, along the kernel columns
-      const Reg a = gg[i][0], b = gg[i][1], e = gg[i][2];
-      const Reg point[4] = {a, V::mul(V::add(V::add(a, b), e), half),
-                            V::mul(V::add(V::sub(a, b), e), half), e};
-      for (int m = 0; m < 4; ++m) {
-        T* dst = u + (i * 4 + m) * point_stride + f0;
-        if (n == L) {
-          V::store(dst, point[m]);
-        } else {
-          V::store_partial(dst, point[m], n);
+    for (int64_t group = 0; group < groups; ++group) {
+      const int64_t f0 = chunk + group * L;
+      const int64_t n = filters - f0 < L ? filters - f0 : L;
+      Reg gg[4][3];  // G g, along the kernel rows: gg[i][kx]
+      for (int kx = 0; kx < 3; ++kx) {
+        const Reg g0 = V::load(taps[group][kx]);
+        const Reg g1 = V::load(taps[group][3 + kx]);
+        const Reg g2 = V::load(taps[group][6 + kx]);
+        gg[0][kx] = g0;
+        gg[1][kx] = V::mul(V::add(V::add(g0, g1), g2), half);
+        gg[2][kx] = V::mul(V::add(V::sub(g0, g1), g2), half);
+        gg[3][kx] = g2;
+      }
+      for (int i = 0; i < 4; ++i) {  // (G g) G^T, along the kernel columns
+        const Reg a = gg[i][0], b = gg[i][1], e = gg[i][2];
+        const Reg point[4] = {a, V::mul(V::add(V::add(a, b), e), half),
+                              V::mul(V::add(V::sub(a, b), e), half), e};
+        for (int m = 0; m < 4; ++m) {
+          T* dst = u + (i * 4 + m) * point_stride + f0;
+          if (n == L) {
+            V::store(dst, point[m]);
+          } else {
+            V::store_partial(dst, point[m], n);
+          }
         }
       }
     }
