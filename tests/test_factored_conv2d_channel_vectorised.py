@@ -1,14 +1,13 @@
 """The CPU factored_conv2d's channel-vectorised path (packed weights, exactly the output's
 positions) against the reference composition, and the mode that selects it (its switch is
-tested with the Winograd one, in test_factored_conv2d_winograd.py)."""
+tested with the Winograd one, in test_factored_conv2d_winograd.py; layouts, residuals, opcheck
+and gradcheck with every forced path, in test_factored_conv2d_forced_paths.py)."""
 import pytest
 import torch
 
 from trp_ext import _reference as ref
 from trp_ext import ops
-from test_factored_conv2d import CHANNELS, GEOMETRY, _check, _factors, _input, _layouts, one_thread  # noqa: F401
-from test_factored_conv2d_residual import RESIDUALS, _output_shape, _residual
-from test_factored_conv2d_residual import _check as _check_residual
+from test_factored_conv2d import CHANNELS, GEOMETRY, _check, _factors, _input
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
 
@@ -77,46 +76,6 @@ def test_position_counts(always, scheme, size, threads):
 
 
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_many_input_channels(always, scheme, dtype):
-    """Enough channels for several channel groups of the first conv, at stride 2; images past
-    the size the spatial scheme reads where they are (128 KiB), so it lays out planes as the
-    channel scheme does (the other tests' small images are read in place)."""
-    x = _input((2, 300, 14, 13), dtype)
-    w1, w2, bias = _factors(scheme, 9, 300, 7, (3, 3), dtype)
-    got = ops.factored_conv2d(x, w1, w2, bias, 2, 1, 1, scheme, "relu")
-    _check(got, x, w1, w2, bias, 2, 1, 1, scheme, "relu", tol=TOL[dtype])
-
-
-@pytest.mark.parametrize("scheme", ref.SCHEMES)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted", "channels_last_sliced"])
-def test_memory_layouts(always, scheme, layout):
-    """Any input strides; the output (the input's memory format) written row by row where its
-    rows are not consecutive."""
-    x = _layouts("cpu")[layout]
-    w1, w2, bias = _factors(scheme, 7, 6, 4, (3, 3), torch.float32)
-    got = ops.factored_conv2d(x, w1, w2, bias, 2, 1, 1, scheme, None)
-    _check(got, x, w1, w2, bias, 2, 1, 1, scheme, None, tol=2e-5)
-    assert got.is_contiguous(memory_format=torch._prims_common.suggest_memory_format(x))
-
-
-@pytest.mark.parametrize("scheme", ref.SCHEMES)
-@pytest.mark.parametrize("kind", RESIDUALS + ["per_pixel"])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_residual_matches_reference(always, scheme, kind, channels_last):
-    """The residual in every layout and broadcast, with 9 output channels (a whole 8 x 8 block
-    of the transposing epilogue and a channel past it) over 11 x 9 outputs."""
-    x = _input((3, 5, 11, 9), torch.float32)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    w1, w2, bias = _factors(scheme, 9, 5, 4, (3, 3), torch.float32)
-    for stride, padding, dilation in ((1, 1, 1), (2, (0, 2), (1, 2))):
-        shape = _output_shape(x, w1, w2, stride, padding, dilation, scheme)
-        residual = _residual(shape, kind, torch.float32, "cpu")
-        _check_residual(x, w1, w2, bias, residual, stride, padding, dilation, scheme, "relu")
-
-
-@pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_weights_reach_every_output_they_touch(always, scheme, value):
     """A NaN or Inf first-conv weight reaches every output whose window it is in, those whose
@@ -145,22 +104,6 @@ def test_nan_stays_in_its_windows(always, scheme):
         band = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, scheme, "relu")
     assert torch.isnan(band).any()
     assert torch.equal(torch.isnan(got), torch.isnan(band))
-
-
-def test_opcheck(always, one_thread):
-    x = _layouts("cpu")["channels_last"]
-    for scheme in ref.SCHEMES:
-        w1, w2, bias = _factors(scheme, 5, 6, 3, (3, 3), torch.float32)
-        torch.library.opcheck(torch.ops.trp_ext.factored_conv2d,
-                              (x, w1, w2, bias, [2, 1], [1, 1], [1, 1], scheme, "relu"))
-
-
-@pytest.mark.parametrize("scheme", ref.SCHEMES)
-def test_gradcheck(always, one_thread, scheme):
-    x = _input((2, 3, 5, 6)).requires_grad_()
-    w1, w2, bias = (t.requires_grad_() for t in _factors(scheme, 4, 3, 2, (3, 3)))
-    assert torch.autograd.gradcheck(
-        lambda *a: ops.factored_conv2d(*a, (1, 2), 1, 1, scheme, "relu"), (x, w1, w2, bias))
 
 
 def test_auto_mode_takes_it_where_it_saves_work():

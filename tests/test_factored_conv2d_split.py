@@ -1,6 +1,7 @@
 """The CPU band path with its images split across threads by channels (each thread a share of
 the intermediate's rows, then of the output's channels) against the reference composition and,
-bit for bit, against the same path in bands; and the mode that selects it."""
+bit for bit, against the same path in bands; and the mode that selects it (layouts, residuals,
+opcheck and gradcheck with every forced path, in test_factored_conv2d_forced_paths.py)."""
 import threading
 
 import pytest
@@ -8,9 +9,7 @@ import torch
 
 from trp_ext import _reference as ref
 from trp_ext import ops
-from test_factored_conv2d import CHANNELS, GEOMETRY, _check, _factors, _input, _layouts, one_thread  # noqa: F401
-from test_factored_conv2d_residual import RESIDUALS, _output_shape, _residual
-from test_factored_conv2d_residual import _check as _check_residual
+from test_factored_conv2d import CHANNELS, GEOMETRY, _check, _factors, _input
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
 
@@ -93,41 +92,6 @@ def test_second_conv_inputs(band_path, threads, scheme, kernel, stride, padding)
 
 
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_many_input_channels(always, scheme, dtype):
-    """Enough channels for several channel groups of the first conv, at stride 2, batch 3 (the
-    images one after the other)."""
-    x = _input((3, 300, 14, 13), dtype)
-    w1, w2, bias = _factors(scheme, 9, 300, 7, (3, 3), dtype)
-    got = ops.factored_conv2d(x, w1, w2, bias, 2, 1, 1, scheme, "relu")
-    _check(got, x, w1, w2, bias, 2, 1, 1, scheme, "relu", tol=TOL[dtype])
-
-
-@pytest.mark.parametrize("scheme", ref.SCHEMES)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted", "channels_last_sliced"])
-def test_memory_layouts(always, scheme, layout):
-    x = _layouts("cpu")[layout]
-    w1, w2, bias = _factors(scheme, 7, 6, 4, (3, 3), torch.float32)
-    got = ops.factored_conv2d(x, w1, w2, bias, 2, 1, 1, scheme, None)
-    _check(got, x, w1, w2, bias, 2, 1, 1, scheme, None, tol=2e-5)
-    assert got.is_contiguous(memory_format=torch._prims_common.suggest_memory_format(x))
-
-
-@pytest.mark.parametrize("scheme", ref.SCHEMES)
-@pytest.mark.parametrize("kind", RESIDUALS)
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_residual_matches_reference(always, scheme, kind, channels_last):
-    x = _input((2, 5, 11, 9), torch.float32)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    w1, w2, bias = _factors(scheme, 9, 5, 4, (3, 3), torch.float32)
-    for stride, padding, dilation in ((1, 1, 1), (2, (0, 2), (1, 2))):
-        shape = _output_shape(x, w1, w2, stride, padding, dilation, scheme)
-        residual = _residual(shape, kind, torch.float32, "cpu")
-        _check_residual(x, w1, w2, bias, residual, stride, padding, dilation, scheme, "relu")
-
-
-@pytest.mark.parametrize("scheme", ref.SCHEMES)
 def test_nan_stays_in_its_windows(band_path, scheme):
     """A NaN reaches exactly the outputs whose window holds it, as in bands: every part zeroes
     the padding of its share of the shared buffers on every call, so nothing of an earlier call
@@ -141,22 +105,6 @@ def test_nan_stays_in_its_windows(band_path, scheme):
         assert torch.isnan(banded).any()
         assert torch.equal(torch.isnan(split), torch.isnan(banded))
         torch.testing.assert_close(split, banded, equal_nan=True, rtol=0, atol=0)
-
-
-def test_opcheck(always, one_thread):
-    x = _layouts("cpu")["channels_last"]
-    for scheme in ref.SCHEMES:
-        w1, w2, bias = _factors(scheme, 5, 6, 3, (3, 3), torch.float32)
-        torch.library.opcheck(torch.ops.trp_ext.factored_conv2d,
-                              (x, w1, w2, bias, [2, 1], [1, 1], [1, 1], scheme, "relu"))
-
-
-@pytest.mark.parametrize("scheme", ref.SCHEMES)
-def test_gradcheck(always, one_thread, scheme):
-    x = _input((2, 3, 5, 6)).requires_grad_()
-    w1, w2, bias = (t.requires_grad_() for t in _factors(scheme, 4, 3, 2, (3, 3)))
-    assert torch.autograd.gradcheck(
-        lambda *a: ops.factored_conv2d(*a, (1, 2), 1, 1, scheme, "relu"), (x, w1, w2, bias))
 
 
 def test_auto_mode_splits_only_uneven_bands():
