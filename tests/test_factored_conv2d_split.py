@@ -28,7 +28,7 @@ def always(band_path):
         yield
 
 
-@pytest.fixture(params=[1, 2, 3])
+@pytest.fixture(params=[1, 2, 3, 4])
 def threads(request):
     """Two parts on one thread (run one after the other), and as many parts as threads."""
     previous = torch.get_num_threads()
@@ -67,8 +67,13 @@ SPLIT_CHANNELS = CHANNELS + [(4, 2, 3), (6, 40, 50)]
 @pytest.mark.parametrize("c,r,n", SPLIT_CHANNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bias,activation", [(True, None), (True, "relu"), (False, None)])
-def test_channels_match_reference(always, threads, scheme, c, r, n, dtype, bias, activation):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_match_reference(always, threads, scheme, c, r, n, dtype, bias, activation,
+                                  channels_last):
+    """Into NCHW outputs (written in place) and channels_last ones (copied out)."""
     x = _input((1, c, 7, 9), dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     w1, w2, b = _factors(scheme, n, c, r, (3, 3), dtype)
     b = b if bias else None
     got = ops.factored_conv2d(x, w1, w2, b, 1, 1, 1, scheme, activation)
@@ -77,25 +82,25 @@ def test_channels_match_reference(always, threads, scheme, c, r, n, dtype, bias,
 
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("kernel,stride,padding", [((3, 3), 1, 1), ((3, 3), 2, 1), ((1, 7), 1, (0, 3)),
-                                                    ((5, 5), 2, 2), ((3, 7), (1, 2), (1, 3))])
-def test_second_conv_inputs(band_path, threads, scheme, kernel, stride, padding):
+                                                    ((5, 5), 2, 2), ((3, 7), (1, 2), (1, 3)),
+                                                    ((3, 5), 3, (1, 2))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_second_conv_inputs(band_path, threads, scheme, kernel, stride, padding, dtype):
     """Every way the second conv reads the intermediate: compacted (channel scheme), gathered
     per kernel column at stride 1 (one written by the first conv in place) and at stride 2
     (through the intermediate's planes), and its planes (spatial kernels wider than 5), into
     NCHW and channels_last outputs (written in place, or copied out)."""
-    for x in (_input((1, 5, 9, 13), torch.float32),
-              _input((1, 5, 9, 13), torch.float32).contiguous(memory_format=torch.channels_last)):
-        w1, w2, bias = _factors(scheme, 6, 5, 7, kernel, torch.float32)
+    for x in (_input((1, 5, 9, 13), dtype),
+              _input((1, 5, 9, 13), dtype).contiguous(memory_format=torch.channels_last)):
+        w1, w2, bias = _factors(scheme, 6, 5, 7, kernel, dtype)
         split, banded = _split_and_banded(x, w1, w2, bias, stride, padding, 1, scheme, "relu")
         assert torch.equal(split, banded)
-        _check(split, x, w1, w2, bias, stride, padding, 1, scheme, "relu", tol=2e-5)
+        _check(split, x, w1, w2, bias, stride, padding, 1, scheme, "relu", tol=TOL[dtype])
 
 
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
 def test_nan_stays_in_its_windows(band_path, scheme):
-    """A NaN reaches exactly the outputs whose window holds it, as in bands: every part zeroes
-    the padding of its share of the shared buffers on every call, so nothing of an earlier call
-    (here one with a NaN elsewhere) leaks into a later one."""
+    """A NaN reaches exactly the outputs whose window holds it, as in bands."""
     x = _input((1, 3, 8, 7), torch.float32)
     w1, w2, bias = _factors(scheme, 10, 3, 4, (3, 3), torch.float32)
     for position in ((0, 0), (3, 4), (7, 6)):
@@ -105,6 +110,30 @@ def test_nan_stays_in_its_windows(band_path, scheme):
         assert torch.isnan(banded).any()
         assert torch.equal(torch.isnan(split), torch.isnan(banded))
         torch.testing.assert_close(split, banded, equal_nan=True, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("stride,padding", [(1, (1, 2)), (2, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kernel", [(3, 3), (3, 7)])
+def test_shared_buffers_start_clean(band_path, threads, scheme, stride, padding, channels_last, kernel):
+    """The parts share the calling thread's retained buffer, which other paths fill too: every
+    part zeroes the padding of its share on every call. Here a Winograd call with NaN weights
+    first fills that buffer with NaN; the split call must not read any of it."""
+    with ops.cpu_winograd("always"):
+        x = _input((2, 32, 16, 16), torch.float32)
+        w1, w2, bias = _factors("channel", 8, 32, 16, (3, 3), torch.float32)
+        w1.fill_(float("nan"))
+        assert torch.isnan(ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", None)).all()
+    x = _input((1, 5, 9, 13), torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    # Spatial kw 3 into NCHW: gathered arrays (at stride 1 padding columns stay zero); kw 7, or
+    # channels_last: the intermediate's planes.
+    w1, w2, bias = _factors(scheme, 6, 5, 7, kernel, torch.float32)
+    with ops.cpu_split_images("always"):
+        got = ops.factored_conv2d(x, w1, w2, bias, stride, padding, 1, scheme, "relu")
+    _check(got, x, w1, w2, bias, stride, padding, 1, scheme, "relu", tol=2e-5)
 
 
 def test_auto_mode_splits_only_uneven_bands():

@@ -28,6 +28,8 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <memory>
 #include <vector>
 
 #include "common/factored_conv2d_checks.h"
@@ -114,7 +116,7 @@ struct BandPlan {
   std::vector<int64_t> taps2;
   int64_t count2 = 0;  // stage-2 positions of a full band
   int64_t pitch2 = 0;  // stage-2 positions per output row
-  // The second conv's input laid out in rows of the output's length, for stage2_direct.
+  // The second conv's input laid out in rows of the output's length, for direct outputs.
   // Channel scheme: the intermediate compacted, tap j of the 1x1 conv at row j. Spatial
   // scheme: kw arrays of rank rows, array kx gathered so that its position q = oh * out_w + ow
   // holds the intermediate value kernel column kx reads for output (oh, ow), or zero where that
@@ -129,6 +131,17 @@ struct BandPlan {
   // A split plan's shares of one image (see run_split_image), one per part; empty when banded.
   std::vector<SplitPart> parts;
 };
+
+// The multiply-adds of a band of `rows` output rows, thrown-away positions included, as
+// make_plan lays it out.
+int64_t band_work(const FconvGeometry& g, int64_t rows) {
+  const int64_t pitch = PlaneSpec::row_length(g.width, g.pw, g.sw, g.out_w);
+  const int64_t count1 = round_up(rows * (g.spatial ? g.width : pitch), kPositionAlign);
+  const int64_t count2 = g.spatial ? round_up(rows * pitch, kPositionAlign) : count1;
+  const int64_t taps1 = g.in_channels * g.kh * (g.spatial ? 1 : g.kw);
+  const int64_t taps2 = g.rank * (g.spatial ? g.kw : 1);
+  return count1 * g.rank * taps1 + count2 * g.out_channels * taps2;
+}
 
 // element_size: bytes per value of the call's dtype. parts: 0 for a banded plan, else the parts
 // a split plan (one band per image) cuts each image into.
@@ -219,8 +232,7 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size, int64_t parts) 
     part.out_blocks = row_blocks_from(g.out_channels * t / parts, g.out_channels * (t + 1) / parts);
     p.parts.push_back(std::move(part));
   }
-  p.work = p.count1 * g.rank * static_cast<int64_t>(p.taps1.size()) +
-           p.count2 * g.out_channels * static_cast<int64_t>(p.taps2.size());
+  p.work = band_work(g, p.rows);
   return p;
 }
 
@@ -261,17 +273,17 @@ struct Scratch {
   T* x_planes;
   T* mid;
   T* mid_planes;  // spatial scheme: the intermediate's planes (none on the direct path at stride 1)
-  // stage2_direct only: the second conv's input in rows of the output's length
-  // (BandPlan::dense_ld): the channel scheme's compacted intermediate, the spatial scheme's
-  // gathered arrays.
+  // Direct outputs only (see direct_output): the second conv's input in rows of the output's
+  // length (BandPlan::dense_ld): the channel scheme's compacted intermediate, the spatial
+  // scheme's gathered arrays.
   T* dense;
   T* out;
 };
 
-// direct: whether the call runs stage2_direct (see direct_output). The planes, and at stride 1
-// the spatial scheme's gathered arrays, are zeroed here: bands write their data columns only,
-// so the columns that read padding stay zero for every band of the call. Everything else is
-// written before it is read.
+// direct: whether the call writes its output directly (see direct_output). The planes, and at
+// stride 1 the spatial scheme's gathered arrays, are zeroed here: bands write their data columns
+// only, so the columns that read padding stay zero for every band of the call. Everything else
+// is written before it is read.
 // split: for run_split_image, whose parts share the intermediate and the second conv's input
 // (SplitBuffers): the thread's own buffers then leave them out, and keep the intermediate's
 // planes only as gather_columns' staging.
@@ -321,7 +333,7 @@ struct Operands {
 // a 16000-wide row (a review's case) took 627 ms and 767 MiB against 11 ms.
 constexpr int64_t kMaxDirectSpatialKernel = 5;
 
-// Whether stage2_direct can write this call's output: output and residual rows as
+// Whether stage2 can write this call's output directly: output and residual rows as
 // fconv_cpu::rows_like_nchw, and bands of at least one vector of positions. Spatial scheme:
 // kernels up to kMaxDirectSpatialKernel wide, and only where that computes fewer second-conv
 // positions per band than the planes do: the gathered arrays, whose taps share no cache
@@ -506,10 +518,11 @@ SplitBuffers<T> split_buffers(const FconvGeometry& g, const BandPlan& p, bool di
 
 // Zeroes what stage2_input leaves unwritten in a part's rows [j0, j1) of the shared buffers:
 // the columns of the spatial scheme's gathered arrays that read padding (stride 1), or the
-// padding of its intermediate's planes (and the slack after the last one).
+// padding of its intermediate's planes, and, for the last part (`last`), the slack after them
+// (by one part only: at rank 0 every part's rows end there).
 template <typename T>
 void split_zero(const FconvGeometry& g, const BandPlan& p, bool direct, int64_t j0, int64_t j1,
-                const SplitBuffers<T>& b) {
+                bool last, const SplitBuffers<T>& b) {
   if (!g.spatial) return;
   if (direct) {
     if (g.sw > 1) return;  // gather_columns writes every column of its arrays there
@@ -521,7 +534,7 @@ void split_zero(const FconvGeometry& g, const BandPlan& p, bool direct, int64_t 
   }
   const PlaneSpec& spec = p.mid_planes;
   const int64_t channel = spec.sh * spec.sw * spec.plane_size();
-  const int64_t end = j1 == g.rank ? spec.size() + p.slack : j1 * channel;
+  const int64_t end = last ? spec.size() + p.slack : j1 * channel;
   std::fill(b.mid_planes + j0 * channel, b.mid_planes + end, T(0));
 }
 
@@ -551,7 +564,7 @@ void run_split_image(const FconvGeometry& g, const BandPlan& p, const Operands<T
                                   g.height, g.width, p.x_planes, 0, s.x_planes);
     for (int64_t t = begin; t < end; ++t) {
       const SplitPart& part = p.parts[t];
-      split_zero(g, p, direct, part.r0, part.r1, shared);
+      split_zero(g, p, direct, part.r0, part.r1, t == parts - 1, shared);
       const auto [mid, ld] = stage1_target(g, p, s, direct);
       stage1(g, p, ops, s.x_planes, part.rank_blocks, mid, ld, p.count1);
       stage2_input(g, p, mid, ld, g.out_h, part.r0, part.r1, direct, s);
@@ -580,7 +593,7 @@ constexpr double kSplitGain = 0.9;
 // the call runs in bands. kAlways splits every call the band path runs, into at least two parts
 // (so that one thread also runs the split code); kAuto splits calls with fewer images than
 // threads whose bands cannot share the positions evenly (kSplitGain).
-int64_t split_parts(const FconvGeometry& g, const BandPlan& banded, int64_t element_size) {
+int64_t split_parts(const FconvGeometry& g, const BandPlan& banded) {
   const int64_t threads = at::get_num_threads();
   switch (split_mode()) {
     case SplitMode::kAlways:
@@ -593,8 +606,8 @@ int64_t split_parts(const FconvGeometry& g, const BandPlan& banded, int64_t elem
   if (threads < 2 || g.batch >= threads) return 0;
   const double banded_makespan =
       static_cast<double>(ceil_div(g.batch * banded.bands, threads) * banded.work);
-  const double split_makespan =
-      static_cast<double>(g.batch * cached_plan(g, element_size, threads)->work) / threads;
+  // Not from a cached split plan: calls that end up in bands would take two cache entries each.
+  const double split_makespan = static_cast<double>(g.batch * band_work(g, g.out_h)) / threads;
   return split_makespan < kSplitGain * banded_makespan ? threads : 0;
 }
 
@@ -630,7 +643,7 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
                                      ops.rs, ops.out, ops.os);
     return;
   }
-  if (const int64_t parts = split_parts(g, plan, static_cast<int64_t>(sizeof(T)))) {
+  if (const int64_t parts = split_parts(g, plan)) {
     const std::shared_ptr<const BandPlan> split_plan =
         cached_plan(g, static_cast<int64_t>(sizeof(T)), parts);
     const BandPlan& split = *split_plan;
