@@ -138,19 +138,30 @@ def test_shared_buffers_start_clean(band_path, threads, scheme, stride, padding,
 
 def test_auto_mode_splits_only_uneven_bands():
     """At 2 threads, auto splits a batch-1 image with a 7-row output (bands of 4 + 3 rows), not
-    one with 14 rows (7 + 7) nor a batch of 2 (an image per thread). The results are the same bit
-    for bit either way: the library's count of split calls tells."""
+    one with 14 rows (7 + 7), nor a batch of 2 (an image per thread), nor a layer too small to
+    share (whose bands run on one thread), nor one whose planes (built whole by each part) are
+    too large, nor any on three threads. The results are the same bit for bit either way: the library's count of split
+    calls tells."""
     from trp_ext import _C
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         with ops.cpu_winograd("never"), ops.cpu_channel_vectorised("never"):
-            for batch, size, splits in ((1, 7, True), (1, 14, False), (2, 7, False)):
-                x = _input((batch, 64, size, size), torch.float32)
-                w1, w2, bias = _factors("channel", 64, 64, 32, (3, 3), torch.float32)
+            cases = [((1, 256, 7, 7), 64, True), ((1, 256, 14, 14), 64, False),
+                     ((2, 256, 7, 7), 64, False), ((1, 16, 7, 7), 8, False),
+                     ((1, 2048, 7, 7), 64, False)]  # 2048 planes of 9 x 9 (+ gaps): 730 KiB
+            for shape, rank, splits in cases:
+                x = _input(shape, torch.float32)
+                w1, w2, bias = _factors("channel", 256, shape[1], rank, (3, 3), torch.float32)
                 before = _C.cpu_split_image_calls()
                 ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
-                assert (_C.cpu_split_image_calls() > before) == splits, (batch, size)
+                assert (_C.cpu_split_image_calls() > before) == splits, shape
+            torch.set_num_threads(3)  # measured on two threads only: more stay in bands
+            x = _input((1, 256, 7, 7), torch.float32)
+            w1, w2, bias = _factors("channel", 256, 256, 64, (3, 3), torch.float32)
+            before = _C.cpu_split_image_calls()
+            ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
+            assert _C.cpu_split_image_calls() == before
     finally:
         torch.set_num_threads(previous)
 

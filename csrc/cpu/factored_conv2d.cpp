@@ -582,18 +582,24 @@ void run_split_image(const FconvGeometry& g, const BandPlan& p, const Operands<T
 std::atomic<int> g_split_mode{static_cast<int>(SplitMode::kAuto)};
 std::atomic<int64_t> g_split_calls{0};
 
-// A split image's estimated makespan must be below this fraction of the bands' for kAuto to
-// split it. In-process A/B on the bench's batch-1 layers, two threads, split / banded time:
-// 0.87-0.95 on 7x7 outputs, whose 7 rows make bands of 4 + 3 (banded / split makespan 1.14);
-// 1.01-1.03 on 14x14 outputs (1.04: 112 positions a band against 216 / 2); 1.1-1.4 on larger
-// ones, whose planes each part builds whole.
-constexpr double kSplitGain = 0.9;
+// kAuto splits an image only where all of these hold. In-process A/B on the bench's batch-1
+// layers, two threads, banded / split time under kAlways: 1.05-1.13 on 7x7 outputs, whose 7
+// rows make bands of 4 + 3 (the estimated split makespan 0.875-0.909 of the bands'); 0.94-1.01
+// on 14x14 outputs (0.963-0.974: 112 positions a band against 216 / 2); 0.82-0.90 on 28x28
+// outputs (1.0); 0.82 on spatial 64-64 56x56 r16 (0.928), whose 830 KiB of planes each part
+// builds whole; 0.66-1.09 on the CIFAR layers, too small for two threads in bands too. The
+// spatial scheme's 7x7 outputs at stride 2 (0.900 and 0.909) gained 1.02-1.06 on a quiet
+// machine and lost 0.85-1.0 on a loaded one (two regions wait on the slower thread twice):
+// left in bands.
+constexpr double kSplitGain = 0.9;                       // the estimate, against the bands'
+constexpr int64_t kMaxSplitPlaneBytes = 640 << 10;       // the image's planes
+constexpr int64_t kMinSplitWork = 4 * fconv_cpu::kMinWorkPerThread;  // multiply-adds a part
 
 // The parts run_split_image cuts each image of a call into (the banded plan `banded`), or 0 when
 // the call runs in bands. kAlways splits every call the band path runs, into at least two parts
-// (so that one thread also runs the split code); kAuto splits calls with fewer images than
-// threads whose bands cannot share the positions evenly (kSplitGain).
-int64_t split_parts(const FconvGeometry& g, const BandPlan& banded) {
+// (so that one thread also runs the split code); kAuto splits batch-1 calls on two threads whose
+// bands cannot share the positions evenly, within the limits above.
+int64_t split_parts(const FconvGeometry& g, const BandPlan& banded, int64_t element_size) {
   const int64_t threads = at::get_num_threads();
   switch (split_mode()) {
     case SplitMode::kAlways:
@@ -603,11 +609,20 @@ int64_t split_parts(const FconvGeometry& g, const BandPlan& banded) {
     case SplitMode::kAuto:
       break;
   }
-  if (threads < 2 || g.batch >= threads) return 0;
+  // Measured on two threads only. With more, each of the parts still builds the whole image's
+  // planes, which no estimate here counts: left in bands until measured.
+  if (threads != 2 || g.batch >= threads) return 0;
+  // Not from a cached split plan: calls that end up in bands would take two cache entries each.
+  const int64_t image_work = band_work(g, g.out_h);
+  PlaneSpec image_planes = banded.x_planes;  // a band's, grown to the whole image
+  image_planes.hb += g.out_h - banded.rows;
+  if (image_work / threads < kMinSplitWork ||
+      image_planes.size() * element_size > kMaxSplitPlaneBytes) {
+    return 0;
+  }
   const double banded_makespan =
       static_cast<double>(ceil_div(g.batch * banded.bands, threads) * banded.work);
-  // Not from a cached split plan: calls that end up in bands would take two cache entries each.
-  const double split_makespan = static_cast<double>(g.batch * band_work(g, g.out_h)) / threads;
+  const double split_makespan = static_cast<double>(g.batch * image_work) / threads;
   return split_makespan < kSplitGain * banded_makespan ? threads : 0;
 }
 
@@ -643,7 +658,7 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
                                      ops.rs, ops.out, ops.os);
     return;
   }
-  if (const int64_t parts = split_parts(g, plan)) {
+  if (const int64_t parts = split_parts(g, plan, static_cast<int64_t>(sizeof(T)))) {
     const std::shared_ptr<const BandPlan> split_plan =
         cached_plan(g, static_cast<int64_t>(sizeof(T)), parts);
     const BandPlan& split = *split_plan;

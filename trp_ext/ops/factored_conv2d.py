@@ -140,10 +140,11 @@ def cpu_split_images_mode() -> str:
     """How the CPU kernel's band path (the layers that take neither Winograd nor the
     channel-vectorised path) shares an image among threads: ``"auto"`` (the default) splits it
     by channels (each thread a share of the intermediate's and the output's channels, over all
-    positions) where splitting it by bands of output rows would leave threads idle, in practice
-    at batches below the thread count with outputs of few rows (a 7x7 output splits 4 + 3 rows
-    on two threads); ``"never"`` always uses bands; ``"always"`` splits every image the band
-    path runs, into at least two parts. Results are the same bit for bit either way."""
+    positions) where splitting it by bands of output rows would leave a thread idle: at batch 1
+    on two threads (the only count it was measured on), for layers with enough work and outputs
+    of few rows (a 7x7 output splits 4 + 3 rows); ``"never"`` always uses bands; ``"always"``
+    splits every image the band path runs, into at least two parts. Results are the same bit
+    for bit either way."""
     return _C.cpu_split_images()
 
 
