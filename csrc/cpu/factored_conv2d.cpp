@@ -18,7 +18,8 @@
 //      direct_output), and the second conv then writes the band's output rows, residual and
 //      ReLU included, straight from its registers (no copy).
 // Both convs are the same micro-kernel (factored_conv2d_kernels.h), run over different taps.
-// Items run in parallel with at::parallel_for, so batch 1 still uses every core.
+// Items run in parallel with at::parallel_for, so batch 1 still uses every core. A batch-1 image
+// whose few output rows would make uneven bands is split by channels instead (run_split_image).
 // Two other paths take the calls where they do less work: Winograd (factored_conv2d_winograd.cpp,
 // 3x3 stride-1 channel-scheme layers) and the channel-vectorised path (factored_conv2d_cv.cpp,
 // whole images per thread, where the bands' thrown-away positions cost more than packing the
