@@ -13,6 +13,7 @@
 
 #include "cpu/cpu_features.h"
 #include "cpu/factored_conv2d_cv.h"
+#include "cpu/factored_conv2d_path_switch.h"
 #include "cpu/factored_conv2d_split.h"
 #include "cpu/factored_conv2d_winograd.h"
 #include "factored_conv2d_call.h"
@@ -64,11 +65,11 @@ PyObject* cpu_kernels(PyObject* /*self*/, PyObject* /*args*/) {
   return PyUnicode_FromString(trp_ext::cpu::cpu_kernel_isa());
 }
 
-// The body of cpu_winograd, cpu_channel_vectorised and cpu_split_images: `name`(mode=None) ->
-// the mode in force, set first when given; the modes are 'auto', 'never' or 'always' (their
-// enums' order).
-PyObject* path_mode(const char* name, PyObject* args, PyObject* kwargs, void (*set)(int),
-                    int (*get)()) {
+// cpu_winograd, cpu_channel_vectorised and cpu_split_images: `Name`(mode=None) -> the mode of
+// the path switch in force, set first when given ('auto', 'never' or 'always': PathMode's order).
+template <trp_ext::fconv_cpu::PathSwitch& (*Switch)(), const char* Name>
+PyObject* path_mode(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
+  using trp_ext::fconv_cpu::PathMode;
   static const char* const names[] = {"auto", "never", "always"};
   static const char* keywords[] = {"mode", nullptr};
   const char* mode = nullptr;
@@ -82,36 +83,22 @@ PyObject* path_mode(const char* name, PyObject* args, PyObject* kwargs, void (*s
     }
     if (found < 0) {
       PyErr_Format(PyExc_ValueError, "%s(): mode must be 'auto', 'never' or 'always', got '%s'",
-                   name, mode);
+                   Name, mode);
       return nullptr;
     }
-    set(found);
+    Switch().set(static_cast<PathMode>(found));
   }
-  return PyUnicode_FromString(names[get()]);
+  return PyUnicode_FromString(names[static_cast<int>(Switch().get())]);
 }
 
-PyObject* cpu_winograd(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
-  using trp_ext::fconv_cpu::WinogradMode;
-  return path_mode(
-      "cpu_winograd", args, kwargs,
-      [](int mode) { trp_ext::fconv_cpu::set_winograd_mode(static_cast<WinogradMode>(mode)); },
-      [] { return static_cast<int>(trp_ext::fconv_cpu::winograd_mode()); });
-}
+constexpr char kWinogradSwitch[] = "cpu_winograd";
+constexpr char kCvSwitch[] = "cpu_channel_vectorised";
+constexpr char kSplitSwitch[] = "cpu_split_images";
 
-PyObject* cpu_channel_vectorised(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
-  using trp_ext::fconv_cpu::CvMode;
-  return path_mode(
-      "cpu_channel_vectorised", args, kwargs,
-      [](int mode) { trp_ext::fconv_cpu::set_cv_mode(static_cast<CvMode>(mode)); },
-      [] { return static_cast<int>(trp_ext::fconv_cpu::cv_mode()); });
-}
-
-PyObject* cpu_split_images(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
-  using trp_ext::fconv_cpu::SplitMode;
-  return path_mode(
-      "cpu_split_images", args, kwargs,
-      [](int mode) { trp_ext::fconv_cpu::set_split_mode(static_cast<SplitMode>(mode)); },
-      [] { return static_cast<int>(trp_ext::fconv_cpu::split_mode()); });
+// A METH_VARARGS | METH_KEYWORDS function as the PyCFunction its table entry holds.
+template <PyObject* (*Function)(PyObject*, PyObject*, PyObject*)>
+PyCFunction with_keywords() {
+  return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Function));
 }
 
 PyObject* cpu_split_image_calls(PyObject* /*self*/, PyObject* /*args*/) {
@@ -128,20 +115,19 @@ PyMethodDef methods[] = {
      "registers, the rest AVX2; 'avx2' when the CPU lacks AVX-512F/VL or "
      "ATEN_CPU_CAPABILITY=avx2; portable when it lacks AVX2+FMA or "
      "ATEN_CPU_CAPABILITY=default)."},
-    {"cpu_winograd", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cpu_winograd)),
+    {kWinogradSwitch,
+     with_keywords<path_mode<trp_ext::fconv_cpu::winograd_switch, kWinogradSwitch>>(),
      METH_VARARGS | METH_KEYWORDS,
      "cpu_winograd(mode=None) -> str: the CPU factored_conv2d's use of Winograd F(2x2, 3x3) "
      "for channel-scheme 3x3 stride-1 layers, set to mode ('auto', 'never', 'always') when "
      "given; returns the mode in force."},
-    {"cpu_channel_vectorised",
-     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cpu_channel_vectorised)),
+    {kCvSwitch, with_keywords<path_mode<trp_ext::fconv_cpu::cv_switch, kCvSwitch>>(),
      METH_VARARGS | METH_KEYWORDS,
      "cpu_channel_vectorised(mode=None) -> str: the CPU factored_conv2d's use of its "
      "channel-vectorised path (packed weights, exactly the output positions) for the layers "
      "the direct kernel runs, set to mode ('auto', 'never', 'always') when given; returns the "
      "mode in force."},
-    {"cpu_split_images",
-     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cpu_split_images)),
+    {kSplitSwitch, with_keywords<path_mode<trp_ext::fconv_cpu::split_switch, kSplitSwitch>>(),
      METH_VARARGS | METH_KEYWORDS,
      "cpu_split_images(mode=None) -> str: the CPU factored_conv2d's splitting of an image's "
      "band-path work across threads by channels instead of rows, set to mode ('auto', 'never', "

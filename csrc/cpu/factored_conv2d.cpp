@@ -36,6 +36,7 @@
 #include "common/factored_conv2d_checks.h"
 #include "cpu/factored_conv2d_cv.h"
 #include "cpu/factored_conv2d_kernels.h"
+#include "cpu/factored_conv2d_path_switch.h"
 #include "cpu/factored_conv2d_shared.h"
 #include "cpu/factored_conv2d_split.h"
 #include "cpu/factored_conv2d_winograd.h"
@@ -51,8 +52,7 @@ using fconv_cpu::kMaxRows;
 using fconv_cpu::PlaneSpec;
 using fconv_cpu::round_up;
 using fconv_cpu::row_blocks;
-using fconv_cpu::split_mode;
-using fconv_cpu::SplitMode;
+using fconv_cpu::PathMode;
 
 // Output positions per band (when the batch gives every thread enough bands). A band rebuilds
 // the (kh - 1) * dh / sh + 1 halo rows below it, which favours tall bands; its intermediate
@@ -580,7 +580,6 @@ void run_split_image(const FconvGeometry& g, const BandPlan& p, const Operands<T
   });
 }
 
-std::atomic<int> g_split_mode{static_cast<int>(SplitMode::kAuto)};
 std::atomic<int64_t> g_split_calls{0};
 
 // kAuto splits an image only where all of these hold. In-process A/B on the bench's batch-1
@@ -602,12 +601,12 @@ constexpr int64_t kMinSplitWork = 4 * fconv_cpu::kMinWorkPerThread;  // multiply
 // bands cannot share the positions evenly, within the limits above.
 int64_t split_parts(const FconvGeometry& g, const BandPlan& banded, int64_t element_size) {
   const int64_t threads = at::get_num_threads();
-  switch (split_mode()) {
-    case SplitMode::kAlways:
+  switch (fconv_cpu::split_switch().get()) {
+    case PathMode::kAlways:
       return std::max<int64_t>(2, threads);
-    case SplitMode::kNever:
+    case PathMode::kNever:
       return 0;
-    case SplitMode::kAuto:
+    case PathMode::kAuto:
       break;
   }
   // Measured on two threads only. With more, each of the parts still builds the whole image's
@@ -707,8 +706,6 @@ at::Tensor factored_conv2d_cpu(const at::Tensor& x, const at::Tensor& w1, const 
 }
 
 namespace fconv_cpu {
-void set_split_mode(SplitMode mode) { g_split_mode.store(static_cast<int>(mode)); }
-SplitMode split_mode() { return static_cast<SplitMode>(g_split_mode.load()); }
 int64_t split_image_calls() { return g_split_calls.load(); }
 }  // namespace fconv_cpu
 

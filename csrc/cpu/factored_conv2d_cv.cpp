@@ -33,7 +33,6 @@ namespace trp_ext {
 namespace fconv_cpu {
 namespace {
 
-std::atomic<int> g_cv_mode{static_cast<int>(CvMode::kAuto)};
 
 // The first conv runs groups of input channels of at least this many taps: each group reloads
 // and stores the accumulators, which short groups would not amortise, and a group's share of the
@@ -306,13 +305,9 @@ void run_image(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, in
 
 }  // namespace
 
-void set_cv_mode(CvMode mode) { g_cv_mode.store(static_cast<int>(mode)); }
-
-CvMode cv_mode() { return static_cast<CvMode>(g_cv_mode.load()); }
-
 bool use_cv(const FconvGeometry& g, int64_t band_makespan, int64_t element_size) {
-  const CvMode mode = cv_mode();
-  if (mode != CvMode::kAuto) return mode == CvMode::kAlways;
+  const PathMode mode = cv_switch().get();
+  if (mode != PathMode::kAuto) return mode == PathMode::kAlways;
   const int64_t positions = g.out_h * g.out_w;
   if (positions > kMaxImagePositions) return false;
   const int64_t panel = kCvVectors * (32 / element_size);

@@ -5,19 +5,15 @@
 #include <cstdint>
 
 #include "common/factored_conv2d_checks.h"
+#include "cpu/factored_conv2d_path_switch.h"
 
 namespace trp_ext {
 namespace fconv_cpu {
 
-// kAuto: where its estimated work is lower than the band path's (see use_cv); kNever: never;
-// kAlways: for every call the band path would run (tests, A/B benches).
-enum class CvMode : int { kAuto = 0, kNever = 1, kAlways = 2 };
-void set_cv_mode(CvMode mode);
-CvMode cv_mode();
-
 // Whether a call with geometry g, whose band path would keep its busiest thread for
-// band_makespan multiply-adds (computed positions included), takes this path; element_size:
-// bytes per value.
+// band_makespan multiply-adds (computed positions included), takes this path under cv_switch():
+// kAuto where its estimated work is lower, kAlways for every call the band path would run;
+// element_size: bytes per value.
 bool use_cv(const FconvGeometry& g, int64_t band_makespan, int64_t element_size);
 
 // The whole call: x and out with element strides xs and os (NCHW order), w1 and w2 contiguous,

@@ -2,6 +2,7 @@
 #include "cpu/factored_conv2d_shared.h"
 
 #include "cpu/cpu_features.h"
+#include "cpu/factored_conv2d_path_switch.h"
 
 namespace trp_ext {
 namespace fconv_cpu {
@@ -19,6 +20,19 @@ const CpuKernels& cpu_kernels() {
     return portable_kernels();
   }();
   return kernels;
+}
+
+PathSwitch& winograd_switch() {
+  static PathSwitch path;
+  return path;
+}
+PathSwitch& cv_switch() {
+  static PathSwitch path;
+  return path;
+}
+PathSwitch& split_switch() {
+  static PathSwitch path;
+  return path;
 }
 
 RowBlocks row_blocks(int64_t rows) {

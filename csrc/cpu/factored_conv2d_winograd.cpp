@@ -32,8 +32,6 @@ namespace trp_ext {
 namespace fconv_cpu {
 namespace {
 
-std::atomic<int> g_winograd_mode{static_cast<int>(WinogradMode::kAuto)};
-
 constexpr int64_t kPoints = 16;  // 4 x 4 transformed points per tile
 // At most this many tiles per work item (more when one tile row has more), and at most
 // kProductBytes of products. 256 rather than 128 lets a 56 x 56 batch-1 image split into 4
@@ -266,19 +264,15 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
 
 }  // namespace
 
-void set_winograd_mode(WinogradMode mode) { g_winograd_mode.store(static_cast<int>(mode)); }
-
-WinogradMode winograd_mode() { return static_cast<WinogradMode>(g_winograd_mode.load()); }
-
 bool use_winograd(const FconvGeometry& g) {
-  const WinogradMode mode = winograd_mode();
-  if (mode == WinogradMode::kNever) return false;
+  const PathMode mode = winograd_switch().get();
+  if (mode == PathMode::kNever) return false;
   const bool applies = !g.spatial && g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 &&
                        g.dh == 1 && g.dw == 1 && g.in_channels > 0 && g.rank > 0 &&
                        g.out_w + 32 <= kWinogradMaxPlaneWidth;  // the transform's row buffer
   if (!applies) return false;
   const int64_t tiles = g.batch * ceil_div(g.out_h, 2) * ceil_div(g.out_w, 2);
-  return mode == WinogradMode::kAlways ||
+  return mode == PathMode::kAlways ||
          (g.rank >= kMinRank && g.in_channels >= kMinChannels && tiles >= kMinTiles);
 }
 

@@ -4,17 +4,13 @@
 #include <cstdint>
 
 #include "common/factored_conv2d_checks.h"
+#include "cpu/factored_conv2d_path_switch.h"
 
 namespace trp_ext {
 namespace fconv_cpu {
 
-// kAuto: Winograd where it measured faster (large enough rank and channel counts); kNever:
-// always the direct kernel; kAlways: Winograd wherever it applies (tests, A/B benches).
-enum class WinogradMode : int { kAuto = 0, kNever = 1, kAlways = 2 };
-void set_winograd_mode(WinogradMode mode);
-WinogradMode winograd_mode();
-
-// Whether a call with geometry g takes the Winograd path under the current mode.
+// Whether a call with geometry g takes the Winograd path under winograd_switch(): kAuto where
+// it measured faster (large enough rank and channel counts), kAlways wherever it applies.
 bool use_winograd(const FconvGeometry& g);
 
 // The whole call: x and out with element strides xs and os (NCHW order), w1 (r, c, 3, 3) and
