@@ -105,6 +105,10 @@ PyObject* cpu_split_image_calls(PyObject* /*self*/, PyObject* /*args*/) {
   return PyLong_FromLongLong(trp_ext::fconv_cpu::split_image_calls());
 }
 
+PyObject* cpu_winograd_private_weight_calls(PyObject* /*self*/, PyObject* /*args*/) {
+  return PyLong_FromLongLong(trp_ext::fconv_cpu::winograd_private_weight_calls());
+}
+
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS,
      "{'cuda': bool, 'torch_version': (major, minor, patch), 'intra_op_parallel': bool} this "
@@ -135,6 +139,9 @@ PyMethodDef methods[] = {
     {"cpu_split_image_calls", cpu_split_image_calls, METH_NOARGS,
      "cpu_split_image_calls() -> int: the CPU factored_conv2d calls that have split their "
      "images across threads so far (process-wide)."},
+    {"cpu_winograd_private_weight_calls", cpu_winograd_private_weight_calls, METH_NOARGS,
+     "cpu_winograd_private_weight_calls() -> int: the CPU factored_conv2d Winograd calls whose "
+     "threads each transformed the weights into their own buffer so far (process-wide)."},
     {"factored_conv2d_below_autograd", trp_ext::factored_conv2d_below_autograd, METH_VARARGS,
      "factored_conv2d_below_autograd(x, w1, w2, bias, stride, padding, dilation, scheme, "
      "activation, residual) -> Tensor: the op below autograd, its arguments in the op's form "

@@ -3,7 +3,7 @@ against the reference composition, and the mode that selects it."""
 import pytest
 import torch
 
-from trp_ext import ops
+from trp_ext import _C, ops
 from test_factored_conv2d import CHANNELS, _check, _factors, _input, _layouts
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
@@ -110,9 +110,43 @@ def test_opcheck(always):
                           (x, w1, w2, bias, [1, 1], [1, 1], [1, 1], "channel", "relu"))
 
 
+@pytest.mark.parametrize("c,r,private", [
+    (32, 16, True),    # 32 KiB of transformed weights: a copy per thread
+    (520, 130, False),  # 4.1 MiB: two or more copies would pass 8 MiB, one shared copy
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transformed_weights_per_thread_or_shared(always, c, r, private, dtype):
+    """With several threads running items, each transforms the weights into its own buffer
+    where the copies stay within 8 MiB, else they share one. Either way, at 1-4 threads the
+    result is bit for bit one thread's, and the reference's; the library counts the calls
+    that made copies. A second call reuses the threads' buffers and must refill them: here
+    with other weights."""
+    x = _input((4, c, 16, 16), dtype)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        factors = [_factors("channel", 6, c, r, (3, 3), dtype, seed=seed) for seed in (0, 1)]
+        one_thread = [ops.factored_conv2d(x, *f, 1, 1, 1, "channel", "relu") for f in factors]
+        for threads in (2, 3, 4):
+            torch.set_num_threads(threads)
+            for (w1, w2, bias), expected in zip(factors, one_thread):
+                before = _C.cpu_winograd_private_weight_calls()
+                got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
+                assert (_C.cpu_winograd_private_weight_calls() > before) == private, threads
+                assert torch.equal(got, expected), threads
+        _check(one_thread[1], x, *factors[1], 1, 1, 1, "channel", "relu", tol=TOL[dtype])
+        torch.set_num_threads(1)
+        before = _C.cpu_winograd_private_weight_calls()
+        ops.factored_conv2d(x, *factors[0], 1, 1, 1, "channel", "relu")
+        assert _C.cpu_winograd_private_weight_calls() == before  # one thread: nothing to share
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_auto_mode_picks_winograd_only_for_large_layers():
     """auto gives bit for bit the result of always on a layer past the thresholds (rank 16,
-    32 channels, 128 tiles), and that of never below them or off the 3x3 stride-1 geometry."""
+    32 channels, 128 tiles; 48 tiles from rank 32), and that of never below them or off the
+    3x3 stride-1 geometry."""
     def run(mode, x, w1, w2, bias, stride):
         with ops.cpu_winograd(mode):
             return ops.factored_conv2d(x, w1, w2, bias, stride, 1, 1, "channel", "relu")
@@ -120,14 +154,23 @@ def test_auto_mode_picks_winograd_only_for_large_layers():
     x = _input((2, 32, 16, 16), torch.float32)  # 2 x 8 x 8 = 128 tiles
     large = _factors("channel", 8, 32, 16, (3, 3), torch.float32)
     small_rank = _factors("channel", 8, 32, 15, (3, 3), torch.float32)
-    cases = [(large, 1, "always"), (large, 2, "never"), (small_rank, 1, "never")]
-    for (w1, w2, bias), stride, same_as in cases:
-        auto = run("auto", x, w1, w2, bias, stride)
-        assert torch.equal(auto, run(same_as, x, w1, w2, bias, stride))
-    few_tiles = x[:1, :, :15, :16]  # 8 x 8 = 64 tiles
-    w1, w2, bias = large
-    assert torch.equal(run("auto", few_tiles, w1, w2, bias, 1), run("never", few_tiles, w1, w2, bias, 1))
-    assert not torch.equal(run("always", x, w1, w2, bias, 1), run("never", x, w1, w2, bias, 1))
+    few_channels = _factors("channel", 8, 31, 16, (3, 3), torch.float32)
+    cases = [(x, large, 1, "always"), (x, large, 2, "never"), (x, small_rank, 1, "never"),
+             (x[:, :31], few_channels, 1, "never")]
+    rank_32 = _factors("channel", 8, 32, 32, (3, 3), torch.float32)
+    rank_31 = _factors("channel", 8, 32, 31, (3, 3), torch.float32)
+    row_of_48 = _input((1, 32, 2, 96), torch.float32)  # one tile row: 48 tiles
+    row_of_47 = _input((1, 32, 2, 94), torch.float32)
+    cases += [(x[:1], large, 1, "never"),  # 64 tiles at rank 16
+              (x[:1], rank_32, 1, "always"),  # and at rank 32
+              (x[:1], rank_31, 1, "never"),
+              (row_of_48, rank_32, 1, "always"),
+              (row_of_47, rank_32, 1, "never")]
+    for x_, (w1, w2, bias), stride, same_as in cases:
+        auto = run("auto", x_, w1, w2, bias, stride)
+        assert torch.equal(auto, run(same_as, x_, w1, w2, bias, stride)), (x_.shape, w1.shape, stride)
+    for x_, (w1, w2, bias) in ((x, large), (row_of_48, rank_32), (row_of_47, rank_32)):
+        assert not torch.equal(run("always", x_, w1, w2, bias, 1), run("never", x_, w1, w2, bias, 1))
 
 
 @pytest.mark.parametrize("switch", ["cpu_winograd", "cpu_channel_vectorised", "cpu_split_images"])

@@ -44,18 +44,31 @@ constexpr int64_t kProductBytes = 256 << 10;
 constexpr int64_t kGroupBytes = 512 << 10;
 // Below these, the transforms cost more than the multiplications they save. Measured on the
 // 2-core AVX2 EPYC against the direct kernel (in-process alternation): rank 6 and 10 (CIFAR 16
-// and 32 channels) ran at 0.81-0.85x at batch 32; batch 1 of 7 x 7 and 14 x 14 images (16 and
-// 49 tiles) at 0.35-0.94x, as the weight transform (16 values per filter, written once per
-// call) is not amortised; 196 tiles and more (128-128 28x28, 64-64 56x56 at batch 1) at
-// 1.07-1.23x.
+// and 32 channels) ran at 0.81-0.85x at batch 32; rank 16 at 1.00x with 98 tiles and 1.01-1.13x
+// with 128-192. From rank 32 on, the products a tile saves (rank x channels) pay for its input
+// transform (channels) from fewer tiles: with per-thread weights (kPrivateWeightBytes), 49-98
+// tiles ran at 0.98-1.29x (median ~1.1) at ranks 32-128, and 25-36 tiles (10 x 10 and 12 x 12
+// images at batch 1) at 0.76-0.82x.
 constexpr int64_t kMinRank = 16;
 constexpr int64_t kMinChannels = 32;
 constexpr int64_t kMinTiles = 128;
+constexpr int64_t kMinRankForFewerTiles = 32;
+constexpr int64_t kMinFewerTiles = 48;
 
 // The weight transform runs in parallel over runs of kFilterRun filters (a multiple of every
 // vector width), at least kFilterGrain filters a thread.
 constexpr int64_t kFilterRun = 16;
 constexpr int64_t kFilterGrain = 1024;
+
+// Each thread that runs items transforms the weights itself, into its own buffer, where all
+// the threads' copies together take at most this: every item reads all of U, and a U shared
+// by the threads was written by both cores and read by both on every call. In-process A/B on
+// the 2-core EPYC, own copies against one shared U: 1.00-1.13x on 128-128 14x14 r32 b1, 64-64
+// 56x56 r16 b1, 64-64 8x8 r20 b32 and 512-512 7x7 r128 b32 (8 MiB of copies), never slower;
+// in some processes the shared U made 128-128 14x14 r32 b1 1.66x slower (0.196 against 0.118
+// ms). The copies cost a thread's transform of all filters instead of its share, and memory.
+constexpr int64_t kPrivateWeightBytes = 8 << 20;
+std::atomic<int64_t> g_private_weight_calls{0};
 
 // Vector width of the transforms (both kernel builds use 32-byte vectors).
 template <typename T>
@@ -154,17 +167,18 @@ struct Scratch {
   T* m;       // 16 points x rank x count
   T* mid;     // rank x positions: the intermediate, in image order
   T* out;     // kMaxRows x positions
+  T* u;       // the thread's own transformed weights, where private (see winograd_factored_conv2d)
 };
 
 // thread_buffers, as the direct path's; the planes are zeroed once per call (build_planes
 // writes their data columns only, so the padding stays zero for every band).
 template <typename T>
-Scratch<T> thread_scratch(const Plan& p, const FconvGeometry& g) {
-  const auto parts = thread_buffers<T, 5>(
+Scratch<T> thread_scratch(const Plan& p, const FconvGeometry& g, int64_t private_u) {
+  const auto parts = thread_buffers<T, 6>(
       {p.planes.size() + vector_width<T>(), kPoints * p.v_point, kPoints * p.m_point,
-       g.rank * p.positions, kMaxRows * p.positions});
+       g.rank * p.positions, kMaxRows * p.positions, private_u});
   std::fill(parts[0], parts[1], T(0));
-  return {parts[0], parts[1], parts[2], parts[3], parts[4]};
+  return {parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]};
 }
 
 template <typename T>
@@ -272,8 +286,9 @@ bool use_winograd(const FconvGeometry& g) {
                        g.out_w + 32 <= kWinogradMaxPlaneWidth;  // the transform's row buffer
   if (!applies) return false;
   const int64_t tiles = g.batch * ceil_div(g.out_h, 2) * ceil_div(g.out_w, 2);
+  const int64_t min_tiles = g.rank >= kMinRankForFewerTiles ? kMinFewerTiles : kMinTiles;
   return mode == PathMode::kAlways ||
-         (g.rank >= kMinRank && g.in_channels >= kMinChannels && tiles >= kMinTiles);
+         (g.rank >= kMinRank && g.in_channels >= kMinChannels && tiles >= min_tiles);
 }
 
 template <typename T>
@@ -287,31 +302,46 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   // call (128-128 28x28 r32).
   const int64_t filters = g.rank * g.in_channels;
   const int64_t u_point = filters + 16;
-  // winograd_weights writes every value the products read (not the points' padding).
-  std::vector<T> own;  // where U goes past kRetainedCallBytes
-  T* u_data = call_buffer<T>(kPoints * u_point, &own);
-  // U[xi][j][c] = (G g G^T)[xi] for filter g = w1[j, c]: filter j * channels + c.
-  // In parallel over filters, in runs of whole vectors (kFilterGrain: where fewer, one thread).
+  const int64_t u_size = kPoints * u_point;
   const auto transform = kernels_for<T>().winograd_weights;
-  at::parallel_for(0, ceil_div(filters, kFilterRun), kFilterGrain / kFilterRun,
-                   [&](int64_t begin, int64_t end) {
-                     const int64_t f0 = begin * kFilterRun;
-                     const int64_t f1 = std::min(end * kFilterRun, filters);
-                     transform(w1 + f0 * 9, f1 - f0, u_data + f0, u_point);
-                   });
   std::vector<int64_t> v_offsets(p.group), mid_offsets(g.rank);
   for (int64_t t = 0; t < p.group; ++t) v_offsets[t] = t * p.v_channel;
   for (int64_t j = 0; j < g.rank; ++j) mid_offsets[j] = j * p.positions;
   const bool direct = p.pitch == g.out_w && rows_like_nchw(g.out_w, os, residual != nullptr, rs);
-  const Operands<T> ops{x,  xs, u_data,   u_point, w2, bias, residual, rs, out, os,
-                        v_offsets.data(), mid_offsets.data(), direct};
   const int64_t work = p.count * (kPoints * g.rank * g.in_channels + 4 * g.out_channels * g.rank);
   const int64_t grain = parallel_grain(work);
+  const int64_t busy_threads =
+      std::min<int64_t>(at::get_num_threads(), ceil_div(p.items, grain));
+  const int64_t copies_bytes = busy_threads * u_size * static_cast<int64_t>(sizeof(T));
+  const bool private_weights = busy_threads > 1 && copies_bytes <= kPrivateWeightBytes;
+  if (private_weights) g_private_weight_calls.fetch_add(1, std::memory_order_relaxed);
+  T* shared_u = nullptr;
+  std::vector<T> own;  // where U goes past kRetainedCallBytes
+  if (!private_weights) {
+    // winograd_weights writes every value the products read (not the points' padding).
+    shared_u = call_buffer<T>(u_size, &own);
+    // U[xi][j][c] = (G g G^T)[xi] for filter g = w1[j, c]: filter j * channels + c.
+    // In parallel over filters, in runs of whole vectors (kFilterGrain: where fewer, one thread).
+    at::parallel_for(0, ceil_div(filters, kFilterRun), kFilterGrain / kFilterRun,
+                     [&](int64_t begin, int64_t end) {
+                       const int64_t f0 = begin * kFilterRun;
+                       const int64_t f1 = std::min(end * kFilterRun, filters);
+                       transform(w1 + f0 * 9, f1 - f0, shared_u + f0, u_point);
+                     });
+  }
   at::parallel_for(0, p.items, grain, [&](int64_t begin, int64_t end) {
-    const Scratch<T> scratch = thread_scratch<T>(p, g);
+    const Scratch<T> scratch = thread_scratch<T>(p, g, private_weights ? u_size : 0);
+    Operands<T> ops{x,  xs, shared_u, u_point, w2, bias, residual, rs, out, os,
+                    v_offsets.data(), mid_offsets.data(), direct};
+    if (private_weights) {
+      transform(w1, filters, scratch.u, u_point);
+      ops.u = scratch.u;
+    }
     for (int64_t item = begin; item < end; ++item) run_item(g, p, ops, item, scratch);
   });
 }
+
+int64_t winograd_private_weight_calls() { return g_private_weight_calls.load(); }
 
 template void winograd_factored_conv2d<float>(const FconvGeometry&, const float*,
                                               const int64_t*, const float*, const float*,

@@ -21,5 +21,9 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
                               const T* w1, const T* w2, const T* bias, const T* residual,
                               const int64_t* rs, T* out, const int64_t* os);
 
+// The Winograd calls so far (process-wide) whose threads each transformed the weights into
+// their own buffer instead of sharing one (see kPrivateWeightBytes).
+int64_t winograd_private_weight_calls();
+
 }  // namespace fconv_cpu
 }  // namespace trp_ext
