@@ -110,18 +110,19 @@ def test_opcheck(always):
                           (x, w1, w2, bias, [1, 1], [1, 1], [1, 1], "channel", "relu"))
 
 
-@pytest.mark.parametrize("c,r,private", [
-    (32, 16, True),    # 32 KiB of transformed weights: a copy per thread
-    (520, 130, False),  # 4.1 MiB: two or more copies would pass 8 MiB, one shared copy
+@pytest.mark.parametrize("shape,r,private", [
+    ((4, 32, 16, 16), 16, True),  # 32-64 KiB of transformed weights: a copy per thread
+    ((2, 520, 8, 8), 260, False),  # 8.3-16.5 MiB: two copies would pass 16 MiB, one shared
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_transformed_weights_per_thread_or_shared(always, c, r, private, dtype):
+def test_transformed_weights_per_thread_or_shared(always, shape, r, private, dtype):
     """With several threads running items, each transforms the weights into its own buffer
-    where the copies stay within 8 MiB, else they share one. Either way, at 1-4 threads the
+    where the copies stay within 16 MiB, else they share one. Either way, at 1-4 threads the
     result is bit for bit one thread's, and the reference's; the library counts the calls
     that made copies. A second call reuses the threads' buffers and must refill them: here
     with other weights."""
-    x = _input((4, c, 16, 16), dtype)
+    x = _input(shape, dtype)
+    c = shape[1]
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -64,10 +64,11 @@ constexpr int64_t kFilterGrain = 1024;
 // the threads' copies together take at most this: every item reads all of U, and a U shared
 // by the threads was written by both cores and read by both on every call. In-process A/B on
 // the 2-core EPYC, own copies against one shared U: 1.00-1.13x on 128-128 14x14 r32 b1, 64-64
-// 56x56 r16 b1, 64-64 8x8 r20 b32 and 512-512 7x7 r128 b32 (8 MiB of copies), never slower;
+// 56x56 r16 b1, 64-64 8x8 r20 b32 and 512-512 7x7 r128 b32 (1.02-1.06x, 8.4 MB of copies),
+// never slower;
 // in some processes the shared U made 128-128 14x14 r32 b1 1.66x slower (0.196 against 0.118
 // ms). The copies cost a thread's transform of all filters instead of its share, and memory.
-constexpr int64_t kPrivateWeightBytes = 8 << 20;
+constexpr int64_t kPrivateWeightBytes = 16 << 20;
 std::atomic<int64_t> g_private_weight_calls{0};
 
 // Vector width of the transforms (both kernel builds use 32-byte vectors).
