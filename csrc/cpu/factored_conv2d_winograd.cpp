@@ -44,11 +44,11 @@ constexpr int64_t kProductBytes = 256 << 10;
 constexpr int64_t kGroupBytes = 512 << 10;
 // Below these, the transforms cost more than the multiplications they save. Measured on the
 // 2-core AVX2 EPYC against the direct kernel (in-process alternation): rank 6 and 10 (CIFAR 16
-// and 32 channels) ran at 0.81-0.85x at batch 32; rank 16 at 1.00x with 98 tiles and 1.01-1.13x
-// with 128-192. From rank 32 on, the products a tile saves (rank x channels) pay for its input
-// transform (channels) from fewer tiles: with per-thread weights (kPrivateWeightBytes), 49-98
-// tiles ran at 0.98-1.29x (median ~1.1) at ranks 32-128, and 25-36 tiles (10 x 10 and 12 x 12
-// images at batch 1) at 0.76-0.82x.
+// and 32 channels) ran at 0.81-0.85x at batch 32; rank 16 at 0.88-1.00x with 49-98 tiles and
+// 1.01-1.16x with 128-192. From rank 32 on, the products a tile saves (rank x channels) pay for
+// its input transform (channels) from fewer tiles: with per-thread weights
+// (kPrivateWeightBytes), 49-98 tiles ran at 0.98-1.29x (median ~1.1) at ranks 32-128, and 25-36
+// tiles (10 x 10 and 12 x 12 images at batch 1) at 0.70-0.83x.
 constexpr int64_t kMinRank = 16;
 constexpr int64_t kMinChannels = 32;
 constexpr int64_t kMinTiles = 128;
@@ -65,9 +65,9 @@ constexpr int64_t kFilterGrain = 1024;
 // by the threads was written by both cores and read by both on every call. In-process A/B on
 // the 2-core EPYC, own copies against one shared U: 1.00-1.13x on 128-128 14x14 r32 b1, 64-64
 // 56x56 r16 b1, 64-64 8x8 r20 b32 and 512-512 7x7 r128 b32 (1.02-1.06x, 8.4 MB of copies),
-// never slower;
-// in some processes the shared U made 128-128 14x14 r32 b1 1.66x slower (0.196 against 0.118
-// ms). The copies cost a thread's transform of all filters instead of its share, and memory.
+// never slower; in some processes the shared U made 128-128 14x14 r32 b1 1.66x slower (0.196
+// against 0.118 ms). The copies cost a thread's transform of all filters instead of its
+// share, and memory.
 constexpr int64_t kPrivateWeightBytes = 16 << 20;
 std::atomic<int64_t> g_private_weight_calls{0};
 
