@@ -38,7 +38,14 @@ constexpr int64_t kPoints = 16;  // 4 x 4 transformed points per tile
 // items for 2 threads instead of 7 (in-process A/B: 1.06x on 64-64 56x56 r16 b1; the other
 // bench layers unchanged).
 constexpr int64_t kMaxItemTiles = 256;
-constexpr int64_t kProductBytes = 256 << 10;
+// An item's products and a channel group's transformed input (kGroupBytes) share the 1 MiB L2
+// of the Zen 4 EPYC. 448 KiB rather than 256 lets a batch-32 item hold a whole 28 x 28 image
+// at rank 32 (196 tiles, not bands of 112 and 84) and two 14 x 14 images at rank 64 (not
+// one): in-process, alternating the builds, 1.06-1.12x on 128-128 28x28 r32 b32 and 256-256
+// 14x14 r64 b32, the other bench layers unchanged (64-64 8x8 r20 b32 now 16 images an item,
+// not 8); 512 KiB (four 7 x 7 images at rank 128, not two) made 512-512 7x7 r128 b32
+// 1.00-1.16x slower.
+constexpr int64_t kProductBytes = 448 << 10;
 // The transformed input of a group of channels (16 points x channels x tiles) is kept near
 // this size, so that it stays in L2 across the 16 point products that read it.
 constexpr int64_t kGroupBytes = 512 << 10;
