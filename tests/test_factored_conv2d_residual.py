@@ -224,10 +224,11 @@ def threads(request):
 @pytest.mark.parametrize("residual_kind", [None, "contiguous", "image", "per_pixel"])
 @pytest.mark.parametrize("batch,size,stride", [
     (1, (7, 7), 1),    # 49 positions a band: whole vectors and a tail of 1
-    (2, (9, 13), 1),   # odd rows of 13
+    (2, (9, 13), 1),   # odd rows of 13 (Winograd: the last tile column half past each row)
     (3, (16, 16), 1),  # whole vectors only
     (2, (10, 6), 1),   # Winograd: rows of 6, 10 image rows
-    (1, (9, 12), 1),   # Winograd: the last tile row holds one image row (copy path there)
+    (1, (9, 12), 1),   # Winograd: the last tile row holds one image row
+    (9, (7, 7), 1),    # Winograd: several 7x7 images an item, each tiles' last row on the next
     (1, (3, 2), 1),    # under one vector: the copy path
     (2, (11, 9), 2),   # stride 2 (never Winograd): 6 x 5 outputs
 ])

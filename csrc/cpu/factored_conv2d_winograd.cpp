@@ -152,7 +152,9 @@ Plan make_plan(const FconvGeometry& g) {
   // share one set of the L1 cache.
   p.v_point = p.group * p.v_channel + 16;
   p.m_point = g.rank * p.count + 16;
-  p.pitch = 2 * p.tiles_w;
+  // The intermediate's rows are the output's: at an odd width the last tile column's second
+  // value lands on the next row's first, which the output transform writes after it.
+  p.pitch = g.out_w;
   // The output transform writes up to 2 L - 1 values past an item's last row.
   p.positions = round_up(p.images * 2 * p.rows * p.pitch, kCountAlign) + 2 * L;
   PlaneSpec& s = p.planes;
@@ -203,8 +205,8 @@ struct Operands {
   const int64_t* os;
   const int64_t* v_offsets;    // tap t of a point product: channel t of the group
   const int64_t* mid_offsets;  // tap j of the second conv: rank row j of the intermediate
-  // The intermediate's rows are the output's (pitch == out_w), the output is NCHW and a
-  // residual, if any, has its rows: whole image rows go straight into the output.
+  // The output is NCHW and a residual, if any, has its rows: the intermediate's rows, which
+  // are the output's, go straight into the output.
   bool direct;
 };
 
@@ -217,8 +219,12 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
   const int64_t images = std::min(p.images, g.batch - image0);
   const int64_t ty0 = item % p.bands * p.rows;
   const int64_t rows = std::min(p.rows, p.tiles_h - ty0);
-  const int64_t image_tiles = rows * p.tiles_w;             // an image's tiles in this item
-  const int64_t image_positions = 2 * rows * p.pitch;       // and its positions
+  const int64_t image_tiles = rows * p.tiles_w;  // an image's tiles in this item
+  // and its positions: the output rows only. At an odd height the tiles' last row (past the
+  // output) lands on the next image's first, which the output transform writes after it, or
+  // in the slack.
+  const int64_t out_rows = std::min(2 * rows, g.out_h - 2 * ty0);
+  const int64_t image_positions = out_rows * p.pitch;
   const int64_t positions = round_up(images * image_positions, kCountAlign);
   const int64_t count = round_up(images * image_tiles, kCountAlign);  // a last item may be short
   // First conv: per channel group, each image's planes and their transform, then the 16 point
@@ -246,10 +252,9 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
                       s.mid + i * image_positions, p.pitch, p.positions);
   }
   // Second conv with the epilogue over the item's positions, then the valid rows and columns
-  // out to memory; or, where the item's rows are all output rows laid out as the output's,
-  // per image straight into the output.
-  const int64_t out_rows = std::min(2 * rows, g.out_h - 2 * ty0);
-  if (ops.direct && out_rows == 2 * rows && image_positions >= kPositionAlign) {
+  // out to memory; or, where the output's rows are laid out as the intermediate's, per image
+  // straight into the output.
+  if (ops.direct && image_positions >= kPositionAlign) {
     for (const auto& [start, size] : p.out_blocks) {
       for (int64_t i = 0; i < images; ++i) {
         const T* res = ops.residual ? ops.residual + (image0 + i) * ops.rs[0] +
@@ -315,7 +320,7 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   std::vector<int64_t> v_offsets(p.group), mid_offsets(g.rank);
   for (int64_t t = 0; t < p.group; ++t) v_offsets[t] = t * p.v_channel;
   for (int64_t j = 0; j < g.rank; ++j) mid_offsets[j] = j * p.positions;
-  const bool direct = p.pitch == g.out_w && rows_like_nchw(g.out_w, os, residual != nullptr, rs);
+  const bool direct = rows_like_nchw(g.out_w, os, residual != nullptr, rs);
   const int64_t work = p.count * (kPoints * g.rank * g.in_channels + 4 * g.out_channels * g.rank);
   const int64_t grain = parallel_grain(work);
   const int64_t busy_threads =
