@@ -101,12 +101,10 @@ PyCFunction with_keywords() {
   return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Function));
 }
 
-PyObject* cpu_split_image_calls(PyObject* /*self*/, PyObject* /*args*/) {
-  return PyLong_FromLongLong(trp_ext::fconv_cpu::split_image_calls());
-}
-
-PyObject* cpu_winograd_private_weight_calls(PyObject* /*self*/, PyObject* /*args*/) {
-  return PyLong_FromLongLong(trp_ext::fconv_cpu::winograd_private_weight_calls());
+// cpu_split_image_calls and cpu_winograd_private_weight_calls: the library's count as an int.
+template <int64_t (*Count)()>
+PyObject* call_count(PyObject* /*self*/, PyObject* /*args*/) {
+  return PyLong_FromLongLong(Count());
 }
 
 PyMethodDef methods[] = {
@@ -136,10 +134,11 @@ PyMethodDef methods[] = {
      "cpu_split_images(mode=None) -> str: the CPU factored_conv2d's splitting of an image's "
      "band-path work across threads by channels instead of rows, set to mode ('auto', 'never', "
      "'always') when given; returns the mode in force."},
-    {"cpu_split_image_calls", cpu_split_image_calls, METH_NOARGS,
+    {"cpu_split_image_calls", call_count<trp_ext::fconv_cpu::split_image_calls>, METH_NOARGS,
      "cpu_split_image_calls() -> int: the CPU factored_conv2d calls that have split their "
      "images across threads so far (process-wide)."},
-    {"cpu_winograd_private_weight_calls", cpu_winograd_private_weight_calls, METH_NOARGS,
+    {"cpu_winograd_private_weight_calls",
+     call_count<trp_ext::fconv_cpu::winograd_private_weight_calls>, METH_NOARGS,
      "cpu_winograd_private_weight_calls() -> int: the CPU factored_conv2d Winograd calls whose "
      "threads each transformed the weights into their own buffer so far (process-wide)."},
     {"factored_conv2d_below_autograd", trp_ext::factored_conv2d_below_autograd, METH_VARARGS,

@@ -133,12 +133,20 @@ struct BandPlan {
   std::vector<SplitPart> parts;
 };
 
-// The multiply-adds of a band of `rows` output rows, thrown-away positions included, as
-// make_plan lays it out.
+// The positions a band of `rows` output rows computes in the first and the second conv,
+// thrown-away columns included, as make_plan lays it out (pitch2: stage-2 positions per row).
+struct BandCounts {
+  int64_t count1, count2;
+};
+BandCounts band_counts(const FconvGeometry& g, int64_t pitch2, int64_t rows) {
+  const int64_t count1 = round_up(rows * (g.spatial ? g.width : pitch2), kPositionAlign);
+  return {count1, g.spatial ? round_up(rows * pitch2, kPositionAlign) : count1};
+}
+
+// The multiply-adds of a band of `rows` output rows, thrown-away positions included.
 int64_t band_work(const FconvGeometry& g, int64_t rows) {
-  const int64_t pitch = PlaneSpec::row_length(g.width, g.pw, g.sw, g.out_w);
-  const int64_t count1 = round_up(rows * (g.spatial ? g.width : pitch), kPositionAlign);
-  const int64_t count2 = g.spatial ? round_up(rows * pitch, kPositionAlign) : count1;
+  const auto [count1, count2] =
+      band_counts(g, PlaneSpec::row_length(g.width, g.pw, g.sw, g.out_w), rows);
   const int64_t taps1 = g.in_channels * g.kh * (g.spatial ? 1 : g.kw);
   const int64_t taps2 = g.rank * (g.spatial ? g.kw : 1);
   return count1 * g.rank * taps1 + count2 * g.out_channels * taps2;
@@ -161,6 +169,10 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size, int64_t parts) 
   p.rows = ceil_div(g.out_h, bands);
   p.bands = ceil_div(g.out_h, p.rows);
   const int64_t halo = (g.kh - 1) * g.dh / g.sh;  // plane rows below the band's last row
+  p.pitch2 = pitch;
+  const BandCounts counts = band_counts(g, pitch, p.rows);
+  p.count1 = counts.count1;
+  p.count2 = counts.count2;
 
   PlaneSpec& xs = p.x_planes;
   xs.channels = g.in_channels;
@@ -173,7 +185,6 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size, int64_t parts) 
     for (int64_t i = 0; i < g.in_channels; ++i) {
       for (int64_t ky = 0; ky < g.kh; ++ky) p.taps1.push_back(xs.offset(i, ky * g.dh, 0));
     }
-    p.count1 = round_up(p.rows * g.width, kPositionAlign);
     // 1 x kw conv over the band's intermediate rows: the width parts.
     PlaneSpec& ms = p.mid_planes;
     ms.channels = g.rank;
@@ -195,12 +206,9 @@ BandPlan make_plan(const FconvGeometry& g, int64_t element_size, int64_t parts) 
         }
       }
     }
-    p.count1 = round_up(p.rows * pitch, kPositionAlign);
     // 1x1 conv: tap j is row j of the intermediate.
     for (int64_t j = 0; j < g.rank; ++j) p.taps2.push_back(j * p.count1);
   }
-  p.pitch2 = pitch;
-  p.count2 = g.spatial ? round_up(p.rows * pitch, kPositionAlign) : p.count1;
   p.dense_ld = round_up(p.rows * g.out_w, kPositionAlign);
   if (!g.spatial) {
     for (int64_t j = 0; j < g.rank; ++j) p.taps2_dense.push_back(j * p.dense_ld);
@@ -485,8 +493,7 @@ void run_band(const FconvGeometry& g, const BandPlan& p, const Operands<T>& ops,
   const int64_t oh0 = band * p.rows;
   const int64_t rows = std::min(p.rows, g.out_h - oh0);
   // The last band may be shorter: compute its rows only (buffers keep a full band's layout).
-  const int64_t count1 = round_up(rows * (g.spatial ? g.width : p.pitch2), kPositionAlign);
-  const int64_t count2 = g.spatial ? round_up(rows * p.pitch2, kPositionAlign) : count1;
+  const auto [count1, count2] = band_counts(g, p.pitch2, rows);
   // 1. Planes of the input rows this band reads.
   kernels_for<T>().build_planes(ops.x + image * ops.xs[0], ops.xs[1], ops.xs[2], ops.xs[3],
                                 g.height, g.width, p.x_planes, oh0, s.x_planes);

@@ -24,7 +24,6 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <vector>
 
 #include "cpu/factored_conv2d_shared.h"
@@ -32,7 +31,6 @@
 namespace trp_ext {
 namespace fconv_cpu {
 namespace {
-
 
 // The first conv runs groups of input channels of at least this many taps: each group reloads
 // and stores the accumulators, which short groups would not amortise, and a group's share of the

@@ -114,8 +114,8 @@ def cpu_winograd_mode() -> str:
     dilation 1: ``"auto"`` (the default) uses Winograd F(2x2, 3x3), which needs 16 instead of 36
     multiplications per 2x2 output tile and (rank, channel) pair, where it measured faster
     (rank >= 16, >= 32 input channels, >= 128 tiles per call, or >= 48 from rank 32 on);
-    ``"never"`` always runs the direct kernel; ``"always"`` uses Winograd wherever it applies. For finite inputs results
-    differ only by rounding. The transforms add up to 16 input values, so an Inf in the input can
+    ``"never"`` always runs the direct kernel; ``"always"`` uses Winograd wherever it applies.
+    For finite inputs results differ only by rounding. The transforms add up to 16 input values, so an Inf in the input can
     give NaN where the direct conv gives +-Inf (the same outputs are non-finite before the
     activation; after a ReLU, such an output is NaN where the direct conv's -Inf gives 0), and
     inputs near the float range overflow sooner; ``"never"`` keeps the direct behaviour."""
