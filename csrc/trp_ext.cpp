@@ -120,9 +120,10 @@ PyMethodDef methods[] = {
     {kWinogradSwitch,
      with_keywords<path_mode<trp_ext::fconv_cpu::winograd_switch, kWinogradSwitch>>(),
      METH_VARARGS | METH_KEYWORDS,
-     "cpu_winograd(mode=None) -> str: the CPU factored_conv2d's use of Winograd F(2x2, 3x3) "
-     "for channel-scheme 3x3 stride-1 layers, set to mode ('auto', 'never', 'always') when "
-     "given; returns the mode in force."},
+     "cpu_winograd(mode=None) -> str: the CPU factored_conv2d's use of Winograd for 3x3 "
+     "stride-1 layers (F(2x2, 3x3) for the channel scheme, F(2, 3) along each axis for the "
+     "spatial one), set to mode ('auto', 'never', 'always') when given; returns the mode in "
+     "force."},
     {kCvSwitch, with_keywords<path_mode<trp_ext::fconv_cpu::cv_switch, kCvSwitch>>(),
      METH_VARARGS | METH_KEYWORDS,
      "cpu_channel_vectorised(mode=None) -> str: the CPU factored_conv2d's use of its "

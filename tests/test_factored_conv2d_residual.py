@@ -77,15 +77,17 @@ def test_residual_batch_sizes_and_dtypes(device, scheme, dtype, batch, size):
     _check(x, w1, w2, None, residual, 1, 1, 1, scheme, "relu")
 
 
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("mode", ["never", "always"])
-@pytest.mark.parametrize("kind", ["contiguous", "channels_last", "per_row"])
-def test_residual_on_both_cpu_paths(mode, kind):
-    """The direct kernel and the Winograd path add the residual in their own copy-out."""
+@pytest.mark.parametrize("kind", RESIDUALS)
+def test_residual_on_both_cpu_paths(scheme, mode, kind):
+    """The direct kernel and the Winograd paths add the residual in their own epilogue: into
+    NCHW outputs as they write them, else in the copy-out."""
     x = _input((3, 8, 13, 10), torch.float32)
-    w1, w2, bias = _factors("channel", 9, 8, 5, (3, 3), torch.float32)
+    w1, w2, bias = _factors(scheme, 9, 8, 5, (3, 3), torch.float32)
     residual = _residual((3, 9, 13, 10), kind, torch.float32, "cpu")
     with ops.cpu_winograd(mode):
-        _check(x, w1, w2, bias, residual, 1, 1, 1, "channel", "relu")
+        _check(x, w1, w2, bias, residual, 1, 1, 1, scheme, "relu")
 
 
 def test_residual_is_added_before_the_relu():

@@ -1,9 +1,11 @@
-"""The CPU factored_conv2d's Winograd F(2x2, 3x3) path (channel scheme, 3x3 stride-1 first conv)
-against the reference composition, and the mode that selects it."""
+"""The CPU factored_conv2d's Winograd paths against the reference composition: F(2x2, 3x3) for
+the channel scheme's 3x3 stride-1 first conv, F(2, 3) along each axis for the spatial scheme's
+3x1 and 1x3 convs; and the mode that selects them."""
 import pytest
 import torch
 
 from trp_ext import _C, ops
+from trp_ext import _reference as ref
 from test_factored_conv2d import CHANNELS, _check, _factors, _input, _layouts
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
@@ -25,69 +27,77 @@ CASES = [(size, padding) for size in SIZES for padding in PADDINGS
          and size[2] + 2 * torch.nn.modules.utils._pair(padding)[1] >= 3]
 
 
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("size,padding", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sizes_and_padding(always, size, padding, dtype):
+def test_sizes_and_padding(always, scheme, size, padding, dtype):
     x = _input((size[0], 5, size[1], size[2]), dtype)
-    w1, w2, bias = _factors("channel", 6, 5, 4, (3, 3), dtype)
-    got = ops.factored_conv2d(x, w1, w2, bias, 1, padding, 1, "channel", "relu")
-    _check(got, x, w1, w2, bias, 1, padding, 1, "channel", "relu", tol=TOL[dtype])
+    w1, w2, bias = _factors(scheme, 6, 5, 4, (3, 3), dtype)
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, padding, 1, scheme, "relu")
+    _check(got, x, w1, w2, bias, 1, padding, 1, scheme, "relu", tol=TOL[dtype])
 
 
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("c,r,n", CHANNELS + [(300, 20, 7)])  # 300: several channel groups
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bias,activation", [(True, None), (True, "relu"), (False, None)])
-def test_channels(always, c, r, n, dtype, bias, activation):
+def test_channels(always, scheme, c, r, n, dtype, bias, activation):
     x = _input((3, c, 13, 10), dtype)
-    w1, w2, b = _factors("channel", n, c, r, (3, 3), dtype)
+    w1, w2, b = _factors(scheme, n, c, r, (3, 3), dtype)
     b = b if bias else None
-    got = ops.factored_conv2d(x, w1, w2, b, 1, 1, 1, "channel", activation)
-    _check(got, x, w1, w2, b, 1, 1, 1, "channel", activation, tol=TOL[dtype])
+    got = ops.factored_conv2d(x, w1, w2, b, 1, 1, 1, scheme, activation)
+    _check(got, x, w1, w2, b, 1, 1, 1, scheme, activation, tol=TOL[dtype])
 
 
-@pytest.mark.parametrize("switch,batch,rank", [("cpu_winograd", 1, 520), ("cpu_channel_vectorised", 2, 1030)])
-def test_large_layer(switch, batch, rank):
+@pytest.mark.parametrize("switch,scheme,batch,rank,n", [
+    ("cpu_winograd", "channel", 1, 520, 8), ("cpu_winograd", "spatial", 1, 1100, 1100),
+    ("cpu_channel_vectorised", "channel", 2, 1030, 8)])
+def test_large_layer(switch, scheme, batch, rank, n):
     """Weights laid out per call past the size a thread keeps between calls (16 MiB): the call's
     own buffer. Winograd's transformed weights (this path), and the channel-vectorised path's
     packed panels, which share that buffer."""
     x = _input((batch, 520, 6, 5), torch.float32)
-    w1, w2, bias = _factors("channel", 8, 520, rank, (3, 3), torch.float32)
+    w1, w2, bias = _factors(scheme, n, 520, rank, (3, 3), torch.float32)
     with getattr(ops, switch)("always"):
-        got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
-    _check(got, x, w1, w2, bias, 1, 1, 1, "channel", "relu", tol=2e-5)
+        got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, scheme, "relu")
+    _check(got, x, w1, w2, bias, 1, 1, 1, scheme, "relu", tol=2e-5)
 
 
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted", "channels_last_sliced"])
-def test_memory_layouts(always, layout):
+def test_memory_layouts(always, scheme, layout):
     x = _layouts("cpu")[layout]
-    w1, w2, bias = _factors("channel", 7, 6, 4, (3, 3), torch.float32)
-    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", None)
-    _check(got, x, w1, w2, bias, 1, 1, 1, "channel", None, tol=2e-5)
+    w1, w2, bias = _factors(scheme, 7, 6, 4, (3, 3), torch.float32)
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, scheme, None)
+    _check(got, x, w1, w2, bias, 1, 1, 1, scheme, None, tol=2e-5)
     assert got.is_contiguous(memory_format=torch._prims_common.suggest_memory_format(x))
 
 
-def test_nan_stays_in_its_windows(always):
-    """Winograd's transforms mix a tile's whole 4x4 patch, but each output still combines only
-    the values of its own window: a NaN reaches exactly the outputs whose window holds it."""
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+def test_nan_stays_in_its_windows(always, scheme):
+    """Winograd's transforms mix a tile's whole 4x4 patch (4 values along an axis), but each
+    output still combines only the values of its own window: a NaN reaches exactly the outputs
+    whose window holds it."""
     x = _input((1, 2, 6, 6), torch.float32)
     x[0, 0, 2, 3] = float("nan")
-    w1, w2, bias = _factors("channel", 3, 2, 2, (3, 3), torch.float32)
-    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
+    w1, w2, bias = _factors(scheme, 3, 2, 2, (3, 3), torch.float32)
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, scheme, "relu")
     expected = torch.zeros(6, 6, dtype=torch.bool)
     expected[1:4, 2:5] = True
     assert torch.equal(torch.isnan(got[0]), expected.expand(3, 6, 6))
 
 
-def test_inf_stays_in_its_windows(always):
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+def test_inf_stays_in_its_windows(always, scheme):
     """An Inf reaches the same outputs as in the direct conv (as NaN or +-Inf: Inf - Inf inside
     the transforms is NaN)."""
     x = _input((1, 2, 7, 6), torch.float32)
     x[0, 1, 3, 2] = float("inf")
     x[0, 0, 5, 5] = float("-inf")
-    w1, w2, bias = _factors("channel", 3, 2, 2, (3, 3), torch.float32)
-    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", None)
+    w1, w2, bias = _factors(scheme, 3, 2, 2, (3, 3), torch.float32)
+    got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, scheme, None)
     with ops.cpu_winograd("never"):
-        direct = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", None)
+        direct = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, scheme, None)
     assert torch.equal(torch.isfinite(got), torch.isfinite(direct))
     assert not torch.isfinite(direct).all()
 
@@ -103,19 +113,22 @@ def test_wide_images_take_the_direct_path(always):
     _check(got, x, w1, w2, bias, 1, 1, 1, "channel", "relu", tol=2e-5)
 
 
-def test_opcheck(always):
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+def test_opcheck(always, scheme):
     x = _layouts("cpu")["channels_last"]
-    w1, w2, bias = _factors("channel", 5, 6, 3, (3, 3), torch.float32)
+    w1, w2, bias = _factors(scheme, 5, 6, 3, (3, 3), torch.float32)
     torch.library.opcheck(torch.ops.trp_ext.factored_conv2d,
-                          (x, w1, w2, bias, [1, 1], [1, 1], [1, 1], "channel", "relu"))
+                          (x, w1, w2, bias, [1, 1], [1, 1], [1, 1], scheme, "relu"))
 
 
-@pytest.mark.parametrize("shape,r,private", [
-    ((4, 32, 16, 16), 16, True),  # 32-64 KiB of transformed weights: a copy per thread
-    ((2, 520, 8, 8), 260, False),  # 8.3-16.5 MiB: two copies would pass 16 MiB, one shared
+@pytest.mark.parametrize("scheme,shape,r,private", [
+    ("channel", (4, 32, 16, 16), 16, True),  # 32-64 KiB of transformed weights: a copy per thread
+    ("channel", (2, 520, 8, 8), 260, False),  # 8.3-16.5 MiB: two copies would pass 16 MiB, one shared
+    ("spatial", (4, 32, 16, 16), 16, True),  # 10-20 KiB
+    ("spatial", (2, 1100, 8, 8), 600, False),  # 10.6-21.2 MiB
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_transformed_weights_per_thread_or_shared(always, shape, r, private, dtype):
+def test_transformed_weights_per_thread_or_shared(always, scheme, shape, r, private, dtype):
     """With several threads running items, each transforms the weights into its own buffer
     where the copies stay within 16 MiB, else they share one. Either way, at 1-4 threads the
     result is bit for bit one thread's, and the reference's; the library counts the calls
@@ -126,19 +139,19 @@ def test_transformed_weights_per_thread_or_shared(always, shape, r, private, dty
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        factors = [_factors("channel", 6, c, r, (3, 3), dtype, seed=seed) for seed in (0, 1)]
-        one_thread = [ops.factored_conv2d(x, *f, 1, 1, 1, "channel", "relu") for f in factors]
+        factors = [_factors(scheme, 6, c, r, (3, 3), dtype, seed=seed) for seed in (0, 1)]
+        one_thread = [ops.factored_conv2d(x, *f, 1, 1, 1, scheme, "relu") for f in factors]
         for threads in (2, 3, 4):
             torch.set_num_threads(threads)
             for (w1, w2, bias), expected in zip(factors, one_thread):
                 before = _C.cpu_winograd_private_weight_calls()
-                got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "channel", "relu")
+                got = ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, scheme, "relu")
                 assert (_C.cpu_winograd_private_weight_calls() > before) == private, threads
                 assert torch.equal(got, expected), threads
-        _check(one_thread[1], x, *factors[1], 1, 1, 1, "channel", "relu", tol=TOL[dtype])
+        _check(one_thread[1], x, *factors[1], 1, 1, 1, scheme, "relu", tol=TOL[dtype])
         torch.set_num_threads(1)
         before = _C.cpu_winograd_private_weight_calls()
-        ops.factored_conv2d(x, *factors[0], 1, 1, 1, "channel", "relu")
+        ops.factored_conv2d(x, *factors[0], 1, 1, 1, scheme, "relu")
         assert _C.cpu_winograd_private_weight_calls() == before  # one thread: nothing to share
     finally:
         torch.set_num_threads(previous)
@@ -172,6 +185,28 @@ def test_auto_mode_picks_winograd_only_for_large_layers():
         assert torch.equal(auto, run(same_as, x_, w1, w2, bias, stride)), (x_.shape, w1.shape, stride)
     for x_, (w1, w2, bias) in ((x, large), (row_of_48, rank_32), (row_of_47, rank_32)):
         assert not torch.equal(run("always", x_, w1, w2, bias, 1), run("never", x_, w1, w2, bias, 1))
+
+
+def test_auto_mode_picks_spatial_winograd_only_for_large_layers():
+    """The spatial scheme's rule: auto gives bit for bit the result of always from rank 16, 32
+    input channels and 96 first-conv positions (batch x ceil(out_h / 2) x W), and that of
+    never below any of them or off the 3x3 stride-1 geometry."""
+    def run(mode, x, w1, w2, bias, stride):
+        with ops.cpu_winograd(mode):
+            return ops.factored_conv2d(x, w1, w2, bias, stride, 1, 1, "spatial", "relu")
+
+    x = _input((1, 32, 14, 14), torch.float32)  # 7 tile rows x 14 columns = 98 positions
+    short = _input((1, 32, 12, 14), torch.float32)  # 6 x 14 = 84
+    large = _factors("spatial", 8, 32, 16, (3, 3), torch.float32)
+    small_rank = _factors("spatial", 8, 32, 15, (3, 3), torch.float32)
+    few_channels = _factors("spatial", 8, 31, 16, (3, 3), torch.float32)
+    cases = [(x, large, 1, "always"), (x, large, 2, "never"), (x, small_rank, 1, "never"),
+             (x[:, :31], few_channels, 1, "never"), (short, large, 1, "never")]
+    for x_, (w1, w2, bias), stride, same_as in cases:
+        auto = run("auto", x_, w1, w2, bias, stride)
+        assert torch.equal(auto, run(same_as, x_, w1, w2, bias, stride)), (x_.shape, w1.shape, stride)
+    for x_ in (x, short):
+        assert not torch.equal(run("always", x_, *large, 1), run("never", x_, *large, 1))
 
 
 @pytest.mark.parametrize("switch", ["cpu_winograd", "cpu_channel_vectorised", "cpu_split_images"])

@@ -20,10 +20,10 @@
 // Both convs are the same micro-kernel (factored_conv2d_kernels.h), run over different taps.
 // Items run in parallel with at::parallel_for, so batch 1 still uses every core. A batch-1 image
 // whose few output rows would make uneven bands is split by channels instead (run_split_image).
-// Two other paths take the calls where they do less work: Winograd (factored_conv2d_winograd.cpp,
-// 3x3 stride-1 channel-scheme layers) and the channel-vectorised path (factored_conv2d_cv.cpp,
-// whole images per thread, where the bands' thrown-away positions cost more than packing the
-// weights).
+// Two other paths take the calls where they do less work: Winograd (3x3 stride-1 layers:
+// factored_conv2d_winograd.cpp for the channel scheme, factored_conv2d_winograd_spatial.cpp for
+// the spatial one) and the channel-vectorised path (factored_conv2d_cv.cpp, whole images per
+// thread, where the bands' thrown-away positions cost more than packing the weights).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -653,8 +653,9 @@ void factored_conv2d_cpu_impl(const FconvGeometry& g, const at::Tensor& x, const
   ops.w2 = w2c.const_data_ptr<T>();
   ops.bias = bc.defined() ? bc.const_data_ptr<T>() : nullptr;
   if (fconv_cpu::use_winograd(g)) {
-    fconv_cpu::winograd_factored_conv2d<T>(g, ops.x, ops.xs, ops.w1, ops.w2, ops.bias,
-                                           ops.residual, ops.rs, ops.out, ops.os);
+    const auto winograd = g.spatial ? &fconv_cpu::spatial_winograd_factored_conv2d<T>
+                                    : &fconv_cpu::winograd_factored_conv2d<T>;
+    winograd(g, ops.x, ops.xs, ops.w1, ops.w2, ops.bias, ops.residual, ops.rs, ops.out, ops.os);
     return;
   }
   const std::shared_ptr<const BandPlan> banded = cached_plan(g, static_cast<int64_t>(sizeof(T)), 0);

@@ -137,6 +137,51 @@ using WinogradOutputFn = void (*)(const T* m, int64_t rows, int64_t count, int64
 template <typename T>
 using WinogradWeightsFn = void (*)(const T* w, int64_t filters, T* u, int64_t point_stride);
 
+// Winograd F(2, 3) along one axis (cpu/factored_conv2d_winograd_spatial.cpp, the spatial
+// scheme's 3 x 1 and 1 x 3 convs; see factored_conv2d_kernels_axis_impl.h).
+// height input: B^T d down the columns of rows of `width` values (channel c's row y at src + c *
+//   sc + y * sy, rows outside [0, height) zeros): tile row ty of column x reads rows row0 +
+//   2 ty .. row0 + 2 ty + 3, and up to kWidth - 1 values past each row's `width`, but none at
+//   or past `end`; point k of channel c goes to v[k * point_stride + c * channel_stride + ty *
+//   width + x], and up to kWidth - 1 values past a tile row's last column (onto the next tile
+//   row's, written after it, or past the last).
+// height output: the products (point k of row j, position ty * width + x at m[k * point_stride
+//   + j * count + ...], read up to kWidth - 1 positions past each tile row) -> A^T m, output
+//   rows 2 ty and 2 ty + 1 of row j at y[j * row_stride + (2 ty + dy) * pitch + x], x < width
+//   exactly: nothing else in y is written.
+// width input: B^T d along rows of `pitch` values (channel c at src + c * plane_stride): tile
+//   tx of row y reads values 2 tx .. 2 tx + 3, and whole vectors of tiles read up to 2 kWidth
+//   + 1 values past a row's last tile; point k to v[k * point_stride + c * channel_stride + y *
+//   tiles_w + tx], up to kWidth - 1 values past a row's last tile (onto the next row's, written
+//   after it, or past the last).
+// width output: the products (point k of row j, tile t = row * tiles_w + tx at m[k *
+//   point_stride + j * count + t], read up to kWidth - 1 tiles past each row) -> act((A^T m +
+//   bias[j]) + res[j * res_stride + row * pitch + x]), x < out_w <= 2 tiles_w exactly, at
+//   y[j * row_stride + row * pitch + x] (bias, res null: none; act the ReLU when relu).
+// weights: G g of `filters` 3-tap filters stored one after another (3 values each, as in an (r,
+//   c, 3, 1) or (n, r, 1, 3) weight): point k of filter f at u[k * point_stride + f].
+template <typename T>
+using WinogradHeightInputFn = void (*)(const T* src, int64_t sc, int64_t sy, int64_t height,
+                                       int64_t row0, const T* end, int64_t channels,
+                                       int64_t tile_rows, int64_t width, T* v,
+                                       int64_t channel_stride, int64_t point_stride);
+template <typename T>
+using WinogradHeightOutputFn = void (*)(const T* m, int64_t rows, int64_t count,
+                                        int64_t point_stride, int64_t tile_rows, int64_t width,
+                                        T* y, int64_t pitch, int64_t row_stride);
+template <typename T>
+using WinogradWidthInputFn = void (*)(const T* src, int64_t plane_stride, int64_t pitch,
+                                      int64_t channels, int64_t rows, int64_t tiles_w, T* v,
+                                      int64_t channel_stride, int64_t point_stride);
+template <typename T>
+using WinogradWidthOutputFn = void (*)(const T* m, int64_t rows, int64_t count,
+                                       int64_t point_stride, int64_t out_rows, int64_t tiles_w,
+                                       int64_t out_w, const T* bias, const T* res,
+                                       int64_t res_stride, bool relu, T* y, int64_t pitch,
+                                       int64_t row_stride);
+template <typename T>
+using WinogradAxisWeightsFn = void (*)(const T* w, int64_t filters, T* u, int64_t point_stride);
+
 template <typename T>
 struct KernelSet {
   TapConvFn<T> tap_conv = nullptr;
@@ -147,6 +192,11 @@ struct KernelSet {
   WinogradWeightsFn<T> winograd_weights = nullptr;
   CvConvFn<T> cv_conv = nullptr;
   CvOutputFn<T> cv_output = nullptr;
+  WinogradHeightInputFn<T> winograd_h_input = nullptr;
+  WinogradHeightOutputFn<T> winograd_h_output = nullptr;
+  WinogradWidthInputFn<T> winograd_w_input = nullptr;
+  WinogradWidthOutputFn<T> winograd_w_output = nullptr;
+  WinogradAxisWeightsFn<T> winograd_axis_weights = nullptr;
 };
 
 struct CpuKernels {

@@ -628,3 +628,6 @@ void winograd_output(const typename V::Scalar* m, int64_t rows, int64_t count,
 }  // namespace
 }  // namespace fconv_cpu
 }  // namespace trp_ext
+
+// Along one axis: uses winograd_b.
+#include "cpu/factored_conv2d_kernels_axis_impl.h"

@@ -101,36 +101,6 @@ struct Plan {
   RowBlocks rank_blocks, out_blocks;  // register blocks of both convs' output rows
 };
 
-// Images per item and tile rows per band: the shortest makespan in padded tile positions (an
-// item's tiles are rounded up to kCountAlign; the threads take ceil(items / threads) items
-// each), up to kMaxItemTiles per item (more when one tile row has more); among equal ones the
-// largest items. Small images are grouped, so that each weight loaded serves more tiles.
-void choose_items(int64_t tiles_h, int64_t tiles_w, int64_t batch, int64_t threads,
-                  int64_t max_tiles, Plan& p) {
-  double best_cost = -1.0;
-  auto consider = [&](int64_t images, int64_t rows) {
-    const int64_t bands = ceil_div(tiles_h, rows);
-    const int64_t items = ceil_div(batch, images) * bands;
-    const double cost = static_cast<double>(ceil_div(items, threads) *
-                                            round_up(images * rows * tiles_w, kCountAlign));
-    if (best_cost < 0.0 || cost <= best_cost) {
-      best_cost = cost;
-      p.images = images;
-      p.rows = rows;
-    }
-  };
-  for (int64_t rows = 1; rows <= tiles_h; ++rows) {
-    if (rows > 1 && rows * tiles_w > max_tiles) break;
-    consider(1, rows);
-  }
-  const int64_t per_image = tiles_h * tiles_w;
-  for (int64_t images = 2; images <= batch && images * per_image <= max_tiles; ++images) {
-    consider(images, tiles_h);
-  }
-  p.bands = ceil_div(tiles_h, p.rows);
-  p.items = ceil_div(batch, p.images) * p.bands;
-}
-
 template <typename T>
 Plan make_plan(const FconvGeometry& g) {
   constexpr int64_t L = vector_width<T>();
@@ -142,7 +112,12 @@ Plan make_plan(const FconvGeometry& g) {
   const int64_t max_tiles = std::clamp<int64_t>(
       kProductBytes / (kPoints * g.rank * static_cast<int64_t>(sizeof(T))), kCountAlign,
       kMaxItemTiles);
-  choose_items(p.tiles_h, p.tiles_w, g.batch, at::get_num_threads(), max_tiles, p);
+  const WinogradItems items =
+      choose_winograd_items(p.tiles_h, p.tiles_w, g.batch, at::get_num_threads(), max_tiles);
+  p.images = items.images;
+  p.rows = items.rows;
+  p.bands = items.bands;
+  p.items = items.items;
   p.count = round_up(p.images * p.rows * p.tiles_w, kCountAlign);
   // The transform writes up to L - 1 values past an item's last tile.
   p.v_channel = p.count + L;
@@ -291,13 +266,48 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
 
 }  // namespace
 
+WinogradItems choose_winograd_items(int64_t tile_rows, int64_t row_tiles, int64_t batch,
+                                    int64_t threads, int64_t max_tiles) {
+  WinogradItems best;
+  double best_cost = -1.0;
+  auto consider = [&](int64_t images, int64_t rows) {
+    const int64_t bands = ceil_div(tile_rows, rows);
+    const int64_t items = ceil_div(batch, images) * bands;
+    const double cost = static_cast<double>(ceil_div(items, threads) *
+                                            round_up(images * rows * row_tiles, kCountAlign));
+    if (best_cost < 0.0 || cost <= best_cost) {
+      best_cost = cost;
+      best.images = images;
+      best.rows = rows;
+    }
+  };
+  for (int64_t rows = 1; rows <= tile_rows; ++rows) {
+    if (rows > 1 && rows * row_tiles > max_tiles) break;
+    consider(1, rows);
+  }
+  const int64_t per_image = tile_rows * row_tiles;
+  for (int64_t images = 2; images <= batch && images * per_image <= max_tiles; ++images) {
+    consider(images, tile_rows);
+  }
+  best.bands = ceil_div(tile_rows, best.rows);
+  best.items = ceil_div(batch, best.images) * best.bands;
+  return best;
+}
+
+bool winograd_private_weights(int64_t busy_threads, int64_t weight_bytes) {
+  const bool copies = busy_threads > 1 && busy_threads * weight_bytes <= kPrivateWeightBytes;
+  if (copies) g_private_weight_calls.fetch_add(1, std::memory_order_relaxed);
+  return copies;
+}
+
 bool use_winograd(const FconvGeometry& g) {
   const PathMode mode = winograd_switch().get();
   if (mode == PathMode::kNever) return false;
-  const bool applies = !g.spatial && g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 &&
-                       g.dh == 1 && g.dw == 1 && g.in_channels > 0 && g.rank > 0 &&
-                       g.out_w + 32 <= kWinogradMaxPlaneWidth;  // the transform's row buffer
-  if (!applies) return false;
+  const bool three_by_three = g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 &&
+                              g.dw == 1 && g.in_channels > 0 && g.rank > 0;
+  if (!three_by_three) return false;
+  if (g.spatial) return mode == PathMode::kAlways || spatial_winograd_pays(g);
+  if (g.out_w + 32 > kWinogradMaxPlaneWidth) return false;  // the transform's row buffer
   const int64_t tiles = g.batch * ceil_div(g.out_h, 2) * ceil_div(g.out_w, 2);
   const int64_t min_tiles = g.rank >= kMinRankForFewerTiles ? kMinFewerTiles : kMinTiles;
   return mode == PathMode::kAlways ||
@@ -325,9 +335,8 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   const int64_t grain = parallel_grain(work);
   const int64_t busy_threads =
       std::min<int64_t>(at::get_num_threads(), ceil_div(p.items, grain));
-  const int64_t copies_bytes = busy_threads * u_size * static_cast<int64_t>(sizeof(T));
-  const bool private_weights = busy_threads > 1 && copies_bytes <= kPrivateWeightBytes;
-  if (private_weights) g_private_weight_calls.fetch_add(1, std::memory_order_relaxed);
+  const bool private_weights =
+      winograd_private_weights(busy_threads, u_size * static_cast<int64_t>(sizeof(T)));
   T* shared_u = nullptr;
   std::vector<T> own;  // where U goes past kRetainedCallBytes
   if (!private_weights) {

@@ -1,4 +1,5 @@
-// The Winograd path of the CPU factored_conv2d (channel scheme, 3 x 3 stride-1 first conv).
+// The Winograd paths of the CPU factored_conv2d: F(2x2, 3x3) for the channel scheme's 3 x 3
+// stride-1 first conv, F(2, 3) along each axis for the spatial scheme's 3 x 1 and 1 x 3 convs.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,35 @@ template <typename T>
 void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t* xs,
                               const T* w1, const T* w2, const T* bias, const T* residual,
                               const int64_t* rs, T* out, const int64_t* os);
+
+// use_winograd's kAuto rule for the spatial scheme (factored_conv2d_winograd_spatial.cpp).
+bool spatial_winograd_pays(const FconvGeometry& g);
+
+// A spatial-scheme call with geometry g that use_winograd lets take Winograd (3 x 1 and 1 x 3
+// convs at stride 1, dilation 1): F(2, 3) along each axis (factored_conv2d_winograd_spatial.cpp).
+template <typename T>
+void spatial_winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t* xs,
+                                      const T* w1, const T* w2, const T* bias,
+                                      const T* residual, const int64_t* rs, T* out,
+                                      const int64_t* os);
+
+// How both Winograd paths cut a call into work items: `images` whole images, or one image's
+// band of `rows` tile rows (of `row_tiles` tiles each), `bands` per image, `items` in all.
+struct WinogradItems {
+  int64_t images = 1, rows = 0, bands = 0, items = 0;
+};
+// The shortest makespan in tile positions (an item's tiles rounded up to kCountAlign; the
+// threads take ceil(items / threads) items each), up to max_tiles per item (more when one tile
+// row has more); among equal ones the largest items. Small images are grouped, so that each
+// weight loaded serves more tiles.
+WinogradItems choose_winograd_items(int64_t tile_rows, int64_t row_tiles, int64_t batch,
+                                    int64_t threads, int64_t max_tiles);
+
+// Whether each of the call's busy_threads transforms the weights (weight_bytes) into its own
+// buffer instead of sharing one (counted, see winograd_private_weight_calls): every item reads
+// all of them, and a buffer written by one core and read by the other moves between the cores
+// on every call.
+bool winograd_private_weights(int64_t busy_threads, int64_t weight_bytes);
 
 // The Winograd calls so far (process-wide) whose threads each transformed the weights into
 // their own buffer instead of sharing one (see kPrivateWeightBytes).

@@ -110,10 +110,12 @@ PATH_MODES = ("auto", "never", "always")
 
 
 def cpu_winograd_mode() -> str:
-    """How the CPU kernel runs channel-scheme layers whose first conv is 3x3, stride 1,
-    dilation 1: ``"auto"`` (the default) uses Winograd F(2x2, 3x3), which needs 16 instead of 36
-    multiplications per 2x2 output tile and (rank, channel) pair, where it measured faster
-    (rank >= 16, >= 32 input channels, >= 128 tiles per call, or >= 48 from rank 32 on);
+    """How the CPU kernel runs 3x3 layers at stride 1 and dilation 1: ``"auto"`` (the default)
+    uses Winograd where it measured faster. Channel scheme: F(2x2, 3x3), which needs 16 instead
+    of 36 multiplications per 2x2 output tile and (rank, channel) pair (rank >= 16, >= 32 input
+    channels, >= 128 tiles per call, or >= 48 from rank 32 on). Spatial scheme: F(2, 3) along
+    each axis, 4 instead of 6 per 2 outputs of its 3x1 and 1x3 convs (rank >= 16, >= 32 input
+    channels, >= 96 first-conv positions per call: batch x ceil(out_h / 2) x W).
     ``"never"`` always runs the direct kernel; ``"always"`` uses Winograd wherever it applies.
     For finite inputs results differ only by rounding. The transforms add up to 16 input values, so an Inf in the input can
     give NaN where the direct conv gives +-Inf (the same outputs are non-finite before the
