@@ -70,6 +70,17 @@ struct PortableVec {
       second->v[2 * i + 1] = b.v[kWidth / 2 + i];
     }
   }
+  static void deinterleave3(const Reg& a, const Reg& b, const Reg& c, Reg* x0, Reg* x1, Reg* x2) {
+    T all[3 * kWidth];
+    store(all, a);
+    store(all + kWidth, b);
+    store(all + 2 * kWidth, c);
+    for (int i = 0; i < kWidth; ++i) {
+      x0->v[i] = all[3 * i];
+      x1->v[i] = all[3 * i + 1];
+      x2->v[i] = all[3 * i + 2];
+    }
+  }
   static void deinterleave(const Reg& a, const Reg& b, Reg* even, Reg* odd) {
     for (int i = 0; i < kWidth / 2; ++i) {
       even->v[i] = a.v[2 * i];

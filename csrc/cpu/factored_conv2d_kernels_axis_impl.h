@@ -162,17 +162,39 @@ void winograd_w_output(const typename V::Scalar* m, int64_t rows, int64_t count,
   }
 }
 
-// G g for `filters` 3-tap filters stored one after another (see WinogradAxisWeightsFn).
+// G g for `filters` 3-tap filters stored one after another (see WinogradAxisWeightsFn):
+// vectorised over kWidth filters, whose 3 kWidth taps are split into every third value.
 template <class V>
 void winograd_axis_weights(const typename V::Scalar* w, int64_t filters, typename V::Scalar* u,
                            int64_t point_stride) {
   using T = typename V::Scalar;
-  for (int64_t f = 0; f < filters; ++f) {
-    const T g0 = w[3 * f], g1 = w[3 * f + 1], g2 = w[3 * f + 2];
-    u[f] = g0;
-    u[point_stride + f] = (g0 + g1 + g2) * T(0.5);
-    u[2 * point_stride + f] = (g0 - g1 + g2) * T(0.5);
-    u[3 * point_stride + f] = g2;
+  using Reg = typename V::Reg;
+  constexpr int L = V::kWidth;
+  const Reg half = V::set1(T(0.5));
+  const auto points = [&](Reg g0, Reg g1, Reg g2, int64_t f, int64_t n) {
+    const Reg point[4] = {g0, V::mul(V::add(V::add(g0, g1), g2), half),
+                          V::mul(V::add(V::sub(g0, g1), g2), half), g2};
+    for (int k = 0; k < 4; ++k) {
+      if (n == L) {
+        V::store(u + k * point_stride + f, point[k]);
+      } else {
+        V::store_partial(u + k * point_stride + f, point[k], n);
+      }
+    }
+  };
+  int64_t f = 0;
+  for (; f + L <= filters; f += L) {
+    const T* src = w + 3 * f;
+    Reg g0, g1, g2;
+    V::deinterleave3(V::load(src), V::load(src + L), V::load(src + 2 * L), &g0, &g1, &g2);
+    points(g0, g1, g2, f, L);
+  }
+  if (f < filters) {  // the last filters through a buffer, its tail zeros
+    T taps[3 * L] = {};
+    for (int64_t i = 0; i < 3 * (filters - f); ++i) taps[i] = w[3 * f + i];
+    Reg g0, g1, g2;
+    V::deinterleave3(V::load(taps), V::load(taps + L), V::load(taps + 2 * L), &g0, &g1, &g2);
+    points(g0, g1, g2, f, filters - f);
   }
 }
 

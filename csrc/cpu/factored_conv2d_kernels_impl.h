@@ -3,7 +3,9 @@
 //   or 32), V::zero(), V::set1(s), V::load(p), V::store(p, r),
 //   V::fma(a, b, c) = a * b + c, V::add(a, b), V::sub(a, b), V::mul(a, b), V::relu(r),
 //   V::deinterleave(a, b, even, odd) (the even and odd lanes of the 2 * kWidth values a, b),
-//   V::interleave(a, b, first, second) (its inverse), V::load_partial(p, n) and
+//   V::interleave(a, b, first, second) (its inverse), V::deinterleave3(a, b, c, x0, x1, x2)
+//   (every third of the 3 * kWidth values a, b, c, from the first, second and third),
+//   V::load_partial(p, n) and
 //   V::store_partial(p, r, n) (the first n < kWidth lanes; the others are neither read nor
 //   written; loaded as zero).
 // Included by exactly the files that instantiate it for one instruction set; everything here

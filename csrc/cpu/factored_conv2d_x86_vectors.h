@@ -63,6 +63,16 @@ struct YmmF32 {
     *even = _mm256_castpd_ps(_mm256_permute4x64_pd(e, 0xD8));
     *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(o, 0xD8));
   }
+  // The 3 kWidth values a, b, c as every third one: x0 = (a0 a3 a6 b1 b4 b7 c2 c5), x1 and x2
+  // the same from a1 and a2. Each blend puts x's values in lanes that a permutation then sorts.
+  static void deinterleave3(Reg a, Reg b, Reg c, Reg* x0, Reg* x1, Reg* x2) {
+    const Reg t0 = _mm256_blend_ps(_mm256_blend_ps(a, b, 0x92), c, 0x24);  // a0 b1 c2 a3 b4 c5 a6 b7
+    const Reg t1 = _mm256_blend_ps(_mm256_blend_ps(a, b, 0x24), c, 0x49);  // c0 a1 b2 c3 a4 b5 c6 a7
+    const Reg t2 = _mm256_blend_ps(_mm256_blend_ps(a, b, 0x49), c, 0x92);  // b0 c1 a2 b3 c4 a5 b6 c7
+    *x0 = _mm256_permutevar8x32_ps(t0, _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5));
+    *x1 = _mm256_permutevar8x32_ps(t1, _mm256_setr_epi32(1, 4, 7, 2, 5, 0, 3, 6));
+    *x2 = _mm256_permutevar8x32_ps(t2, _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7));
+  }
   // The inverse of deinterleave: first = (a0 b0 a1 b1 .. a3 b3), second = (a4 b4 .. a7 b7).
   static void interleave(Reg a, Reg b, Reg* first, Reg* second) {
     const Reg lo = _mm256_unpacklo_ps(a, b);  // a0 b0 a1 b1 | a4 b4 a5 b5
@@ -104,6 +114,15 @@ struct YmmF64 {
     // [a0 b0 a2 b2] and [a1 b1 a3 b3]; then 64-bit chunks in order 0, 2, 1, 3.
     *even = _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), 0xD8);
     *odd = _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), 0xD8);
+  }
+  // As YmmF32's: x0 = (a0 a3 b2 c1), x1 = (a1 b0 b3 c2), x2 = (a2 b1 c0 c3).
+  static void deinterleave3(Reg a, Reg b, Reg c, Reg* x0, Reg* x1, Reg* x2) {
+    const Reg t0 = _mm256_blend_pd(_mm256_blend_pd(a, b, 0x4), c, 0x2);  // a0 c1 b2 a3
+    const Reg t1 = _mm256_blend_pd(_mm256_blend_pd(a, b, 0x9), c, 0x4);  // b0 a1 c2 b3
+    const Reg t2 = _mm256_blend_pd(_mm256_blend_pd(a, b, 0x2), c, 0x9);  // c0 b1 a2 c3
+    *x0 = _mm256_permute4x64_pd(t0, 0x6C);  // lanes 0 3 2 1
+    *x1 = _mm256_permute4x64_pd(t1, 0xB1);  // lanes 1 0 3 2
+    *x2 = _mm256_permute4x64_pd(t2, 0xC6);  // lanes 2 1 0 3
   }
   static void interleave(Reg a, Reg b, Reg* first, Reg* second) {
     const Reg lo = _mm256_unpacklo_pd(a, b);  // a0 b0 | a2 b2
