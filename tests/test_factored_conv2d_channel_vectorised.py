@@ -110,10 +110,11 @@ def test_auto_mode_takes_it_where_it_saves_work():
     """At 2 threads, auto gives bit for bit the result of always on an ImageNet-like layer with
     7 x 7 outputs (a band computes 56 positions for 49) at batch 4, and that of never at batch 1
     (one image is one thread's work here), at rank 10 (padded to a 32-channel panel) and past
-    32 x 32 outputs (whole images outgrow the caches)."""
+    32 x 32 outputs (whole images outgrow the caches). Winograd off: these 3x3 stride-1 layers
+    would take it first."""
     def run(mode, x, factors):
         w1, w2, bias = factors
-        with ops.cpu_channel_vectorised(mode):
+        with ops.cpu_channel_vectorised(mode), ops.cpu_winograd("never"):
             return ops.factored_conv2d(x, w1, w2, bias, 1, 1, 1, "spatial", "relu")
 
     previous = torch.get_num_threads()
