@@ -69,6 +69,28 @@ void conv1x1_into_rows(const KernelSet<T>& k, const T* in, const int64_t* taps, 
   }
 }
 
+// Rows [row0, row0 + out_rows) of output channels [start, start + size) of `images` images
+// from image0, from a buffer that holds them per channel (src_ld apart) and per image
+// (image_stride apart) in rows of src_pitch values, out to the output (element strides os)
+// with the residual (if not null, strides rs) added, then the ReLU when relu: the copy-out of
+// the paths whose output is not laid out as their rows.
+template <typename T>
+void copy_out_rows(const KernelSet<T>& k, const T* src, int64_t src_ld, int64_t image_stride,
+                   int64_t src_pitch, int64_t images, int64_t out_rows, int64_t out_w,
+                   int64_t image0, int64_t start, int size, int64_t row0, const T* residual,
+                   const int64_t* rs, bool relu, T* out, const int64_t* os) {
+  for (int64_t i = 0; i < images; ++i) {
+    T* dst = out + (image0 + i) * os[0] + start * os[1] + row0 * os[2];
+    const T* res = residual ? residual + (image0 + i) * rs[0] + start * rs[1] + row0 * rs[2]
+                            : nullptr;
+    for (int j = 0; j < size; ++j) {
+      k.copy_rows(src + j * src_ld + i * image_stride, src_pitch, out_rows, out_w,
+                  res ? res + j * rs[1] : nullptr, rs[2], rs[3], relu, dst + j * os[1], os[2],
+                  os[3]);
+    }
+  }
+}
+
 // Below this many multiply-adds a thread costs more to wake than it saves (a parallel region
 // is ~10 us here, ~1M multiply-adds at the kernel's rate); small calls run on one thread.
 constexpr int64_t kMinWorkPerThread = 1 << 19;

@@ -250,17 +250,8 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
     k.tap_conv(s.mid, ops.mid_offsets, rank, ops.w2 + start * rank, rank, size,
                ops.bias ? ops.bias + start : nullptr, false, g.relu && !residual, s.out,
                p.positions, positions, nullptr, 0);
-    for (int64_t i = 0; i < images; ++i) {
-      T* dst = ops.out + (image0 + i) * ops.os[0] + start * ops.os[1] + 2 * ty0 * ops.os[2];
-      const T* res = residual ? ops.residual + (image0 + i) * ops.rs[0] + start * ops.rs[1] +
-                                    2 * ty0 * ops.rs[2]
-                              : nullptr;
-      for (int j = 0; j < size; ++j) {
-        k.copy_rows(s.out + j * p.positions + i * image_positions, p.pitch, out_rows, g.out_w,
-                    residual ? res + j * ops.rs[1] : nullptr, ops.rs[2], ops.rs[3], g.relu,
-                    dst + j * ops.os[1], ops.os[2], ops.os[3]);
-      }
-    }
+    copy_out_rows(k, s.out, p.positions, image_positions, p.pitch, images, out_rows, g.out_w,
+                  image0, start, size, 2 * ty0, ops.residual, ops.rs, g.relu, ops.out, ops.os);
   }
 }
 

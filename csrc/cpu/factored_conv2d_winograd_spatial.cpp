@@ -252,17 +252,8 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
     // and from there to the output.
     k.winograd_w_output(s.m2, size, p.m2_ld, p.m2_point, images * out_rows, p.tiles_w, g.out_w,
                         bias, nullptr, 0, g.relu && !residual, s.rows, g.out_w, p.row_ld);
-    for (int64_t i = 0; i < images; ++i) {
-      T* dst = ops.out + (image0 + i) * ops.os[0] + start * ops.os[1] + 2 * ty0 * ops.os[2];
-      const T* res = residual ? ops.residual + (image0 + i) * ops.rs[0] + start * ops.rs[1] +
-                                    2 * ty0 * ops.rs[2]
-                              : nullptr;
-      for (int j = 0; j < size; ++j) {
-        k.copy_rows(s.rows + j * p.row_ld + i * image_outputs, g.out_w, out_rows, g.out_w,
-                    residual ? res + j * ops.rs[1] : nullptr, ops.rs[2], ops.rs[3], g.relu,
-                    dst + j * ops.os[1], ops.os[2], ops.os[3]);
-      }
-    }
+    copy_out_rows(k, s.rows, p.row_ld, image_outputs, g.out_w, images, out_rows, g.out_w, image0,
+                  start, size, 2 * ty0, ops.residual, ops.rs, g.relu, ops.out, ops.os);
   }
 }
 
