@@ -189,14 +189,14 @@ def test_auto_mode_picks_winograd_only_for_large_layers():
 
 def test_auto_mode_picks_spatial_winograd_only_for_large_layers():
     """The spatial scheme's rule: auto gives bit for bit the result of always from rank 16, 32
-    input channels and 96 first-conv positions (batch x ceil(out_h / 2) x W), and that of
+    input channels and 128 first-conv positions (batch x ceil(out_h / 2) x W), and that of
     never below any of them or off the 3x3 stride-1 geometry."""
     def run(mode, x, w1, w2, bias, stride):
         with ops.cpu_winograd(mode):
             return ops.factored_conv2d(x, w1, w2, bias, stride, 1, 1, "spatial", "relu")
 
-    x = _input((1, 32, 14, 14), torch.float32)  # 7 tile rows x 14 columns = 98 positions
-    short = _input((1, 32, 12, 14), torch.float32)  # 6 x 14 = 84
+    x = _input((1, 32, 16, 16), torch.float32)  # 8 tile rows x 16 columns = 128 positions
+    short = _input((1, 32, 14, 16), torch.float32)  # 7 x 16 = 112
     large = _factors("spatial", 8, 32, 16, (3, 3), torch.float32)
     small_rank = _factors("spatial", 8, 32, 15, (3, 3), torch.float32)
     few_channels = _factors("spatial", 8, 31, 16, (3, 3), torch.float32)

@@ -39,12 +39,14 @@ constexpr int64_t kMaxItemPositions = 1024;
 constexpr int64_t kGroupBytes = 512 << 10;
 // kAuto's rule (spatial_winograd_pays). In-process A/B against the direct path on the 2-core
 // EPYC, at the bench's spatial 3x3 stride-1 layers: ranks 6 and 10 (CIFAR 16 and 32 channels)
-// ran at 0.67-1.05x; from rank 16 and 32 channels, 0.71x and 0.92x on a batch-1 8x8 and 7x7
-// image (32 and 28 first-conv positions) but 1.04-1.27x from 98 positions on (14x14 at batch
-// 1 and every batch-32 layer; 64-64 56x56 r16 b32, bound by its output's memory, 0.98-1.0x).
+// ran at 0.68-1.08x; from rank 16 and 32 channels, 1.02-1.26x at batch 32 (64-64 56x56 r16,
+// bound by its output's memory, 0.98-1.02x), and at batch 1 (1000 calls a mode) 1.13x on
+// 56x56 (1568 first-conv positions), 1.09x on 28x28 (392), 0.99x on 14x14 (98), 0.92x on 7x7
+// (28) and 0.71-1.01x on 8x8 (32): each thread's transform of all the weights outweighs the
+// multiplications saved on a few positions.
 constexpr int64_t kMinRank = 16;
 constexpr int64_t kMinChannels = 32;
-constexpr int64_t kMinPositions = 96;
+constexpr int64_t kMinPositions = 128;
 
 template <typename T>
 constexpr int64_t vector_width() {
