@@ -189,24 +189,28 @@ def test_auto_mode_picks_winograd_only_for_large_layers():
 
 def test_auto_mode_picks_spatial_winograd_only_for_large_layers():
     """The spatial scheme's rule: auto gives bit for bit the result of always from rank 16, 32
-    input channels and 128 first-conv positions (batch x ceil(out_h / 2) x W), and that of
-    never below any of them or off the 3x3 stride-1 geometry."""
+    input channels and 1024 first-conv positions (batch x ceil(out_h / 2) x W), or 128 from
+    rank 32 on, and that of never below any of them or off the 3x3 stride-1 geometry."""
     def run(mode, x, w1, w2, bias, stride):
         with ops.cpu_winograd(mode):
             return ops.factored_conv2d(x, w1, w2, bias, stride, 1, 1, "spatial", "relu")
 
     x = _input((1, 32, 16, 16), torch.float32)  # 8 tile rows x 16 columns = 128 positions
     short = _input((1, 32, 14, 16), torch.float32)  # 7 x 16 = 112
-    large = _factors("spatial", 8, 32, 16, (3, 3), torch.float32)
-    small_rank = _factors("spatial", 8, 32, 15, (3, 3), torch.float32)
-    few_channels = _factors("spatial", 8, 31, 16, (3, 3), torch.float32)
-    cases = [(x, large, 1, "always"), (x, large, 2, "never"), (x, small_rank, 1, "never"),
-             (x[:, :31], few_channels, 1, "never"), (short, large, 1, "never")]
+    many = _input((8, 32, 16, 16), torch.float32)  # 1024
+    fewer = _input((8, 32, 14, 16), torch.float32)  # 896
+    rank_32 = _factors("spatial", 8, 32, 32, (3, 3), torch.float32)
+    rank_16 = _factors("spatial", 8, 32, 16, (3, 3), torch.float32)
+    rank_15 = _factors("spatial", 8, 32, 15, (3, 3), torch.float32)
+    few_channels = _factors("spatial", 8, 31, 32, (3, 3), torch.float32)
+    cases = [(x, rank_32, 1, "always"), (x, rank_32, 2, "never"), (short, rank_32, 1, "never"),
+             (x[:, :31], few_channels, 1, "never"), (x, rank_16, 1, "never"),
+             (many, rank_16, 1, "always"), (fewer, rank_16, 1, "never"), (many, rank_15, 1, "never")]
     for x_, (w1, w2, bias), stride, same_as in cases:
         auto = run("auto", x_, w1, w2, bias, stride)
         assert torch.equal(auto, run(same_as, x_, w1, w2, bias, stride)), (x_.shape, w1.shape, stride)
-    for x_ in (x, short):
-        assert not torch.equal(run("always", x_, *large, 1), run("never", x_, *large, 1))
+    for x_, factors in ((x, rank_32), (short, rank_32), (many, rank_16), (fewer, rank_16)):
+        assert not torch.equal(run("always", x_, *factors, 1), run("never", x_, *factors, 1))
 
 
 @pytest.mark.parametrize("switch", ["cpu_winograd", "cpu_channel_vectorised", "cpu_split_images"])

@@ -38,15 +38,17 @@ constexpr int64_t kMaxItemPositions = 1024;
 // this size, so that it stays in L2 across the 4 point products that read it.
 constexpr int64_t kGroupBytes = 512 << 10;
 // kAuto's rule (spatial_winograd_pays). In-process A/B against the direct path on the 2-core
-// EPYC, at the bench's spatial 3x3 stride-1 layers: ranks 6 and 10 (CIFAR 16 and 32 channels)
-// ran at 0.68-1.08x; from rank 16 and 32 channels, 1.02-1.26x at batch 32 (64-64 56x56 r16,
-// bound by its output's memory, 0.98-1.02x), and at batch 1 (1000 calls a mode) 1.13x on
-// 56x56 (1568 first-conv positions), 1.09x on 28x28 (392), 0.99x on 14x14 (98), 0.92x on 7x7
-// (28) and 0.71-1.01x on 8x8 (32): each thread's transform of all the weights outweighs the
-// multiplications saved on a few positions.
+// EPYC: ranks 6 and 10 (the bench's CIFAR 16- and 32-channel layers) ran at 0.68-1.08x; from
+// rank 32, 1.09-1.28x from 392 first-conv positions (28x28 at batch 1, every larger call),
+// but 0.99x on a batch-1 14x14 image (98 positions) and 0.84-0.92x on 7x7 (28): each thread's
+// transform of all the weights outweighs the multiplications saved on a few positions. Ranks
+// 16-24 gain less per position: 1.05-1.19x from 1024 positions (8x8 at batch 32, 56x56 at
+// batch 1-8), 0.89x on 128-channel 28x28 at batch 1 (392).
 constexpr int64_t kMinRank = 16;
 constexpr int64_t kMinChannels = 32;
 constexpr int64_t kMinPositions = 128;
+constexpr int64_t kMinRankForFewerPositions = 32;  // below it, kMinPositionsAtLowRank
+constexpr int64_t kMinPositionsAtLowRank = 1024;
 
 template <typename T>
 constexpr int64_t vector_width() {
@@ -263,7 +265,9 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
 
 bool spatial_winograd_pays(const FconvGeometry& g) {
   const int64_t positions = g.batch * ceil_div(g.out_h, 2) * g.width;  // of the first conv
-  return g.rank >= kMinRank && g.in_channels >= kMinChannels && positions >= kMinPositions;
+  const int64_t min_positions =
+      g.rank >= kMinRankForFewerPositions ? kMinPositions : kMinPositionsAtLowRank;
+  return g.rank >= kMinRank && g.in_channels >= kMinChannels && positions >= min_positions;
 }
 
 template <typename T>

@@ -115,7 +115,8 @@ def cpu_winograd_mode() -> str:
     of 36 multiplications per 2x2 output tile and (rank, channel) pair (rank >= 16, >= 32 input
     channels, >= 128 tiles per call, or >= 48 from rank 32 on). Spatial scheme: F(2, 3) along
     each axis, 4 instead of 6 per 2 outputs of its 3x1 and 1x3 convs (rank >= 16, >= 32 input
-    channels, >= 128 first-conv positions per call: batch x ceil(out_h / 2) x W).
+    channels, >= 1024 first-conv positions per call, batch x ceil(out_h / 2) x W, or >= 128 from
+    rank 32 on).
     ``"never"`` always runs the direct kernel; ``"always"`` uses Winograd wherever it applies.
     For finite inputs results differ only by rounding. The transforms add up to 16 input values, so an Inf in the input can
     give NaN where the direct conv gives +-Inf (the same outputs are non-finite before the
