@@ -1,7 +1,8 @@
 // Winograd F(2, 3) along one axis, for the spatial scheme's 3 x 1 and 1 x 3 convs
-// (cpu/factored_conv2d_winograd_spatial.cpp): the transforms of factored_conv2d_kernels.h's
-// WinogradAxis* functions, as templates over a vector type V (see
-// factored_conv2d_kernels_impl.h, which includes this after winograd_b).
+// (cpu/factored_conv2d_winograd_spatial.cpp): the transforms that factored_conv2d_kernels.h
+// declares as WinogradHeight*, WinogradWidth* and WinogradAxisWeights functions, as templates
+// over a vector type V (see factored_conv2d_kernels_impl.h, which includes this after
+// winograd_b).
 //
 // F(2, 3): two outputs of a 3-tap filter g from four inputs d with 4 multiplications instead
 // of 6: B^T d = (d0 - d2, d1 + d2, d2 - d1, d1 - d3), G g = (g0, (g0 + g1 + g2) / 2,

@@ -12,11 +12,12 @@
 // inside the transforms can make an output NaN instead of +-Inf.
 //
 // A work item is one image's band of tile rows of the first conv, or a few whole images. Its
-// first conv runs a group of input channels at a time from zero-padded planes (as in the
-// direct path) into the intermediate, which is laid out with the second conv's zero padding
-// around each row; the second conv then runs a few output channels at a time into a row buffer
-// with the bias (and the ReLU), and its valid values go to the output, a residual added there.
-// Nothing of the intermediate reaches memory. Items run in parallel.
+// first conv runs a group of input channels at a time, reading rows of consecutive values where
+// they are (other layouts through zero-padded planes, as in the direct path), into the
+// intermediate, which is laid out with the second conv's zero padding around each row; the
+// second conv then runs a few output channels at a time, its output transform adding the bias
+// (and a residual) and applying the ReLU as it writes NCHW outputs (other layouts through a row
+// buffer and the copy-out). Nothing of the intermediate reaches memory. Items run in parallel.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
