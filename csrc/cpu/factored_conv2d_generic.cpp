@@ -59,6 +59,11 @@ struct PortableVec {
     for (int64_t i = 0; i < n; ++i) r.v[i] = p[i];
     return r;
   }
+  static Reg load_window(const T* p, int64_t lo, int64_t hi) {
+    Reg r = zero();
+    for (int64_t i = lo; i < hi; ++i) r.v[i] = p[i];
+    return r;
+  }
   static void store_partial(T* p, const Reg& r, int64_t n) {
     for (int64_t i = 0; i < n; ++i) p[i] = r.v[i];
   }

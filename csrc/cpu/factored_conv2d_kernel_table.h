@@ -18,12 +18,12 @@ CpuKernels kernel_table(const char* isa) {
            &winograd_input<F32>, &winograd_output<F32>, &winograd_weights<F32>,
            &cv_conv<F32>,        &cv_output<F32>,
            &winograd_h_input<F32>, &winograd_h_output<F32>, &winograd_w_input<F32>,
-           &winograd_w_output<F32>, &winograd_axis_weights<F32>};
+           &winograd_w_output<F32>, &winograd_axis_weights<F32>, &winograd_input_direct<F32>};
   k.f64 = {&tap_conv<F64>,       &build_planes<F64>,    &copy_rows<F64>,
            &winograd_input<F64>, &winograd_output<F64>, &winograd_weights<F64>,
            &cv_conv<F64>,        &cv_output<F64>,
            &winograd_h_input<F64>, &winograd_h_output<F64>, &winograd_w_input<F64>,
-           &winograd_w_output<F64>, &winograd_axis_weights<F64>};
+           &winograd_w_output<F64>, &winograd_axis_weights<F64>, &winograd_input_direct<F64>};
   k.isa = isa;
   return k;
 }

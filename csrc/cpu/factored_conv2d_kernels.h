@@ -126,6 +126,15 @@ template <typename T>
 using WinogradInputFn = void (*)(const T* planes, int64_t plane_stride, int64_t wq,
                                  int64_t channels, int64_t tile_rows, int64_t tiles_w, T* v,
                                  int64_t channel_stride, int64_t point_stride);
+// input_direct: the same without planes, from rows of `width` consecutive values where they are
+//   (channel c's row y at src + c * sc + y * sy): tile row ty reads rows row0 + 2 ty .. row0 +
+//   2 ty + 3 (zeros outside [0, height)), and padded column j of a row is its value j - pw
+//   (zeros outside [0, width)); nothing else is read. wq as for input (the columns computed).
+template <typename T>
+using WinogradInputDirectFn = void (*)(const T* src, int64_t sc, int64_t sy, int64_t height,
+                                       int64_t row0, int64_t pw, int64_t width, int64_t wq,
+                                       int64_t channels, int64_t tile_rows, int64_t tiles_w,
+                                       T* v, int64_t channel_stride, int64_t point_stride);
 template <typename T>
 using WinogradOutputFn = void (*)(const T* m, int64_t rows, int64_t count, int64_t point_stride,
                                   int64_t tile_rows, int64_t tiles_w, T* y, int64_t pitch,
@@ -197,6 +206,7 @@ struct KernelSet {
   WinogradWidthInputFn<T> winograd_w_input = nullptr;
   WinogradWidthOutputFn<T> winograd_w_output = nullptr;
   WinogradAxisWeightsFn<T> winograd_axis_weights = nullptr;
+  WinogradInputDirectFn<T> winograd_input_direct = nullptr;
 };
 
 struct CpuKernels {

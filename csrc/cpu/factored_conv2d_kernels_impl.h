@@ -7,7 +7,8 @@
 //   (every third of the 3 * kWidth values a, b, c, from the first, second and third),
 //   V::load_partial(p, n) and
 //   V::store_partial(p, r, n) (the first n < kWidth lanes; the others are neither read nor
-//   written; loaded as zero).
+//   written; loaded as zero), V::load_window(p, lo, hi) (lanes [lo, hi) from p[lane], the
+//   others zero and not read).
 // Included by exactly the files that instantiate it for one instruction set; everything here
 // has internal linkage, so the AVX2 and portable copies never mix at link time.
 #pragma once
@@ -483,12 +484,31 @@ inline void winograd_b(typename V::Reg d0, typename V::Reg d1, typename V::Reg d
   r[3] = V::sub(d1, d3);
 }
 
+// The second pass of V = B^T d B for one tile row: B^T along the rows of `rows` (the first
+// pass's 4 rows of wq values, B^T d down the columns), vectorised over kWidth tiles, whose patch
+// columns 2 tx + j are the even (j = 0, 2) and odd (j = 1, 3) values of two runs.
+template <class V>
+inline void winograd_input_rows(const typename V::Scalar* rows, int64_t wq, int64_t vectors,
+                                typename V::Scalar* out, int64_t point_stride) {
+  using Reg = typename V::Reg;
+  constexpr int L = V::kWidth;
+  for (int64_t k = 0; k < 4; ++k) {
+    const typename V::Scalar* row = rows + k * wq;
+    for (int64_t u = 0; u < vectors; ++u) {
+      const typename V::Scalar* run = row + 2 * L * u;
+      Reg c0, c1, c2, c3, r[4];
+      V::deinterleave(V::load(run), V::load(run + L), &c0, &c1);
+      V::deinterleave(V::load(run + 2), V::load(run + 2 + L), &c2, &c3);
+      winograd_b<V>(c0, c1, c2, c3, r);
+      for (int m = 0; m < 4; ++m) V::store(out + (k * 4 + m) * point_stride + L * u, r[m]);
+    }
+  }
+}
+
 // V = B^T d B for every 4 x 4 patch of a band of tile rows, from zero-padded planes (see
 // WinogradInputFn). Along the columns first, vectorised over plane columns; then along the
-// rows, vectorised over kWidth tiles of a tile row, whose patch columns 2 tx + j are the even
-// (j = 0, 2) and odd (j = 1, 3) values of two runs. A tile row's last vector may run past its
-// tiles: those lanes land on the next tile row's first tiles (written after them) or in the
-// slack after the last.
+// rows (winograd_input_rows). A tile row's last vector may run past its tiles: those lanes land
+// on the next tile row's first tiles (written after them) or in the slack after the last.
 template <class V>
 void winograd_input(const typename V::Scalar* planes, int64_t plane_stride, int64_t wq,
                     int64_t channels, int64_t tile_rows, int64_t tiles_w,
@@ -508,18 +528,47 @@ void winograd_input(const typename V::Scalar* planes, int64_t plane_stride, int6
                       V::load(d + 3 * wq + col), r);
         for (int k = 0; k < 4; ++k) V::store(rows + k * wq + col, r[k]);
       }
-      T* out = v + c * channel_stride + ty * tiles_w;
-      for (int64_t k = 0; k < 4; ++k) {
-        const T* row = rows + k * wq;
-        for (int64_t u = 0; u < vectors; ++u) {
-          const T* run = row + 2 * L * u;
-          Reg c0, c1, c2, c3, r[4];
-          V::deinterleave(V::load(run), V::load(run + L), &c0, &c1);
-          V::deinterleave(V::load(run + 2), V::load(run + 2 + L), &c2, &c3);
-          winograd_b<V>(c0, c1, c2, c3, r);
-          for (int m = 0; m < 4; ++m) V::store(out + (k * 4 + m) * point_stride + L * u, r[m]);
-        }
+      winograd_input_rows<V>(rows, wq, vectors, v + c * channel_stride + ty * tiles_w,
+                             point_stride);
+    }
+  }
+}
+
+// The same from rows of `width` consecutive values where they are (see WinogradInputRowsFn):
+// padded column j of a row is its value j - pw, zero outside [0, width) and for rows outside
+// [0, height), loaded by masks that read nothing outside the row.
+template <class V>
+void winograd_input_direct(const typename V::Scalar* src, int64_t sc, int64_t sy,
+                           int64_t height, int64_t row0, int64_t pw, int64_t width, int64_t wq,
+                           int64_t channels, int64_t tile_rows, int64_t tiles_w,
+                           typename V::Scalar* v, int64_t channel_stride, int64_t point_stride) {
+  using T = typename V::Scalar;
+  using Reg = typename V::Reg;
+  constexpr int L = V::kWidth;
+  const int64_t vectors = (tiles_w + L - 1) / L;
+  T rows[4 * kWinogradMaxPlaneWidth];
+  const auto load = [&](const T* row, int64_t col) {
+    if (row == nullptr) return V::zero();
+    const int64_t lo = pw - col > 0 ? pw - col : 0;  // lanes [lo, hi) hold the row's values
+    const int64_t hi = width + pw - col < L ? width + pw - col : L;
+    if (lo == 0 && hi == L) return V::load(row + col - pw);
+    if (hi <= lo) return V::zero();
+    return V::load_window(row + col - pw, lo, hi);
+  };
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t ty = 0; ty < tile_rows; ++ty) {
+      const T* d[4];
+      for (int k = 0; k < 4; ++k) {
+        const int64_t y = row0 + 2 * ty + k;
+        d[k] = y >= 0 && y < height ? src + c * sc + y * sy : nullptr;
       }
+      for (int64_t col = 0; col < wq; col += L) {
+        Reg r[4];
+        winograd_b<V>(load(d[0], col), load(d[1], col), load(d[2], col), load(d[3], col), r);
+        for (int k = 0; k < 4; ++k) V::store(rows + k * wq + col, r[k]);
+      }
+      winograd_input_rows<V>(rows, wq, vectors, v + c * channel_stride + ty * tiles_w,
+                             point_stride);
     }
   }
 }

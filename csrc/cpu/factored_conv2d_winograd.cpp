@@ -208,10 +208,18 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
     PlaneSpec spec = p.planes;
     spec.channels = std::min(p.group, channels - c0);
     for (int64_t i = 0; i < images; ++i) {  // in order: a transform's spill lands on the next
-      k.build_planes(ops.x + (image0 + i) * ops.xs[0] + c0 * ops.xs[1], ops.xs[1], ops.xs[2],
-                     ops.xs[3], g.height, g.width, spec, 2 * ty0, s.planes);
-      k.winograd_input(s.planes, spec.plane_size(), spec.wq, spec.channels, rows, p.tiles_w,
-                       s.v + i * image_tiles, p.v_channel, p.v_point);
+      const T* image = ops.x + (image0 + i) * ops.xs[0] + c0 * ops.xs[1];
+      T* v = s.v + i * image_tiles;
+      if (ops.xs[3] == 1) {  // rows of consecutive values: read in place
+        k.winograd_input_direct(image, ops.xs[1], ops.xs[2], g.height, 2 * ty0 - g.ph, g.pw,
+                                g.width, spec.wq, spec.channels, rows, p.tiles_w, v,
+                                p.v_channel, p.v_point);
+      } else {
+        k.build_planes(image, ops.xs[1], ops.xs[2], ops.xs[3], g.height, g.width, spec, 2 * ty0,
+                       s.planes);
+        k.winograd_input(s.planes, spec.plane_size(), spec.wq, spec.channels, rows, p.tiles_w, v,
+                         p.v_channel, p.v_point);
+      }
     }
     for (int64_t xi = 0; xi < kPoints; ++xi) {
       for (const auto& [start, size] : p.rank_blocks) {

@@ -40,6 +40,14 @@ struct YmmF32 {
   }
   // Masked-off lanes are not accessed, so a partial run may end at the end of a tensor.
   static Reg load_partial(const float* p, int64_t n) { return _mm256_maskload_ps(p, mask(n)); }
+  // Lanes [lo, hi) from p[lane], the others zero and not accessed (p itself may lie outside).
+  static Reg load_window(const float* p, int64_t lo, int64_t hi) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i in = _mm256_andnot_si256(
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lo)), lane),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(hi)), lane));
+    return _mm256_maskload_ps(p, in);
+  }
   // Not a masked store: those are slow on AMD CPUs. n is the same for every row of a call, so
   // the branches predict well.
   static void store_partial(float* p, Reg r, int64_t n) {
@@ -101,6 +109,12 @@ struct YmmF64 {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask64 + kMaxLanes - n));
   }
   static Reg load_partial(const double* p, int64_t n) { return _mm256_maskload_pd(p, mask(n)); }
+  static Reg load_window(const double* p, int64_t lo, int64_t hi) {
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    const __m256i in = _mm256_andnot_si256(_mm256_cmpgt_epi64(_mm256_set1_epi64x(lo), lane),
+                                           _mm256_cmpgt_epi64(_mm256_set1_epi64x(hi), lane));
+    return _mm256_maskload_pd(p, in);
+  }
   static void store_partial(double* p, Reg r, int64_t n) {
     __m128d v = _mm256_castpd256_pd128(r);
     if (n & 2) {
