@@ -155,13 +155,15 @@ struct Scratch {
   T* u;       // the thread's own transformed weights, where private (see winograd_factored_conv2d)
 };
 
-// thread_buffers, as the direct path's; the planes are zeroed once per call (build_planes
-// writes their data columns only, so the padding stays zero for every band).
+// thread_buffers, as the direct path's; the planes, where the input needs them (not NCHW rows,
+// see run_item), are zeroed once per call (build_planes writes their data columns only, so the
+// padding stays zero for every band).
 template <typename T>
-Scratch<T> thread_scratch(const Plan& p, const FconvGeometry& g, int64_t private_u) {
+Scratch<T> thread_scratch(const Plan& p, const FconvGeometry& g, int64_t private_u,
+                          bool planes) {
   const auto parts = thread_buffers<T, 6>(
-      {p.planes.size() + vector_width<T>(), kPoints * p.v_point, kPoints * p.m_point,
-       g.rank * p.positions, kMaxRows * p.positions, private_u});
+      {planes ? p.planes.size() + vector_width<T>() : 0, kPoints * p.v_point,
+       kPoints * p.m_point, g.rank * p.positions, kMaxRows * p.positions, private_u});
   std::fill(parts[0], parts[1], T(0));
   return {parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]};
 }
@@ -183,6 +185,7 @@ struct Operands {
   // The output is NCHW and a residual, if any, has its rows: the intermediate's rows, which
   // are the output's, go straight into the output.
   bool direct;
+  bool input_rows;  // the input's rows are consecutive values (NCHW): read where they are
 };
 
 template <typename T>
@@ -210,7 +213,7 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
     for (int64_t i = 0; i < images; ++i) {  // in order: a transform's spill lands on the next
       const T* image = ops.x + (image0 + i) * ops.xs[0] + c0 * ops.xs[1];
       T* v = s.v + i * image_tiles;
-      if (ops.xs[3] == 1) {  // rows of consecutive values: read in place
+      if (ops.input_rows) {
         k.winograd_input_direct(image, ops.xs[1], ops.xs[2], g.height, 2 * ty0 - g.ph, g.pw,
                                 g.width, spec.wq, spec.channels, rows, p.tiles_w, v,
                                 p.v_channel, p.v_point);
@@ -330,6 +333,7 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
   for (int64_t t = 0; t < p.group; ++t) v_offsets[t] = t * p.v_channel;
   for (int64_t j = 0; j < g.rank; ++j) mid_offsets[j] = j * p.positions;
   const bool direct = rows_like_nchw(g.out_w, os, residual != nullptr, rs);
+  const bool input_rows = xs[3] == 1;
   const int64_t work = p.count * (kPoints * g.rank * g.in_channels + 4 * g.out_channels * g.rank);
   const int64_t grain = parallel_grain(work);
   const int64_t busy_threads =
@@ -351,9 +355,9 @@ void winograd_factored_conv2d(const FconvGeometry& g, const T* x, const int64_t*
                      });
   }
   at::parallel_for(0, p.items, grain, [&](int64_t begin, int64_t end) {
-    const Scratch<T> scratch = thread_scratch<T>(p, g, private_weights ? u_size : 0);
+    const Scratch<T> scratch = thread_scratch<T>(p, g, private_weights ? u_size : 0, !input_rows);
     Operands<T> ops{x,  xs, shared_u, u_point, w2, bias, residual, rs, out, os,
-                    v_offsets.data(), mid_offsets.data(), direct};
+                    v_offsets.data(), mid_offsets.data(), direct, input_rows};
     if (private_weights) {
       transform(w1, filters, scratch.u, u_point);
       ops.u = scratch.u;

@@ -124,12 +124,14 @@ struct Scratch {
   T* u;       // the thread's own transformed weights, where private
 };
 
-// thread_buffers, as the direct path's. The planes and the intermediate are zeroed once per
-// call: the transforms write their data only, so the padding stays zero for every item.
+// thread_buffers, as the direct path's. The planes (where the input needs them: not NCHW rows)
+// and the intermediate are zeroed once per call: the transforms write their data only, so the
+// padding stays zero for every item.
 template <typename T>
-Scratch<T> thread_scratch(const Plan& p, const FconvGeometry& g, int64_t private_u) {
+Scratch<T> thread_scratch(const Plan& p, const FconvGeometry& g, int64_t private_u,
+                          bool planes) {
   const auto parts = thread_buffers<T, 8>(
-      {p.planes.size() + vector_width<T>(), kPoints * p.v1_point, kPoints * p.m1_point,
+      {planes ? p.planes.size() + vector_width<T>() : 0, kPoints * p.v1_point, kPoints * p.m1_point,
        g.rank * p.mid_channel, kPoints * p.v2_point, kPoints * p.m2_point,
        kMaxRows * p.row_ld, private_u});
   std::fill(parts[0], parts[1], T(0));
@@ -174,6 +176,7 @@ struct Operands {
   // The output is NCHW and a residual, if any, has its rows: the second conv's rows go
   // straight into the output.
   bool direct;
+  bool input_rows;  // the input's rows are consecutive values (NCHW): read where they are
 };
 
 template <typename T>
@@ -195,7 +198,7 @@ void run_item(const FconvGeometry& g, const Plan& p, const Operands<T>& ops, int
     for (int64_t i = 0; i < images; ++i) {  // in order: a transform's spill lands on the next
       const T* image = ops.x + (image0 + i) * ops.xs[0] + c0 * ops.xs[1];
       T* v = s.v1 + i * image_positions;
-      if (ops.xs[3] == 1) {  // rows of consecutive values: read in place
+      if (ops.input_rows) {
         k.winograd_h_input(image, ops.xs[1], ops.xs[2], g.height, 2 * ty0 - g.ph, ops.x_end,
                            spec.channels, rows, width, v, p.v1_channel, p.v1_point);
       } else {
@@ -284,6 +287,7 @@ void spatial_winograd_factored_conv2d(const FconvGeometry& g, const T* x, const 
   const T* x_end = x + (g.batch - 1) * xs[0] + (g.in_channels - 1) * xs[1] +
                    (g.height - 1) * xs[2] + (g.width - 1) * xs[3] + 1;
   const bool direct = rows_like_nchw(g.out_w, os, residual != nullptr, rs);
+  const bool input_rows = xs[3] == 1;
   const int64_t work = kPoints * g.rank * (p.count1 * g.in_channels + p.count2 * g.out_channels);
   const int64_t grain = parallel_grain(work);
   const int64_t busy_threads =
@@ -298,7 +302,8 @@ void spatial_winograd_factored_conv2d(const FconvGeometry& g, const T* x, const 
     shared_u = u;
   }
   at::parallel_for(0, p.items.items, grain, [&](int64_t begin, int64_t end) {
-    const Scratch<T> scratch = thread_scratch<T>(p, g, private_weights ? layout.size : 0);
+    const Scratch<T> scratch =
+        thread_scratch<T>(p, g, private_weights ? layout.size : 0, !input_rows);
     const T* u = shared_u;
     if (private_weights) {
       transform_weights(g, layout, w1, w2, scratch.u);
@@ -311,7 +316,7 @@ void spatial_winograd_factored_conv2d(const FconvGeometry& g, const T* x, const 
                           residual, rs,
                           out,      os,
                           v1_offsets.data(), v2_offsets.data(),
-                          direct};
+                          direct,   input_rows};
     for (int64_t item = begin; item < end; ++item) run_item(g, p, ops, item, scratch);
   });
 }
