@@ -534,7 +534,7 @@ void winograd_input(const typename V::Scalar* planes, int64_t plane_stride, int6
   }
 }
 
-// The same from rows of `width` consecutive values where they are (see WinogradInputRowsFn):
+// The same from rows of `width` consecutive values where they are (see WinogradInputDirectFn):
 // padded column j of a row is its value j - pw, zero outside [0, width) and for rows outside
 // [0, height), loaded by masks that read nothing outside the row.
 template <class V>

@@ -14,9 +14,9 @@
 // conv's is), but Inf - Inf inside the transforms can make it NaN instead of +-Inf.
 //
 // A work item is one image's band of tile rows, or a few whole images when they are small.
-// Input rows are first laid out as zero-padded planes (as in the direct path), so that the
-// transform needs no bounds checks and runs vectorised over the tiles of a row. Items run in
-// parallel.
+// The transform reads NCHW input rows where they are, their padding by masked loads; other
+// layouts are first laid out as zero-padded planes (as in the direct path). Either way it runs
+// vectorised over the tiles of a row. Items run in parallel.
 #include "cpu/factored_conv2d_winograd.h"
 
 #include <ATen/Parallel.h>
