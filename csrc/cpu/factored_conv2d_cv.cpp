@@ -59,7 +59,7 @@ constexpr int64_t kPackCost = 20;
 
 template <typename T>
 constexpr int64_t panel_width() {
-  return kCvVectors * static_cast<int64_t>(32 / sizeof(T));  // the kernels' vectors are 32 bytes
+  return kCvVectors * vector_width<T>();
 }
 
 // Output rows whose first-conv taps are the kernel rows [lo, hi): from zero-padded planes, one

@@ -19,6 +19,12 @@ inline int64_t round_up(int64_t value, int64_t multiple) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Values of type T per vector of the kernels (both builds use 32-byte vectors).
+template <typename T>
+constexpr int64_t vector_width() {
+  return 32 / static_cast<int64_t>(sizeof(T));
+}
+
 // The AVX-512VL kernels when cpu::use_avx512vl() allows them, else the AVX2+FMA ones when
 // cpu::use_avx2_fma() does, else the portable ones.
 const CpuKernels& cpu_kernels();

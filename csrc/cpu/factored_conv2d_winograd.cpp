@@ -34,21 +34,10 @@ namespace {
 
 constexpr int64_t kPoints = 16;  // 4 x 4 transformed points per tile
 // At most this many tiles per work item (more when one tile row has more), and at most
-// kProductBytes of products. 256 rather than 128 lets a 56 x 56 batch-1 image split into 4
-// items for 2 threads instead of 7 (in-process A/B: 1.06x on 64-64 56x56 r16 b1; the other
-// bench layers unchanged).
+// kWinogradProductBytes of products. 256 rather than 128 lets a 56 x 56 batch-1 image split
+// into 4 items for 2 threads instead of 7 (in-process A/B: 1.06x on 64-64 56x56 r16 b1; the
+// other bench layers unchanged).
 constexpr int64_t kMaxItemTiles = 256;
-// An item's products and a channel group's transformed input (kGroupBytes) share the 1 MiB L2
-// of the Zen 4 EPYC. 448 KiB rather than 256 lets a batch-32 item hold a whole 28 x 28 image
-// at rank 32 (196 tiles, not bands of 112 and 84) and two 14 x 14 images at rank 64 (not
-// one): in-process, alternating the builds, 1.06-1.12x on 128-128 28x28 r32 b32 and 256-256
-// 14x14 r64 b32, the other bench layers unchanged (64-64 8x8 r20 b32 now 16 images an item,
-// not 8); 512 KiB (four 7 x 7 images at rank 128, not two) made 512-512 7x7 r128 b32
-// 1.00-1.16x slower.
-constexpr int64_t kProductBytes = 448 << 10;
-// The transformed input of a group of channels (16 points x channels x tiles) is kept near
-// this size, so that it stays in L2 across the 16 point products that read it.
-constexpr int64_t kGroupBytes = 512 << 10;
 // Below these, the transforms cost more than the multiplications they save. Measured on the
 // 2-core AVX2 EPYC against the direct kernel (in-process alternation): rank 6 and 10 (CIFAR 16
 // and 32 channels) ran at 0.81-0.85x at batch 32; rank 16 at 0.88-1.00x with 49-98 tiles and
@@ -78,12 +67,6 @@ constexpr int64_t kFilterGrain = 1024;
 constexpr int64_t kPrivateWeightBytes = 16 << 20;
 std::atomic<int64_t> g_private_weight_calls{0};
 
-// Vector width of the transforms (both kernel builds use 32-byte vectors).
-template <typename T>
-constexpr int64_t vector_width() {
-  return 32 / static_cast<int64_t>(sizeof(T));
-}
-
 // A work item: `images` whole images, or one image's band of `rows` tile rows.
 struct Plan {
   int64_t tiles_h = 0, tiles_w = 0;
@@ -110,7 +93,7 @@ Plan make_plan(const FconvGeometry& g) {
   // The products of an item (16 points x rank x tiles) are read and written once per channel
   // group: they must stay in L2.
   const int64_t max_tiles = std::clamp<int64_t>(
-      kProductBytes / (kPoints * g.rank * static_cast<int64_t>(sizeof(T))), kCountAlign,
+      kWinogradProductBytes / (kPoints * g.rank * static_cast<int64_t>(sizeof(T))), kCountAlign,
       kMaxItemTiles);
   const WinogradItems items =
       choose_winograd_items(p.tiles_h, p.tiles_w, g.batch, at::get_num_threads(), max_tiles);
@@ -122,7 +105,7 @@ Plan make_plan(const FconvGeometry& g) {
   // The transform writes up to L - 1 values past an item's last tile.
   p.v_channel = p.count + L;
   const int64_t group_bytes = kPoints * p.v_channel * static_cast<int64_t>(sizeof(T));
-  p.group = std::clamp<int64_t>(kGroupBytes / group_bytes, 1, g.in_channels);
+  p.group = std::clamp<int64_t>(kWinogradGroupBytes / group_bytes, 1, g.in_channels);
   // Point strides padded by a cache line: at a power-of-two stride the 16 points' streams would
   // share one set of the L1 cache.
   p.v_point = p.group * p.v_channel + 16;

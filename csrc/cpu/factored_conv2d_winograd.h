@@ -33,6 +33,20 @@ void spatial_winograd_factored_conv2d(const FconvGeometry& g, const T* x, const 
                                       const T* residual, const int64_t* rs, T* out,
                                       const int64_t* os);
 
+// Both paths' cache budgets. An item's products (points x rank x tiles) are kept near
+// kWinogradProductBytes, a channel group's transformed input (points x channels x tiles) near
+// kWinogradGroupBytes, so that both stay in the 1 MiB L2 of the Zen 4 EPYC across the point
+// products. Measured on the 2-D path: 448 KiB rather than 256 lets a batch-32 item hold a whole
+// 28 x 28 image at rank 32 (196 tiles, not bands of 112 and 84) and two 14 x 14 images at rank 64
+// (not one): in-process, alternating the builds, 1.06-1.12x on 128-128 28x28 r32 b32 and 256-256
+// 14x14 r64 b32, the other bench layers unchanged (64-64 8x8 r20 b32 now 16 images an item, not
+// 8); 512 KiB (four 7 x 7 images at rank 128, not two) made 512-512 7x7 r128 b32 1.00-1.16x
+// slower. On the spatial path (spatial 512-512 7x7 r128 b32, one thread), 128-448 KiB of
+// products and 64-512 KiB of input were alike within the noise (10.4-11.9 ms); 896 KiB of
+// products was slower (12.3-14.0 ms).
+constexpr int64_t kWinogradProductBytes = 448 << 10;
+constexpr int64_t kWinogradGroupBytes = 512 << 10;
+
 // How both Winograd paths cut a call into work items: `images` whole images, or one image's
 // band of `rows` tile rows (of `row_tiles` tiles each), `bands` per image, `items` in all.
 struct WinogradItems {

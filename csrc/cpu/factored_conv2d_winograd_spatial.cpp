@@ -31,13 +31,10 @@ namespace fconv_cpu {
 namespace {
 
 constexpr int64_t kPoints = 4;  // transformed points per tile
-// An item's first-conv products (4 points x rank x positions) are kept near this size, and
-// at most kMaxItemPositions positions, so that they stay in L2 across the channel groups.
-constexpr int64_t kProductBytes = 448 << 10;
+// An item's first-conv products (4 points x rank x positions) are kept near
+// kWinogradProductBytes, with at most kMaxItemPositions positions, and a channel group's
+// transformed input (4 points x channels x positions) near kWinogradGroupBytes (see there).
 constexpr int64_t kMaxItemPositions = 1024;
-// The transformed input of a group of channels (4 points x channels x positions) is kept near
-// this size, so that it stays in L2 across the 4 point products that read it.
-constexpr int64_t kGroupBytes = 512 << 10;
 // kAuto's rule (spatial_winograd_pays). In-process A/B against the direct path on the 2-core
 // EPYC: ranks 6 and 10 (the bench's CIFAR 16- and 32-channel layers) ran at 0.68-1.08x; from
 // rank 32, 1.09-1.28x from 392 first-conv positions (28x28 at batch 1, every larger call),
@@ -50,11 +47,6 @@ constexpr int64_t kMinChannels = 32;
 constexpr int64_t kMinPositions = 128;
 constexpr int64_t kMinRankForFewerPositions = 32;  // below it, kMinPositionsAtLowRank
 constexpr int64_t kMinPositionsAtLowRank = 1024;
-
-template <typename T>
-constexpr int64_t vector_width() {
-  return 32 / static_cast<int64_t>(sizeof(T));
-}
 
 struct Plan {
   int64_t tiles_h = 0;  // first-conv tile rows (2 intermediate rows each)
@@ -81,13 +73,14 @@ Plan make_plan(const FconvGeometry& g) {
   p.tiles_h = ceil_div(g.out_h, 2);
   p.tiles_w = ceil_div(g.out_w, 2);
   const int64_t max_positions = std::clamp<int64_t>(
-      kProductBytes / (kPoints * g.rank * size), kCountAlign, kMaxItemPositions);
+      kWinogradProductBytes / (kPoints * g.rank * size), kCountAlign, kMaxItemPositions);
   p.items = choose_winograd_items(p.tiles_h, g.width, g.batch, at::get_num_threads(),
                                   max_positions);
   const int64_t images = p.items.images, rows = p.items.rows;
   p.count1 = round_up(images * rows * g.width, kCountAlign);
   p.v1_channel = p.count1 + L;  // the input transform writes up to L - 1 values past
-  p.group = std::clamp<int64_t>(kGroupBytes / (kPoints * p.v1_channel * size), 1, g.in_channels);
+  p.group = std::clamp<int64_t>(kWinogradGroupBytes / (kPoints * p.v1_channel * size), 1,
+                                g.in_channels);
   // Point strides padded by a cache line (see the 2-D path), which also covers the output
   // transform's reads past the last tile row.
   p.v1_point = p.group * p.v1_channel + 16;
@@ -131,7 +124,8 @@ template <typename T>
 Scratch<T> thread_scratch(const Plan& p, const FconvGeometry& g, int64_t private_u,
                           bool planes) {
   const auto parts = thread_buffers<T, 8>(
-      {planes ? p.planes.size() + vector_width<T>() : 0, kPoints * p.v1_point, kPoints * p.m1_point,
+      {planes ? p.planes.size() + vector_width<T>() : 0, kPoints * p.v1_point,
+       kPoints * p.m1_point,
        g.rank * p.mid_channel, kPoints * p.v2_point, kPoints * p.m2_point,
        kMaxRows * p.row_ld, private_u});
   std::fill(parts[0], parts[1], T(0));

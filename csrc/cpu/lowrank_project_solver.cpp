@@ -551,8 +551,8 @@ bool all_finite(const at::Tensor& t) {
 }
 
 // A float64 matrix whose rank cut lies below this fraction of lambda_1 = s_1^2 (s_r < 1e-2 s_1),
-// or which energy 1 leaves rank-limited (values under the Gram's rounding count as zero there),
-// is solved again by LAPACK's SVD of A itself (refine_with_svd): the Gram resolves eigenvalues
+// or whose rank at energy 1 the Gram's noise floor set (values under its rounding count as
+// zero, so the first one past the rank is 0, not a cap's cut), is solved again by LAPACK's SVD of A itself (refine_with_svd): the Gram resolves eigenvalues
 // only to ~(k + len) eps lambda_1 (gram_noise_factor), and its eigenvectors' error, divided by
 // the gap at the cut, reached the projection. Measured with the tests' checker (float64 floor
 // 1e-10 of ||A||), random 1 x 1 to 90 x 90 matrices with deep, clustered, rank-deficient and
@@ -564,8 +564,10 @@ constexpr double kGramResolvedFraction = 1e-4;
 bool needs_svd_refinement(const at::Tensor& mat, const Problem& p, const Spectrum& s,
                           const ProjectOptions& options) {
   if (mat.scalar_type() != at::kDouble || s.rank == 0) return false;
-  if (options.energy >= 1.0 && s.rank < p.k) return true;
-  return s.values[s.rank - 1] < kGramResolvedFraction * s.values[0];
+  if (s.values[s.rank - 1] < kGramResolvedFraction * s.values[0]) return true;
+  // At energy 1 the rank counts the nonzero values; a zero past it was the Gram's noise floor
+  // (or, the basis ending at the rank, may have been). Warm starts never run at energy 1.
+  return options.energy >= 1.0 && s.rank < p.k && (s.width == s.rank || s.values[s.rank] == 0.0);
 }
 
 // The spectrum of A from LAPACK's SVD (through ATen) instead of the Gram: values s_i^2, with
