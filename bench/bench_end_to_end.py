@@ -22,18 +22,27 @@ from trp_ext.metrics import count_cost, deployment_form, theoretical_speedup
 from trp_ext.models import resnet50, resnet56
 from trp_ext.selection import select_layers
 
-from conftest import CUDA, measure
+from conftest import measure
+
+
+def _case(arch, batch, device, dtype, channels_last):
+    """One parameter set, marked cuda (skipped without a GPU, selected by -m cuda) on CUDA: a
+    pytest.param inside a tuple is not one, and reached the test as its device argument."""
+    marks = [pytest.mark.cuda] if device == "cuda" else []
+    name = f"{arch}-b{batch}-{device}-{str(dtype).split('.')[-1]}-{'cl' if channels_last else 'nchw'}"
+    return pytest.param(arch, batch, device, dtype, channels_last, marks=marks, id=name)
+
 
 CASES = [  # (arch, batch, device, dtype, channels_last)
-    ("resnet56", 1, "cpu", torch.float32, False),
-    ("resnet56", 64, "cpu", torch.float32, False),
-    ("resnet50", 1, "cpu", torch.float32, False),
-    ("resnet56", 1, CUDA, torch.float16, True),
-    ("resnet56", 64, CUDA, torch.float16, True),
-    ("resnet56", 64, CUDA, torch.float32, False),
-    ("resnet50", 1, CUDA, torch.float16, True),
-    ("resnet50", 32, CUDA, torch.float16, True),
-    ("resnet50", 32, CUDA, torch.float32, False),
+    _case("resnet56", 1, "cpu", torch.float32, False),
+    _case("resnet56", 64, "cpu", torch.float32, False),
+    _case("resnet50", 1, "cpu", torch.float32, False),
+    _case("resnet56", 1, "cuda", torch.float16, True),
+    _case("resnet56", 64, "cuda", torch.float16, True),
+    _case("resnet56", 64, "cuda", torch.float32, False),
+    _case("resnet50", 1, "cuda", torch.float16, True),
+    _case("resnet50", 32, "cuda", torch.float16, True),
+    _case("resnet50", 32, "cuda", torch.float32, False),
 ]
 _MODELS = {}
 

@@ -3,6 +3,7 @@
 pytest's default file pattern is test_*.py, under which `pytest bench` found no test at all
 (exit code 5), so `make bench` failed and the GPU check's bench step measured nothing.
 """
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_FILES = sorted(p.name for p in (ROOT / "bench").glob("bench_*.py"))
 
 
+@functools.lru_cache(maxsize=None)
 def _collect(*args):
     done = subprocess.run([sys.executable, "-m", "pytest", "bench", "--collect-only", "-q",
                            "-p", "no:cacheprovider", *args],
@@ -31,4 +33,14 @@ def test_the_cuda_marker_selects_the_gpu_benches():
     out = _collect("-m", "cuda")
     assert "bench/bench_factored_conv.py::test_cuda[" in out
     assert "bench/bench_projection.py::test_cold[" in out and "-cuda]" in out
+    assert "bench/bench_end_to_end.py::test_end_to_end[" in out
     assert "::test_cpu[" not in out
+
+
+def test_end_to_end_cuda_cases_carry_the_marker():
+    # Its CUDA cases once put the marked param inside a tuple: pytest passed the ParameterSet
+    # as the device, without the mark (no skip on a CPU machine, not selected by -m cuda).
+    cuda = [line for line in _collect("-m", "cuda").splitlines() if "bench_end_to_end.py::" in line]
+    cpu = [line for line in _collect("-m", "not cuda").splitlines() if "bench_end_to_end.py::" in line]
+    assert len(cuda) == 18 and len(cpu) == 9, (cuda, cpu)
+    assert all("-cuda-" in line for line in cuda) and not any("cuda" in line for line in cpu)
