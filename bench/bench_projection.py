@@ -80,9 +80,12 @@ def _synthetic(arch, scheme):
 @functools.lru_cache(maxsize=None)
 def _trained(path):
     state = read_checkpoint(path)  # weights_only=True, and a clear error for a foreign file
-    config = state["config"]
-    model = build_model(config["arch"], num_classes=10 if config["arch"] in CIFAR else 1000)
-    model.load_state_dict(state["model"])
+    config, weights = state["config"], state["model"]
+    # The network as trained: its input channels and classes from the weights (a run on the
+    # built-in digits has 1-channel images, CIFAR-10 3-channel ones, ImageNet 1000 classes).
+    model = build_model(config["arch"], num_classes=weights["fc.weight"].shape[0],
+                        in_channels=weights["conv1.weight"].shape[1])
+    model.load_state_dict(weights)
     mats = [ref.conv_weight_to_matrix(m.weight.detach(), config["scheme"]).contiguous().float()
             for _, m in select_layers(model)]
     return f"trained-{config['arch']}/{config['scheme']}", mats
