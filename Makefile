@@ -4,6 +4,10 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# The venv's tools first (its pinned ninja above all): a build run from an activated shell and one
+# from a plain shell otherwise used different ninja binaries, whose differently recorded commands
+# made each switch recompile every file.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 PYTEST_ARGS ?=
 
 .PHONY: venv build test demo bench clean

@@ -382,7 +382,7 @@ def build_parser():
     bench.add_argument("--repeats", type=_positive_int, default=20)
     bench.set_defaults(func=cmd_bench)
 
-    demo = commands.add_parser("demo", help="train + compress + report on the built-in digits (about 2 min on 2 cores)")
+    demo = commands.add_parser("demo", help="train + compress + report on the built-in digits (about 20 s on 2 quiet cores)")
     demo.add_argument("--out", type=_output_dir, default="runs/demo")
     demo.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda, cuda:1, ...")
     demo.add_argument("--epochs", type=int, default=None)
