@@ -2,10 +2,11 @@
 # One pass over the CUDA side on a GPU machine: build in place, the CUDA tests, the GPU targets'
 # benches (issue #5: fp16 channels_last layers against the cuDNN pair; issue #4: ResNet-56
 # projection against the per-layer SVD loop), and a summary. Logs, pytest-benchmark JSON and the
-# summary go to $OUT (default ./gpu_out): at most 8 files, as the device tool brings back.
+# summary (the machine, the tests' tally, every bench's report) go to $OUT (default ./gpu_out):
+# 7 files, 8 with `full`, as many as the device tool brings back.
 #
 #   bash bench/gpu_check.sh          # fits one device call: stops starting steps after
-#                                    # GPU_CHECK_BUDGET seconds (default 420), so that a lease of
+#                                    # GPU_CHECK_BUDGET seconds (default 480), so that a lease of
 #                                    # 15 minutes leaves time for the machine's start and a rerun
 #   bash bench/gpu_check.sh full     # also the whole suite, compute-sanitizer memcheck and every
 #                                    # CUDA bench (dtypes, layouts, end to end): much longer
@@ -20,23 +21,25 @@ mkdir -p "$OUT"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 MODE=${1:-budget}
-BUDGET=${GPU_CHECK_BUDGET:-420}
+BUDGET=${GPU_CHECK_BUDGET:-480}
 [ "$MODE" = full ] && BUDGET=${GPU_CHECK_BUDGET:-7200}
 START=$(date +%s)
 status=0
 
 step() { echo; echo "=== $* ($(( $(date +%s) - START )) s of $BUDGET)"; }
-# Seconds a step may take: its own cap, or what is left of the budget if less; 0 to skip it.
+# Seconds a step may take: its own cap, or what is left of the budget after RESERVE seconds kept
+# for the steps after it, if less; 0 to skip it.
 allowance() {
-  local left=$(( BUDGET - ($(date +%s) - START) ))
+  local left=$(( BUDGET - ($(date +%s) - START) - $2 ))
   local cap=$(( $1 < left ? $1 : left ))
   (( cap < 20 )) && cap=0
   echo "$cap"
 }
-# run_capped CAP LOG CMD...: CMD under timeout, its output appended to LOG; a skip or a failure
-# (timeout included: exit 124) makes the status 1.
+# run_capped CAP RESERVE LOG CMD...: CMD under timeout, its output appended to LOG; a skip or a
+# failure (timeout included: exit 124) makes the status 1. pytest-benchmark writes its JSON only
+# when the session ends, so a bench killed by the timeout leaves none: the benches run in parts.
 run_capped() {
-  local cap; cap=$(allowance "$1"); local log=$2; shift 2
+  local cap; cap=$(allowance "$1" "$2"); local log=$3; shift 3
   if (( cap == 0 )); then
     echo "SKIPPED: out of budget" | tee -a "$log"; status=1; return 1
   fi
@@ -47,63 +50,72 @@ run_capped() {
   return $rc
 }
 
+SUMMARY="$OUT/summary.md"  # the machine first, then every bench's report
 step "machine"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/machine.txt"
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/machine.txt"
+{ echo '```'
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } 2>&1 | tee "$SUMMARY"
 if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  echo "NO GPU VISIBLE: the CUDA tests and benches below will skip" | tee -a "$OUT/machine.txt"
+  echo "NO GPU VISIBLE: the CUDA tests and benches below will skip" | tee -a "$SUMMARY"
   status=1
 fi
 
+# Reserves: the CUDA tests keep 240 s for the benches, the batch-1 layers 150 s for the
+# batch-32 ones and the projection, the batch-32 layers 60 s for the projection.
 step "build (editable, in place)"
 : > "$OUT/build.log"
-if ! run_capped 360 "$OUT/build.log" $PY -m pip install --no-build-isolation --no-deps -e .; then
+if ! run_capped 360 0 "$OUT/build.log" $PY -m pip install --no-build-isolation --no-deps -e .; then
   tail -60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi
-echo "build seconds: $(( $(date +%s) - START ))" | tee -a "$OUT/machine.txt"
+echo "build done at $(( $(date +%s) - START )) s" | tee -a "$SUMMARY"
 $PY -c "import trp_ext, sys; print('cuda kernels built:', trp_ext.cuda_kernels_built()); sys.exit(0 if trp_ext.cuda_kernels_built() else 1)" || exit 1
 
 step "CUDA tests"
 : > "$OUT/tests.log"
-run_capped 180 "$OUT/tests.log" $PY -m pytest -m cuda tests -q -x -p no:cacheprovider --durations=10
+run_capped 180 240 "$OUT/tests.log" $PY -m pytest -m cuda tests -q -x -p no:cacheprovider --durations=10
 tail -25 "$OUT/tests.log"
+grep -E " passed| failed| skipped| error|SKIPPED: out of budget|TIMED OUT" "$OUT/tests.log" | tail -2 >> "$SUMMARY"
+echo '```' >> "$SUMMARY"
 
-# The targets' benches first, so that a short lease still measures them.
-step "bench: factored_conv2d, fp16 channels_last (issue #5's GPU target)"
+# The targets' benches first, so that a short lease still measures them; in parts (see run_capped).
 : > "$OUT/bench.log"
-run_capped 240 "$OUT/bench.log" $PY -m pytest bench/bench_factored_conv.py -m cuda -k "fp16 and cl" \
-  --benchmark-only -q -p no:cacheprovider --benchmark-json="$OUT/bench_conv.json"
-tail -3 "$OUT/bench.log"
+for part in "b1 150" "b32 60"; do
+  read -r batch reserve <<< "$part"
+  step "bench: factored_conv2d, fp16 channels_last, $batch (issue #5's GPU target)"
+  run_capped 150 "$reserve" "$OUT/bench.log" $PY -m pytest bench/bench_factored_conv.py -m cuda \
+    -k "fp16 and cl and $batch-" --benchmark-only -q -p no:cacheprovider \
+    --benchmark-json="$OUT/bench_conv_$batch.json"
+  tail -3 "$OUT/bench.log"
+done
 
 step "bench: lowrank_project, ResNet-56 (issue #4's GPU target)"
-run_capped 150 "$OUT/bench.log" $PY -m pytest bench/bench_projection.py -m cuda \
+run_capped 150 0 "$OUT/bench.log" $PY -m pytest bench/bench_projection.py -m cuda \
   -k "resnet56 and (test_cold or test_warm) and not unprojected and not steady" \
   --benchmark-only -q -p no:cacheprovider --benchmark-json="$OUT/bench_projection.json"
 tail -3 "$OUT/bench.log"
 
 if [ "$MODE" = full ]; then
   step "whole suite"
-  run_capped 900 "$OUT/tests.log" $PY -m pytest tests -q -p no:cacheprovider
+  run_capped 900 0 "$OUT/tests.log" $PY -m pytest tests -q -p no:cacheprovider
   tail -5 "$OUT/tests.log"
 
   step "compute-sanitizer memcheck over the CUDA tests' kernel calls"
-  run_capped 900 "$OUT/tests.log" compute-sanitizer --tool memcheck --error-exitcode 9 \
+  run_capped 900 0 "$OUT/tests.log" compute-sanitizer --tool memcheck --error-exitcode 9 \
     --print-limit 20 $PY -m pytest -m cuda tests -q -x -p no:cacheprovider -k "not opcheck"
   grep -E "ERROR SUMMARY|passed|failed|Invalid|out of bounds" "$OUT/tests.log" | tail -8
 
   step "every CUDA bench"
-  run_capped 3600 "$OUT/bench.log" $PY -m pytest bench -m cuda --benchmark-only -q \
+  run_capped 3600 0 "$OUT/bench.log" $PY -m pytest bench -m cuda --benchmark-only -q \
     -p no:cacheprovider --benchmark-json="$OUT/bench_all.json"
   tail -5 "$OUT/bench.log"
 fi
 
 step "summary"
-: > "$OUT/summary.md"
 for json in "$OUT"/bench_*.json; do
   [ -e "$json" ] || continue
-  echo "## $(basename "$json")" >> "$OUT/summary.md"
-  $PY bench/report.py "$json" >> "$OUT/summary.md" 2>&1 || status=1
+  echo "## $(basename "$json")" >> "$SUMMARY"
+  $PY bench/report.py "$json" >> "$SUMMARY" 2>&1 || status=1
 done
-cat "$OUT/summary.md"
+cat "$SUMMARY"
 echo "status: $status ($(( $(date +%s) - START )) s)"
 exit $status
