@@ -2,7 +2,7 @@
 // (cpu/factored_conv2d_winograd_spatial.cpp): the transforms that factored_conv2d_kernels.h
 // declares as WinogradHeight*, WinogradWidth* and WinogradAxisWeights functions, as templates
 // over a vector type V (see factored_conv2d_kernels_impl.h, which includes this after
-// winograd_b).
+// winograd_b and winograd_g).
 //
 // F(2, 3): two outputs of a 3-tap filter g from four inputs d with 4 multiplications instead
 // of 6: B^T d = (d0 - d2, d1 + d2, d2 - d1, d1 - d3), G g = (g0, (g0 + g1 + g2) / 2,
@@ -173,8 +173,8 @@ void winograd_axis_weights(const typename V::Scalar* w, int64_t filters, typenam
   constexpr int L = V::kWidth;
   const Reg half = V::set1(T(0.5));
   const auto points = [&](Reg g0, Reg g1, Reg g2, int64_t f, int64_t n) {
-    const Reg point[4] = {g0, V::mul(V::add(V::add(g0, g1), g2), half),
-                          V::mul(V::add(V::sub(g0, g1), g2), half), g2};
+    Reg point[4];
+    winograd_g<V>(g0, g1, g2, half, point);
     for (int k = 0; k < 4; ++k) {
       if (n == L) {
         V::store(u + k * point_stride + f, point[k]);

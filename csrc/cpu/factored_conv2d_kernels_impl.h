@@ -484,6 +484,16 @@ inline void winograd_b(typename V::Reg d0, typename V::Reg d1, typename V::Reg d
   r[3] = V::sub(d1, d3);
 }
 
+// F(2, 3) on a filter: G g = (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2), half = 0.5.
+template <class V>
+inline void winograd_g(typename V::Reg g0, typename V::Reg g1, typename V::Reg g2,
+                       typename V::Reg half, typename V::Reg* r) {
+  r[0] = g0;
+  r[1] = V::mul(V::add(V::add(g0, g1), g2), half);
+  r[2] = V::mul(V::add(V::sub(g0, g1), g2), half);
+  r[3] = g2;
+}
+
 // The second pass of V = B^T d B for one tile row: B^T along the rows of `rows` (the first
 // pass's 4 rows of wq values, B^T d down the columns), vectorised over kWidth tiles, whose patch
 // columns 2 tx + j are the even (j = 0, 2) and odd (j = 1, 3) values of two runs.
@@ -607,20 +617,14 @@ void winograd_weights(const typename V::Scalar* w, int64_t filters, typename V::
     for (int64_t group = 0; group < groups; ++group) {
       const int64_t f0 = chunk + group * L;
       const int64_t n = filters - f0 < L ? filters - f0 : L;
-      Reg gg[4][3];  // G g, along the kernel rows: gg[i][kx]
+      Reg gg[3][4];  // G g, along the kernel rows: gg[kx][i]
       for (int kx = 0; kx < 3; ++kx) {
-        const Reg g0 = V::load(taps[group][kx]);
-        const Reg g1 = V::load(taps[group][3 + kx]);
-        const Reg g2 = V::load(taps[group][6 + kx]);
-        gg[0][kx] = g0;
-        gg[1][kx] = V::mul(V::add(V::add(g0, g1), g2), half);
-        gg[2][kx] = V::mul(V::add(V::sub(g0, g1), g2), half);
-        gg[3][kx] = g2;
+        winograd_g<V>(V::load(taps[group][kx]), V::load(taps[group][3 + kx]),
+                      V::load(taps[group][6 + kx]), half, gg[kx]);
       }
       for (int i = 0; i < 4; ++i) {  // (G g) G^T, along the kernel columns
-        const Reg a = gg[i][0], b = gg[i][1], e = gg[i][2];
-        const Reg point[4] = {a, V::mul(V::add(V::add(a, b), e), half),
-                              V::mul(V::add(V::sub(a, b), e), half), e};
+        Reg point[4];
+        winograd_g<V>(gg[0][i], gg[1][i], gg[2][i], half, point);
         for (int m = 0; m < 4; ++m) {
           T* dst = u + (i * 4 + m) * point_stride + f0;
           if (n == L) {
@@ -680,5 +684,5 @@ void winograd_output(const typename V::Scalar* m, int64_t rows, int64_t count,
 }  // namespace fconv_cpu
 }  // namespace trp_ext
 
-// Along one axis: uses winograd_b.
+// Along one axis: uses winograd_b and winograd_g.
 #include "cpu/factored_conv2d_kernels_axis_impl.h"
