@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/scratch_pool.h"
 #include "cpu/simd.h"
 #include "cpu/small_gemm.h"
 
@@ -288,7 +289,8 @@ bool orthonormalize_columns(double* q, int64_t rows, int64_t cols) {
     // fast as dtrsm on these tall, narrow blocks, and exact enough for the passes here (the
     // inverse's error ~ eps cond(L) is below the eps cond(L)^2 of Cholesky QR itself).
     const int n = static_cast<int>(cols);
-    std::vector<double> diag(cols), inverse(cols * cols), product(rows * cols);
+    std::vector<double> diag(cols), inverse(cols * cols);
+    ScratchVector<double> product(rows * cols);  // rows x cols
     for (int pass = 0; pass < 3; ++pass) {
       matmul(q, true, q, false, gram.data(), cols, cols, rows);
       for (int64_t j = 0; j < cols; ++j) diag[j] = gram[j * cols + j];

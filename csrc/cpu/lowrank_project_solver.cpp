@@ -25,6 +25,7 @@
 #include "cpu/lowrank_linalg.h"
 #include "cpu/partial_eigen.h"
 #include "cpu/pseudo_random.h"
+#include "cpu/scratch_pool.h"
 #include "cpu/simd.h"
 #include "cpu/tiled_transpose.h"
 
@@ -65,11 +66,11 @@ constexpr double kStagnantRitz = 1e-12;
 struct Problem {
   int64_t m = 0, n = 0, k = 0, len = 0;
   bool transposed = false;
-  std::unique_ptr<double[]> a;  // k x len: mat (or mat^T) * 2^-exponent (no zero-fill pass)
+  ScratchArray a;               // k x len: mat (or mat^T) * 2^-exponent (no zero-fill pass)
   int exponent = 0;
   double max_abs = 0.0;       // of the matrix as given
   double total = 0.0;         // ||a||_F^2
-  std::vector<double> gram;   // k x k
+  ScratchVector<double> gram;  // k x k
   double gram_fro2 = 0.0;     // ||gram||_F^2
   double value_cut = -1.0;    // value_threshold in the units of a; < 0 when not given
 };
@@ -78,7 +79,7 @@ struct Problem {
 struct Spectrum {
   int64_t width = 0;
   std::vector<double> values;   // width
-  std::vector<double> vectors;  // k x width
+  ScratchVector<double> vectors;  // k x width
   int64_t rank = 0;
 };
 
@@ -124,7 +125,7 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
   p.k = std::min(p.m, p.n);
   p.len = std::max(p.m, p.n);
   const int64_t size = p.k * p.len;
-  p.a.reset(new double[size]);
+  p.a = scratch_array(size);
   double* a = p.a.get();
   // Converted by hand rather than by at::Tensor::copy_, whose dispatch and iterator set-up cost
   // microseconds per call: a ResNet has dozens of layers as small as 16 x 144.
@@ -243,7 +244,7 @@ int64_t gap_width_of_columns(const Problem& p, const ProjectOptions& options,
 // With `narrow`, columns past a gap in the spectrum their quotients estimate are dropped first
 // (the basis of the previous call was sized for a spectrum without one), and *b shrinks.
 bool power_step(const Problem& p, const ProjectOptions& options, bool narrow,
-                std::vector<double>& q, int64_t* b_inout, std::vector<double>& work) {
+                ScratchVector<double>& q, int64_t* b_inout, ScratchVector<double>& work) {
   const int64_t k = p.k;
   int64_t b = *b_inout;
   work.resize(k * b);
@@ -258,7 +259,8 @@ bool power_step(const Problem& p, const ProjectOptions& options, bool narrow,
   std::vector<int64_t> order;
   const int64_t width = narrow ? gap_width_of_columns(p, options, quotient, order) : b;
   if (width < b) {  // keep the columns with the largest quotients, in that order
-    std::vector<double> kept_q(k * width), kept_work(k * width), kept_norm2(width);
+    ScratchVector<double> kept_q(k * width), kept_work(k * width);
+    std::vector<double> kept_norm2(width);
     for (int64_t j = 0; j < width; ++j) kept_norm2[j] = norm2[order[j]];
     for (int64_t i = 0; i < k; ++i) {
       for (int64_t j = 0; j < width; ++j) {
@@ -295,7 +297,8 @@ bool warm_solve(const Problem& p, const at::Tensor& basis, const ProjectOptions&
                 bool* widened, int64_t* steps_used) {
   const int64_t k = p.k;
   int64_t b = basis.size(1);
-  std::vector<double> q(k * b), work, gq, h, e, u, gu, res2, singular;
+  ScratchVector<double> q(k * b), work, gq, u, gu;  // k x b
+  std::vector<double> h, e, res2, singular;
   // The basis needs no orthonormalisation of its own: it was orthonormal to its dtype's rounding
   // when returned, and the first power step orthonormalises G Q anyway.
   at::from_blob(q.data(), {k, b}, at::TensorOptions(at::kDouble)).copy_(basis);
@@ -421,7 +424,7 @@ void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
                     const ProjectOptions& options, double sub_floor, MatrixResult& result) {
   const int64_t k = p.k, len = p.len, r = s.rank;
   constexpr bool single = std::is_same_v<T, float>;
-  std::vector<T> ur(k * r);  // U_r, k x r
+  ScratchVector<T> ur(k * r);  // U_r, k x r
   for (int64_t i = 0; i < k; ++i) {
     for (int64_t j = 0; j < r; ++j) ur[i * r + j] = static_cast<T>(s.vectors[i * s.width + j]);
   }
@@ -435,10 +438,10 @@ void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
   } else {
     a = p.a.get();
   }
-  std::vector<T> w(r * len);  // U_r^T A
+  ScratchVector<T> w(r * len);  // U_r^T A
   matmul(ur.data(), true, a, a_transposed, w.data(), r, len, k);
   // out = U_r right (k x len), or its transpose right^T U_r^T (len x k) in mat's orientation.
-  auto product = [&](const std::vector<T>& right, at::Tensor& out) {
+  auto product = [&](const ScratchVector<T>& right, at::Tensor& out) {
     out = at::empty({p.m, p.n}, mat.options().dtype(c10::CppTypeToScalarType<T>::value));
     T* o = out.data_ptr<T>();
     if (p.transposed) {
@@ -457,7 +460,7 @@ void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
     // so there is no exponent to undo. The rows of W are scaled (to ~unit size) rather than the
     // columns of U_r: 1 / s_j overflows float32 for a float32 matrix with s_j below ~3e-39.
     const double floor2 = sub_floor * sub_floor * s.values[0];
-    std::vector<T> v_rows(r * len);  // S_r^-1 W = V_r^T
+    ScratchVector<T> v_rows(r * len);  // S_r^-1 W = V_r^T
     for (int64_t j = 0; j < r; ++j) {
       const double inverse = s.values[j] > floor2 ? 1.0 / std::sqrt(s.values[j]) : 0.0;
       for (int64_t l = 0; l < len; ++l) {

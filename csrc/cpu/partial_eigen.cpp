@@ -158,7 +158,7 @@ constexpr int64_t kBlockedFromSize = 64;
 void back_transform_blocked(const double* house, const double* tau, int64_t n, double* out,
                             int64_t m) {
   const int64_t count = n - 2;  // reflectors 0..n-3
-  std::vector<double> vt, t, w;
+  ScratchVector<double> vt, t, w;
   for (int64_t end = count; end > 0; end -= kReflectorBlock) {
     const int64_t begin = std::max<int64_t>(0, end - kReflectorBlock);
     const int64_t nb = end - begin;
@@ -190,7 +190,7 @@ void back_transform_blocked(const double* house, const double* tau, int64_t n, d
     double* rows = out + (begin + 1) * m;
     w.resize(nb * m);
     matmul(vt.data(), false, rows, false, w.data(), nb, m, len);        // W = V^T Z
-    std::vector<double> tw(nb * m);
+    ScratchVector<double> tw(nb * m);
     matmul(t.data(), false, w.data(), false, tw.data(), nb, m, nb);     // W = T W
     matmul_accumulate(vt.data(), true, tw.data(), false, rows, len, m, nb, -1.0, 1.0);  // Z -= V W
   }
@@ -265,7 +265,7 @@ void SymmetricEigen::vectors(int64_t m, double* out) {
     for (int64_t i = 0; i < n; ++i) std::copy(&house_[i * n], &house_[i * n] + m, out + i * m);
     return;
   }
-  std::vector<double> zt(m * n);
+  ScratchVector<double> zt(m * n);
   tridiagonal_vectors(diag_.data(), offdiag_.data(), n, values_.data(), m, zt.data());
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < m; ++j) out[i * m + j] = zt[j * n + i];

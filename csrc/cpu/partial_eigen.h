@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/scratch_pool.h"
+
 namespace trp_ext {
 namespace cpu {
 
@@ -42,7 +44,7 @@ class SymmetricEigen {
  private:
   int64_t n_ = 0;
   bool lapack_ = false;
-  std::vector<double> house_;  // n x n: row i holds reflector i in columns i+2..n-1
+  ScratchVector<double> house_;  // n x n: row i holds reflector i in columns i+2..n-1
                                // (LAPACK path: all eigenvectors, n x n)
   std::vector<double> tau_;    // reflector scalars
   std::vector<double> diag_, offdiag_;  // the tridiagonal matrix
