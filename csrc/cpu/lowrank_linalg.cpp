@@ -130,49 +130,52 @@ TRP_INLINE void lower_inverse_impl(const double* l, int64_t n, double* inverse) 
 TRP_CPU_DISPATCH(void, lower_inverse, (const double* l, int64_t n, double* inverse),
                  (l, n, inverse))
 
-// Dot products of rows x0, x1 with rows y0..y3 (length len) into out[2][4]: eight vector
-// accumulators, as many as FMA latency times its two pipes needs, six loads per eight FMAs.
-template <bool kAvx2>
-TRP_INLINE void dot_block_2x4(const double* x0, const double* x1, const double* const* y,
-                              int64_t len, double out[2][4]) {
+// Dot products of rows x[0..R) with rows y[0..4) (length len) into out[0..R): 4 R vector
+// accumulators. R = 3 fills AVX2's 16 vector registers (12 sums, 3 row values, the pinned column
+// value) and takes 7 loads per 12 FMAs; R = 2 took 6 per 8, with only the 8 sums that FMA
+// latency times its two pipes needs. Every value is summed in the same order for any R.
+template <bool kAvx2, int R>
+TRP_INLINE void dot_block(const double* const* x, const double* const* y, int64_t len,
+                          double (*out)[4]) {
   int64_t l = 0;
 #if TRP_VECTOR_LOOPS
-  simd::vd4 s[2][4];
-  for (int r = 0; r < 2; ++r) {
+  simd::vd4 s[R][4];
+  for (int r = 0; r < R; ++r) {
     for (int c = 0; c < 4; ++c) s[r][c] = simd::splat4(0.0);
   }
   for (; l + 4 <= len; l += 4) {
-    const simd::vd4 u0 = simd::load4(x0 + l), u1 = simd::load4(x1 + l);
+    simd::vd4 u[R];
+    for (int r = 0; r < R; ++r) u[r] = simd::load4(x[r] + l);
     for (int c = 0; c < 4; ++c) {
       simd::vd4 v = simd::load4(y[c] + l);
-      // One load for both FMAs: folded into each as a memory operand (GCC's choice here without
-      // the pin), ten loads per eight FMAs bounded the loop at half the FMA peak.
+      // One load for all R FMAs: folded into each as a memory operand (GCC's choice here
+      // without the pin), the loads rather than the FMAs bounded the loop.
       TRP_PIN_VECTOR(kAvx2, v);
-      s[0][c] += u0 * v;
-      s[1][c] += u1 * v;
+      for (int r = 0; r < R; ++r) s[r][c] += u[r] * v;
     }
   }
-  for (int c = 0; c < 4; ++c) {
-    out[0][c] = simd::sum4(s[0][c]);
-    out[1][c] = simd::sum4(s[1][c]);
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < 4; ++c) out[r][c] = simd::sum4(s[r][c]);
   }
 #else
-  for (int c = 0; c < 4; ++c) out[0][c] = out[1][c] = 0.0;
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < 4; ++c) out[r][c] = 0.0;
+  }
 #endif
   for (; l < len; ++l) {
-    for (int c = 0; c < 4; ++c) {
-      out[0][c] += x0[l] * y[c][l];
-      out[1][c] += x1[l] * y[c][l];
+    for (int r = 0; r < R; ++r) {
+      for (int c = 0; c < 4; ++c) out[r][c] += x[r][l] * y[c][l];
     }
   }
 }
 
-// The lower triangle by blocks of 2 rows x 4 columns, every value written to both triangles.
+// The lower triangle by blocks of 3 rows x 4 columns, every value written to both triangles.
 // Columns go outermost: a block's 4 column rows (4 len doubles, 18 KiB at len 576) stay in L1
-// while the row pairs below them stream past, 2 rows from L2 per block instead of 6 (measured:
-// as fast as row pairs outermost at 16 x 144 to 64 x 576, up to 1.1x faster at 192 x 192).
-// Blocks on the diagonal also compute a few upper values, bit for bit the values their mirror
-// blocks give (the same products summed in the same order), so writing both is harmless.
+// while the rows below them stream past, 3 rows from L2 per block instead of 7 (measured, with
+// blocks of 2 rows: as fast as row pairs outermost at 16 x 144 to 64 x 576, up to 1.1x faster
+// at 192 x 192). Blocks on the diagonal also compute a few upper values, bit for bit the values
+// their mirror blocks give (the same products summed in the same order), so writing both is
+// harmless.
 template <bool kAvx2>
 TRP_INLINE void gram_own_impl(const double* a, int64_t k, int64_t len, double* g) {
   const auto put = [&](int64_t r, int64_t c, double v) {
@@ -182,18 +185,20 @@ TRP_INLINE void gram_own_impl(const double* a, int64_t k, int64_t len, double* g
   int64_t j = 0;
   for (; j + 4 <= k; j += 4) {
     const double* y[4] = {a + j * len, a + (j + 1) * len, a + (j + 2) * len, a + (j + 3) * len};
-    int64_t i = j;
-    for (; i + 2 <= k; i += 2) {
-      double out[2][4];
-      dot_block_2x4<kAvx2>(a + i * len, a + (i + 1) * len, y, len, out);
-      for (int c = 0; c < 4; ++c) {
-        put(i, j + c, out[0][c]);
-        put(i + 1, j + c, out[1][c]);
+    const auto rows = [&](auto block_rows, int64_t i) {
+      constexpr int R = decltype(block_rows)::value;
+      const double* x[R];
+      for (int r = 0; r < R; ++r) x[r] = a + (i + r) * len;
+      double out[R][4];
+      dot_block<kAvx2, R>(x, y, len, out);
+      for (int r = 0; r < R; ++r) {
+        for (int c = 0; c < 4; ++c) put(i + r, j + c, out[r][c]);
       }
-    }
-    if (i < k) {  // an odd k: the last row alone
-      for (int c = 0; c < 4; ++c) put(i, j + c, simd::dot(a + i * len, y[c], len));
-    }
+    };
+    int64_t i = j;
+    for (; i + 3 <= k; i += 3) rows(std::integral_constant<int, 3>{}, i);
+    if (k - i == 2) rows(std::integral_constant<int, 2>{}, i);
+    if (k - i == 1) rows(std::integral_constant<int, 1>{}, i);
   }
   for (; j < k; ++j) {  // the last k % 4 columns
     for (int64_t i = j; i < k; ++i) put(i, j, simd::dot(a + i * len, a + j * len, len));
