@@ -11,8 +11,12 @@ Measured per call, without the pool: 95-117 on one thread, 933-1494 on two; with
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
+import torch
+
+from trp_ext import ops
 
 COUNT_FAULTS = r"""
 import resource, torch
@@ -52,3 +56,44 @@ def test_repeated_cold_calls_do_not_fault_their_buffers_in_again(threads):
     assert result.returncode == 0, result.stderr
     faults = float(result.stdout.strip().splitlines()[-1])
     assert faults < MAX_FAULTS_PER_CALL, f"{faults:.0f} page faults per call"
+
+
+def _matrix_sets():
+    sets = []
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        # 96 x 96 and larger: float64 copies of 72 KiB and up, which come from the pools.
+        shapes = [(192, 192), (96, 96), (64, 576), (300, 200), (16, 144)]
+        sets.append([torch.randn(m, n, generator=gen) * torch.logspace(0, -3, m).unsqueeze(1)
+                     for m, n in shapes])
+    return sets
+
+
+def test_calls_from_several_threads_match_one_at_a_time():
+    # Buffers freed on one thread go to that thread's pool, and may then serve another matrix
+    # of another call: the results must not notice.
+    sets = _matrix_sets()
+    cold = [ops.lowrank_project(mats, 0.95, want_subgradient=True) for mats in sets]
+    warm = [ops.lowrank_project(mats, 0.95, bases=c.bases, want_subgradient=True)
+            for mats, c in zip(sets, cold)]
+    mismatches = []
+
+    def run(thread):
+        for call in range(6):
+            i = (thread + call) % len(sets)
+            use_warm = call % 2 == 1
+            got = ops.lowrank_project(sets[i], 0.95, bases=cold[i].bases if use_warm else None,
+                                      want_subgradient=True)
+            want = warm[i] if use_warm else cold[i]
+            same = torch.equal(got.ranks, want.ranks) and all(
+                torch.equal(a, b) for a, b in zip(got.projected + got.subgradients + got.bases,
+                                                  want.projected + want.subgradients + want.bases))
+            if not same:
+                mismatches.append((thread, call, i))
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not mismatches
