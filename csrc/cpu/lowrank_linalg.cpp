@@ -137,9 +137,8 @@ TRP_CPU_DISPATCH(void, lower_inverse, (const double* l, int64_t n, double* inver
 // Measured standalone, one thread, R = 3 against 2: 1.03-1.25x (64 x 576: 49 against 57 us, 84%
 // of the FMA peak; 192 x 192 1.05x, 128 x 1152 1.25x). R = 4 with AVX-512VL's 32 registers:
 // 1.06x more at 64 x 576, 1.16x at 128 x 1152, but 0.96x at 96 x 96: not kept.
-template <bool kAvx2, int R>
-TRP_INLINE void dot_block(const double* const* x, const double* const* y, int64_t len,
-                          double (*out)[4]) {
+template <bool kAvx2, int R, typename S>
+TRP_INLINE void dot_block(const S* const* x, const S* const* y, int64_t len, double (*out)[4]) {
   int64_t l = 0;
 #if TRP_VECTOR_LOOPS
   simd::vd4 s[R][4];
@@ -148,9 +147,9 @@ TRP_INLINE void dot_block(const double* const* x, const double* const* y, int64_
   }
   for (; l + 4 <= len; l += 4) {
     simd::vd4 u[R];
-    for (int r = 0; r < R; ++r) u[r] = simd::load4(x[r] + l);
+    for (int r = 0; r < R; ++r) u[r] = simd::load4_as_double(x[r] + l);
     for (int c = 0; c < 4; ++c) {
-      simd::vd4 v = simd::load4(y[c] + l);
+      simd::vd4 v = simd::load4_as_double(y[c] + l);
       // One load for all R FMAs: folded into each as a memory operand (GCC's choice here
       // without the pin), the loads rather than the FMAs bounded the loop.
       TRP_PIN_VECTOR(kAvx2, v);
@@ -167,7 +166,9 @@ TRP_INLINE void dot_block(const double* const* x, const double* const* y, int64_
 #endif
   for (; l < len; ++l) {
     for (int r = 0; r < R; ++r) {
-      for (int c = 0; c < 4; ++c) out[r][c] += x[r][l] * y[c][l];
+      for (int c = 0; c < 4; ++c) {
+        out[r][c] += static_cast<double>(x[r][l]) * static_cast<double>(y[c][l]);
+      }
     }
   }
 }
@@ -179,18 +180,18 @@ TRP_INLINE void dot_block(const double* const* x, const double* const* y, int64_
 // at 192 x 192). Blocks on the diagonal also compute a few upper values, bit for bit the values
 // their mirror blocks give (the same products summed in the same order), so writing both is
 // harmless.
-template <bool kAvx2>
-TRP_INLINE void gram_own_impl(const double* a, int64_t k, int64_t len, double* g) {
+template <bool kAvx2, typename S>
+TRP_INLINE void gram_own_impl(const S* a, int64_t k, int64_t len, double* g) {
   const auto put = [&](int64_t r, int64_t c, double v) {
     g[r * k + c] = v;
     g[c * k + r] = v;
   };
   int64_t j = 0;
   for (; j + 4 <= k; j += 4) {
-    const double* y[4] = {a + j * len, a + (j + 1) * len, a + (j + 2) * len, a + (j + 3) * len};
+    const S* y[4] = {a + j * len, a + (j + 1) * len, a + (j + 2) * len, a + (j + 3) * len};
     const auto rows = [&](auto block_rows, int64_t i) {
       constexpr int R = decltype(block_rows)::value;
-      const double* x[R];
+      const S* x[R];
       for (int r = 0; r < R; ++r) x[r] = a + (i + r) * len;
       double out[R][4];
       dot_block<kAvx2, R>(x, y, len, out);
@@ -204,10 +205,16 @@ TRP_INLINE void gram_own_impl(const double* a, int64_t k, int64_t len, double* g
     if (k - i == 1) rows(std::integral_constant<int, 1>{}, i);
   }
   for (; j < k; ++j) {  // the last k % 4 columns
-    for (int64_t i = j; i < k; ++i) put(i, j, simd::dot(a + i * len, a + j * len, len));
+    for (int64_t i = j; i < k; ++i) put(i, j, simd::dot_of(a + i * len, a + j * len, len));
   }
 }
 TRP_CPU_DISPATCH_TEMPLATE(void, gram_own, (const double* a, int64_t k, int64_t len, double* g),
+                          (a, k, len, g))
+template <bool kAvx2>
+TRP_INLINE void gram_own_float_impl(const float* a, int64_t k, int64_t len, double* g) {
+  gram_own_impl<kAvx2>(a, k, len, g);
+}
+TRP_CPU_DISPATCH_TEMPLATE(void, gram_own_float, (const float* a, int64_t k, int64_t len, double* g),
                           (a, k, len, g))
 
 // Which Gram matrices the own kernel computes: rows of up to kOwnGramMaxLength values, or
@@ -219,10 +226,14 @@ TRP_CPU_DISPATCH_TEMPLATE(void, gram_own, (const double* a, int64_t k, int64_t l
 constexpr int64_t kOwnGramMaxLength = 1024;
 constexpr int64_t kOwnGramMaxSize = int64_t{1} << 18;
 
+bool own_gram(int64_t k, int64_t len) {
+  return len <= kOwnGramMaxLength || k * len <= kOwnGramMaxSize;
+}
+
 }  // namespace
 
 void gram(const double* a, int64_t k, int64_t len, double* g) {
-  if (len <= kOwnGramMaxLength || k * len <= kOwnGramMaxSize) {
+  if (own_gram(k, len)) {
     gram_own(a, k, len, g);
     return;
   }
@@ -230,6 +241,15 @@ void gram(const double* a, int64_t k, int64_t len, double* g) {
   for (int64_t i = 0; i < k; ++i) {  // BLAS may round G_ij and G_ji differently
     for (int64_t j = 0; j < i; ++j) g[i * k + j] = g[j * k + i] = 0.5 * (g[i * k + j] + g[j * k + i]);
   }
+}
+
+void gram(const float* a, int64_t k, int64_t len, double* g) {
+  if (own_gram(k, len)) {
+    gram_own_float(a, k, len, g);
+    return;
+  }
+  ScratchVector<double> rows(a, a + k * len);  // BLAS's product needs float64 rows
+  gram(rows.data(), k, len, g);
 }
 
 void matmul(const double* a, bool trans_a, const double* b, bool trans_b, double* c, int64_t m,

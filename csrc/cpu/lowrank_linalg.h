@@ -28,6 +28,9 @@ void matmul_accumulate(const double* a, bool trans_a, const double* b, bool tran
 // of rows' dot product is computed once. Own vector kernel for rows of up to 1024 values or
 // matrices of up to 2^18 values, BLAS beyond.
 void gram(const double* a, int64_t k, int64_t len, double* g);
+// The same from float32 rows, converted as they are read: float32 values and their products are
+// exact in float64, so G is bitwise what a float64 copy of A gives, without writing that copy.
+void gram(const float* a, int64_t k, int64_t len, double* g);
 
 // Replaces the columns of q (rows x cols, rows >= cols) by an orthonormal basis of their span:
 // Cholesky QR (level 3, and exact enough for the nearly orthonormal blocks of a converging

@@ -67,6 +67,8 @@ struct Problem {
   int64_t m = 0, n = 0, k = 0, len = 0;
   bool transposed = false;
   ScratchArray a;               // k x len: mat (or mat^T) * 2^-exponent (no zero-fill pass)
+  const float* a32 = nullptr;   // instead of `a`, until float64_rows makes it: float32 rows as
+                                // given (not transposed, not rescaled)
   int exponent = 0;
   double max_abs = 0.0;       // of the matrix as given
   double total = 0.0;         // ||a||_F^2
@@ -117,6 +119,18 @@ simd::Scan to_double_rows(const T* src, bool transposed, int64_t k, int64_t len,
   return scan(src, k * len, dst);
 }
 
+// The matrix as float64 rows (Problem::a), made from the float32 rows on first use.
+double* float64_rows(Problem& p) {
+  if (!p.a) {
+    const int64_t size = p.k * p.len;
+    p.a = scratch_array(size);
+    double* a = p.a.get();
+    for (int64_t i = 0; i < size; ++i) a[i] = static_cast<double>(p.a32[i]);
+    p.a32 = nullptr;
+  }
+  return p.a.get();
+}
+
 // Returns false when the matrix (contiguous) holds NaN or Inf.
 bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
   p.m = mat.size(0);
@@ -125,14 +139,21 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
   p.k = std::min(p.m, p.n);
   p.len = std::max(p.m, p.n);
   const int64_t size = p.k * p.len;
-  p.a = scratch_array(size);
-  double* a = p.a.get();
-  // Converted by hand rather than by at::Tensor::copy_, whose dispatch and iterator set-up cost
-  // microseconds per call: a ResNet has dozens of layers as small as 16 x 144.
-  const simd::Scan values =
-      mat.scalar_type() == at::kFloat
-          ? to_double_rows(mat.const_data_ptr<float>(), p.transposed, p.k, p.len, a)
-          : to_double_rows(mat.const_data_ptr<double>(), p.transposed, p.k, p.len, a);
+  const bool single = mat.scalar_type() == at::kFloat;
+  simd::Scan values;
+  if (single && !p.transposed) {
+    // Float32 rows are read where they are: the Gram converts them as it reads (exactly), and
+    // the float64 copy, twice the matrix's bytes to write and read again, is made only for the
+    // rare products that need it (float64_rows). The channel scheme's weights all come here.
+    p.a32 = mat.const_data_ptr<float>();
+    values = scan(p.a32, size, nullptr);
+  } else {
+    // Converted by hand rather than by at::Tensor::copy_, whose dispatch and iterator set-up
+    // cost microseconds per call: a ResNet has dozens of layers as small as 16 x 144.
+    p.a = scratch_array(size);
+    values = single ? to_double_rows(mat.const_data_ptr<float>(), p.transposed, p.k, p.len, p.a.get())
+                    : to_double_rows(mat.const_data_ptr<double>(), p.transposed, p.k, p.len, p.a.get());
+  }
   if (!values.finite) return false;
   p.max_abs = values.max_abs;
   p.total = values.sum_squares;
@@ -143,6 +164,7 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
       // ldexp per element: 2^-exponent itself overflows for subnormal-only matrices. The
       // squares of the unscaled values could over- or underflow: summed again.
       p.exponent = exponent;
+      double* a = float64_rows(p);
       for (int64_t i = 0; i < size; ++i) a[i] = std::ldexp(a[i], -exponent);
       p.total = sum_of_squares(a, size);
     }
@@ -154,7 +176,11 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
 void form_gram(Problem& p) {
   const int64_t k = p.k;
   p.gram.resize(k * k);
-  gram(p.a.get(), k, p.len, p.gram.data());  // exactly symmetric
+  if (p.a) {
+    gram(p.a.get(), k, p.len, p.gram.data());  // exactly symmetric
+  } else {
+    gram(p.a32, k, p.len, p.gram.data());  // the same values
+  }
   p.gram_fro2 = sum_of_squares(p.gram.data(), k * k);
 }
 
@@ -436,7 +462,8 @@ void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
     a = mat.const_data_ptr<float>();
     a_transposed = p.transposed;
   } else {
-    a = p.a.get();
+    a = p.a.get();  // write_outputs made it for float32 inputs (float64_rows)
+    TORCH_INTERNAL_ASSERT(a != nullptr, "lowrank_project: no float64 rows for the float64 products");
   }
   ScratchVector<T> w(r * len);  // U_r^T A
   matmul(ur.data(), true, a, a_transposed, w.data(), r, len, k);
@@ -512,7 +539,7 @@ bool needs_float64_products(const Problem& p, const Spectrum& s, const ProjectOp
   return smallest < kFloatSubgradientFloor * kFloatSubgradientFloor * s.values[0];
 }
 
-void write_outputs(const at::Tensor& mat, const Problem& p, const Spectrum& s,
+void write_outputs(const at::Tensor& mat, Problem& p, const Spectrum& s,
                    const ProjectOptions& options, double sub_floor, MatrixResult& result) {
   const int64_t k = p.k, r = s.rank;
   const bool single = mat.scalar_type() == at::kFloat;
@@ -524,6 +551,7 @@ void write_outputs(const at::Tensor& mat, const Problem& p, const Spectrum& s,
     // finite matrix, or, for a tiny one, lose bits among the subnormals; and a sub-gradient
     // divides them by its smallest values. Multiplied in float64 (from the float64 copy), then
     // rounded, as on CUDA.
+    float64_rows(p);
     write_products<double>(mat, p, s, options, sub_floor, result);
     result.projected = result.projected.to(at::kFloat);
     if (options.want_subgradient) result.subgradient = result.subgradient.to(at::kFloat);

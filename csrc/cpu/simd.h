@@ -73,29 +73,41 @@ TRP_INLINE vd4 load4(const double* p) {
 TRP_INLINE void store4(double* p, vd4 v) { std::memcpy(p, &v, sizeof v); }
 TRP_INLINE vd4 splat4(double x) { return vd4{x, x, x, x}; }
 TRP_INLINE double sum4(vd4 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+TRP_INLINE vd4 load4_as_double(const double* p) { return load4(p); }
+TRP_INLINE vd4 load4_as_double(const float* p) {
+  return vd4{static_cast<double>(p[0]), static_cast<double>(p[1]), static_cast<double>(p[2]),
+             static_cast<double>(p[3])};
+}
 #pragma GCC diagnostic pop
 #define TRP_VECTOR_LOOPS 1
 #else
 #define TRP_VECTOR_LOOPS 0
 #endif
 
-// sum_i x[i] y[i]
-TRP_INLINE double dot(const double* __restrict x, const double* __restrict y, int64_t n) {
+// sum_i x[i] y[i] in float64, for float64 or float32 rows (converted exactly as they are read,
+// so float32 rows give bitwise what their float64 copies give).
+template <typename S>
+TRP_INLINE double dot_of(const S* __restrict x, const S* __restrict y, int64_t n) {
   int64_t i = 0;
   double s = 0.0;
 #if TRP_VECTOR_LOOPS
   vd4 a0 = splat4(0.0), a1 = splat4(0.0), a2 = splat4(0.0), a3 = splat4(0.0);
   for (; i + 16 <= n; i += 16) {  // four accumulators: FMA latency 4, two FMA pipes
-    a0 += load4(x + i) * load4(y + i);
-    a1 += load4(x + i + 4) * load4(y + i + 4);
-    a2 += load4(x + i + 8) * load4(y + i + 8);
-    a3 += load4(x + i + 12) * load4(y + i + 12);
+    a0 += load4_as_double(x + i) * load4_as_double(y + i);
+    a1 += load4_as_double(x + i + 4) * load4_as_double(y + i + 4);
+    a2 += load4_as_double(x + i + 8) * load4_as_double(y + i + 8);
+    a3 += load4_as_double(x + i + 12) * load4_as_double(y + i + 12);
   }
-  for (; i + 4 <= n; i += 4) a0 += load4(x + i) * load4(y + i);
+  for (; i + 4 <= n; i += 4) a0 += load4_as_double(x + i) * load4_as_double(y + i);
   s = sum4((a0 + a1) + (a2 + a3));
 #endif
-  for (; i < n; ++i) s += x[i] * y[i];
+  for (; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(y[i]);
   return s;
+}
+
+// sum_i x[i] y[i]
+TRP_INLINE double dot(const double* __restrict x, const double* __restrict y, int64_t n) {
+  return dot_of(x, y, n);
 }
 
 // sum_i x[i]^2
@@ -107,17 +119,6 @@ struct Scan {
   double sum_squares = 0.0;  // sum x[i]^2, summed as sum_squares() sums
   bool finite = true;        // no NaN or Inf (x - x is NaN exactly for those)
 };
-
-#if TRP_VECTOR_LOOPS
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-TRP_INLINE vd4 load4_as_double(const double* p) { return load4(p); }
-TRP_INLINE vd4 load4_as_double(const float* p) {
-  return vd4{static_cast<double>(p[0]), static_cast<double>(p[1]), static_cast<double>(p[2]),
-             static_cast<double>(p[3])};
-}
-#pragma GCC diagnostic pop
-#endif
 
 #if TRP_VECTOR_LOOPS
 // One vector of scan_values: x[0, 4) as float64 (stored unless dst is null), folded into the
