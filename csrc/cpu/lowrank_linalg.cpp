@@ -134,9 +134,10 @@ TRP_CPU_DISPATCH(void, lower_inverse, (const double* l, int64_t n, double* inver
 // accumulators. R = 3 fills AVX2's 16 vector registers (12 sums, 3 row values, the pinned column
 // value) and takes 7 loads per 12 FMAs; R = 2 took 6 per 8, with only the 8 sums that FMA
 // latency times its two pipes needs. Every value is summed in the same order for any R.
-// Measured standalone, one thread, R = 3 against 2: 1.03-1.25x (64 x 576: 49 against 57 us, 84%
-// of the FMA peak; 192 x 192 1.05x, 128 x 1152 1.25x). R = 4 with AVX-512VL's 32 registers:
-// 1.06x more at 64 x 576, 1.16x at 128 x 1152, but 0.96x at 96 x 96: not kept.
+// Measured standalone, one thread, R = 3 against 2: 64 x 576 1.16-1.17x (49 against 57 us, 84% of
+// the FMA peak), 192 x 192 1.05-1.15x, 128 x 1152 1.23-1.25x, 16 x 144 to 96 x 96 0.96-1.33x
+// (bench/RESULTS.md). R = 4 with AVX-512VL's 32 registers: 1.06x more at 64 x 576, 1.16x at
+// 128 x 1152, but 0.96x at 96 x 96: not kept.
 template <bool kAvx2, int R, typename S>
 TRP_INLINE void dot_block(const S* const* x, const S* const* y, int64_t len, double (*out)[4]) {
   int64_t l = 0;
