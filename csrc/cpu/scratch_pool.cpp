@@ -1,5 +1,6 @@
 #include "cpu/scratch_pool.h"
 
+#include <atomic>
 #include <new>
 
 namespace trp_ext {
@@ -28,6 +29,9 @@ void* heap_allocate(size_t bytes) {
 
 void heap_free(void* block) noexcept { ::operator delete(block, std::align_val_t{kScratchAlignment}); }
 
+// What all threads' pools hold, against kMaxRetainedBytesAllThreads.
+std::atomic<size_t> retained_all_threads{0};
+
 // Set once the thread's pool is destroyed (at thread exit): a buffer freed after that, by a
 // thread_local destructor that runs later, goes straight to the heap.
 thread_local bool pool_destroyed = false;
@@ -40,6 +44,7 @@ struct ThreadPool {
     for (auto& blocks : free_blocks) {
       for (void* block : blocks) heap_free(block);
     }
+    retained_all_threads.fetch_sub(retained, std::memory_order_relaxed);
     pool_destroyed = true;
   }
 };
@@ -59,6 +64,7 @@ void* scratch_allocate(size_t bytes) {
     void* block = pool->free_blocks[c].back();
     pool->free_blocks[c].pop_back();
     pool->retained -= class_bytes(c);
+    retained_all_threads.fetch_sub(class_bytes(c), std::memory_order_relaxed);
     return block;
   }
   return heap_allocate(class_bytes(c));
@@ -69,13 +75,18 @@ void scratch_free(void* block, size_t bytes) noexcept {
   const int c = size_class(bytes);
   ThreadPool* pool = c < 0 ? nullptr : thread_pool();
   if (pool != nullptr && pool->retained + class_bytes(c) <= kMaxRetainedBytes) {
-    try {
-      pool->free_blocks[c].push_back(block);
-      pool->retained += class_bytes(c);
-      return;
-    } catch (const std::bad_alloc&) {
-      // no room to note it: free it instead
+    // Claimed before it is kept, so that threads freeing at once cannot overshoot together.
+    const size_t before = retained_all_threads.fetch_add(class_bytes(c), std::memory_order_relaxed);
+    if (before + class_bytes(c) <= kMaxRetainedBytesAllThreads) {
+      try {
+        pool->free_blocks[c].push_back(block);
+        pool->retained += class_bytes(c);
+        return;
+      } catch (const std::bad_alloc&) {
+        // no room to note it: free it instead
+      }
     }
+    retained_all_threads.fetch_sub(class_bytes(c), std::memory_order_relaxed);
   }
   heap_free(block);
 }

@@ -4,8 +4,9 @@
 // glibc hands freed blocks of that size back to the kernel (its trim and mmap thresholds), so
 // the next call page-faulted them in again: ~1,400-1,800 faults per ResNet-56 spatial cold call,
 // 10-13% of its time (bench/RESULTS.md). Blocks from kPooledFromBytes up are instead kept on the
-// freeing thread's free lists, by power-of-two size class, up to kMaxRetainedBytes per thread;
-// smaller blocks, which malloc recycles without faults, and larger ones go to the heap as before.
+// freeing thread's free lists, by power-of-two size class, up to kMaxRetainedBytes per thread
+// and kMaxRetainedBytesAllThreads in all; smaller blocks, which malloc recycles without faults,
+// and larger ones go to the heap as before.
 #pragma once
 
 #include <cstddef>
@@ -22,6 +23,9 @@ constexpr size_t kPooledFromBytes = size_t{64} << 10;
 // with its float64 copy, Gram and eigen workspace) holds ~6 MiB at once. Larger work, such as a
 // ResNet-50 512 x 4608 weight, takes long enough per byte that its faults matter less.
 constexpr size_t kMaxRetainedBytes = size_t{16} << 20;
+// And all threads together at most this much, so that a many-core machine's intra-op threads
+// (torch.set_num_threads(64)) do not keep a gigabyte between calls.
+constexpr size_t kMaxRetainedBytesAllThreads = size_t{64} << 20;
 // Blocks are 64-byte aligned (a cache line, and any vector load).
 constexpr size_t kScratchAlignment = 64;
 
