@@ -5,8 +5,10 @@ page-faulted ~1,400 pages back in (the bench, two threads): glibc had handed the
 freed float64 copies, Gram matrices and eigen workspaces back to the kernel. When it does so
 depends on its adaptive thresholds, so the count runs in a fresh process with them fixed: blocks
 from 256 KiB up (a 192 x 192 float64 copy is 288 KiB) are mmapped and unmapped on free, and the
-heap is never trimmed (torch's outputs, 144 KiB at most here, then cost no faults either).
-Measured per call, without the pool: 95-117 on one thread, 933-1494 on two; with it: 0-2 and 5-30.
+heap is never trimmed (torch's outputs, 144 KiB at most here, stay on the heap).
+Measured per call, without the pool: 95-131 on one thread, 933-1494 on two; with it: 0-2 on one,
+and 0-65 on two (a thread's pool may lack a block another thread's holds, and torch's outputs
+grow the threads' malloc arenas now and then; more so on a loaded machine).
 """
 import os
 import subprocess
@@ -43,7 +45,7 @@ for _ in range(calls):
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls)
 """
 
-MAX_FAULTS_PER_CALL = 60
+MAX_FAULTS_PER_CALL = {1: 60, 2: 200}  # by thread count: below the lowest counts without the pool
 FIXED_MALLOC_THRESHOLDS = "glibc.malloc.mmap_threshold=262144:glibc.malloc.trim_threshold=1073741824"
 
 
@@ -55,7 +57,7 @@ def test_repeated_cold_calls_do_not_fault_their_buffers_in_again(threads):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     faults = float(result.stdout.strip().splitlines()[-1])
-    assert faults < MAX_FAULTS_PER_CALL, f"{faults:.0f} page faults per call"
+    assert faults < MAX_FAULTS_PER_CALL[threads], f"{faults:.0f} page faults per call"
 
 
 def _matrix_sets():
