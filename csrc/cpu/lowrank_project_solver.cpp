@@ -144,15 +144,16 @@ bool load(const at::Tensor& mat, const ProjectOptions& options, Problem& p) {
   if (single && !p.transposed) {
     // Float32 rows are read where they are: the Gram converts them as it reads (exactly), and
     // the float64 copy, twice the matrix's bytes to write and read again, is made only for the
-    // rare products that need it (float64_rows). The channel scheme's weights all come here.
+    // rare products that need it (float64_rows). ResNet weights in both schemes come here.
     p.a32 = mat.const_data_ptr<float>();
     values = scan(p.a32, size, nullptr);
   } else {
     // Converted by hand rather than by at::Tensor::copy_, whose dispatch and iterator set-up
     // cost microseconds per call: a ResNet has dozens of layers as small as 16 x 144.
     p.a = scratch_array(size);
-    values = single ? to_double_rows(mat.const_data_ptr<float>(), p.transposed, p.k, p.len, p.a.get())
-                    : to_double_rows(mat.const_data_ptr<double>(), p.transposed, p.k, p.len, p.a.get());
+    double* a = p.a.get();
+    values = single ? to_double_rows(mat.const_data_ptr<float>(), p.transposed, p.k, p.len, a)
+                    : to_double_rows(mat.const_data_ptr<double>(), p.transposed, p.k, p.len, a);
   }
   if (!values.finite) return false;
   p.max_abs = values.max_abs;
@@ -463,7 +464,7 @@ void write_products(const at::Tensor& mat, const Problem& p, const Spectrum& s,
     a_transposed = p.transposed;
   } else {
     a = p.a.get();  // write_outputs made it for float32 inputs (float64_rows)
-    TORCH_INTERNAL_ASSERT(a != nullptr, "lowrank_project: no float64 rows for the float64 products");
+    TORCH_INTERNAL_ASSERT(a != nullptr, "lowrank_project: no float64 rows for float64 products");
   }
   ScratchVector<T> w(r * len);  // U_r^T A
   matmul(ur.data(), true, a, a_transposed, w.data(), r, len, k);

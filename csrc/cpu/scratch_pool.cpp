@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <new>
+#include <vector>
 
 namespace trp_ext {
 namespace cpu {
@@ -27,7 +28,9 @@ void* heap_allocate(size_t bytes) {
   return ::operator new(bytes, std::align_val_t{kScratchAlignment});
 }
 
-void heap_free(void* block) noexcept { ::operator delete(block, std::align_val_t{kScratchAlignment}); }
+void heap_free(void* block) noexcept {
+  ::operator delete(block, std::align_val_t{kScratchAlignment});
+}
 
 // What all threads' pools hold, against kMaxRetainedBytesAllThreads.
 std::atomic<size_t> retained_all_threads{0};
