@@ -14,6 +14,7 @@ with C the projection's work in flops, F the device's rate on it, B the bytes of
 results (the selected weights) and W the world size. :func:`choose_mode` applies this rule.
 """
 import datetime
+import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -149,5 +150,12 @@ def init_from_env(backend=None, timeout_seconds=300):
         # Without async error handling NCCL can block forever on a peer that died.
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # DDP imports torch.distributed.nn.functional, whose functions take `group=group.WORLD` as a
+    # default argument: imported after the group exists, they keep it alive in their defaults
+    # for good, and destroy_process_group cannot free it. Its gloo threads then outlive the job
+    # and are torn down with the interpreter, where they can abort the process (SIGABRT,
+    # "terminate called without an active exception"). Imported first, the defaults are None.
+    importlib.import_module("torch.distributed.nn.functional")
+
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds))
     return True

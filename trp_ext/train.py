@@ -9,6 +9,7 @@ Run directory (``out``):
   compressed.pt    the decomposed model (trp_ext.load_compressed)
   ranks.png, spectra.png, training.png
 """
+import gc
 import json
 import os
 import time
@@ -333,20 +334,28 @@ def train(config, resume=None, quiet=False):
     the processes other than the main one of a distributed job)."""
     joined = distributed.init_from_env(timeout_seconds=config.dist_timeout)
     try:
-        run = Run(config, quiet=quiet)
-        if resume:
-            run.load_checkpoint(resume)
-        try:
-            run.fit()
-        except RuntimeError as error:
-            if run.world > 1:
-                raise DistributedJobError(
-                    f"process {run.rank} of {run.world}: a collective failed or timed out after "
-                    f"{config.dist_timeout} s, most likely because another process died ({error}). "
-                    f"The last complete epoch is in {run.checkpoint_path()}: restart with --resume."
-                ) from error
-            raise
-        return run.finish() if run.main else None
+        return _train_and_finish(config, resume, quiet)
     finally:
         if joined and torch.distributed.is_initialized():
+            # The run (and its DDP reducer, which holds the process group) is gone once
+            # _train_and_finish has returned; collected here so that the group, and its gloo
+            # threads, end now rather than with the interpreter (see distributed.init_from_env).
+            gc.collect()
             torch.distributed.destroy_process_group()
+
+
+def _train_and_finish(config, resume, quiet):
+    run = Run(config, quiet=quiet)
+    if resume:
+        run.load_checkpoint(resume)
+    try:
+        run.fit()
+    except RuntimeError as error:
+        if run.world > 1:
+            raise DistributedJobError(
+                f"process {run.rank} of {run.world}: a collective failed or timed out after "
+                f"{config.dist_timeout} s, most likely because another process died ({error}). "
+                f"The last complete epoch is in {run.checkpoint_path()}: restart with --resume."
+            ) from error
+        raise
+    return run.finish() if run.main else None
