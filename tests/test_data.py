@@ -86,6 +86,28 @@ def test_image_folder_file_that_is_not_an_image_is_named(tmp_path):
         load_image_folder(tmp_path)
 
 
+def test_image_folder_reads_images_in_the_sub_folders_of_a_class(tmp_path):
+    """Only a class folder's top level was read: a class kept in sub-folders (cat/indoor/*.png)
+    lost those images silently, or raised 'holds no images' when it had no others."""
+    from PIL import Image
+
+    shades = {"cat": [(0, 0, 0), (10, 0, 0), (20, 0, 0)], "dog": [(0, 0, 200)]}
+    for split in ("train", "test"):
+        (tmp_path / split / "cat" / "indoor" / "night").mkdir(parents=True)
+        (tmp_path / split / "dog" / ".cache").mkdir(parents=True)
+        Image.new("RGB", (8, 8), shades["cat"][0]).save(tmp_path / split / "cat" / "a.png")
+        Image.new("RGB", (8, 8), shades["cat"][1]).save(tmp_path / split / "cat" / "indoor" / "b.png")
+        Image.new("RGB", (8, 8), shades["cat"][2]).save(tmp_path / split / "cat" / "indoor" / "night" / "c.png")
+        Image.new("RGB", (8, 8), shades["dog"][0]).save(tmp_path / split / "dog" / "d.png")
+        Image.new("RGB", (8, 8), (255, 255, 255)).save(tmp_path / split / "dog" / ".cache" / "e.png")  # hidden
+    # A link back up the tree is followed once, not forever.
+    os.symlink(tmp_path / "train" / "cat", tmp_path / "train" / "cat" / "indoor" / "loop")
+    data = load_image_folder(tmp_path, size=8)
+    assert data.train.labels.tolist() == [0, 0, 0, 1] and data.test.labels.tolist() == [0, 0, 0, 1]
+    assert data.train.images[:, 0, 0, 0].tolist() == [0, 10, 20, 0]  # sorted: a, indoor/b, indoor/night/c
+    assert data.train.images[3, 2, 0, 0] == 200  # the hidden folder's white image is not read
+
+
 def test_cifar_meta_that_is_malformed_or_has_too_few_classes_is_named(tmp_path):
     folder = _write_cifar(tmp_path)
     (folder / "batches.meta").write_bytes(b"\x80\x04trunc")

@@ -17,7 +17,7 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 CIFAR_LAYOUT = ("expected the standard CIFAR-10 python layout: <dir>/cifar-10-batches-py/ (or <dir> itself) "
                 "holding data_batch_1 ... data_batch_5 and test_batch, as torchvision downloads it")
 IMAGE_FOLDER_LAYOUT = ("expected <dir>/train/<class>/*.png|jpg and <dir>/test/<class>/*.png|jpg "
-                       "(one sub-folder per class)")
+                       "(one sub-folder per class; images in its own sub-folders count too)")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -119,6 +119,24 @@ def _read_image(path, size):
                          f"({IMAGE_FOLDER_LAYOUT})") from None
 
 
+def _image_files(class_dir):
+    """The images of one class, in sub-folders at any depth too (as torchvision's ImageFolder
+    reads them; reading only the top level dropped the images of a class kept in sub-folders,
+    silently), in sorted order. Hidden sub-folders are skipped, and a folder reached twice
+    through symbolic links is read once (a link cycle would never end)."""
+    seen = set()
+    for folder, subfolders, files in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for file in sorted(files):
+            if file.lower().endswith(IMAGE_EXTENSIONS):
+                yield os.path.join(folder, file)
+
+
 def _read_image_split(folder, classes, size, every_class=False):
     """every_class: a class folder without images is an error (train/: it would be a dead output)."""
     images, labels = [], []
@@ -127,10 +145,9 @@ def _read_image_split(folder, classes, size, every_class=False):
         if not os.path.isdir(class_dir):
             continue
         count = len(images)
-        for file in sorted(os.listdir(class_dir)):
-            if file.lower().endswith(IMAGE_EXTENSIONS):
-                images.append(_read_image(os.path.join(class_dir, file), size))
-                labels.append(label)
+        for path in _image_files(class_dir):
+            images.append(_read_image(path, size))
+            labels.append(label)
         if every_class and len(images) == count:
             raise FileNotFoundError(f"class folder {class_dir} holds no images ({IMAGE_FOLDER_LAYOUT})")
     if not images:
