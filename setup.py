@@ -143,7 +143,11 @@ def _extension():
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     include_dirs = [os.path.join(ROOT, "csrc")]
     openmp, openmp_reason = _openmp_flags()
-    extra = {"cxx": opt + ["-fvisibility=hidden"] + openmp}
+    # -Wno-psabi: GCC notes that passing a 32-byte vector by value outside AVX code changed the ABI
+    # in GCC 4.6, at every AVX2 kernel's always-inline helper (cpu/simd.h); they are never called
+    # across that boundary, and the note, raised where templates are instantiated, escapes the
+    # header's own pragma.
+    extra = {"cxx": opt + ["-fvisibility=hidden", "-Wno-psabi"] + openmp}
     settings = {
         "OpenMP": openmp_reason,
         "torch": torch.__version__,
