@@ -54,7 +54,11 @@ SUMMARY="$OUT/summary.md"  # the machine first, then every bench's report
 step "machine"
 { echo '```'
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
-  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } 2>&1 | tee "$SUMMARY"
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  # pyproject.toml's SPDX license field needs setuptools 77 or later to build; nothing can be
+  # installed from a registry there, so an older one needs a wheel carried along.
+  $PY -c "import setuptools as s; v = int(s.__version__.split('.')[0]); print('setuptools', s.__version__,
+          '' if v >= 77 else '(TOO OLD: the build needs >= 77; carry a wheel)')"; } 2>&1 | tee "$SUMMARY"
 if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "NO GPU VISIBLE: the CUDA tests and benches below will skip" | tee -a "$SUMMARY"
   status=1
