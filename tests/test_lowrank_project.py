@@ -441,6 +441,26 @@ def test_warm_start_matches_cold(device, dtype, from_projection):
         assert energy_band_ok(s, 0.95, int(warm.ranks[i]), int(cold.ranks[i]))
 
 
+@pytest.mark.parametrize("exponent", [254, 255, -255, -256])
+def test_warm_start_of_float64_matrices_near_the_rescaling_limit(device, exponent):
+    """Float64 matrices up to 2^+-256 were left unscaled: from 2^254 on, the Gram's squared
+    norm overflowed and no warm start could be certified (all fell back to cold), and near
+    2^-256 it fell among the subnormals, so warm starts certified too early and missed the cold
+    result by ~5e-10 of ||W||, over the float64 floor of 1e-10."""
+    base = [m / m.abs().max() * 1.5 for m in warm_list(torch.float64, device, seed=30)[:3]]
+    mats = [torch.ldexp(m, torch.tensor(exponent, device=device)) for m in base]  # max|a| = 1.5 * 2^e
+    first = ops.lowrank_project(mats, 0.95)
+    moved = [drift(p, 1e-3, 40 + i) for i, p in enumerate(first.projected)]
+    ops.lowrank_project_stats(reset=True)
+    warm = ops.lowrank_project(moved, 0.95, bases=first.bases)
+    stats = ops.lowrank_project_stats(reset=True)
+    cold = ops.lowrank_project(moved, 0.95)
+    assert stats["fallback"] == 0 and stats["warm"] + stats["widened"] == len(mats), stats
+    assert warm.ranks.tolist() == cold.ranks.tolist()
+    for w, c in zip(warm.projected, cold.projected):
+        assert float((w - c).norm() / c.norm()) <= FLOOR[torch.float64]
+
+
 def test_warm_start_chain_like_trp(device):
     """Repeated projections with drift in between, each warm-started from the previous bases."""
     mats = warm_list(torch.float32, device, seed=9)

@@ -75,8 +75,12 @@ TRP_HOST_DEVICE inline int64_t gap_basis_width(const double* values, int64_t cou
   return widest;
 }
 
-// Inputs whose largest magnitude lies outside 2^+-256 are rescaled by a power of two (exact), so
-// that squares and Gram sums stay clear of overflow and underflow.
-constexpr int kMaxUnscaledExponent = 256;
+// Inputs whose largest magnitude lies outside 2^+-128 are rescaled by a power of two (exact), so
+// that squares and Gram sums stay clear of overflow and underflow. The tightest of them is the
+// Gram's squared norm (~ 2^(4e) k len^2 for max|a| ~ 2^e) and the squared Ritz residuals against
+// it (~ eps^2 of it): at 2^+-256 the first overflowed from 2^254 on (no warm start certified)
+// and fell among the subnormals near 2^-256 (warm starts certified early, 5e-10 off the cold
+// result). Float32 inputs reach the rescaling only below 2^-128, where they are subnormal.
+constexpr int kMaxUnscaledExponent = 128;
 
 }  // namespace trp_ext

@@ -442,7 +442,8 @@ bool warm_solve(const Problem& p, const at::Tensor& basis, const ProjectOptions&
 
 // P = U_r (U_r^T A) and the sub-gradient U_r S_r^-1 (U_r^T A), in mat's orientation, as T,
 // written straight into the output tensors. T = float: float32 inputs multiplied in float32
-// straight from mat (never rescaled: |exponent| < 128): rounding adds ~sqrt(r) eps32 ~ 1e-6
+// straight from mat (unscaled: the rescaled ones, below 2^-128, take float64 products, see
+// kFloatProductFloor): rounding adds ~sqrt(r) eps32 ~ 1e-6
 // relative, within the contract next to the certified tolerance, at twice the GEMM speed.
 // T = double (float64 inputs, and float32 ones write_outputs sends here): the rescaled float64
 // copy, scaled back.

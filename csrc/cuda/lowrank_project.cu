@@ -93,8 +93,8 @@ void load_group(Group& g, at::TensorList mats, std::optional<double> value_thres
   Tensor a = at::stack(views).to(at::kDouble);
   g.bad = at::isfinite(a).flatten(1).all(1).logical_not();
   a.masked_fill_(g.bad.view({-1, 1, 1}), 0.0);  // flagged matrices are raised on, not solved
-  // Power-of-two rescaling where max|a| lies outside 2^+-256; split in two factors, since
-  // 2^-exponent alone overflows for subnormal-only matrices.
+  // Power-of-two rescaling where max|a| lies outside 2^+-kMaxUnscaledExponent; split in two
+  // factors, since 2^-exponent alone overflows for subnormal-only matrices.
   const Tensor exponent = std::get<1>(at::frexp(a.abs().flatten(1).amax(1))).to(at::kDouble);
   const Tensor rescale = exponent.abs() > kMaxUnscaledExponent;
   const Tensor lo = at::where(rescale, at::floor(-exponent / 2), at::zeros_like(exponent));
