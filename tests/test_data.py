@@ -33,6 +33,19 @@ def test_digits_is_built_in():
     assert set(data.test.labels.tolist()) == set(range(10))
 
 
+def test_one_channel_batches_have_plain_nchw_strides():
+    """Digits' images had stride 1 along their one channel (numpy's new axis), which convs read as
+    channels_last: the first conv's weight got a channels_last gradient (strides 9, 1, 3, 1
+    against the weight's 9, 9, 3, 1), and DDP warned in every distributed run."""
+    data = load_digits()
+    for split in (data.train, data.test):
+        assert split.images.stride() == (64, 64, 8, 1)
+    images, _ = next(iter(TensorLoader(data, "train", 16)))
+    conv = torch.nn.Conv2d(1, 4, 3)
+    conv(images).sum().backward()
+    assert conv.weight.grad.stride() == conv.weight.stride()
+
+
 def test_cifar_standard_layout(tmp_path):
     folder = _write_cifar(tmp_path)
     for root in (tmp_path, folder):  # the parent, as torchvision's root=, or the folder itself

@@ -26,6 +26,14 @@ class ImageSplit:
     images: torch.Tensor  # uint8 (N, C, H, W)
     labels: torch.Tensor  # int64 (N,)
 
+    def __post_init__(self):
+        # Plain NCHW strides, the channel dim's included: one-channel images built with numpy's
+        # new axis had stride 1 there, which convs read as channels_last, so the first conv's
+        # weight got a channels_last gradient and DDP warned at every run ("Grad strides do not
+        # match bucket view strides").
+        if self.images.stride() != torch.empty(self.images.shape, dtype=self.images.dtype, device="meta").stride():
+            self.images = self.images.clone(memory_format=torch.contiguous_format)
+
 
 @dataclass
 class ImageDataset:
