@@ -31,7 +31,8 @@ class ImageSplit:
         # new axis had stride 1 there, which convs read as channels_last, so the first conv's
         # weight got a channels_last gradient and DDP warned at every run ("Grad strides do not
         # match bucket view strides").
-        if self.images.stride() != torch.empty(self.images.shape, dtype=self.images.dtype, device="meta").stride():
+        plain = torch.empty(self.images.shape, dtype=self.images.dtype, device="meta").stride()
+        if self.images.stride() != plain:
             self.images = self.images.clone(memory_format=torch.contiguous_format)
 
 
