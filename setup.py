@@ -145,8 +145,8 @@ def _extension():
     openmp, openmp_reason = _openmp_flags()
     # -Wno-psabi: GCC notes that passing a 32-byte vector by value outside AVX code changed the ABI
     # in GCC 4.6, at every AVX2 kernel's always-inline helper (cpu/simd.h); they are never called
-    # across that boundary, and the note, raised where templates are instantiated, escapes the
-    # header's own pragma.
+    # across that boundary. The note is raised where templates are instantiated, so a pragma in
+    # the header cannot silence it.
     extra = {"cxx": opt + ["-fvisibility=hidden", "-Wno-psabi"] + openmp}
     settings = {
         "OpenMP": openmp_reason,

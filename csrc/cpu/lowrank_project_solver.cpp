@@ -442,9 +442,9 @@ bool warm_solve(const Problem& p, const at::Tensor& basis, const ProjectOptions&
 
 // P = U_r (U_r^T A) and the sub-gradient U_r S_r^-1 (U_r^T A), in mat's orientation, as T,
 // written straight into the output tensors. T = float: float32 inputs multiplied in float32
-// straight from mat (unscaled: the rescaled ones, below 2^-128, take float64 products, see
-// kFloatProductFloor): rounding adds ~sqrt(r) eps32 ~ 1e-6
-// relative, within the contract next to the certified tolerance, at twice the GEMM speed.
+// straight from mat, unscaled (the rescaled ones, below 2^-128, take float64 products: see
+// kFloatProductFloor); rounding adds ~sqrt(r) eps32 ~ 1e-6 relative, within the contract next
+// to the certified tolerance, at twice the GEMM speed.
 // T = double (float64 inputs, and float32 ones write_outputs sends here): the rescaled float64
 // copy, scaled back.
 template <typename T>
@@ -587,10 +587,9 @@ bool all_finite(const at::Tensor& t) {
 // or whose rank at energy 1 the Gram's noise floor set (values under its rounding count as
 // zero, so the first one past the rank is 0, not a cap's cut), is solved again by LAPACK's SVD
 // of A itself (refine_with_svd): the Gram resolves eigenvalues only to ~(k + len) eps lambda_1
-// (gram_noise_factor), and its eigenvectors' error, divided by
-// the gap at the cut, reached the projection. Measured with the tests' checker (float64 floor
-// 1e-10 of ||A||), random 1 x 1 to 90 x 90 matrices with deep, clustered, rank-deficient and
-// decaying spectra: with no refinement 21 of 400 failed (up to ~1e-8: clusters at energy 1, and
+// (gram_noise_factor), and its eigenvectors' error, divided by the gap at the cut, reached the
+// projection. Measured with the tests' checker (float64 floor 1e-10 of ||A||), random 1 x 1 to
+// 90 x 90 matrices with deep, clustered, rank-deficient and decaying spectra: with no refinement 21 of 400 failed (up to ~1e-8: clusters at energy 1, and
 // cuts at ~1e-3 s_1 with the next cluster at 1e-6), with this fraction at 1e-8 3 of 400 (those
 // cuts, 1.1-4.5e-10), at 1e-4 none of 1200. TRP's float32 weights never come here.
 constexpr double kGramResolvedFraction = 1e-4;

@@ -61,9 +61,8 @@ inline bool has_avx2_fma() { return use_avx2_fma(); }
 
 #if defined(__GNUC__)
 // The 32-byte vector type only ever lives inside always-inline functions; GCC's note that
-// passing it by value outside AVX code would change the ABI does not apply.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
+// passing it by value outside AVX code would change the ABI does not apply (setup.py builds
+// with -Wno-psabi: the note is raised where templates are instantiated, past any pragma here).
 typedef double vd4 __attribute__((vector_size(32)));
 TRP_INLINE vd4 load4(const double* p) {
   vd4 v;
@@ -78,7 +77,6 @@ TRP_INLINE vd4 load4_as_double(const float* p) {
   return vd4{static_cast<double>(p[0]), static_cast<double>(p[1]), static_cast<double>(p[2]),
              static_cast<double>(p[3])};
 }
-#pragma GCC diagnostic pop
 #define TRP_VECTOR_LOOPS 1
 #else
 #define TRP_VECTOR_LOOPS 0
