@@ -322,16 +322,11 @@ def test_float32_subgradient_with_small_kept_values(device, n):
     check_all([mat], ops.lowrank_project([mat], 1.0, want_subgradient=True), 1.0, want_subgradient=True)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
-    pytest.mark.cuda,
-    pytest.mark.xfail(strict=True, reason="known limit on CUDA: a float64 rank cut near the float64 Gram's "
-                                          "resolution (singular values ~1e-6 s_1) errs ~1e-8, past the tests' "
-                                          "1e-10 floor")])])
 def test_float64_cut_among_tiny_singular_values(device):
     # Clusters at 1, 1e-2, 1e-4, 1e-6 and 2e-7 (found by fuzzing): the rank cuts between the last
     # two, whose squares the float64 Gram separates by ~1e-12 of lambda_1 against its rounding of
-    # ~1e-14: errors of 9e-9 from the Gram. The CPU kernel solves such float64 matrices again by
-    # an SVD of A itself (needs_svd_refinement); the CUDA kernel does not yet.
+    # ~1e-14: errors of 9e-9 from the Gram. Both kernels solve such float64 matrices again by an
+    # SVD of A itself (needs_svd_refinement).
     gen = torch.Generator().manual_seed(0)
     u, _ = torch.linalg.qr(torch.randn(48, 48, generator=gen, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(49, 48, generator=gen, dtype=torch.float64))
@@ -340,13 +335,11 @@ def test_float64_cut_among_tiny_singular_values(device):
     check_all([mat], ops.lowrank_project([mat], 1.0), 1.0)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
-    pytest.mark.cuda, pytest.mark.xfail(reason="the CUDA kernel solves float64 cuts from its Gram only")])])
 def test_float64_cut_inside_a_cluster_near_1e3(device):
     # Found by fuzzing with the checker: clusters at 1, 1e-3 (12 values within 1e-3 of each
     # other) and 1e-6 s_1, energy 0.999999 cutting inside the middle one. From the float64 Gram
-    # the projection erred 1.5e-9 of ||W||; the CPU kernel refines such cuts (below 1e-2 s_1) by
-    # an SVD of the matrix.
+    # the projection erred 1.5e-9 of ||W||; both kernels refine such cuts (below 1e-2 s_1) by an
+    # SVD of the matrix.
     gen = torch.Generator().manual_seed(7)
     u, _ = torch.linalg.qr(torch.randn(69, 69, generator=gen, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(83, 69, generator=gen, dtype=torch.float64))

@@ -6,9 +6,11 @@
 // all matrices), projections and sub-gradients by bmm with the columns beyond each rank masked.
 // A warm start runs kWarmPowerSteps batched power steps (Cholesky QR) and one Rayleigh-Ritz
 // step, and certify_ritz_batch accepts a matrix under the same bounds as the CPU kernel; the
-// rest are solved cold. Host syncs: energy_rank's own NaN check per call of it, one to read
-// which warm starts held, and one at the end for the bases' widths (gap_basis_width, as on the
-// CPU) and the NaN/Inf flags. None per matrix.
+// rest are solved cold. A float64 matrix cut below the Gram's reach (kGramResolvedFraction) is
+// solved again by an SVD of the matrix, as on the CPU. Host syncs: energy_rank's own NaN check
+// per call of it, one to read which warm starts held, and one at the end for the bases' widths
+// (gap_basis_width, as on the CPU), the NaN/Inf flags and which matrices need the SVD; where
+// some do, one more round of them (and the SVD's own error check). None per matrix.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -16,6 +18,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <limits>
 #include <map>
 #include <tuple>
 #include <utility>
@@ -55,6 +58,11 @@ struct Group {
   double sub_floor = 0.0;
 };
 
+// How a cold solve finds the spectrum: the Gram's eigen-decomposition, by the Jacobi kernel
+// where it fits or by cuSOLVER; or an SVD of the matrix itself (float64 cuts the Gram cannot
+// resolve).
+enum class ColdSolver { kAuto, kLapack, kSvd };
+
 // Eigenpairs of some matrices of a group and their ranks: what the outputs are built from.
 struct Solved {
   Group* group = nullptr;
@@ -64,6 +72,7 @@ struct Solved {
   Tensor rank;                 // (n) int64
   Tensor converged;            // (n) bool: the eigensolver converged
   Tensor projected, subgradient;  // (n, k, len) float64, unscaled
+  ColdSolver solver = ColdSolver::kAuto;  // of a cold solve (warm results: kAuto)
 };
 
 at::TensorOptions f64(const Tensor& like) { return like.options().dtype(at::kDouble); }
@@ -252,14 +261,34 @@ void certify(WarmAttempt& w, const Tensor& energy_rank, const std::optional<int6
   cuda::certify_ritz_batch(batch, w.rank, w.status);
 }
 
-// Full eigen-decompositions of the given matrices of a group; ranks follow from `rows`.
-Solved solve_cold(Group& g, std::vector<int64_t> local, bool force_lapack) {
+// The spectrum of the given matrices of a group from an SVD of each matrix (cuSOLVER through
+// ATen) instead of its Gram: values s_i^2, with singular values at or below max(k, len) eps s_1
+// counted as zero (a float64 SVD's own rounding, numpy's rank rule), as the CPU's
+// refine_with_svd has them.
+void svd_spectrum(Solved& s) {
+  const Group& g = *s.group;
+  const Tensor a = g.a.index_select(0, s.sel);
+  const auto [u, singular, vh] = at::linalg_svd(a, /*full_matrices=*/false);  // syncs: its infos
+  const double eps = std::numeric_limits<double>::epsilon();
+  const Tensor tolerance = singular.select(1, 0).unsqueeze(1) * (static_cast<double>(g.len) * eps);
+  s.values = at::where(singular > tolerance, singular.square(), at::zeros_like(singular));
+  s.vectors = u;
+  s.converged = at::ones({singular.size(0)}, singular.options().dtype(at::kBool));
+}
+
+// Full spectra of the given matrices of a group; ranks follow from `rows`.
+Solved solve_cold(Group& g, std::vector<int64_t> local, ColdSolver solver) {
   Solved s;
   s.group = &g;
   s.local = std::move(local);
   s.sel = device_index(s.local, g.a);
+  s.solver = solver;
+  if (solver == ColdSolver::kSvd) {
+    svd_spectrum(s);
+    return s;
+  }
   const Tensor gram = g.gram.index_select(0, s.sel);
-  auto [values, vectors, converged] = eigh_descending(gram, force_lapack);
+  auto [values, vectors, converged] = eigh_descending(gram, solver == ColdSolver::kLapack);
   // G is PSD; eigenvalues within its rounding count as zero, as on the CPU (see
   // gram_noise_factor): without it, energy = 1 ranks would count the null space's noise.
   const Tensor floor = values.select(1, 0).unsqueeze(1) * gram_noise_factor(g.k, g.len);
@@ -280,6 +309,35 @@ Tensor cap_ranks(const Tensor& energy_rank, const Tensor& singular, const Tensor
   }
   if (max_rank.has_value()) rank = rank.clamp_max(*max_rank);
   return rank;
+}
+
+// Which matrices of a float64 part need the SVD (kGramResolvedFraction): a cut below the Gram's
+// reach, or, at energy 1, a rank its noise floor set (the next value is zero, or the spectrum
+// ends at the rank), not a cap.
+Tensor needs_svd_refinement(const Solved& s, double energy, bool single) {
+  if (single || s.solver == ColdSolver::kSvd) return at::zeros_like(s.rank, at::kBool);
+  const int64_t width = s.values.size(1);
+  const Tensor last = s.values.gather(1, (s.rank - 1).clamp_min(0).unsqueeze(1)).squeeze(1);
+  Tensor needs = last < s.values.select(1, 0) * kGramResolvedFraction;
+  if (energy >= 1.0) {
+    const Tensor next = s.values.gather(1, s.rank.clamp_max(width - 1).unsqueeze(1)).squeeze(1);
+    const Tensor noise_limited = s.rank.lt(s.group->k).logical_and(s.rank.ge(width).logical_or(next.eq(0.0)));
+    needs = needs.logical_or(noise_limited);
+  }
+  return needs.logical_and(s.rank.gt(0));
+}
+
+// The part reduced to the given rows (positions in it): the others are solved again elsewhere.
+void keep_rows(Solved& s, const std::vector<int64_t>& rows) {
+  std::vector<int64_t> local;
+  for (int64_t j : rows) local.push_back(s.local[j]);
+  const Tensor keep = device_index(rows, s.rank);
+  s.local = std::move(local);
+  s.sel = s.sel.index_select(0, keep);
+  s.vectors = s.vectors.index_select(0, keep);
+  s.values = s.values.index_select(0, keep);
+  s.rank = s.rank.index_select(0, keep);
+  s.converged = s.converged.index_select(0, keep);
 }
 
 // P = U_r (U_r^T A) and U_r S_r^-1 (U_r^T A), with the columns beyond each rank masked out.
@@ -417,11 +475,11 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
     solved.push_back(std::move(s));
   }
   using Work = std::vector<std::pair<Group*, std::vector<int64_t>>>;
-  auto solve_and_rank = [&](Work work, bool force_lapack) {
+  auto solve_and_rank = [&](Work work, ColdSolver solver) {
     std::vector<Solved> cold;
     std::vector<Tensor> rows;
     for (auto& [g, local] : work) {
-      cold.push_back(solve_cold(*g, std::move(local), force_lapack));
+      cold.push_back(solve_cold(*g, std::move(local), solver));
       rows.push_back(cold.back().values.sqrt());
     }
     const std::vector<Tensor> ranks = energy_ranks(rows, energy);
@@ -440,20 +498,23 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
       }
       if (!local.empty()) work.emplace_back(&g, std::move(local));
     }
-    for (Solved& s : solve_and_rank(std::move(work), /*force_lapack=*/false)) solved.push_back(std::move(s));
+    for (Solved& s : solve_and_rank(std::move(work), ColdSolver::kAuto)) solved.push_back(std::move(s));
   }
 
-  // 4. The bases' widths and the convergence flags to the host, one sync. A part whose Jacobi solve hit the
-  // sweep limit is solved again through cuSOLVER, at the cost of one more sync.
+  // 4. The bases' widths, the convergence flags and which matrices need the SVD to the host, one
+  // sync. A part whose Jacobi solve hit the sweep limit is solved again through cuSOLVER, and
+  // the matrices that need it by the SVD, each at the cost of one more round.
   std::vector<int64_t> width_of(count, 0);
   std::vector<std::pair<int64_t, int64_t>> found(count, {-1, -1});  // (part, row in the part)
-  for (int attempt = 0;; ++attempt) {
+  std::vector<Solved> done;
+  for (bool first = true;; first = false) {
     std::vector<Tensor> parts;
-    const bool with_flags = !try_warm && attempt == 0;
+    const bool with_flags = !try_warm && first;
     if (with_flags) parts.push_back(flags.view({-1}));
     for (Solved& s : solved) {
       const Tensor width = cuda::gap_basis_widths(s.values.contiguous(), s.rank.contiguous(), s.group->k);
-      parts.push_back(at::stack({s.converged.to(at::kLong), width}, 1).view({-1}));
+      const Tensor refine = needs_svd_refinement(s, energy, single);
+      parts.push_back(at::stack({s.converged.to(at::kLong), width, refine.to(at::kLong)}, 1).view({-1}));
     }
     if (parts.empty()) break;  // only empty matrices
     const Tensor host = at::cat(parts).cpu();  // host sync: the widths (and flags)
@@ -462,29 +523,42 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
       read_flags(h);
       h += count * 4;
     }
-    Work redo;
-    std::vector<Solved> kept;
+    Work redo, refine;
     int64_t row = 0;
     for (Solved& s : solved) {
-      bool converged = true;
-      for (size_t j = 0; j < s.local.size(); ++j) converged &= h[(row + j) * 2] != 0;
-      if (converged) {
-        for (size_t j = 0; j < s.local.size(); ++j) {
-          const int64_t i = s.group->index[s.local[j]];
-          width_of[i] = h[(row + j) * 2 + 1];
-          found[i] = {static_cast<int64_t>(kept.size()), static_cast<int64_t>(j)};
-        }
-        kept.push_back(std::move(s));
-      } else {
-        redo.emplace_back(s.group, s.local);
-      }
+      const int64_t* part = h + row * 3;
       row += static_cast<int64_t>(s.local.size());
+      bool converged = true;
+      for (size_t j = 0; j < s.local.size(); ++j) converged &= part[j * 3] != 0;
+      if (!converged) {
+        TORCH_CHECK(s.solver == ColdSolver::kAuto, "lowrank_project(): cuSOLVER's eigensolver did not converge");
+        redo.emplace_back(s.group, s.local);
+        continue;
+      }
+      std::vector<int64_t> to_refine, kept;  // positions in the group; in the part
+      for (size_t j = 0; j < s.local.size(); ++j) {
+        if (part[j * 3 + 2] != 0) {
+          to_refine.push_back(s.local[j]);
+        } else {
+          kept.push_back(static_cast<int64_t>(j));
+        }
+      }
+      if (!to_refine.empty()) refine.emplace_back(s.group, std::move(to_refine));
+      if (kept.empty()) continue;
+      for (size_t j = 0; j < kept.size(); ++j) {
+        const int64_t i = s.group->index[s.local[kept[j]]];
+        width_of[i] = part[kept[j] * 3 + 1];
+        found[i] = {static_cast<int64_t>(done.size()), static_cast<int64_t>(j)};
+      }
+      if (kept.size() < s.local.size()) keep_rows(s, kept);
+      done.push_back(std::move(s));
     }
-    solved = std::move(kept);
-    if (redo.empty()) break;
-    TORCH_CHECK(attempt == 0, "lowrank_project(): cuSOLVER's eigensolver did not converge");
-    for (Solved& s : solve_and_rank(std::move(redo), /*force_lapack=*/true)) solved.push_back(std::move(s));
+    solved.clear();
+    for (Solved& s : solve_and_rank(std::move(redo), ColdSolver::kLapack)) solved.push_back(std::move(s));
+    for (Solved& s : solve_and_rank(std::move(refine), ColdSolver::kSvd)) solved.push_back(std::move(s));
+    if (solved.empty()) break;
   }
+  solved = std::move(done);
   for (Solved& s : solved) build_outputs(s, want_subgradient);
 
   // 5. Outputs in the order of `mats`.

@@ -66,13 +66,11 @@ def lowrank_project(
 
     Accuracy: float32 projections are within twice the error of ``torch.linalg.svd`` in float32,
     or ``1e-5 * ||W||``. Both kernels work from the float64 Gram matrix, which resolves singular
-    values only down to about ``1e-7 * s_1``. On the CPU, a float64 matrix whose rank cut lies
-    below ``1e-2 * s_1``, or whose rank at ``energy=1`` the Gram's resolution sets, is solved
-    again by LAPACK's SVD of the matrix itself (through ATen), so float64 projections are within
-    ``1e-10 * ||W||``.
-    The CUDA kernel does not do this yet: there a cut between singular values below about
-    ``1e-5 * s_1`` errs up to ``1e-8 * ||W||`` (e.g. clusters at ``1e-6`` and ``2e-7 * s_1`` at
-    ``energy=1``).
+    values only down to about ``1e-7 * s_1``. So a float64 matrix whose rank cut lies below
+    ``1e-2 * s_1``, or whose rank at ``energy=1`` the Gram's resolution sets, is solved again by
+    an SVD of the matrix itself (LAPACK or cuSOLVER, through ATen), and float64 projections are
+    within ``1e-10 * ||W||``. On CUDA that costs one more round of host syncs (about three) in
+    a call that needs it.
     """
     mats = list(mats)
     if not mats:  # the dispatcher needs a tensor to pick a kernel; say what is wrong instead
