@@ -47,13 +47,13 @@ inline double gram_noise_factor(int64_t k, int64_t len) {
 // A float64 matrix whose rank cut lies below this fraction of lambda_1 = s_1^2 (s_r < 1e-2 s_1),
 // or whose rank at energy 1 the Gram's noise floor set (values under its rounding count as
 // zero, so the first one past the rank is 0, not a cap's cut), is solved again by an SVD of A
-// itself: the Gram resolves eigenvalues only to ~(k + len) eps lambda_1 (gram_noise_factor), and
-// its eigenvectors' error, divided by the gap at the cut, reached the projection. Measured on the
-// CPU with the tests' checker (float64 floor 1e-10 of ||A||), random 1 x 1 to 90 x 90 matrices
-// with deep, clustered, rank-deficient and decaying spectra: with no refinement 21 of 400 failed
-// (up to ~1e-8: clusters at energy 1, and cuts at ~1e-3 s_1 with the next cluster at 1e-6), with
-// this fraction at 1e-8 3 of 400 (those cuts, 1.1-4.5e-10), at 1e-4 none of 1200. TRP's float32
-// weights never come here.
+// itself (CPU: refine_with_svd; CUDA: svd_spectrum): the Gram resolves eigenvalues only to
+// ~(k + len) eps lambda_1 (gram_noise_factor), and its eigenvectors' error, divided by the gap at
+// the cut, reached the projection. Measured on the CPU with the tests' checker (float64 floor
+// 1e-10 of ||A||), random 1 x 1 to 90 x 90 matrices with deep, clustered, rank-deficient and
+// decaying spectra: with no refinement 21 of 400 failed (up to ~1e-8: clusters at energy 1, and
+// cuts at ~1e-3 s_1 with the next cluster at 1e-6), with this fraction at 1e-8 3 of 400 (those
+// cuts, 1.1-4.5e-10), at 1e-4 none of 1200. TRP's float32 weights never come here.
 constexpr double kGramResolvedFraction = 1e-4;
 
 // The returned basis keeps a quarter of the rank beyond it (at least kMinOversample columns):

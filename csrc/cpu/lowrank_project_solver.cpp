@@ -583,8 +583,8 @@ bool all_finite(const at::Tensor& t) {
   return true;
 }
 
-// A float64 matrix cut below the Gram's reach (kGramResolvedFraction, common/
-// lowrank_project_policy.h) is solved again by LAPACK's SVD of A itself (refine_with_svd).
+// A float64 matrix cut below the Gram's reach (kGramResolvedFraction in
+// common/lowrank_project_policy.h) is solved again by LAPACK's SVD of A (refine_with_svd).
 bool needs_svd_refinement(const at::Tensor& mat, const Problem& p, const Spectrum& s,
                           const ProjectOptions& options) {
   if (mat.scalar_type() != at::kDouble || s.rank == 0) return false;

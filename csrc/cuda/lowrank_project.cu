@@ -321,7 +321,8 @@ Tensor needs_svd_refinement(const Solved& s, double energy, bool single) {
   Tensor needs = last < s.values.select(1, 0) * kGramResolvedFraction;
   if (energy >= 1.0) {
     const Tensor next = s.values.gather(1, s.rank.clamp_max(width - 1).unsqueeze(1)).squeeze(1);
-    const Tensor noise_limited = s.rank.lt(s.group->k).logical_and(s.rank.ge(width).logical_or(next.eq(0.0)));
+    const Tensor ends_at_rank = s.rank.ge(width).logical_or(next.eq(0.0));
+    const Tensor noise_limited = s.rank.lt(s.group->k).logical_and(ends_at_rank);
     needs = needs.logical_or(noise_limited);
   }
   return needs.logical_and(s.rank.gt(0));
@@ -531,7 +532,8 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
       bool converged = true;
       for (size_t j = 0; j < s.local.size(); ++j) converged &= part[j * 3] != 0;
       if (!converged) {
-        TORCH_CHECK(s.solver == ColdSolver::kAuto, "lowrank_project(): cuSOLVER's eigensolver did not converge");
+        TORCH_CHECK(s.solver == ColdSolver::kAuto,
+                    "lowrank_project(): cuSOLVER's eigensolver did not converge");
         redo.emplace_back(s.group, s.local);
         continue;
       }
