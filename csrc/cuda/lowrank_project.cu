@@ -42,6 +42,9 @@ constexpr double kStagnant = 1e-12;
 // Cholesky QR is accepted when ||Q^T Q - I||_max stays below this; the certificate assumes an
 // orthonormal basis.
 constexpr double kOrthonormalTol = 1e-10;
+// Bases of one width are copied into the warm start's block together from this many on (a
+// stack, a conversion, an index upload and a scatter, against one copy each).
+constexpr size_t kBatchedCopyRows = 4;
 
 using at::Tensor;
 
@@ -201,9 +204,21 @@ WarmAttempt warm_start(Group& g, at::TensorList bases) {
   if (w.b == 0) return w;
   const Tensor noise = pseudo_random(batch, k, w.b, f64(g.a));
   Tensor q = noise.clone();
-  for (int64_t j = 0; j < batch; ++j) {  // narrower bases are padded with noise columns
-    const Tensor& basis = bases[g.index[j]];
-    if (basis.size(1) > 0) q[j].narrow(1, 0, basis.size(1)).copy_(basis);
+  // Narrower bases are padded with noise columns. Bases of one width go in together where they
+  // are several (stack, convert, scatter: four launches), not one copy each.
+  std::map<int64_t, std::vector<int64_t>> by_width;
+  for (int64_t j = 0; j < batch; ++j) {
+    const int64_t width = bases[g.index[j]].size(1);
+    if (width > 0) by_width[width].push_back(j);
+  }
+  for (const auto& [width, rows] : by_width) {
+    if (rows.size() < kBatchedCopyRows) {
+      for (int64_t j : rows) q[j].narrow(1, 0, width).copy_(bases[g.index[j]]);
+      continue;
+    }
+    std::vector<Tensor> given;
+    for (int64_t j : rows) given.push_back(bases[g.index[j]]);
+    q.narrow(2, 0, width).index_copy_(0, device_index(rows, q), at::stack(given).to(at::kDouble));
   }
   g.bad_basis = at::isfinite(q).flatten(1).all(1).logical_not();
   std::vector<int64_t> tried(w.tried.begin(), w.tried.end());
@@ -368,10 +383,46 @@ std::vector<int64_t> global_index(const Solved& s) {
   return global;
 }
 
-Tensor to_output(const Tensor& oriented, bool transposed, const Tensor& like) {
-  Tensor out = at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
-  out.copy_(transposed ? oriented.t() : oriented);
-  return out;
+// Copies float64 sources into fresh outputs of the same sizes (contiguous), converting to the
+// outputs' dtype, for the whole list at once: the pairs whose source is contiguous too go through
+// one multi-tensor copy (a few launches in all, where one copy per matrix cost a launch each),
+// the others through a copy each. Empty pairs need no copy.
+void copy_all(const std::vector<Tensor>& dst, const std::vector<Tensor>& src) {
+  std::vector<Tensor> fast_dst, fast_src, slow_dst, slow_src;
+  for (size_t t = 0; t < dst.size(); ++t) {
+    if (dst[t].numel() == 0) continue;
+    const bool fast = src[t].is_contiguous();
+    (fast ? fast_dst : slow_dst).push_back(dst[t]);
+    (fast ? fast_src : slow_src).push_back(src[t]);
+  }
+  if (!fast_dst.empty()) at::_foreach_copy_(fast_dst, fast_src);
+  for (size_t t = 0; t < slow_dst.size(); ++t) slow_dst[t].copy_(slow_src[t]);
+}
+
+// The sources of the returned bases, the first width_of[i] columns of each matrix's vectors:
+// rows of a part that share a width are cut out together (one gather, contiguous), the others
+// are read where they are. part_rows[p]: (row in part p, matrix index) pairs.
+std::vector<Tensor> basis_sources(const std::vector<Solved>& solved,
+                                  const std::vector<std::vector<std::pair<int64_t, int64_t>>>& part_rows,
+                                  const std::vector<int64_t>& width, int64_t count) {
+  std::vector<Tensor> src(count);
+  for (size_t p = 0; p < solved.size(); ++p) {
+    const Tensor& vectors = solved[p].vectors;
+    std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> by_width;
+    for (const auto& [j, i] : part_rows[p]) by_width[width[i]].push_back({j, i});
+    for (const auto& [w, rows] : by_width) {
+      if (rows.size() == 1) {
+        const auto [j, i] = rows[0];
+        src[i] = vectors[j].narrow(1, 0, w);
+        continue;
+      }
+      std::vector<int64_t> local;
+      for (const auto& row : rows) local.push_back(row.first);
+      const Tensor block = vectors.narrow(2, 0, w).index_select(0, device_index(local, vectors));
+      for (size_t t = 0; t < rows.size(); ++t) src[rows[t].second] = block[t];
+    }
+  }
+  return src;
 }
 
 }  // namespace
@@ -563,14 +614,33 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
   solved = std::move(done);
   for (Solved& s : solved) build_outputs(s, want_subgradient);
 
-  // 5. Outputs in the order of `mats`.
+  // 5. Outputs in the order of `mats`, each its own allocation (outputs may not alias one
+  // another), filled by copy_all: a few launches for the whole list, none per matrix.
   std::vector<Tensor> projected(count), subgradients, new_bases(count);
   if (want_subgradient) subgradients.resize(count);
   Tensor ranks = at::zeros({count}, mats[0].options().dtype(at::kLong));
   for (Solved& s : solved) ranks.index_copy_(0, device_index(global_index(s), ranks), s.rank);
+  // A part's products in mats' orientation: matrices stored len x k read a transposed copy.
+  std::vector<Tensor> flipped(solved.size()), flipped_sub(solved.size());
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> part_rows(solved.size());
+  std::vector<int64_t> width(count, 0);
+  for (int64_t i = 0; i < count; ++i) {
+    const auto [part, j] = found[i];
+    if (part < 0) continue;
+    part_rows[part].push_back({j, i});
+    // A zero matrix returns an empty basis, as on the CPU: it warm-starts nothing.
+    width[i] = zero_matrix[i] ? 0 : std::min<int64_t>(solved[part].vectors.size(2), width_of[i]);
+    if (mats[i].size(0) > mats[i].size(1) && !flipped[part].defined()) {
+      flipped[part] = solved[part].projected.transpose(1, 2).contiguous();
+      if (want_subgradient) flipped_sub[part] = solved[part].subgradient.transpose(1, 2).contiguous();
+    }
+  }
+  const std::vector<Tensor> basis_src = basis_sources(solved, part_rows, width, count);
+  std::vector<Tensor> dst, src;
   for (int64_t i = 0; i < count; ++i) {
     const Tensor& mat = mats[i];
     const int64_t k = std::min(mat.size(0), mat.size(1));
+    const at::TensorOptions options = mat.options().memory_format(at::MemoryFormat::Contiguous);
     const auto [part, j] = found[i];
     if (part < 0) {  // an empty matrix
       projected[i] = at::zeros(mat.sizes(), mat.options());
@@ -581,14 +651,20 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
     }
     const Solved& s = solved[part];
     const bool transposed = mat.size(0) > mat.size(1);
-    projected[i] = to_output(s.projected[j], transposed, mat);
-    if (want_subgradient) subgradients[i] = to_output(s.subgradient[j], transposed, mat);
-    // A zero matrix returns an empty basis, as on the CPU: it warm-starts nothing.
-    const int64_t width = zero_matrix[i] ? 0 : std::min<int64_t>(s.vectors.size(2), width_of[i]);
-    new_bases[i] = at::empty({k, width}, mat.options());
-    new_bases[i].copy_(s.vectors[j].narrow(1, 0, width));
+    projected[i] = at::empty(mat.sizes(), options);
+    dst.push_back(projected[i]);
+    src.push_back(transposed ? flipped[part][j] : s.projected[j]);
+    if (want_subgradient) {
+      subgradients[i] = at::empty(mat.sizes(), options);
+      dst.push_back(subgradients[i]);
+      src.push_back(transposed ? flipped_sub[part][j] : s.subgradient[j]);
+    }
+    new_bases[i] = at::empty({k, width[i]}, mat.options());
+    dst.push_back(new_bases[i]);
+    src.push_back(basis_src[i]);
     count_project_path(path[i], path[i] == ProjectPath::kCold ? 0 : kWarmPowerSteps + 1);
   }
+  copy_all(dst, src);
   return {projected, ranks, subgradients, new_bases};
 }
 
