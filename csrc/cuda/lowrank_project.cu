@@ -401,9 +401,9 @@ void copy_all(const std::vector<Tensor>& dst, const std::vector<Tensor>& src) {
 
 // The sources of the returned bases, the first width_of[i] columns of each matrix's vectors:
 // rows of a part that share a width are cut out together (one gather, contiguous), the others
-// are read where they are. part_rows[p]: (row in part p, matrix index) pairs.
-std::vector<Tensor> basis_sources(const std::vector<Solved>& solved,
-                                  const std::vector<std::vector<std::pair<int64_t, int64_t>>>& part_rows,
+// are read where they are.
+using PartRows = std::vector<std::vector<std::pair<int64_t, int64_t>>>;  // per part: (row, matrix)
+std::vector<Tensor> basis_sources(const std::vector<Solved>& solved, const PartRows& part_rows,
                                   const std::vector<int64_t>& width, int64_t count) {
   std::vector<Tensor> src(count);
   for (size_t p = 0; p < solved.size(); ++p) {
@@ -622,7 +622,7 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
   for (Solved& s : solved) ranks.index_copy_(0, device_index(global_index(s), ranks), s.rank);
   // A part's products in mats' orientation: matrices stored len x k read a transposed copy.
   std::vector<Tensor> flipped(solved.size()), flipped_sub(solved.size());
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> part_rows(solved.size());
+  PartRows part_rows(solved.size());
   std::vector<int64_t> width(count, 0);
   for (int64_t i = 0; i < count; ++i) {
     const auto [part, j] = found[i];
