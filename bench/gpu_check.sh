@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One pass over the CUDA side on a GPU machine: build in place, the CUDA tests, the GPU targets'
 # benches (issue #5: fp16 channels_last layers against the cuDNN pair; issue #4: ResNet-56
-# projection against the per-layer SVD loop), and a summary. Logs, pytest-benchmark JSON and the
+# projection against the per-layer SVD loop), the launch profile of single calls
+# (bench/launch_profile.py), and a summary. Logs, pytest-benchmark JSON and the
 # summary (the machine, the tests' tally, every bench's report) go to $OUT (default ./gpu_out):
 # 7 files, 8 with `full`, as many as the device tool brings back.
 #
@@ -13,7 +14,7 @@
 #
 # Each step runs under `timeout`, capped by what is left of the budget; a step that would get
 # under 20 seconds is skipped and says so. The exit status is 0 only when every step ran and
-# passed.
+# passed (the launch profile aside: out of budget, it is skipped without failing the run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -107,6 +108,17 @@ run_capped 150 0 "$OUT/bench.log" $PY -m pytest bench/bench_projection.py -m cud
   -k "resnet56 and (test_cold or test_warm) and not unprojected and not steady" \
   --benchmark-only -q -p no:cacheprovider --benchmark-json="$OUT/bench_projection.json"
 tail -3 "$OUT/bench.log"
+
+# Informational, so that a budget too short for it is no failure: device operations, host syncs
+# and host time of single calls (is a call launch-bound?), into the summary.
+step "launch profile (informational)"
+cap=$(allowance 60 0)
+if (( cap > 0 )); then
+  profile_table=$(timeout "$cap" $PY bench/launch_profile.py 2>> "$OUT/bench.log") || status=1
+  printf '```\n%s\n```\n' "$profile_table" | tee -a "$SUMMARY"
+else
+  echo "skipped: out of budget" | tee -a "$SUMMARY"
+fi
 
 if [ "$MODE" = full ]; then
   step "whole suite"
