@@ -1,9 +1,10 @@
 // CUDA kernel of lowrank_project: the whole list in a fixed number of batched steps.
 //
-// Matrices are grouped by shape (k x len after orienting the shorter side first); each group is
-// one batch of float64 work: Gram matrices by bmm, eigen-decompositions by the shared-memory
-// Jacobi kernel (k <= 112) or cuSOLVER through ATen, ranks by the energy_rank op (one call for
-// all matrices), projections and sub-gradients by bmm with the columns beyond each rank masked.
+// Matrices are grouped by shorter side k (after orienting it first) and long sides within a
+// factor of 2, zero-padded to the longest; each group is one batch of float64 work: Gram
+// matrices by bmm, eigen-decompositions by the shared-memory Jacobi kernel (k <= 112) or
+// cuSOLVER through ATen, ranks by the energy_rank op (one call for all matrices), projections
+// and sub-gradients by bmm with the columns beyond each rank masked.
 // A warm start runs kWarmPowerSteps batched power steps (Cholesky QR) and one Rayleigh-Ritz
 // step, and certify_ritz_batch accepts a matrix under the same bounds as the CPU kernel; the
 // rest are solved cold. A float64 matrix cut below the Gram's reach (kGramResolvedFraction) is
@@ -48,17 +49,22 @@ constexpr size_t kBatchedCopyRows = 4;
 
 using at::Tensor;
 
-// The matrices of one oriented shape k x len (k <= len), as one batch.
+// The matrices of one shorter side k and long sides within a factor of 2 (k <= len), as one
+// batch, zero-padded to the longest: the padding changes neither the Gram matrix nor the
+// products, and one batch costs the same launches whatever its size.
 struct Group {
-  int64_t k = 0, len = 0;
+  int64_t k = 0, len = 0;          // len: the longest long side
   std::vector<int64_t> index;      // positions in `mats`
   std::vector<char> transposed;    // stored len x k
+  std::vector<int64_t> lens;       // each matrix's own long side
   Tensor a;                        // (B, k, len) float64, scaled by scale_lo * scale_hi
   Tensor scale_lo, scale_hi;       // (B): powers of two, each within range
   Tensor total, gram, gram_fro2;   // (B), (B, k, k), (B)
   Tensor value_cut, value_cut2;    // (B): value_threshold in the units of a, its square; -1: none
   Tensor bad, bad_basis;           // (B) bool: NaN/Inf in the matrix / in its basis
-  double sub_floor = 0.0;
+  // (B) float64, from each matrix's own shape: the sub-gradient's singular-value floor (a
+  // fraction of s_1), the Gram's noise floor (of lambda_1) and an SVD's rank tolerance (of s_1).
+  Tensor sub_floor, noise_factor, svd_tolerance;
 };
 
 // How a cold solve finds the spectrum: the Gram's eigen-decomposition, by the Jacobi kernel
@@ -83,10 +89,15 @@ at::TensorOptions f64(const Tensor& like) { return like.options().dtype(at::kDou
 // Through pinned memory and asynchronously: a blocking copy from pageable memory makes ATen
 // synchronise the stream, and this runs several times per shape group. The caching host
 // allocator keeps the pinned block until the copy has run.
-Tensor device_index(const std::vector<int64_t>& host, const Tensor& like) {
-  return at::tensor(host, at::TensorOptions(at::kLong))
+template <typename T>
+Tensor to_device(const std::vector<T>& host, const Tensor& like) {
+  const at::ScalarType dtype = c10::CppTypeToScalarType<T>::value;
+  return at::tensor(host, at::TensorOptions(dtype))
       .pin_memory()
-      .to(at::TensorOptions(like.device()).dtype(at::kLong), /*non_blocking=*/true);
+      .to(at::TensorOptions(like.device()).dtype(dtype), /*non_blocking=*/true);
+}
+Tensor device_index(const std::vector<int64_t>& host, const Tensor& like) {
+  return to_device(host, like);
 }
 
 // Deterministic pseudo-random entries in [-1, 1): columns a warm basis is padded with.
@@ -97,12 +108,27 @@ Tensor pseudo_random(int64_t batch, int64_t k, int64_t b, const at::TensorOption
 
 void load_group(Group& g, at::TensorList mats, std::optional<double> value_threshold,
                 bool single) {
-  std::vector<Tensor> views;
-  for (size_t j = 0; j < g.index.size(); ++j) {
+  // The matrices of one long side go in together (stacked; scattered into the zero padding
+  // when the group holds several long sides).
+  std::map<int64_t, std::vector<int64_t>> by_len;
+  for (size_t j = 0; j < g.index.size(); ++j) by_len[g.lens[j]].push_back(static_cast<int64_t>(j));
+  const auto oriented = [&](int64_t j) {
     const Tensor& mat = mats[g.index[j]];
-    views.push_back(g.transposed[j] ? mat.t() : mat);
+    return g.transposed[j] ? mat.t() : mat;
+  };
+  Tensor a;
+  if (by_len.size() == 1) {
+    std::vector<Tensor> views;
+    for (size_t j = 0; j < g.index.size(); ++j) views.push_back(oriented(static_cast<int64_t>(j)));
+    a = at::stack(views).to(at::kDouble);
+  } else {
+    a = at::zeros({static_cast<int64_t>(g.index.size()), g.k, g.len}, f64(mats[g.index[0]]));
+    for (const auto& [len, rows] : by_len) {
+      std::vector<Tensor> views;
+      for (int64_t j : rows) views.push_back(oriented(j));
+      a.narrow(2, 0, len).index_copy_(0, device_index(rows, a), at::stack(views).to(at::kDouble));
+    }
   }
-  Tensor a = at::stack(views).to(at::kDouble);
   g.bad = at::isfinite(a).flatten(1).all(1).logical_not();
   a.masked_fill_(g.bad.view({-1, 1, 1}), 0.0);  // flagged matrices are raised on, not solved
   // Power-of-two rescaling where max|a| lies outside 2^+-kMaxUnscaledExponent; split in two
@@ -124,8 +150,15 @@ void load_group(Group& g, at::TensorList mats, std::optional<double> value_thres
                                             : at::full_like(g.total, -1.0);
   g.value_cut2 = at::where(g.value_cut >= 0.0, g.value_cut.square(), g.value_cut);
   g.bad_basis = at::zeros_like(g.bad);
-  const Tensor& first = mats[g.index[0]];
-  g.sub_floor = subgradient_floor(single, first.size(0), first.size(1));
+  std::vector<double> sub_floor, noise_factor, svd_tolerance;
+  for (int64_t len : g.lens) {
+    sub_floor.push_back(subgradient_floor(single, g.k, len));
+    noise_factor.push_back(gram_noise_factor(g.k, len));
+    svd_tolerance.push_back(static_cast<double>(len) * std::numeric_limits<double>::epsilon());
+  }
+  g.sub_floor = to_device(sub_floor, a);
+  g.noise_factor = to_device(noise_factor, a);
+  g.svd_tolerance = to_device(svd_tolerance, a);
 }
 
 // Eigen-decomposition of a batch of symmetric matrices, descending.
@@ -263,7 +296,7 @@ void certify(WarmAttempt& w, const Tensor& energy_rank, const std::optional<int6
   batch.gram_fro2 = g.gram_fro2.contiguous();
   batch.total = g.total.contiguous();
   batch.value_cut2 = g.value_cut2.contiguous();
-  batch.sub_floor2 = (w.values.select(1, 0).clamp_min(0.0) * (g.sub_floor * g.sub_floor)).contiguous();
+  batch.sub_floor2 = (w.values.select(1, 0).clamp_min(0.0) * g.sub_floor.square()).contiguous();
   batch.energy_rank = energy_rank.contiguous();
   batch.usable = w.usable.contiguous();
   batch.max_rank = max_rank.value_or(-1);
@@ -284,8 +317,8 @@ void svd_spectrum(Solved& s) {
   const Group& g = *s.group;
   const Tensor a = g.a.index_select(0, s.sel);
   const auto [u, singular, vh] = at::linalg_svd(a, /*full_matrices=*/false);  // syncs: its infos
-  const double eps = std::numeric_limits<double>::epsilon();
-  const Tensor tolerance = singular.select(1, 0).unsqueeze(1) * (static_cast<double>(g.len) * eps);
+  const Tensor tolerance =
+      (singular.select(1, 0) * g.svd_tolerance.index_select(0, s.sel)).unsqueeze(1);
   s.values = at::where(singular > tolerance, singular.square(), at::zeros_like(singular));
   s.vectors = u;
   s.converged = at::ones({singular.size(0)}, singular.options().dtype(at::kBool));
@@ -306,7 +339,7 @@ Solved solve_cold(Group& g, std::vector<int64_t> local, ColdSolver solver) {
   auto [values, vectors, converged] = eigh_descending(gram, solver == ColdSolver::kLapack);
   // G is PSD; eigenvalues within its rounding count as zero, as on the CPU (see
   // gram_noise_factor): without it, energy = 1 ranks would count the null space's noise.
-  const Tensor floor = values.select(1, 0).unsqueeze(1) * gram_noise_factor(g.k, g.len);
+  const Tensor floor = (values.select(1, 0) * g.noise_factor.index_select(0, s.sel)).unsqueeze(1);
   s.values = at::where(values > floor, values, at::zeros_like(values));
   s.vectors = vectors;
   s.converged = converged;
@@ -369,7 +402,8 @@ void build_outputs(Solved& s, bool want_subgradient) {
                     .mul_(g.scale_lo.index_select(0, s.sel).reciprocal().view({-1, 1, 1}))
                     .mul_(g.scale_hi.index_select(0, s.sel).reciprocal().view({-1, 1, 1}));
   if (want_subgradient) {
-    const Tensor floor2 = s.values.select(1, 0).unsqueeze(1) * (g.sub_floor * g.sub_floor);
+    const Tensor sub_floor = g.sub_floor.index_select(0, s.sel);
+    const Tensor floor2 = (s.values.select(1, 0) * sub_floor.square()).unsqueeze(1);
     const Tensor kept = keep.logical_and(s.values > floor2);
     const Tensor inverse =
         at::where(kept, s.values.clamp_min(DBL_MIN).rsqrt(), at::zeros_like(s.values));
@@ -399,26 +433,27 @@ void copy_all(const std::vector<Tensor>& dst, const std::vector<Tensor>& src) {
   for (size_t t = 0; t < slow_dst.size(); ++t) slow_dst[t].copy_(slow_src[t]);
 }
 
-// The sources of the returned bases, the first width_of[i] columns of each matrix's vectors:
-// rows of a part that share a width are cut out together (one gather, contiguous), the others
-// are read where they are.
-using PartRows = std::vector<std::vector<std::pair<int64_t, int64_t>>>;  // per part: (row, matrix)
-std::vector<Tensor> basis_sources(const std::vector<Solved>& solved, const PartRows& part_rows,
-                                  const std::vector<int64_t>& width, int64_t count) {
+// The first cols[i] columns of row j of each part's (n, k, W) tensor, for the (row j, matrix i)
+// pairs of part_rows: rows that share a width below W are cut out together (one gather, which
+// leaves them contiguous, as copy_all's single copy wants them), a row alone at its width is read
+// where it is, and full rows are contiguous as they are.
+using PartRows = std::vector<std::vector<std::pair<int64_t, int64_t>>>;
+std::vector<Tensor> leading_columns(const std::vector<Tensor>& parts, const PartRows& part_rows,
+                                    const std::vector<int64_t>& cols, int64_t count) {
   std::vector<Tensor> src(count);
-  for (size_t p = 0; p < solved.size(); ++p) {
-    const Tensor& vectors = solved[p].vectors;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    const Tensor& rows_of_part = parts[p];
     std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> by_width;
-    for (const auto& [j, i] : part_rows[p]) by_width[width[i]].push_back({j, i});
+    for (const auto& [j, i] : part_rows[p]) by_width[cols[i]].push_back({j, i});
     for (const auto& [w, rows] : by_width) {
-      if (rows.size() == 1) {
-        const auto [j, i] = rows[0];
-        src[i] = vectors[j].narrow(1, 0, w);
+      if (rows.size() == 1 || w == rows_of_part.size(2)) {
+        for (const auto& [j, i] : rows) src[i] = rows_of_part[j].narrow(1, 0, w);
         continue;
       }
       std::vector<int64_t> local;
       for (const auto& row : rows) local.push_back(row.first);
-      const Tensor block = vectors.narrow(2, 0, w).index_select(0, device_index(local, vectors));
+      const Tensor picked = device_index(local, rows_of_part);
+      const Tensor block = rows_of_part.narrow(2, 0, w).index_select(0, picked);
       for (size_t t = 0; t < rows.size(); ++t) src[rows[t].second] = block[t];
     }
   }
@@ -437,16 +472,27 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
   const bool single = mats[0].scalar_type() == at::kFloat;
   const bool try_warm = bases.has_value() && energy < 1.0;
 
-  // 1. Group by oriented shape; empty matrices need no device work.
-  std::map<std::pair<int64_t, int64_t>, Group> groups;
+  // 1. Group by shorter side, and long sides within a factor of 2 of the group's shortest (so
+  // that the zero padding at most doubles a matrix); empty matrices need no device work.
+  std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> by_k;  // k -> (long side, index)
   for (int64_t i = 0; i < count; ++i) {
     const int64_t m = mats[i].size(0), n = mats[i].size(1);
-    if (std::min(m, n) == 0) continue;
-    Group& g = groups[{std::min(m, n), std::max(m, n)}];
-    g.k = std::min(m, n);
-    g.len = std::max(m, n);
-    g.index.push_back(i);
-    g.transposed.push_back(m > n);
+    if (std::min(m, n) > 0) by_k[std::min(m, n)].push_back({std::max(m, n), i});
+  }
+  std::map<std::pair<int64_t, int64_t>, Group> groups;  // (k, shortest long side) -> group
+  for (auto& [k, members] : by_k) {
+    std::stable_sort(members.begin(), members.end(),
+                     [](const auto& x, const auto& y) { return x.first < y.first; });
+    int64_t shortest = 0;
+    for (const auto& [len, i] : members) {
+      if (shortest == 0 || len > 2 * shortest) shortest = len;
+      Group& g = groups[{k, shortest}];
+      g.k = k;
+      g.len = len;  // sorted: the last one is the longest
+      g.index.push_back(i);
+      g.lens.push_back(len);
+      g.transposed.push_back(mats[i].size(0) > mats[i].size(1));
+    }
   }
   for (auto& [shape, g] : groups) load_group(g, mats, value_threshold, single);
   if (bases.has_value() && !try_warm) {
@@ -621,21 +667,37 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
   Tensor ranks = at::zeros({count}, mats[0].options().dtype(at::kLong));
   for (Solved& s : solved) ranks.index_copy_(0, device_index(global_index(s), ranks), s.rank);
   // A part's products in mats' orientation: matrices stored len x k read a transposed copy.
+  // Each matrix's own long side of its group's zero-padded one, and the columns of its basis.
   std::vector<Tensor> flipped(solved.size()), flipped_sub(solved.size());
-  PartRows part_rows(solved.size());
-  std::vector<int64_t> width(count, 0);
+  PartRows all_rows(solved.size()), upright_rows(solved.size());
+  std::vector<int64_t> width(count, 0), len(count, 0);
   for (int64_t i = 0; i < count; ++i) {
     const auto [part, j] = found[i];
     if (part < 0) continue;
-    part_rows[part].push_back({j, i});
+    all_rows[part].push_back({j, i});
+    len[i] = std::max(mats[i].size(0), mats[i].size(1));
     // A zero matrix returns an empty basis, as on the CPU: it warm-starts nothing.
     width[i] = zero_matrix[i] ? 0 : std::min<int64_t>(solved[part].vectors.size(2), width_of[i]);
-    if (mats[i].size(0) > mats[i].size(1) && !flipped[part].defined()) {
+    if (mats[i].size(0) <= mats[i].size(1)) {
+      upright_rows[part].push_back({j, i});
+    } else if (!flipped[part].defined()) {
       flipped[part] = solved[part].projected.transpose(1, 2).contiguous();
-      if (want_subgradient) flipped_sub[part] = solved[part].subgradient.transpose(1, 2).contiguous();
+      if (want_subgradient) {
+        flipped_sub[part] = solved[part].subgradient.transpose(1, 2).contiguous();
+      }
     }
   }
-  const std::vector<Tensor> basis_src = basis_sources(solved, part_rows, width, count);
+  std::vector<Tensor> vectors, products, sub_products;
+  for (const Solved& s : solved) {
+    vectors.push_back(s.vectors);
+    products.push_back(s.projected);
+    if (want_subgradient) sub_products.push_back(s.subgradient);
+  }
+  const std::vector<Tensor> basis_src = leading_columns(vectors, all_rows, width, count);
+  const std::vector<Tensor> projected_src = leading_columns(products, upright_rows, len, count);
+  const std::vector<Tensor> sub_src = want_subgradient
+                                          ? leading_columns(sub_products, upright_rows, len, count)
+                                          : std::vector<Tensor>();
   std::vector<Tensor> dst, src;
   for (int64_t i = 0; i < count; ++i) {
     const Tensor& mat = mats[i];
@@ -649,15 +711,14 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
       count_project_path(ProjectPath::kCold, 0);
       continue;
     }
-    const Solved& s = solved[part];
     const bool transposed = mat.size(0) > mat.size(1);
     projected[i] = at::empty(mat.sizes(), options);
     dst.push_back(projected[i]);
-    src.push_back(transposed ? flipped[part][j] : s.projected[j]);
+    src.push_back(transposed ? flipped[part][j].narrow(0, 0, len[i]) : projected_src[i]);
     if (want_subgradient) {
       subgradients[i] = at::empty(mat.sizes(), options);
       dst.push_back(subgradients[i]);
-      src.push_back(transposed ? flipped_sub[part][j] : s.subgradient[j]);
+      src.push_back(transposed ? flipped_sub[part][j].narrow(0, 0, len[i]) : sub_src[i]);
     }
     new_bases[i] = at::empty({k, width[i]}, mat.options());
     dst.push_back(new_bases[i]);
