@@ -150,15 +150,16 @@ void load_group(Group& g, at::TensorList mats, std::optional<double> value_thres
                                             : at::full_like(g.total, -1.0);
   g.value_cut2 = at::where(g.value_cut >= 0.0, g.value_cut.square(), g.value_cut);
   g.bad_basis = at::zeros_like(g.bad);
-  std::vector<double> sub_floor, noise_factor, svd_tolerance;
+  std::vector<double> floors;  // per matrix, one upload
   for (int64_t len : g.lens) {
-    sub_floor.push_back(subgradient_floor(single, g.k, len));
-    noise_factor.push_back(gram_noise_factor(g.k, len));
-    svd_tolerance.push_back(static_cast<double>(len) * std::numeric_limits<double>::epsilon());
+    floors.push_back(subgradient_floor(single, g.k, len));
+    floors.push_back(gram_noise_factor(g.k, len));
+    floors.push_back(static_cast<double>(len) * std::numeric_limits<double>::epsilon());
   }
-  g.sub_floor = to_device(sub_floor, a);
-  g.noise_factor = to_device(noise_factor, a);
-  g.svd_tolerance = to_device(svd_tolerance, a);
+  const Tensor per_matrix = to_device(floors, a).view({-1, 3});
+  g.sub_floor = per_matrix.select(1, 0);
+  g.noise_factor = per_matrix.select(1, 1);
+  g.svd_tolerance = per_matrix.select(1, 2);
 }
 
 // Eigen-decomposition of a batch of symmetric matrices, descending.
@@ -436,7 +437,7 @@ void copy_all(const std::vector<Tensor>& dst, const std::vector<Tensor>& src) {
 // The first cols[i] columns of row j of each part's (n, k, W) tensor, for the (row j, matrix i)
 // pairs of part_rows: rows that share a width below W are cut out together (one gather, which
 // leaves them contiguous, as copy_all's single copy wants them), a row alone at its width is read
-// where it is, and full rows are contiguous as they are.
+// where it is, and so are full rows of a contiguous tensor (an SVD's vectors are column-major).
 using PartRows = std::vector<std::vector<std::pair<int64_t, int64_t>>>;
 std::vector<Tensor> leading_columns(const std::vector<Tensor>& parts, const PartRows& part_rows,
                                     const std::vector<int64_t>& cols, int64_t count) {
@@ -446,7 +447,7 @@ std::vector<Tensor> leading_columns(const std::vector<Tensor>& parts, const Part
     std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> by_width;
     for (const auto& [j, i] : part_rows[p]) by_width[cols[i]].push_back({j, i});
     for (const auto& [w, rows] : by_width) {
-      if (rows.size() == 1 || w == rows_of_part.size(2)) {
+      if (rows.size() == 1 || (w == rows_of_part.size(2) && rows_of_part.is_contiguous())) {
         for (const auto& [j, i] : rows) src[i] = rows_of_part[j].narrow(1, 0, w);
         continue;
       }
