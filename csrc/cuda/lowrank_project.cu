@@ -43,8 +43,8 @@ constexpr double kStagnant = 1e-12;
 // Cholesky QR is accepted when ||Q^T Q - I||_max stays below this; the certificate assumes an
 // orthonormal basis.
 constexpr double kOrthonormalTol = 1e-10;
-// Bases of one width are copied into the warm start's block together from this many on (a
-// stack, a conversion, an index upload and a scatter, against one copy each).
+// place_columns copies pieces of one width together from this many on (a stack, a conversion,
+// an index upload and a scatter, against one copy each).
 constexpr size_t kBatchedCopyRows = 4;
 
 using at::Tensor;
@@ -106,28 +106,39 @@ Tensor pseudo_random(int64_t batch, int64_t k, int64_t b, const at::TensorOption
   return at::frac(at::sin(x * 12.9898 + 78.233) * 43758.5453) * 2.0 - 1.0;
 }
 
+// Writes each piece (k x w_j, any dtype) into the first w_j columns of its row of `batch` (B, k,
+// W): pieces of one width together from kBatchedCopyRows of them on, the others one copy each.
+// Pieces of width 0 leave their rows as they are.
+void place_columns(Tensor& batch, const std::vector<Tensor>& pieces) {
+  std::map<int64_t, std::vector<int64_t>> by_width;
+  for (size_t j = 0; j < pieces.size(); ++j) {
+    if (pieces[j].size(1) > 0) by_width[pieces[j].size(1)].push_back(static_cast<int64_t>(j));
+  }
+  for (const auto& [width, rows] : by_width) {
+    if (rows.size() < kBatchedCopyRows) {
+      for (int64_t j : rows) batch[j].narrow(1, 0, width).copy_(pieces[j]);
+      continue;
+    }
+    std::vector<Tensor> given;
+    for (int64_t j : rows) given.push_back(pieces[j]);
+    const Tensor stacked = at::stack(given).to(batch.scalar_type());
+    batch.narrow(2, 0, width).index_copy_(0, device_index(rows, batch), stacked);
+  }
+}
+
 void load_group(Group& g, at::TensorList mats, std::optional<double> value_threshold,
                 bool single) {
-  // The matrices of one long side go in together (stacked; scattered into the zero padding
-  // when the group holds several long sides).
-  std::map<int64_t, std::vector<int64_t>> by_len;
-  for (size_t j = 0; j < g.index.size(); ++j) by_len[g.lens[j]].push_back(static_cast<int64_t>(j));
-  const auto oriented = [&](int64_t j) {
+  std::vector<Tensor> views;  // k x len_j
+  for (size_t j = 0; j < g.index.size(); ++j) {
     const Tensor& mat = mats[g.index[j]];
-    return g.transposed[j] ? mat.t() : mat;
-  };
+    views.push_back(g.transposed[j] ? mat.t() : mat);
+  }
   Tensor a;
-  if (by_len.size() == 1) {
-    std::vector<Tensor> views;
-    for (size_t j = 0; j < g.index.size(); ++j) views.push_back(oriented(static_cast<int64_t>(j)));
+  if (std::all_of(g.lens.begin(), g.lens.end(), [&](int64_t len) { return len == g.len; })) {
     a = at::stack(views).to(at::kDouble);
-  } else {
-    a = at::zeros({static_cast<int64_t>(g.index.size()), g.k, g.len}, f64(mats[g.index[0]]));
-    for (const auto& [len, rows] : by_len) {
-      std::vector<Tensor> views;
-      for (int64_t j : rows) views.push_back(oriented(j));
-      a.narrow(2, 0, len).index_copy_(0, device_index(rows, a), at::stack(views).to(at::kDouble));
-    }
+  } else {  // several long sides: the shorter ones zero-padded
+    a = at::zeros({static_cast<int64_t>(views.size()), g.k, g.len}, f64(mats[g.index[0]]));
+    place_columns(a, views);
   }
   g.bad = at::isfinite(a).flatten(1).all(1).logical_not();
   a.masked_fill_(g.bad.view({-1, 1, 1}), 0.0);  // flagged matrices are raised on, not solved
@@ -237,23 +248,10 @@ WarmAttempt warm_start(Group& g, at::TensorList bases) {
   }
   if (w.b == 0) return w;
   const Tensor noise = pseudo_random(batch, k, w.b, f64(g.a));
-  Tensor q = noise.clone();
-  // Narrower bases are padded with noise columns. Bases of one width go in together where they
-  // are several (stack, convert, scatter: four launches), not one copy each.
-  std::map<int64_t, std::vector<int64_t>> by_width;
-  for (int64_t j = 0; j < batch; ++j) {
-    const int64_t width = bases[g.index[j]].size(1);
-    if (width > 0) by_width[width].push_back(j);
-  }
-  for (const auto& [width, rows] : by_width) {
-    if (rows.size() < kBatchedCopyRows) {
-      for (int64_t j : rows) q[j].narrow(1, 0, width).copy_(bases[g.index[j]]);
-      continue;
-    }
-    std::vector<Tensor> given;
-    for (int64_t j : rows) given.push_back(bases[g.index[j]]);
-    q.narrow(2, 0, width).index_copy_(0, device_index(rows, q), at::stack(given).to(at::kDouble));
-  }
+  Tensor q = noise.clone();  // narrower bases are padded with noise columns
+  std::vector<Tensor> given;
+  for (int64_t j = 0; j < batch; ++j) given.push_back(bases[g.index[j]]);
+  place_columns(q, given);
   g.bad_basis = at::isfinite(q).flatten(1).all(1).logical_not();
   std::vector<int64_t> tried(w.tried.begin(), w.tried.end());
   Tensor ok = device_index(tried, g.a).ne(0).logical_and(g.bad.logical_or(g.bad_basis).logical_not());
