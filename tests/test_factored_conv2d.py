@@ -333,6 +333,35 @@ def test_low_precision_error_at_most_twice_torch(dtype, scheme, channels_last, c
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("c,size,r,n", [(16, (8, 8), 6, 16), (64, (8, 8), 20, 64), (96, (13, 11), 40, 70),
+                                        (512, (7, 7), 128, 512)])
+def test_cuda_deep_reductions_on_few_tiles(dtype, scheme, channels_last, c, size, r, n):
+    """Batch-1 layers with few output tiles: on sm_90 the kernel spreads each tile's first conv
+    over a thread-block cluster (2 to 8 blocks, by the depth of the reduction) and sums the
+    partial intermediates in distributed shared memory; the 13 x 11 spatial case also runs
+    several stage-1 passes a tile. The result must not depend on that split."""
+    device = "cuda"
+    x = _input((1, c, *size), torch.float64, device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w1, w2, bias = _factors(scheme, n, c, r, (3, 3), torch.float64, device)
+    args = (1, 1, 1, scheme, "relu")
+    expected = ref.factored_conv2d(x, w1, w2, bias, *args)
+    low = [t.to(dtype) for t in (x, w1, w2, bias)]
+    ours = ops.factored_conv2d(*low, *args)
+    assert ours.dtype == dtype and ours.shape == expected.shape
+    if dtype == torch.float32:
+        torch.testing.assert_close(ours.double(), expected, rtol=1e-4, atol=1e-4)
+        return
+    err_ours = (ours.double() - expected).abs().max().item()
+    err_torch = (ref.factored_conv2d(*low, *args).double() - expected).abs().max().item()
+    assert err_ours <= 2 * err_torch, (err_ours, err_torch)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
 def test_cuda_falls_back_for_ranks_beyond_the_fast_path(dtype, scheme):
     """A rank too large for the fused kernel's shared memory still gives the right answer."""
     x = _input((2, 8, 9, 9), torch.float64, "cuda")

@@ -6,7 +6,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "common/factored_conv2d_checks.h"
@@ -52,7 +56,7 @@ bool choose_spatial_tile(FconvArgs& a, size_t smem_limit) {
       const int64_t rows = ceil_div(th * wi, kBM) * kBM;
       if (rows > kMaxMidRows) continue;
       const int m1p = static_cast<int>(rows);
-      if (Layout<T, RP>::bytes(m1p, true) > smem_limit) continue;
+      if (Layout<T, RP>::bytes(m1p, true, false) > smem_limit) continue;
       const double blocks = static_cast<double>(a.N) * ceil_div(a.Ho, th) * ceil_div(a.Wo, tw);
       const double cost = blocks * (static_cast<double>(m1p) * a.K1p * RP +
                                     static_cast<double>(kBM) * a.kw2 * RP * a.n_chunks * kBN);
@@ -73,8 +77,64 @@ bool choose_spatial_tile(FconvArgs& a, size_t smem_limit) {
   return true;
 }
 
+// The most blocks a cluster may hold without opting in to non-portable sizes.
+constexpr int kMaxClusterBlocks = 8;
+
+// Whether `kernel` may split its tiles over clusters on this device: sm_90 or later, and a
+// binary compiled for it (ptxVersion: a kernel JIT-compiled from older PTX has no cluster code).
+bool clusters_supported(const void* kernel, const cudaDeviceProp& props) {
+  if (props.major < 9) return false;
+  static std::mutex mutex;
+  static std::map<const void*, bool> compiled;
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto found = compiled.find(kernel);
+  if (found != compiled.end()) return found->second;
+  cudaFuncAttributes attributes{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  return compiled[kernel] = attributes.ptxVersion >= 90;
+}
+
+// A launch of `grid` blocks of kThreads in clusters of `split` blocks along x. The config points
+// at `attribute`, which must outlive it.
+cudaLaunchConfig_t cluster_config(dim3 grid, int split, size_t smem, cudaStream_t stream,
+                                  cudaLaunchAttribute* attribute) {
+  *attribute = cudaLaunchAttribute{};
+  attribute->id = cudaLaunchAttributeClusterDimension;
+  attribute->val.clusterDim.x = static_cast<unsigned>(split);
+  attribute->val.clusterDim.y = 1;
+  attribute->val.clusterDim.z = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(fconv_cuda::kThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return config;
+}
+
+// Whether clusters of `split` blocks of `kernel`, each with `smem` bytes of shared memory, fit
+// on one of the device's GPU processing clusters (a launch that cannot place one fails). Asked
+// of the driver once per kernel, device, size and shared memory.
+bool cluster_fits(const void* kernel, int split, size_t smem, cudaStream_t stream) {
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, int, size_t>, bool> known;
+  const int device = c10::cuda::current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(kernel, device, split, smem);
+  const auto found = known.find(key);
+  if (found != known.end()) return found->second;
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config =
+      cluster_config(dim3(static_cast<unsigned>(split)), split, smem, stream, &attribute);
+  int clusters = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+  return known[key] = clusters > 0;
+}
+
 template <typename T, int RP>
 bool launch(FconvArgs a, bool spatial, const cudaDeviceProp& props, cudaStream_t stream) {
+  using L = Layout<T, RP>;
   const size_t smem_limit = props.sharedMemPerBlockOptin;
   int64_t blocks;
   if (spatial) {
@@ -84,17 +144,44 @@ bool launch(FconvArgs a, bool spatial, const cudaDeviceProp& props, cudaStream_t
     a.m1p = kBM;
     blocks = ceil_div(a.pixels, kBM);
   }
-  const size_t smem = Layout<T, RP>::bytes(a.m1p, spatial);
+  size_t smem = L::bytes(a.m1p, spatial, false);
   if (smem > smem_limit || blocks > std::numeric_limits<int>::max()) return false;
-  // Split the output channels over blockIdx.y when the pixel blocks alone leave SMs idle.
-  const int64_t want = 2 * static_cast<int64_t>(props.multiProcessorCount);
-  a.n_split = static_cast<int>(std::clamp<int64_t>(ceil_div(want, blocks), 1, a.n_chunks));
-  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(a.n_split));
   auto kernel = spatial ? fconv_cuda::factored_conv2d_kernel<T, RP, true>
                         : fconv_cuda::factored_conv2d_kernel<T, RP, false>;
-  cuda_util::allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
-  kernel<<<grid, fconv_cuda::kThreads, smem, stream>>>(a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const void* kernel_id = reinterpret_cast<const void*>(kernel);
+  // Too few tiles to fill the GPU: first spread each tile's stage-1 reduction over a cluster
+  // (a power of two of blocks, each keeping at least two chunks), then split the output
+  // channels over blockIdx.y.
+  const int64_t want = 2 * static_cast<int64_t>(props.multiProcessorCount);
+  const int64_t chunks = a.K1p / kBK;
+  const size_t split_smem = L::bytes(a.m1p, spatial, true);
+  a.k_split = 1;
+  if (blocks < want && chunks >= 4 && split_smem <= smem_limit &&
+      clusters_supported(kernel_id, props)) {
+    int split = 1;
+    while (split < kMaxClusterBlocks && blocks * split * 2 <= want && chunks >= 4 * split) {
+      split *= 2;
+    }
+    if (split > 1) cuda_util::allow_dynamic_smem(kernel_id, split_smem);
+    while (split > 1 && !cluster_fits(kernel_id, split, split_smem, stream)) split /= 2;
+    if (split > 1 && blocks * split <= std::numeric_limits<int>::max()) {
+      a.k_split = split;
+      smem = split_smem;
+    }
+  }
+  const int64_t tiles_blocks = blocks * a.k_split;
+  a.n_split = static_cast<int>(std::clamp<int64_t>(ceil_div(want, tiles_blocks), 1,
+                                                   ceil_div(a.n_chunks, a.k_split)));
+  const dim3 grid(static_cast<unsigned>(tiles_blocks), static_cast<unsigned>(a.n_split));
+  cuda_util::allow_dynamic_smem(kernel_id, smem);
+  if (a.k_split == 1) {
+    kernel<<<grid, fconv_cuda::kThreads, smem, stream>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config = cluster_config(grid, a.k_split, smem, stream, &attribute);
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, a));
   return true;
 }
 

@@ -1,8 +1,9 @@
 // The fused factored_conv2d CUDA kernel: a back-to-back implicit GEMM whose intermediate never
 // leaves shared memory.
 //
-// A block owns kBM output pixels (channel scheme: kBM consecutive pixels of the flattened
-// (N, Ho, Wo); spatial scheme: a tile_h x tile_w tile of one image) and all n output channels.
+// A tile is kBM output pixels (channel scheme: kBM consecutive pixels of the flattened
+// (N, Ho, Wo); spatial scheme: a tile_h x tile_w tile of one image) and all n output channels;
+// one block computes it, unless the GPU has too few tiles (below).
 //   Stage 1: mid (m1p x RP) = im2col(x) (m1p x K1) * w1^T (K1 x RP), in passes of kBM rows and
 //            chunks of kBK reduction indices: the block gathers the A chunk from x (zero
 //            padding by bounds checks) and the B chunk from w1 into shared memory, and each warp
@@ -14,9 +15,19 @@
 //   Stage 2: out (kBM x n) = A2 (kBM x kw2 * RP) * w2^T, kBN channels at a time, then bias,
 //            ReLU and the store. Channel: A2 is mid itself. Spatial: for each kx, A2 is
 //            gathered from mid's rows (th, tw * sw2 + kx * dw2).
-// blockIdx.y splits the stage-2 channel chunks when there are too few pixel blocks to fill the
-// GPU (each such block recomputes stage 1, which is cheap next to an idle GPU).
+// When there are too few tiles to fill the GPU:
+//   - on sm_90, a thread-block cluster of k_split blocks shares each tile (blockIdx.x = tile *
+//     k_split + rank in the cluster): block `rank` runs stage-1 chunks rank, rank + k_split, ...
+//     into an fp32 partial intermediate, and after a cluster barrier each block sums rows
+//     [rank * m1p / k_split, ...) of all the partials through distributed shared memory and
+//     writes them, rounded to T, into every block's intermediate. A second barrier, and each
+//     block runs its share of the stage-2 chunks. So a deep reduction (a 512-channel 3x3 layer:
+//     144 chunks) is spread over the cluster's SMs instead of running in series on one;
+//   - blockIdx.y splits the stage-2 channel chunks further (each y recomputes stage 1, which is
+//     cheap next to an idle GPU).
 #pragma once
+
+#include <cooperative_groups.h>
 
 #include "cuda/factored_conv2d_layout.cuh"
 #include "cuda/factored_conv2d_tile.cuh"
@@ -111,6 +122,7 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
   RowInfo* rows = reinterpret_cast<RowInfo*>(tail + L::staging_bytes);
   long long* out_offsets = reinterpret_cast<long long*>(rows + kBM);
   int4* ktab = reinterpret_cast<int4*>(out_offsets + kBM);
+  float* partial = reinterpret_cast<float*>(tail + L::staging_bytes + L::table_bytes);
 
   const int tid = threadIdx.x;
   const int warp_row = (tid / 32) * 16;  // the warp's first row in a pass
@@ -121,15 +133,20 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
   const T* residual = static_cast<const T*>(a.residual);
   T* out = static_cast<T*>(a.out);
 
+  // Uniform across the block (and the cluster's barriers need every thread of every block):
+  // no thread returns early anywhere in this kernel.
+  const int split = a.k_split;
+  const int rank = static_cast<int>(blockIdx.x) % split;  // = the block's rank in its cluster
+  const int tile = static_cast<int>(blockIdx.x) / split;
   int p0 = 0, img = 0, oh0 = 0, ow0 = 0;
   if (kSpatial) {
-    const int tw_index = blockIdx.x % a.tiles_w;
-    const int rest = blockIdx.x / a.tiles_w;
+    const int tw_index = tile % a.tiles_w;
+    const int rest = tile / a.tiles_w;
     img = rest / a.tiles_h;
     oh0 = (rest % a.tiles_h) * a.tile_h;
     ow0 = tw_index * a.tile_w;
   } else {
-    p0 = blockIdx.x * kBM;
+    p0 = tile * kBM;
   }
 
   // ---- Stage 1: the intermediate, into shared memory.
@@ -138,7 +155,7 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
     if (tid < kBM) rows[tid] = stage1_row<kSpatial>(a, pass * kBM + tid, p0, img, oh0, ow0);
     Tile1 acc;
     acc.zero();
-    for (int k0 = 0; k0 < a.K1p; k0 += kBK) {
+    for (int k0 = rank * kBK; k0 < a.K1p; k0 += split * kBK) {
       if (tid < kBK) ktab[tid] = decode_k(a, k0 + tid);
       __syncthreads();  // tables written; every warp done with the previous chunk's tiles
       // A chunk: kBM x kBK gathered from x. NCHW: consecutive threads take consecutive rows
@@ -191,16 +208,48 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
       __syncthreads();
       acc.mma(As + warp_row * L::ld_a, L::ld_a, Bs, L::ld_b1, kBK);
     }
-    T* dst = mid + (pass * kBM + warp_row) * L::ld_mid;
-    acc.for_each(staging, false, [&](int row, int col, float v) {
-      dst[row * L::ld_mid + col] = from_float<T>(v);
-    });
+    if (split == 1) {
+      T* dst = mid + (pass * kBM + warp_row) * L::ld_mid;
+      acc.for_each(staging, false, [&](int row, int col, float v) {
+        dst[row * L::ld_mid + col] = from_float<T>(v);
+      });
+    } else {
+      float* dst = partial + (pass * kBM + warp_row) * L::ld_partial;
+      acc.for_each(staging, false, [&](int row, int col, float v) {
+        dst[row * L::ld_partial + col] = v;
+      });
+    }
+  }
+  if (split > 1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // The partials summed in fp32 (in rank order, the same in every block) and rounded to T
+    // once, as an unsplit block rounds its accumulators.
+    namespace cg = cooperative_groups;
+    const cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();  // every block's partial complete (and every block of the cluster running)
+    const int share = (a.m1p + split - 1) / split;
+    const int row0 = rank * share;
+    const int row1 = min(a.m1p, row0 + share);
+    for (int e = tid; e < (row1 - row0) * RP; e += kThreads) {
+      const int row = row0 + e / RP;
+      const int col = e - (e / RP) * RP;
+      float sum = 0.0f;
+      for (int q = 0; q < split; ++q) {
+        sum += cluster.map_shared_rank(partial, q)[row * L::ld_partial + col];
+      }
+      const T v = from_float<T>(sum);
+      for (int q = 0; q < split; ++q) cluster.map_shared_rank(mid, q)[row * L::ld_mid + col] = v;
+    }
+    cluster.sync();  // every intermediate complete; no block touches another's memory after this
+#else
+    __trap();  // the host splits only kernels compiled for sm_90 or later (ptxVersion)
+#endif
   }
   if (tid < kBM) out_offsets[tid] = output_offset<kSpatial>(a, tid, p0, img, oh0, ow0);
 
   // ---- Stage 2: out = A2 * w2^T + bias + residual, ReLU; kBN output channels at a time.
   const int kw2 = kSpatial ? a.kw2 : 1;
-  for (int chunk = blockIdx.y; chunk < a.n_chunks; chunk += a.n_split) {
+  for (int chunk = blockIdx.y * split + rank; chunk < a.n_chunks; chunk += a.n_split * split) {
     const int o0 = chunk * kBN;
     Tile2 acc;
     acc.zero();

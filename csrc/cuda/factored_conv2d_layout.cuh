@@ -41,6 +41,10 @@ struct FconvArgs {
   int tile_h, tile_w, tile_wi, m1, m1p, tiles_h, tiles_w;
   int pixels;             // N * Ho * Wo
   int n_chunks, n_split;  // stage-2 chunks of kBN channels; blocks along y sharing them
+  // Blocks of a thread-block cluster (sm_90) that share one tile: each runs every k_split-th
+  // stage-1 chunk, the cluster sums the fp32 partial intermediates through distributed shared
+  // memory, and the blocks then share the stage-2 chunks. 1: no cluster.
+  int k_split;
   bool relu;
   bool cl_in;   // x has channels stride 1: gather along channels (coalesced for channels_last)
   bool cl_out;  // out has channels stride 1: write channel-fastest
@@ -64,6 +68,8 @@ __host__ __device__ constexpr size_t align128(size_t bytes) { return (bytes + 12
 //             stage 2: B (RP x ld_b2) and, spatial, the gathered A (kBM x ld_mid)
 //   staging   kWarps x 16 x 16 floats (accumulator fragments on their way out)
 //   tables    kBM RowInfo, kBM output offsets, kBK reduction-index entries (int4)
+//   partial   m1p x ld_partial fp32   split stage 1 only (k_split > 1): this block's share of
+//                                     the intermediate, before the cluster sums it
 // Rows are padded by 16 bytes: WMMA needs 32-byte aligned fragments (16-row steps keep that)
 // and the padding spreads rows over the banks.
 template <typename T, int RP>
@@ -85,8 +91,13 @@ struct Layout {
   static constexpr size_t staging_bytes = align128(kWarps * 256 * sizeof(float));
   static constexpr size_t table_bytes =
       align128(kBM * sizeof(RowInfo) + kBM * sizeof(long long) + kBK * 4 * sizeof(int));
-  __host__ __device__ static constexpr size_t bytes(int m1p, bool spatial) {
-    return mid_bytes(m1p) + work_bytes(spatial) + staging_bytes + table_bytes;
+  static constexpr int ld_partial = RP + 4;
+  __host__ __device__ static constexpr size_t partial_bytes(int m1p) {
+    return align128(static_cast<size_t>(m1p) * ld_partial * sizeof(float));
+  }
+  __host__ __device__ static constexpr size_t bytes(int m1p, bool spatial, bool split) {
+    return mid_bytes(m1p) + work_bytes(spatial) + staging_bytes + table_bytes +
+           (split ? partial_bytes(m1p) : 0);
   }
 };
 
