@@ -340,7 +340,8 @@ def test_cuda_deep_reductions_on_few_tiles(dtype, scheme, channels_last, c, size
     """Batch-1 layers with few output tiles: on sm_90 the kernel spreads each tile's first conv
     over a thread-block cluster (2 to 8 blocks, by the depth of the reduction) and sums the
     partial intermediates in distributed shared memory; the 13 x 11 spatial case also runs
-    several stage-1 passes a tile. The result must not depend on that split."""
+    several stage-1 passes a tile, and the 16-channel spatial one (2 chunks deep) stays on one
+    block. The result must not depend on that split."""
     device = "cuda"
     x = _input((1, c, *size), torch.float64, device)
     if channels_last:

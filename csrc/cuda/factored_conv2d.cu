@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common/factored_conv2d_checks.h"
@@ -84,14 +85,18 @@ constexpr int kMaxClusterBlocks = 8;
 // binary compiled for it (ptxVersion: a kernel JIT-compiled from older PTX has no cluster code).
 bool clusters_supported(const void* kernel, const cudaDeviceProp& props) {
   if (props.major < 9) return false;
+  // Per device: a process with two kinds of GPU may run sm_90 code on one and PTX of an older
+  // arch, JIT-compiled, on the other.
   static std::mutex mutex;
-  static std::map<const void*, bool> compiled;
+  static std::map<std::pair<const void*, int>, bool> compiled;
+  const int device = c10::cuda::current_device();
   std::lock_guard<std::mutex> lock(mutex);
-  const auto found = compiled.find(kernel);
+  const auto key = std::make_pair(kernel, device);
+  const auto found = compiled.find(key);
   if (found != compiled.end()) return found->second;
   cudaFuncAttributes attributes{};
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
-  return compiled[kernel] = attributes.ptxVersion >= 90;
+  return compiled[key] = attributes.ptxVersion >= 90;
 }
 
 // A launch of `grid` blocks of kThreads in clusters of `split` blocks along x. The config points

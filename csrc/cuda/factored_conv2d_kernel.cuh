@@ -138,6 +138,7 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
   const int split = a.k_split;
   const int rank = static_cast<int>(blockIdx.x) % split;  // = the block's rank in its cluster
   const int tile = static_cast<int>(blockIdx.x) / split;
+  const int chunks = a.K1p / kBK;
   int p0 = 0, img = 0, oh0 = 0, ow0 = 0;
   if (kSpatial) {
     const int tw_index = tile % a.tiles_w;
@@ -155,7 +156,10 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
     if (tid < kBM) rows[tid] = stage1_row<kSpatial>(a, pass * kBM + tid, p0, img, oh0, ow0);
     Tile1 acc;
     acc.zero();
-    for (int k0 = rank * kBK; k0 < a.K1p; k0 += split * kBK) {
+    // Over chunk indices, not k0: k0 + split * kBK could pass INT_MAX for K1 near fits_int32's
+    // limit (chunk indices stay far below it).
+    for (int chunk = rank; chunk < chunks; chunk += split) {
+      const int k0 = chunk * kBK;
       if (tid < kBK) ktab[tid] = decode_k(a, k0 + tid);
       __syncthreads();  // tables written; every warp done with the previous chunk's tiles
       // A chunk: kBM x kBK gathered from x. NCHW: consecutive threads take consecutive rows
