@@ -1,5 +1,6 @@
 """factored_conv2d against the reference composition, opcheck, gradcheck, and bad input."""
 import itertools
+import json
 import math
 import os
 import subprocess
@@ -358,6 +359,28 @@ def test_cuda_deep_reductions_on_few_tiles(dtype, scheme, channels_last, c, size
     err_ours = (ours.double() - expected).abs().max().item()
     err_torch = (ref.factored_conv2d(*low, *args).double() - expected).abs().max().item()
     assert err_ours <= 2 * err_torch, (err_ours, err_torch)
+
+
+@pytest.mark.cuda
+def test_cuda_cluster_takes_a_deep_batch1_layer(tmp_path):
+    """512-512 7x7 r128 at batch 1 is one output tile with a 144-chunk first conv. On sm_90 (with
+    the extension built for it, as by default) a cluster of 8 blocks shares that tile: grid
+    (8, 1, 1). Elsewhere 8 blocks split its output channels, each running the whole first conv:
+    grid (1, 8, 1). Read from the profiler's trace, so that a silent fallback shows."""
+    x = _input((1, 512, 7, 7), torch.float16, "cuda").contiguous(memory_format=torch.channels_last)
+    w1, w2, bias = _factors("channel", 512, 512, 128, (3, 3), torch.float16, "cuda")
+    ops.factored_conv2d(x, w1, w2, bias, 1, 1)  # warm-up: the shared-memory opt-in, the cluster query
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        ops.factored_conv2d(x, w1, w2, bias, 1, 1)
+        torch.cuda.synchronize()
+    trace = tmp_path / "trace.json"
+    prof.export_chrome_trace(str(trace))
+    events = json.loads(trace.read_text())["traceEvents"]
+    kernels = [e for e in events if e.get("cat") == "kernel" and "factored_conv2d_kernel" in e.get("name", "")]
+    assert len(kernels) == 1, [e.get("name") for e in events if e.get("cat") == "kernel"]
+    expected = [8, 1, 1] if torch.cuda.get_device_capability()[0] >= 9 else [1, 8, 1]
+    assert list(kernels[0]["args"]["grid"]) == expected
 
 
 @pytest.mark.cuda
