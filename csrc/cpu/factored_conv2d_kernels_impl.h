@@ -195,16 +195,13 @@ inline void cv_block(const typename V::Scalar* in, const int64_t* off, int64_t t
 // once per half: whole panels allow only 2 positions, whose 8 accumulators are just the FMA
 // latency times its throughput and which load 6 values per 8 FMAs; measured on the 2-core AVX2
 // EPYC (512-512 14x14 s2 r128, batch 32), that ran at ~53% of the FMA peak.
-template <class V>
-constexpr int cv_positions() {
-  return 6;
-}
+constexpr int kCvPositions = 6;
 template <class V>
 constexpr int cv_block_vectors() {
   return V::kRegisters >= 32 ? kCvVectors : 2;
 }
 
-// P <= cv_positions positions over the whole panel, NV vectors at a time.
+// P <= kCvPositions positions over the whole panel, NV vectors at a time.
 template <class V, int P>
 inline void cv_panel(const typename V::Scalar* in, const int64_t* off, int64_t taps,
                      const typename V::Scalar* wp, const int64_t* pos,
@@ -221,12 +218,12 @@ template <class V>
 void cv_conv(const typename V::Scalar* in, const int64_t* off, int64_t taps,
              const typename V::Scalar* wp, const int64_t* pos, int64_t count,
              typename V::Scalar* out, const int64_t* opos, bool accumulate) {
-  constexpr int P = cv_positions<V>();
+  constexpr int P = kCvPositions;
   // A block of one position keeps too few FMAs in flight (as tap_conv's lone vector): a count
   // that would end in one runs its last P + 1 positions as two blocks instead (7 = 4 + 3).
   int64_t blocks = count / P;
   int64_t rest = count % P;
-  if (rest == 1 && blocks > 0 && P > 2) {
+  if (rest == 1 && blocks > 0) {
     --blocks;
     rest += P;
   }
