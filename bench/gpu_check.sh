@@ -3,8 +3,9 @@
 # benches (issue #5: fp16 channels_last layers against the cuDNN pair; issue #4: ResNet-56
 # projection against the per-layer SVD loop), the launch profile of single calls
 # (bench/launch_profile.py), and a summary. Logs, pytest-benchmark JSON and the
-# summary (the machine, the tests' tally, every bench's report) go to $OUT (default ./gpu_out):
-# 7 files, 8 with `full`, as many as the device tool brings back.
+# summary (the machine, the tests' tally, every bench's report) go to $OUT (default ./gpu_out),
+# and by default the built extension, gzipped: 8 files either way, as many as the device tool
+# brings back.
 #
 #   bash bench/gpu_check.sh          # fits one device call: stops starting steps after
 #                                    # GPU_CHECK_BUDGET seconds (default 480), so that a lease of
@@ -76,8 +77,18 @@ if ! $PY -c "import setuptools as s, sys; sys.exit(int(s.__version__.split('.')[
   sed -i 's/^license = "BSD-3-Clause".*/license = {text = "BSD-3-Clause"}/' pyproject.toml
   echo "setuptools < 77: built with the license as a table" | tee -a "$SUMMARY"
 fi
-run_capped 360 0 "$OUT/build.log" $PY -m pip install --no-build-isolation --no-deps -e .
-built=$?
+# GPU_CHECK_PREBUILT=1 with the extension already in trp_ext/ for this Python (an earlier run's
+# $OUT/_C*.so.gz, unpacked and carried) skips the build: a rerun after a Python-only fix.
+ext=trp_ext/_C$($PY -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+if [ "${GPU_CHECK_PREBUILT:-0}" = 1 ] && [ -f "$ext" ]; then
+  echo "prebuilt $ext: build skipped" | tee -a "$SUMMARY" "$OUT/build.log"
+  built=0
+else
+  run_capped 360 0 "$OUT/build.log" $PY -m pip install --no-build-isolation --no-deps -e .
+  built=$?
+  # The built extension comes back (the device tool returns files up to 16 MiB) for such a rerun.
+  [ $built -eq 0 ] && [ "$MODE" != full ] && gzip -c "$ext" > "$OUT/$(basename "$ext").gz"
+fi
 if [ -f "$OUT/pyproject.toml.orig" ]; then mv "$OUT/pyproject.toml.orig" pyproject.toml; fi
 if [ $built -ne 0 ]; then
   tail -60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
@@ -87,7 +98,15 @@ $PY -c "import trp_ext, sys; print('cuda kernels built:', trp_ext.cuda_kernels_b
 
 step "CUDA tests"
 : > "$OUT/tests.log"
-run_capped 180 240 "$OUT/tests.log" $PY -m pytest -m cuda tests -q -x -p no:cacheprovider --durations=10
+# Every failure, not the first: a run is too scarce to learn of one bug per lease. Where the image
+# has pytest-xdist and pytest-timeout, four workers share the tests, and a test that hangs (a
+# kernel waiting on a barrier no thread reaches, say) is ended after 120 s and its worker replaced,
+# so that one hang costs neither the run nor the tests after it.
+test_opts=()
+$PY -c "import xdist" 2>/dev/null && test_opts+=(-n 4)
+$PY -c "import pytest_timeout" 2>/dev/null && test_opts+=(--timeout 120 --timeout-method thread)
+run_capped 180 240 "$OUT/tests.log" $PY -m pytest -m cuda tests -q -p no:cacheprovider --tb=short \
+  -rfE --durations=10 "${test_opts[@]}"
 tail -25 "$OUT/tests.log"
 grep -E " passed| failed| skipped| error|SKIPPED: out of budget|TIMED OUT" "$OUT/tests.log" | tail -2 >> "$SUMMARY"
 echo '```' >> "$SUMMARY"
@@ -118,6 +137,23 @@ if (( cap > 0 )); then
   printf '```\n%s\n```\n' "$profile_table" | tee -a "$SUMMARY"
 else
   echo "skipped: out of budget" | tee -a "$SUMMARY"
+fi
+
+# Informational as well: compute-sanitizer's memcheck over the kernels' test calls, for what is
+# left of the budget (its log joins tests.log: the device tool returns at most 8 files). `full`
+# runs it over every CUDA test instead.
+if [ "$MODE" != full ] && command -v compute-sanitizer > /dev/null; then
+  step "memcheck over the kernels' tests (informational, until the budget ends)"
+  cap=$(allowance 240 0)
+  if (( cap > 0 )); then
+    echo "=== memcheck" >> "$OUT/tests.log"
+    timeout "$cap" compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+      $PY -m pytest -m cuda tests/test_factored_conv2d.py tests/test_lowrank_project.py \
+      tests/test_energy_rank.py -q -x -p no:cacheprovider -k "not opcheck and not gradcheck" \
+      >> "$OUT/tests.log" 2>&1
+    echo "memcheck: exit $? (9: errors found, 124: budget ended first)" | tee -a "$OUT/tests.log" "$SUMMARY"
+    grep -E "ERROR SUMMARY|Invalid|out of bounds| passed| failed" "$OUT/tests.log" | tail -6 | tee -a "$SUMMARY"
+  fi
 fi
 
 if [ "$MODE" = full ]; then
