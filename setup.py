@@ -15,6 +15,7 @@ import glob
 import os
 import shutil
 import site
+import subprocess
 import sys
 import sysconfig
 
@@ -135,6 +136,31 @@ def _openmp_flags():
     return ["-fopenmp"], "-fopenmp (torch's parallel backend is OpenMP)"
 
 
+def _shared_libstdcxx_flags():
+    """Link flags that keep the C++ runtime shared with torch's, and why.
+
+    torch runs on the shared libstdc++ (libstdc++.so.6). Our argument checks throw C++ exceptions
+    that torch's own code catches and turns into Python errors; built with a private static
+    copy of libstdc++, the extension throws with one runtime and torch catches with another. On
+    the GPU machine (Ubuntu 24.04 image, GCC 13.3) the build came out so, with no libstdc++.so.6
+    among its dependencies, and every bad-input test there died of a segmentation fault instead
+    of raising. A compiler links the static copy when told to (-static-libstdc++ in LDFLAGS) or
+    when only libstdc++.a is linkable; naming the shared runtime itself on the link line, ahead
+    of the compiler's own -lstdc++, resolves every C++ runtime symbol from it either way.
+    """
+    if sys.platform in ("win32", "darwin"):
+        return [], "not needed (no libstdc++ here)"
+    compiler = os.environ.get("CXX", "c++").split()
+    try:
+        path = subprocess.run(compiler + ["-print-file-name=libstdc++.so.6"], capture_output=True,
+                              text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as error:
+        return [], f"left to the compiler ({compiler[0]} could not be asked: {error})"
+    if not os.path.isabs(path) or not os.path.exists(path):
+        return [], f"left to the compiler ({compiler[0]} knows no libstdc++.so.6)"
+    return [os.path.realpath(path)], f"shared, {os.path.realpath(path)}"
+
+
 def _extension():
     use_cuda, cuda_reason = _resolve_cuda()
     debug = _flag("TRP_EXT_DEBUG")
@@ -143,6 +169,7 @@ def _extension():
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     include_dirs = [os.path.join(ROOT, "csrc")]
     openmp, openmp_reason = _openmp_flags()
+    libstdcxx, libstdcxx_reason = _shared_libstdcxx_flags()
     # -Wno-psabi: GCC notes that passing a 32-byte vector by value outside AVX code changed the ABI
     # in GCC 4.6, at every AVX2 kernel's always-inline helper (cpu/simd.h); they are never called
     # across that boundary. The note is raised where templates are instantiated, so a pragma in
@@ -150,6 +177,7 @@ def _extension():
     extra = {"cxx": opt + ["-fvisibility=hidden", "-Wno-psabi"] + openmp}
     settings = {
         "OpenMP": openmp_reason,
+        "libstdc++": libstdcxx_reason,
         "torch": torch.__version__,
         "cuda kernels": f"{'ON' if use_cuda else 'OFF'} ({cuda_reason})",
         "MAX_JOBS": os.environ.get("MAX_JOBS", "(ninja default)"),
@@ -177,7 +205,7 @@ def _extension():
         sources=sources,
         include_dirs=include_dirs,
         extra_compile_args=extra,
-        extra_link_args=[] if sys.platform == "win32" else openmp,
+        extra_link_args=[] if sys.platform == "win32" else openmp + libstdcxx,
         py_limited_api=False,
     )
 
