@@ -377,6 +377,10 @@ def test_cuda_cluster_takes_a_deep_batch1_layer(tmp_path):
     trace = tmp_path / "trace.json"
     prof.export_chrome_trace(str(trace))
     events = json.loads(trace.read_text())["traceEvents"]
+    if not any(e.get("cat") == "kernel" for e in events):
+        # The call launches a kernel whatever path it takes, so an empty trace means the profiler
+        # saw none: under compute-sanitizer, CUPTI refuses a second subscriber (seen on the H200).
+        pytest.skip("the profiler recorded no kernels (CUPTI unavailable, e.g. under compute-sanitizer)")
     kernels = [e for e in events if e.get("cat") == "kernel" and "factored_conv2d_kernel" in e.get("name", "")]
     assert len(kernels) == 1, [e.get("name") for e in events if e.get("cat") == "kernel"]
     expected = [8, 1, 1] if torch.cuda.get_device_capability()[0] >= 9 else [1, 8, 1]
