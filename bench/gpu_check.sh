@@ -65,8 +65,9 @@ if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
   status=1
 fi
 
-# Reserves: the CUDA tests keep 240 s for the benches, the batch-1 layers 150 s for the
-# batch-32 ones and the projection, the batch-32 layers 60 s for the projection.
+# Reserves: the CUDA tests keep 150 s for the benches, the batch-1 layers 100 s for the
+# batch-32 ones and the projection, the batch-32 layers 50 s for the projection. On the H200
+# (2026-12-01) the three bench parts took 23, 21 and 32 s and the build 65-70 s.
 step "build (editable, in place)"
 : > "$OUT/build.log"
 if ! $PY -c "import setuptools as s, sys; sys.exit(int(s.__version__.split('.')[0]) < 77)"; then
@@ -100,20 +101,33 @@ step "CUDA tests"
 : > "$OUT/tests.log"
 # Every failure, not the first: a run is too scarce to learn of one bug per lease. Where the image
 # has pytest-xdist and pytest-timeout, four workers share the tests, and a test that hangs (a
-# kernel waiting on a barrier no thread reaches, say) is ended after 120 s and its worker replaced,
-# so that one hang costs neither the run nor the tests after it.
+# kernel waiting on a barrier no thread reaches, say) is ended after 150 s and its worker replaced,
+# so that one hang costs neither the run nor the tests after it. Each result is logged by name as
+# it comes (-v): on the first H200 run two tests were ended so and the step's own cap came before
+# pytest's summary, and -q had printed no names. A test still running after 60 s dumps every
+# thread's stack into the log (faulthandler_timeout writes past pytest's capture, which swallows
+# the timeout plugin's own dump when it ends a worker).
 test_opts=()
 $PY -c "import xdist" 2>/dev/null && test_opts+=(-n 4)
-$PY -c "import pytest_timeout" 2>/dev/null && test_opts+=(--timeout 120 --timeout-method thread)
-run_capped 180 240 "$OUT/tests.log" $PY -m pytest -m cuda tests -q -p no:cacheprovider --tb=short \
-  -rfE --durations=10 "${test_opts[@]}"
+$PY -c "import pytest_timeout" 2>/dev/null && test_opts+=(--timeout 150 --timeout-method thread)
+run_capped 240 150 "$OUT/tests.log" $PY -m pytest -m cuda tests -v -p no:cacheprovider --tb=short \
+  -rfE --durations=10 -o faulthandler_timeout=60 "${test_opts[@]}"
 tail -25 "$OUT/tests.log"
 grep -E " passed| failed| skipped| error|SKIPPED: out of budget|TIMED OUT" "$OUT/tests.log" | tail -2 >> "$SUMMARY"
+# The per-test lines, which survive a step cut short before pytest's own tally: counts, then the
+# failures (a worker that crashed or was ended on a timeout reports its test as FAILED) and the
+# tests whose stacks faulthandler dumped for running past 60 s.
+for outcome in PASSED FAILED SKIPPED ERROR; do
+  printf '%s %s; ' "$(grep -cE "\] $outcome tests/|::.* $outcome( |$)" "$OUT/tests.log")" "$outcome"
+done >> "$SUMMARY"; echo >> "$SUMMARY"
+grep -E "\] (FAILED|ERROR) tests/|::.* (FAILED|ERROR)( |$)" "$OUT/tests.log" | head -30 >> "$SUMMARY"
+grep -A12 "Timeout (0:01:00)" "$OUT/tests.log" | grep -oE "tests/test_[a-z0-9_]+\.py\", line [0-9]+ in [a-z0-9_]+" \
+  | sort | uniq -c | head -10 >> "$SUMMARY"
 echo '```' >> "$SUMMARY"
 
 # The targets' benches first, so that a short lease still measures them; in parts (see run_capped).
 : > "$OUT/bench.log"
-for part in "b1 150" "b32 60"; do
+for part in "b1 100" "b32 50"; do
   read -r batch reserve <<< "$part"
   step "bench: factored_conv2d, fp16 channels_last, $batch (issue #5's GPU target)"
   run_capped 150 "$reserve" "$OUT/bench.log" $PY -m pytest bench/bench_factored_conv.py -m cuda \
