@@ -202,6 +202,26 @@ bool launch_for_rank(const FconvArgs& a, bool spatial, const cudaDeviceProp& pro
   }
 }
 
+bool aligned_16(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+}
+
+// Whether each run of `vec` stage-1 reduction indices that starts at a multiple of `vec` is
+// `vec` consecutive elements of every w1 row, at an aligned offset (the kernel then loads it
+// with one 16-byte load). The kernel orders the indices (ky, kx, ci) for channels_last x: a run
+// is `vec` channels of one tap when c is a multiple of `vec`, consecutive when w1's channels
+// have stride 1 (a channels_last weight). NCHW x orders them (ci, ky, kx): index k is offset k
+// of a row stored contiguously, and K1 a multiple of `vec` keeps every run before K1 or past it.
+bool w1_runs_are_vectors(const FconvArgs& a, const at::Tensor& w1, int64_t vec) {
+  if (!aligned_16(w1) || (a.r > 1 && w1.stride(0) % vec != 0)) return false;
+  if (a.cl_in) {
+    return a.C % vec == 0 && w1.stride(1) == 1 && (a.kh == 1 || w1.stride(2) % vec == 0) &&
+           (a.kw1 == 1 || w1.stride(3) % vec == 0);
+  }
+  return a.K1 % vec == 0 && (a.C == 1 || w1.stride(1) == a.kh * a.kw1) &&
+         (a.kh == 1 || w1.stride(2) == a.kw1) && (a.kw1 == 1 || w1.stride(3) == 1);
+}
+
 FconvArgs make_args(const FconvGeometry& g, const at::Tensor& x, const at::Tensor& w1,
                     const at::Tensor& w2, const std::optional<at::Tensor>& bias,
                     const at::Tensor& residual, const at::Tensor& out) {
@@ -249,7 +269,10 @@ FconvArgs make_args(const FconvGeometry& g, const at::Tensor& x, const at::Tenso
   a.cl_out = out.stride(1) == 1 && a.n > 1;
   const int64_t vec = 16 / static_cast<int64_t>(x.element_size());
   a.vec_in = a.cl_in && a.C % vec == 0 && x.stride(0) % vec == 0 && x.stride(2) % vec == 0 &&
-             x.stride(3) % vec == 0 && reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 == 0;
+             x.stride(3) % vec == 0 && aligned_16(x);
+  a.vec_w1 = w1_runs_are_vectors(a, w1, vec);
+  a.vec_w2 = aligned_16(w2) && w2.stride(1) == 1 && (a.n == 1 || w2.stride(0) % vec == 0) &&
+             (a.kw2 == 1 || w2.stride(3) % vec == 0);
   return a;
 }
 

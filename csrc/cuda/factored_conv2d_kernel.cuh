@@ -199,15 +199,33 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
           As[m * L::ld_a + kl] = v;
         }
       }
-      // B chunk: kBK x RP from w1, consecutive threads along the reduction index.
+      // B chunk: kBK x RP from w1, consecutive threads along the reduction index. Where the
+      // host found each run of kVec reduction indices to be kVec aligned elements of a w1 row
+      // (vec_w1), one 16-byte load takes the run: the scalar loads, 32 a thread for a chunk of
+      // a rank-128 layer, were most of the loads that the H200's wide layers stalled on.
+      if (a.vec_w1) {
+        constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+        constexpr int kGroups = kBK / kVec;
+        for (int e = tid; e < kGroups * RP; e += kThreads) {
+          const int group = e % kGroups;
+          const int j = e / kGroups;
+          const int4 kt = ktab[group * kVec];  // a run lies wholly before K1 or wholly past it
+          uint4 v = make_uint4(0, 0, 0, 0);
+          if (kt.x >= 0 && j < a.r) v = *reinterpret_cast<const uint4*>(w1 + j * a.w1s[0] + kt.w);
+          const T* values = reinterpret_cast<const T*>(&v);
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) Bs[(group * kVec + i) * L::ld_b1 + j] = values[i];
+        }
+      } else {
 #pragma unroll 4
-      for (int i = 0; i < kBK * RP / kThreads; ++i) {
-        const int e = tid + i * kThreads;
-        const int kl = e % kBK;
-        const int j = e / kBK;
-        const int4 kt = ktab[kl];
-        Bs[kl * L::ld_b1 + j] =
-            kt.x >= 0 && j < a.r ? w1[j * a.w1s[0] + kt.w] : from_float<T>(0.0f);
+        for (int i = 0; i < kBK * RP / kThreads; ++i) {
+          const int e = tid + i * kThreads;
+          const int kl = e % kBK;
+          const int j = e / kBK;
+          const int4 kt = ktab[kl];
+          Bs[kl * L::ld_b1 + j] =
+              kt.x >= 0 && j < a.r ? w1[j * a.w1s[0] + kt.w] : from_float<T>(0.0f);
+        }
       }
       __syncthreads();
       acc.mma(As + warp_row * L::ld_a, L::ld_a, Bs, L::ld_b1, kBK);
@@ -259,15 +277,41 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
     acc.zero();
     for (int kx = 0; kx < kw2; ++kx) {
       __syncthreads();  // mid and the tables complete; the previous users of B2s/A2s done
-      // B: RP x kBN from w2 (o, j, kx), consecutive threads along j.
+      // B: RP x kBN from w2 (o, j, kx), consecutive threads along j; kVec of them a load where
+      // j has stride 1 (vec_w2), the run that crosses r element by element.
+      if (a.vec_w2) {
+        constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+        constexpr int kGroups = RP / kVec;
+        for (int e = tid; e < kGroups * kBN; e += kThreads) {
+          const int j0 = (e % kGroups) * kVec;
+          const int col = e / kGroups;
+          const int o = o0 + col;
+          uint4 v = make_uint4(0, 0, 0, 0);
+          T* values = reinterpret_cast<T*>(&v);
+          if (o < a.n) {
+            const T* src = w2 + o * a.w2s[0] + j0 + kx * a.w2s[3];
+            if (j0 + kVec <= a.r) {
+              v = *reinterpret_cast<const uint4*>(src);
+            } else {
+#pragma unroll
+              for (int i = 0; i < kVec; ++i) {
+                if (j0 + i < a.r) values[i] = src[i];
+              }
+            }
+          }
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) B2s[(j0 + i) * L::ld_b2 + col] = values[i];
+        }
+      } else {
 #pragma unroll 4
-      for (int i = 0; i < RP * kBN / kThreads; ++i) {
-        const int e = tid + i * kThreads;
-        const int j = e % RP;
-        const int o = o0 + e / RP;
-        B2s[j * L::ld_b2 + (e / RP)] =
-            j < a.r && o < a.n ? w2[o * a.w2s[0] + j * a.w2s[1] + kx * a.w2s[3]]
-                               : from_float<T>(0.0f);
+        for (int i = 0; i < RP * kBN / kThreads; ++i) {
+          const int e = tid + i * kThreads;
+          const int j = e % RP;
+          const int o = o0 + e / RP;
+          B2s[j * L::ld_b2 + (e / RP)] =
+              j < a.r && o < a.n ? w2[o * a.w2s[0] + j * a.w2s[1] + kx * a.w2s[3]]
+                                 : from_float<T>(0.0f);
+        }
       }
       if (kSpatial) {
         // A2 row p = mid row (th, tw * sw2 + kx * dw2), copied 16 bytes at a time.

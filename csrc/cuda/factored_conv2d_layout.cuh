@@ -49,6 +49,11 @@ struct FconvArgs {
   bool cl_in;   // x has channels stride 1: gather along channels (coalesced for channels_last)
   bool cl_out;  // out has channels stride 1: write channel-fastest
   bool vec_in;  // cl_in, and 16-byte aligned runs of 16 / sizeof(T) channels: vector gathers
+  // 16-byte weight loads (see make_args): w1 holds every run of 16 / sizeof(T) reduction indices
+  // of a stage-1 chunk as that many consecutive, aligned elements of each row; w2 holds the
+  // rank index j with stride 1, its rows and kx steps aligned.
+  bool vec_w1;
+  bool vec_w2;
 };
 
 // Where a stage-1 row reads: x rows y0 + dy, columns x0 + dx of image `base`. Rows past the
