@@ -348,7 +348,31 @@ def test_cuda_deep_reductions_on_few_tiles(dtype, scheme, channels_last, c, size
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     w1, w2, bias = _factors(scheme, n, c, r, (3, 3), torch.float64, device)
-    args = (1, 1, 1, scheme, "relu")
+    _check_in_dtype(dtype, x, w1, w2, bias, (1, 1, 1, scheme, "relu"))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("c,r,n,batch,size", [(64, 16, 128, 4, (9, 11)), (32, 20, 40, 2, (8, 8)),
+                                              (24, 8, 16, 3, (7, 5)), (512, 128, 512, 1, (7, 7))])
+def test_cuda_channels_last_weights(dtype, scheme, c, r, n, batch, size):
+    """Input and weights in channels_last, as a model converted with .to(memory_format=...) has
+    them (the GPU benches' setting). The kernel then reads each run of 16 bytes of w1's
+    reduction indices (channels of one tap) and of w2's rank index with one load where they are
+    aligned; r = 20 leaves a partial run of w2 read element by element, and in fp16 24 channels
+    are three runs per tap."""
+    device = "cuda"
+    x = _input((batch, c, *size), torch.float64, device).contiguous(memory_format=torch.channels_last)
+    w1, w2, bias = _factors(scheme, n, c, r, (3, 3), torch.float64, device)
+    w1, w2 = (w.contiguous(memory_format=torch.channels_last) for w in (w1, w2))
+    _check_in_dtype(dtype, x, w1, w2, bias, (2, 1, 1, scheme, "relu"))
+
+
+def _check_in_dtype(dtype, x, w1, w2, bias, args):
+    """The float64 operands cast to dtype (their layouts kept) through the op, against the float64
+    reference: float32 within 1e-4, float16 and bfloat16 by flash-attention's rule (at most twice
+    the error of the PyTorch composition in the same dtype)."""
     expected = ref.factored_conv2d(x, w1, w2, bias, *args)
     low = [t.to(dtype) for t in (x, w1, w2, bias)]
     ours = ops.factored_conv2d(*low, *args)
