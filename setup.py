@@ -142,9 +142,9 @@ def _shared_libstdcxx_flags():
     torch runs on the shared libstdc++ (libstdc++.so.6). Our argument checks throw C++ exceptions
     that torch's own code catches and turns into Python errors; built with a private static
     copy of libstdc++, the extension throws with one runtime and torch catches with another. On
-    the GPU machine (Ubuntu 24.04 image, GCC 13.3) the build came out so, with no libstdc++.so.6
-    among its dependencies, and every bad-input test there died of a segmentation fault instead
-    of raising. A compiler links the static copy when told to (-static-libstdc++ in LDFLAGS) or
+    the H200 machine's image (CXX=/opt/gcc/bin/g++, GCC 13.3) the build came out so, with no
+    libstdc++.so.6 among its dependencies, and every bad-input test there died of a segmentation
+    fault instead of raising. A compiler links the static copy when told to (-static-libstdc++ in LDFLAGS) or
     when only libstdc++.a is linkable; naming the shared runtime itself on the link line, ahead
     of the compiler's own -lstdc++, resolves every C++ runtime symbol from it either way.
     """
