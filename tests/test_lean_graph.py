@@ -143,7 +143,10 @@ def test_flat_names_are_one_per_tensor_unique_and_keep_registration():
     names = {node.target for node in lean.graph.nodes if node.op == "get_attr"}
     assert len(names) == 3 and "a_weight" in names  # the tied weight once, under a new name
     assert len(list(lean.parameters())) == 2
-    assert "a_scale" not in lean.state_dict() and isinstance(lean.a_scale, torch.Tensor)  # still non-persistent
+    # The buffer keeps the registration the traced module gave it: non-persistent under torch
+    # 2.14, whose fx tracing keeps the flag; torch 2.11's tracing itself made it persistent.
+    assert ("a_scale" in lean.state_dict()) == ("a.scale" in traced.state_dict())
+    assert isinstance(lean.a_scale, torch.Tensor)
     x = torch.randn(3, 4)
     assert torch.equal(lean(x), traced(x))
     lean = lean.to(torch.float64)  # registered, so conversions reach them
