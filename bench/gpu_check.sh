@@ -2,7 +2,8 @@
 # One pass over the CUDA side on a GPU machine: build in place, the CUDA tests, the GPU targets'
 # benches (issue #5: fp16 channels_last layers against the cuDNN pair; issue #4: ResNet-56
 # projection against the per-layer SVD loop), the launch profile of single calls
-# (bench/launch_profile.py), and a summary. Logs, pytest-benchmark JSON and the
+# (bench/launch_profile.py), Nsight Compute on four layers' kernels (bench/ncu_layers.py),
+# compute-sanitizer's memcheck over the kernels' tests, and a summary. Logs, pytest-benchmark JSON and the
 # summary (the machine, the tests' tally, every bench's report) go to $OUT (default ./gpu_out),
 # and by default the built extension, gzipped: 8 files either way, as many as the device tool
 # brings back.
@@ -173,6 +174,24 @@ if [ "$MODE" != full ] && command -v compute-sanitizer > /dev/null; then
       >> "$OUT/tests.log" 2>&1
     echo "memcheck: exit $? (9: errors found, 124: budget ended first)" | tee -a "$OUT/tests.log" "$SUMMARY"
     grep -E "ERROR SUMMARY|Invalid|out of bounds| passed| failed" "$OUT/tests.log" | tail -6 | tee -a "$SUMMARY"
+  fi
+fi
+
+# Informational: Nsight Compute's reading of the fused kernel on four batch-32 layers
+# (bench/ncu_layers.py): time, occupancy, throughputs and stall reasons, free of the host
+# overhead that the benches' per-call times carry. Its report joins bench.log; the summary keeps
+# one line a launch.
+if command -v ncu > /dev/null; then
+  step "ncu on four layers' kernels (informational)"
+  cap=$(allowance 90 0)
+  if (( cap > 0 )); then
+    echo "=== ncu" >> "$OUT/bench.log"
+    timeout "$cap" ncu --clock-control none --kernel-name regex:factored_conv2d --launch-count 8 \
+      --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+      $PY bench/ncu_layers.py > "$OUT/ncu.txt" 2>&1
+    echo "ncu: exit $?" | tee -a "$SUMMARY"
+    $PY bench/ncu_summary.py "$OUT/ncu.txt" | tee -a "$SUMMARY"
+    cat "$OUT/ncu.txt" >> "$OUT/bench.log" && rm "$OUT/ncu.txt"
   fi
 fi
 
