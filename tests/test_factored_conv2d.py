@@ -672,7 +672,7 @@ def test_extreme_geometry_matches_the_reference(device, scheme, stride, padding,
     # fourth case runs unfused with one output row: at the fused kernels' stride 1 the library
     # convs gave more rows. The last two: a stride and padding near 2^31 with 3 output columns,
     # each within 32 bits but not their sums; the CUDA kernel's spatial tile width wrapped in an
-    # int there and passed its shared-memory checks (found by reading; no GPU has run them yet).
+    # int there and passed its shared-memory checks (found by reading, before any GPU had run them).
     x, w1, w2, bias = _good(device, scheme)
     got = _call(x, w1, w2, bias, stride, padding, dilation, scheme)
     expected = _expected(x, w1, w2, bias, stride, padding, dilation, scheme, None)
