@@ -20,6 +20,9 @@ METRICS = {  # column: the metric's name in the report
     "SM busy %": "Compute (SM) Throughput",
     "memory busy %": "Memory Throughput",
 }
+# ncu scales some units to the value (a kernel past 1 ms reads "ms"): to the columns' units.
+SCALE = {"Duration": {"ns": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3, "s": 1e6, "second": 1e6},
+         "Dynamic Shared Memory Per Block": {"byte/block": 1 / 1024, "Kbyte/block": 1.0, "Mbyte/block": 1024.0}}
 LAUNCH = re.compile(r"^\s+(?:void )?(factored_conv2d_kernel<[^>]*>)\(FconvArgs\) \(([\d, ]+)\)x")
 LAYER = re.compile(r"^(channel|spatial) (.+): 2 calls$")
 
@@ -40,7 +43,13 @@ def parse(text):
                 # "Memory Throughput" comes twice (%, then Gbyte/s): keep the first, the percent.
                 match = re.match(rf"^\s+{re.escape(name)}\s+(\S+)?\s+([\d.,]+)$", line)
                 if match and column not in launches[-1]:
-                    launches[-1][column] = match.group(2).replace(",", "")
+                    value = match.group(2).replace(",", "")
+                    factor = SCALE.get(name, {}).get(match.group(1))
+                    if factor is not None:
+                        value = f"{float(value) * factor:.2f}"
+                    elif name in SCALE:  # a unit not met yet: shown, not guessed
+                        value = f"{value} {match.group(1)}"
+                    launches[-1][column] = value
     return layers, launches
 
 
