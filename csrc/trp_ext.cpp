@@ -67,9 +67,9 @@ PyObject* cpu_kernels(PyObject* /*self*/, PyObject* /*args*/) {
 
 // cpu_winograd, cpu_channel_vectorised and cpu_split_images: `Name`(mode=None) -> the mode of
 // the path switch in force, set first when given ('auto', 'never' or 'always': PathMode's order).
-template <trp_ext::fconv_cpu::PathSwitch& (*Switch)(), const char* Name>
+template <trp_ext::PathSwitch& (*Switch)(), const char* Name>
 PyObject* path_mode(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
-  using trp_ext::fconv_cpu::PathMode;
+  using trp_ext::PathMode;
   static const char* const names[] = {"auto", "never", "always"};
   static const char* keywords[] = {"mode", nullptr};
   const char* mode = nullptr;

@@ -52,7 +52,7 @@ using fconv_cpu::kMaxRows;
 using fconv_cpu::PlaneSpec;
 using fconv_cpu::round_up;
 using fconv_cpu::row_blocks;
-using fconv_cpu::PathMode;
+using trp_ext::PathMode;
 
 // Output positions per band (when the batch gives every thread enough bands). A band rebuilds
 // the (kh - 1) * dh / sh + 1 halo rows below it, which favours tall bands; its intermediate

@@ -1,0 +1,23 @@
+// A process-wide switch that chooses whether a kernel takes one of its optional paths (the CPU
+// factored_conv2d's Winograd, channel-vectorised and split-image paths), set from Python for
+// tests and A/B benches.
+#pragma once
+
+#include <atomic>
+
+namespace trp_ext {
+
+// kAuto: the path where its rule picks it; kNever: never; kAlways: every call it can take
+// (tests, A/B benches). The values are the Python modes' order.
+enum class PathMode : int { kAuto = 0, kNever = 1, kAlways = 2 };
+
+class PathSwitch {
+ public:
+  void set(PathMode mode) { mode_.store(static_cast<int>(mode)); }
+  PathMode get() const { return static_cast<PathMode>(mode_.load()); }
+
+ private:
+  std::atomic<int> mode_{static_cast<int>(PathMode::kAuto)};
+};
+
+}  // namespace trp_ext
