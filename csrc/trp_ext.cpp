@@ -1,8 +1,8 @@
 // The one place where trp_ext's operator schemas are declared. Kernels live in cpu/ and cuda/
 // and register with TORCH_LIBRARY_IMPL; fake kernels and autograd are registered from Python
 // (trp_ext/ops/). The Python module below has no ops of its own: loading it registers the
-// library with the dispatcher; it reports how it was built, switches the CPU factored_conv2d's
-// paths, and calls that op below autograd without torch.ops' generic argument handling
+// library with the dispatcher; it reports how it was built, switches factored_conv2d's optional
+// paths (CPU and CUDA), and calls that op below autograd without torch.ops' generic argument handling
 // (factored_conv2d_call.cpp).
 #include <Python.h>
 
@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common/path_switch.h"
 #include "cpu/cpu_features.h"
 #include "cpu/factored_conv2d_cv.h"
 #include "cpu/factored_conv2d_path_switch.h"
@@ -42,6 +43,15 @@ TORCH_LIBRARY(trp_ext, m) {
   m.def("lowrank_project_stats(bool reset=False) -> int[]");
 }
 
+namespace trp_ext {
+
+PathSwitch& cuda_pipeline_switch() {
+  static PathSwitch path;
+  return path;
+}
+
+}  // namespace trp_ext
+
 namespace {
 
 PyObject* build_info(PyObject* /*self*/, PyObject* /*args*/) {
@@ -65,7 +75,7 @@ PyObject* cpu_kernels(PyObject* /*self*/, PyObject* /*args*/) {
   return PyUnicode_FromString(trp_ext::cpu::cpu_kernel_isa());
 }
 
-// cpu_winograd, cpu_channel_vectorised and cpu_split_images: `Name`(mode=None) -> the mode of
+// cpu_winograd, cpu_channel_vectorised, cpu_split_images and cuda_pipelined_loads: `Name`(mode=None) -> the mode of
 // the path switch in force, set first when given ('auto', 'never' or 'always': PathMode's order).
 template <trp_ext::PathSwitch& (*Switch)(), const char* Name>
 PyObject* path_mode(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
@@ -92,6 +102,7 @@ PyObject* path_mode(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
 }
 
 constexpr char kWinogradSwitch[] = "cpu_winograd";
+constexpr char kPipelineSwitch[] = "cuda_pipelined_loads";
 constexpr char kCvSwitch[] = "cpu_channel_vectorised";
 constexpr char kSplitSwitch[] = "cpu_split_images";
 
@@ -135,6 +146,12 @@ PyMethodDef methods[] = {
      "cpu_split_images(mode=None) -> str: the CPU factored_conv2d's splitting of an image's "
      "band-path work across threads by channels instead of rows, set to mode ('auto', 'never', "
      "'always') when given; returns the mode in force."},
+    {kPipelineSwitch, with_keywords<path_mode<trp_ext::cuda_pipeline_switch, kPipelineSwitch>>(),
+     METH_VARARGS | METH_KEYWORDS,
+     "cuda_pipelined_loads(mode=None) -> str: the CUDA factored_conv2d's multi-stage cp.async "
+     "loads of its first GEMM (16-bit inputs and weights in channels_last on sm_80 or later), "
+     "set to mode ('auto' and 'always': wherever they apply; 'never': the single-buffered "
+     "loads) when given; returns the mode in force."},
     {"cpu_split_image_calls", call_count<trp_ext::fconv_cpu::split_image_calls>, METH_NOARGS,
      "cpu_split_image_calls() -> int: the CPU factored_conv2d calls that have split their "
      "images across threads so far (process-wide)."},

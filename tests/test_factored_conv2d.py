@@ -369,6 +369,36 @@ def test_cuda_channels_last_weights(dtype, scheme, c, r, n, batch, size):
     _check_in_dtype(dtype, x, w1, w2, bias, (2, 1, 1, scheme, "relu"))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("scheme", ref.SCHEMES)
+@pytest.mark.parametrize("c,r,n,batch,size,kernel,stride,padding", [
+    (64, 16, 128, 4, (9, 11), (3, 3), 2, 1),  # stride 2, gathers in the padding
+    (24, 20, 40, 3, (7, 5), (3, 3), 1, 2),  # fp16: three runs a tap; r = 20: a partial B block
+    (512, 128, 512, 1, (7, 7), (3, 3), 1, 1),  # 144 chunks, on sm_90 spread over a cluster
+    (16, 6, 16, 2, (6, 6), (1, 1), 1, 0),  # one chunk: fewer than the pipeline's stages
+    (256, 64, 96, 2, (15, 13), (3, 3), 1, 1),  # spatial: several stage-1 passes a tile
+])
+def test_cuda_pipelined_loads_agree_with_single_buffered(dtype, scheme, c, r, n, batch, size, kernel, stride,
+                                                         padding):
+    """Input and weights in channels_last with 16-bit channels in runs of 8, where the kernel (on
+    sm_80 or later) loads its first GEMM through the three-stage cp.async pipeline: the same
+    products as the single-buffered loads, so the same output bit for bit, and within the
+    low-precision rule of the reference."""
+    device = "cuda"
+    x = _input((batch, c, *size), torch.float64, device).contiguous(memory_format=torch.channels_last)
+    w1, w2, bias = _factors(scheme, n, c, r, kernel, torch.float64, device)
+    w1, w2 = (w.contiguous(memory_format=torch.channels_last) for w in (w1, w2))
+    args = (stride, padding, 1, scheme, "relu")
+    low = [t.to(dtype) for t in (x, w1, w2, bias)]
+    with ops.cuda_pipelined_loads("never"):
+        single = ops.factored_conv2d(*low, *args)
+    with ops.cuda_pipelined_loads("auto"):
+        pipelined = ops.factored_conv2d(*low, *args)
+    assert torch.equal(pipelined, single)
+    _check_in_dtype(dtype, x, w1, w2, bias, args)
+
+
 def _check_in_dtype(dtype, x, w1, w2, bias, args):
     """The float64 operands cast to dtype (their layouts kept) through the op, against the float64
     reference: float32 within 1e-4, float16 and bfloat16 by flash-attention's rule (at most twice

@@ -213,10 +213,11 @@ def test_auto_mode_picks_spatial_winograd_only_for_large_layers():
         assert not torch.equal(run("always", x_, *factors, 1), run("never", x_, *factors, 1))
 
 
-@pytest.mark.parametrize("switch", ["cpu_winograd", "cpu_channel_vectorised", "cpu_split_images"])
+@pytest.mark.parametrize("switch", ["cpu_winograd", "cpu_channel_vectorised", "cpu_split_images",
+                                    "cuda_pipelined_loads"])
 def test_mode_is_restored_and_checked(switch):
-    """Every CPU path switch (this one, the channel-vectorised path's, the split images'): the
-    context manager restores the previous mode, also on an exception, and bad modes raise naming
+    """Every path switch (this one, the channel-vectorised path's, the split images', the CUDA
+    kernel's pipelined loads, which CPU-only builds have too): the context manager restores the previous mode, also on an exception, and bad modes raise naming
     the switch."""
     context, mode = getattr(ops, switch), getattr(ops, f"{switch}_mode")
     assert mode() == "auto"

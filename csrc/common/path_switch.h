@@ -1,6 +1,6 @@
 // A process-wide switch that chooses whether a kernel takes one of its optional paths (the CPU
-// factored_conv2d's Winograd, channel-vectorised and split-image paths), set from Python for
-// tests and A/B benches.
+// factored_conv2d's Winograd, channel-vectorised and split-image paths; the CUDA one's
+// pipelined loads), set from Python for tests and A/B benches.
 #pragma once
 
 #include <atomic>
@@ -19,5 +19,9 @@ class PathSwitch {
  private:
   std::atomic<int> mode_{static_cast<int>(PathMode::kAuto)};
 };
+
+// The CUDA factored_conv2d's multi-stage cp.async loads of its first GEMM (defined in
+// trp_ext.cpp, so that CPU-only builds have it too; read by cuda/factored_conv2d.cu).
+PathSwitch& cuda_pipeline_switch();
 
 }  // namespace trp_ext

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/factored_conv2d_checks.h"
+#include "common/path_switch.h"
 #include "cuda/dynamic_smem.cuh"
 #include "cuda/factored_conv2d_kernel.cuh"
 
@@ -57,7 +58,7 @@ bool choose_spatial_tile(FconvArgs& a, size_t smem_limit) {
       const int64_t rows = ceil_div(th * wi, kBM) * kBM;
       if (rows > kMaxMidRows) continue;
       const int m1p = static_cast<int>(rows);
-      if (Layout<T, RP>::bytes(m1p, true, false) > smem_limit) continue;
+      if (Layout<T, RP>::bytes(m1p, true, false, a.pipelined) > smem_limit) continue;
       const double blocks = static_cast<double>(a.N) * ceil_div(a.Ho, th) * ceil_div(a.Wo, tw);
       const double cost = blocks * (static_cast<double>(m1p) * a.K1p * RP +
                                     static_cast<double>(kBM) * a.kw2 * RP * a.n_chunks * kBN);
@@ -149,7 +150,7 @@ bool launch(FconvArgs a, bool spatial, const cudaDeviceProp& props, cudaStream_t
     a.m1p = kBM;
     blocks = ceil_div(a.pixels, kBM);
   }
-  size_t smem = L::bytes(a.m1p, spatial, false);
+  size_t smem = L::bytes(a.m1p, spatial, false, a.pipelined);
   if (smem > smem_limit || blocks > std::numeric_limits<int>::max()) return false;
   auto kernel = spatial ? fconv_cuda::factored_conv2d_kernel<T, RP, true>
                         : fconv_cuda::factored_conv2d_kernel<T, RP, false>;
@@ -159,7 +160,7 @@ bool launch(FconvArgs a, bool spatial, const cudaDeviceProp& props, cudaStream_t
   // channels over blockIdx.y.
   const int64_t want = 2 * static_cast<int64_t>(props.multiProcessorCount);
   const int64_t chunks = a.K1p / kBK;
-  const size_t split_smem = L::bytes(a.m1p, spatial, true);
+  const size_t split_smem = L::bytes(a.m1p, spatial, true, a.pipelined);
   a.k_split = 1;
   if (blocks < want && chunks >= 4 && split_smem <= smem_limit &&
       clusters_supported(kernel_id, props)) {
@@ -330,7 +331,10 @@ at::Tensor factored_conv2d_cuda(const at::Tensor& x, const at::Tensor& w1, const
     // The kernel reads the weights through their strides (a channels_last model's weights are
     // not copied each call); only w1 offsets beyond 32 bits need a compact copy.
     const at::Tensor w1c = span(w1) < std::numeric_limits<int>::max() ? w1 : w1.contiguous();
-    const FconvArgs a = make_args(g, x, w1c, w2, bias, res, out);
+    FconvArgs a = make_args(g, x, w1c, w2, bias, res, out);
+    // cp.async needs sm_80; the pipelined path is the tensor cores' (bf16's need sm_80 too).
+    a.pipelined = dtype != at::kFloat && props.major >= 8 && a.vec_in && a.vec_w1 &&
+                  cuda_pipeline_switch().get() != PathMode::kNever;
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     bool launched = false;
     if (dtype == at::kFloat) {

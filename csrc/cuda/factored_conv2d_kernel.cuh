@@ -29,6 +29,7 @@
 
 #include <cooperative_groups.h>
 
+#include "cuda/async_copy.cuh"
 #include "cuda/factored_conv2d_layout.cuh"
 #include "cuda/factored_conv2d_tile.cuh"
 
@@ -105,6 +106,156 @@ __device__ __forceinline__ long long output_offset(const FconvArgs& a, int row, 
   return n * a.os[0] + oh * a.os[2] + ow * a.os[3];
 }
 
+// Stage 1's chunks rank, rank + split, ... of one pass, one at a time: every thread gathers its
+// share of the chunk into shared memory, waits for the whole block's, and the warps multiply.
+template <typename T, int RP, class Tile>
+__device__ __forceinline__ void stage1_single(const FconvArgs& a, const T* x, const T* w1,
+                                              const RowInfo* rows, int4* ktab, T* As, T* Bs,
+                                              int rank, int split, int chunks, int warp_row,
+                                              Tile& acc) {
+  using L = Layout<T, RP>;
+  const int tid = threadIdx.x;
+  // Over chunk indices, not k0: k0 + split * kBK could pass INT_MAX for K1 near fits_int32's
+  // limit (chunk indices stay far below it).
+  for (int chunk = rank; chunk < chunks; chunk += split) {
+    const int k0 = chunk * kBK;
+    if (tid < kBK) ktab[tid] = decode_k(a, k0 + tid);
+    __syncthreads();  // tables written; every warp done with the previous chunk's tiles
+    // A chunk: kBM x kBK gathered from x. NCHW: consecutive threads take consecutive rows
+    // (pixels); channels_last: consecutive reduction indices (channels), 16 bytes at a time
+    // when the host found the channels aligned for it (a group of kVec reduction indices is
+    // then kVec channels of one tap: c is a multiple of kVec).
+    if (a.vec_in) {
+      constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+      constexpr int kGroups = kBK / kVec;
+      for (int e = tid; e < kBM * kGroups; e += kThreads) {
+        const int m = e / kGroups;
+        const int group = e - m * kGroups;
+        const int4 kt = ktab[group * kVec];
+        const RowInfo info = rows[m];
+        const int y = info.y0 + kt.y;
+        const int xc = info.x0 + kt.z;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (kt.x >= 0 && y >= 0 && y < a.H && xc >= 0 && xc < a.W) {
+          v = *reinterpret_cast<const uint4*>(x + info.base + kt.x + y * a.xs[2] + xc * a.xs[3]);
+        }
+        *reinterpret_cast<uint4*>(As + m * L::ld_a + group * kVec) = v;
+      }
+    } else {
+#pragma unroll 4
+      for (int i = 0; i < kBM * kBK / kThreads; ++i) {
+        const int e = tid + i * kThreads;
+        const int m = a.cl_in ? e / kBK : e % kBM;
+        const int kl = a.cl_in ? e % kBK : e / kBM;
+        const int4 kt = ktab[kl];
+        const RowInfo info = rows[m];
+        const int y = info.y0 + kt.y;
+        const int xc = info.x0 + kt.z;
+        T v = from_float<T>(0.0f);
+        if (kt.x >= 0 && y >= 0 && y < a.H && xc >= 0 && xc < a.W) {
+          v = x[info.base + kt.x * a.xs[1] + y * a.xs[2] + xc * a.xs[3]];
+        }
+        As[m * L::ld_a + kl] = v;
+      }
+    }
+    // B chunk: kBK x RP from w1, consecutive threads along the reduction index. Where the
+    // host found each run of kVec reduction indices to be kVec aligned elements of a w1 row
+    // (vec_w1), one 16-byte load takes the run: the scalar loads, 32 a thread for a chunk of
+    // a rank-128 layer, were most of the loads that the H200's wide layers stalled on.
+    if (a.vec_w1) {
+      constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+      constexpr int kGroups = kBK / kVec;
+      for (int e = tid; e < kGroups * RP; e += kThreads) {
+        const int group = e % kGroups;
+        const int j = e / kGroups;
+        const int4 kt = ktab[group * kVec];  // a run lies wholly before K1 or wholly past it
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (kt.x >= 0 && j < a.r) v = *reinterpret_cast<const uint4*>(w1 + j * a.w1s[0] + kt.w);
+        const T* values = reinterpret_cast<const T*>(&v);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) Bs[(group * kVec + i) * L::ld_b1 + j] = values[i];
+      }
+    } else {
+#pragma unroll 4
+      for (int i = 0; i < kBK * RP / kThreads; ++i) {
+        const int e = tid + i * kThreads;
+        const int kl = e % kBK;
+        const int j = e / kBK;
+        const int4 kt = ktab[kl];
+        Bs[kl * L::ld_b1 + j] =
+            kt.x >= 0 && j < a.r ? w1[j * a.w1s[0] + kt.w] : from_float<T>(0.0f);
+      }
+    }
+    __syncthreads();
+    acc.mma(As + warp_row * L::ld_a, L::ld_a, Bs, L::ld_b1, kBK);
+  }
+}
+
+// Stage 1's pipelined loads (FconvArgs::pipelined): chunk k0's A (kBM x kBK gathered from x)
+// and B (w1, stored column-major, RP x kBK) issued as cp.async copies of 16 bytes into one
+// pipeline stage. Zeros where the gather falls in the padding, past K1 or past the rank.
+template <typename T, int RP>
+__device__ __forceinline__ void issue_chunk(const FconvArgs& a, const T* x, const T* w1,
+                                            const RowInfo* rows, int k0, T* As, T* Bt) {
+  using L = Layout<T, RP>;
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  constexpr int kGroups = kBK / kVec;
+  static_assert(kThreads % kGroups == 0, "each thread keeps one run of the chunk");
+  constexpr int kStep = kThreads / kGroups;
+  const int group = threadIdx.x % kGroups;
+  // The thread's run of kVec reduction indices: kVec channels of one tap (c is a multiple of
+  // kVec), so the run lies wholly before K1 or wholly past it.
+  const int4 kt = decode_k(a, k0 + group * kVec);
+  for (int m = threadIdx.x / kGroups; m < kBM; m += kStep) {
+    const RowInfo info = rows[m];
+    const int y = info.y0 + kt.y;
+    const int xc = info.x0 + kt.z;
+    const bool valid = kt.x >= 0 && y >= 0 && y < a.H && xc >= 0 && xc < a.W;
+    const T* src = valid ? x + info.base + kt.x + y * a.xs[2] + xc * a.xs[3] : x;
+    cuda_util::copy16_async(As + m * L::ld_a + group * kVec, src, valid);
+  }
+  for (int j = threadIdx.x / kGroups; j < RP; j += kStep) {
+    const bool valid = kt.x >= 0 && j < a.r;
+    const T* src = valid ? w1 + j * a.w1s[0] + kt.w : w1;
+    cuda_util::copy16_async(Bt + j * L::ld_bt + group * kVec, src, valid);
+  }
+}
+
+// Stage 1's chunks rank, rank + split, ... of one pass through a kStages-deep pipeline in the
+// work area: while the warps multiply chunk i, the copies of chunks i + 1 and i + 2 are in
+// flight. One barrier a chunk: it publishes chunk i's stage and frees chunk i - 1's, which the
+// copies of chunk i + kStages - 1 then overwrite. Ends with every copy landed and every warp
+// done with the stages.
+template <typename T, int RP, class Tile>
+__device__ __forceinline__ void stage1_pipelined(const FconvArgs& a, const T* x, const T* w1,
+                                                 const RowInfo* rows, T* stages, int rank,
+                                                 int split, int chunks, int warp_row, Tile& acc) {
+  using L = Layout<T, RP>;
+  static_assert(kStages >= 2, "a stage to multiply and one to load");
+  const int mine = (chunks - rank + split - 1) / split;
+  const auto stage = [&](int i) { return stages + (i % kStages) * L::stage_elems; };
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < mine) {
+      issue_chunk<T, RP>(a, x, w1, rows, (rank + i * split) * kBK, stage(i), stage(i) + kBM * L::ld_a);
+    }
+    cuda_util::commit_copies();  // empty groups too: the waits count groups, not chunks
+  }
+  for (int i = 0; i < mine; ++i) {
+    cuda_util::wait_copies<kStages - 2>();  // this thread's copies of chunk i have landed
+    __syncthreads();  // so have everyone's; and every warp is done with chunk i - 1
+    const int next = i + kStages - 1;
+    if (next < mine) {
+      issue_chunk<T, RP>(a, x, w1, rows, (rank + next * split) * kBK, stage(next),
+                         stage(next) + kBM * L::ld_a);
+    }
+    cuda_util::commit_copies();
+    const T* As = stage(i);
+    acc.mma_bt(As + warp_row * L::ld_a, L::ld_a, As + kBM * L::ld_a, L::ld_bt, kBK);
+  }
+  cuda_util::wait_copies<0>();  // only empty groups remain, but leave none behind
+  __syncthreads();
+}
+
 template <typename T, int RP, bool kSpatial>
 __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvArgs a) {
   using L = Layout<T, RP>;
@@ -116,8 +267,8 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
   T* As = reinterpret_cast<T*>(work);  // stage 1
   T* Bs = As + kBM * L::ld_a;
   T* B2s = reinterpret_cast<T*>(work);  // stage 2, over stage 1's buffers
-  T* A2s = B2s + RP * L::ld_b2;         // spatial only
-  unsigned char* tail = work + L::work_bytes(kSpatial);
+  T* A2s = B2s + L::b2_elems;           // spatial only
+  unsigned char* tail = work + L::work_bytes(kSpatial, a.pipelined);
   float* staging = reinterpret_cast<float*>(tail) + (threadIdx.x / 32) * 256;
   RowInfo* rows = reinterpret_cast<RowInfo*>(tail + L::staging_bytes);
   long long* out_offsets = reinterpret_cast<long long*>(rows + kBM);
@@ -152,83 +303,20 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
 
   // ---- Stage 1: the intermediate, into shared memory.
   for (int pass = 0; pass * kBM < a.m1p; ++pass) {
-    // Nobody reads `rows` after the previous pass's last chunk barrier, so it is free here.
+    // Nobody reads `rows` after the previous pass's last chunk barrier (pipelined: its final
+    // barrier), so it is free here.
     if (tid < kBM) rows[tid] = stage1_row<kSpatial>(a, pass * kBM + tid, p0, img, oh0, ow0);
     Tile1 acc;
     acc.zero();
-    // Over chunk indices, not k0: k0 + split * kBK could pass INT_MAX for K1 near fits_int32's
-    // limit (chunk indices stay far below it).
-    for (int chunk = rank; chunk < chunks; chunk += split) {
-      const int k0 = chunk * kBK;
-      if (tid < kBK) ktab[tid] = decode_k(a, k0 + tid);
-      __syncthreads();  // tables written; every warp done with the previous chunk's tiles
-      // A chunk: kBM x kBK gathered from x. NCHW: consecutive threads take consecutive rows
-      // (pixels); channels_last: consecutive reduction indices (channels), 16 bytes at a time
-      // when the host found the channels aligned for it (a group of kVec reduction indices is
-      // then kVec channels of one tap: c is a multiple of kVec).
-      if (a.vec_in) {
-        constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-        constexpr int kGroups = kBK / kVec;
-        for (int e = tid; e < kBM * kGroups; e += kThreads) {
-          const int m = e / kGroups;
-          const int group = e - m * kGroups;
-          const int4 kt = ktab[group * kVec];
-          const RowInfo info = rows[m];
-          const int y = info.y0 + kt.y;
-          const int xc = info.x0 + kt.z;
-          uint4 v = make_uint4(0, 0, 0, 0);
-          if (kt.x >= 0 && y >= 0 && y < a.H && xc >= 0 && xc < a.W) {
-            v = *reinterpret_cast<const uint4*>(x + info.base + kt.x + y * a.xs[2] + xc * a.xs[3]);
-          }
-          *reinterpret_cast<uint4*>(As + m * L::ld_a + group * kVec) = v;
-        }
+    if constexpr (Tile1::kTensorCores) {
+      if (a.pipelined) {
+        __syncthreads();  // rows written
+        stage1_pipelined<T, RP>(a, x, w1, rows, As, rank, split, chunks, warp_row, acc);
       } else {
-#pragma unroll 4
-        for (int i = 0; i < kBM * kBK / kThreads; ++i) {
-          const int e = tid + i * kThreads;
-          const int m = a.cl_in ? e / kBK : e % kBM;
-          const int kl = a.cl_in ? e % kBK : e / kBM;
-          const int4 kt = ktab[kl];
-          const RowInfo info = rows[m];
-          const int y = info.y0 + kt.y;
-          const int xc = info.x0 + kt.z;
-          T v = from_float<T>(0.0f);
-          if (kt.x >= 0 && y >= 0 && y < a.H && xc >= 0 && xc < a.W) {
-            v = x[info.base + kt.x * a.xs[1] + y * a.xs[2] + xc * a.xs[3]];
-          }
-          As[m * L::ld_a + kl] = v;
-        }
+        stage1_single<T, RP>(a, x, w1, rows, ktab, As, Bs, rank, split, chunks, warp_row, acc);
       }
-      // B chunk: kBK x RP from w1, consecutive threads along the reduction index. Where the
-      // host found each run of kVec reduction indices to be kVec aligned elements of a w1 row
-      // (vec_w1), one 16-byte load takes the run: the scalar loads, 32 a thread for a chunk of
-      // a rank-128 layer, were most of the loads that the H200's wide layers stalled on.
-      if (a.vec_w1) {
-        constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-        constexpr int kGroups = kBK / kVec;
-        for (int e = tid; e < kGroups * RP; e += kThreads) {
-          const int group = e % kGroups;
-          const int j = e / kGroups;
-          const int4 kt = ktab[group * kVec];  // a run lies wholly before K1 or wholly past it
-          uint4 v = make_uint4(0, 0, 0, 0);
-          if (kt.x >= 0 && j < a.r) v = *reinterpret_cast<const uint4*>(w1 + j * a.w1s[0] + kt.w);
-          const T* values = reinterpret_cast<const T*>(&v);
-#pragma unroll
-          for (int i = 0; i < kVec; ++i) Bs[(group * kVec + i) * L::ld_b1 + j] = values[i];
-        }
-      } else {
-#pragma unroll 4
-        for (int i = 0; i < kBK * RP / kThreads; ++i) {
-          const int e = tid + i * kThreads;
-          const int kl = e % kBK;
-          const int j = e / kBK;
-          const int4 kt = ktab[kl];
-          Bs[kl * L::ld_b1 + j] =
-              kt.x >= 0 && j < a.r ? w1[j * a.w1s[0] + kt.w] : from_float<T>(0.0f);
-        }
-      }
-      __syncthreads();
-      acc.mma(As + warp_row * L::ld_a, L::ld_a, Bs, L::ld_b1, kBK);
+    } else {
+      stage1_single<T, RP>(a, x, w1, rows, ktab, As, Bs, rank, split, chunks, warp_row, acc);
     }
     if (split == 1) {
       T* dst = mid + (pass * kBM + warp_row) * L::ld_mid;
@@ -277,8 +365,10 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
     acc.zero();
     for (int kx = 0; kx < kw2; ++kx) {
       __syncthreads();  // mid and the tables complete; the previous users of B2s/A2s done
-      // B: RP x kBN from w2 (o, j, kx), consecutive threads along j; kVec of them a load where
-      // j has stride 1 (vec_w2), the run that crosses r element by element.
+      // B: w2 (o, j, kx) for the kBN channels, consecutive threads along j; kVec of them a load
+      // where j has stride 1 (vec_w2), the run that crosses r element by element. Tensor cores
+      // take it column-major (kBN x RP, B2s[col * ld_b2t + j]), so that a run is one 16-byte
+      // store; CUDA cores row-major (RP x kBN).
       if (a.vec_w2) {
         constexpr int kVec = 16 / static_cast<int>(sizeof(T));
         constexpr int kGroups = RP / kVec;
@@ -299,18 +389,27 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
               }
             }
           }
+          if constexpr (Tile2::kTensorCores) {
+            *reinterpret_cast<uint4*>(B2s + col * L::ld_b2t + j0) = v;
+          } else {
 #pragma unroll
-          for (int i = 0; i < kVec; ++i) B2s[(j0 + i) * L::ld_b2 + col] = values[i];
+            for (int i = 0; i < kVec; ++i) B2s[(j0 + i) * L::ld_b2 + col] = values[i];
+          }
         }
       } else {
 #pragma unroll 4
         for (int i = 0; i < RP * kBN / kThreads; ++i) {
           const int e = tid + i * kThreads;
           const int j = e % RP;
-          const int o = o0 + e / RP;
-          B2s[j * L::ld_b2 + (e / RP)] =
-              j < a.r && o < a.n ? w2[o * a.w2s[0] + j * a.w2s[1] + kx * a.w2s[3]]
-                                 : from_float<T>(0.0f);
+          const int col = e / RP;
+          const int o = o0 + col;
+          const T v = j < a.r && o < a.n ? w2[o * a.w2s[0] + j * a.w2s[1] + kx * a.w2s[3]]
+                                         : from_float<T>(0.0f);
+          if constexpr (Tile2::kTensorCores) {
+            B2s[col * L::ld_b2t + j] = v;
+          } else {
+            B2s[j * L::ld_b2 + col] = v;
+          }
         }
       }
       if (kSpatial) {
@@ -330,7 +429,11 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
       }
       __syncthreads();
       const T* A2 = kSpatial ? A2s : mid;
-      acc.mma(A2 + warp_row * L::ld_mid, L::ld_mid, B2s, L::ld_b2, RP);
+      if constexpr (Tile2::kTensorCores) {
+        acc.mma_bt(A2 + warp_row * L::ld_mid, L::ld_mid, B2s, L::ld_b2t, RP);
+      } else {
+        acc.mma(A2 + warp_row * L::ld_mid, L::ld_mid, B2s, L::ld_b2, RP);
+      }
     }
     acc.for_each(staging, !a.cl_out, [&](int row, int col, float v) {
       const long long offset = out_offsets[warp_row + row];

@@ -16,6 +16,9 @@ constexpr int kBK = 32;           // stage-1 reduction chunk
 constexpr int kBN = 64;           // stage-2 output channels per chunk
 constexpr int kMaxRank = 128;     // larger ranks take the unfused fallback
 constexpr int kMaxMidRows = 4 * kBM;  // spatial tiles: at most 4 stage-1 passes
+// Stage-1 chunks in flight per block on the pipelined path (FconvArgs::pipelined): one being
+// multiplied while the next two load.
+constexpr int kStages = 3;
 
 // Everything the kernel needs; plain values, passed by value.
 struct FconvArgs {
@@ -54,6 +57,10 @@ struct FconvArgs {
   // rank index j with stride 1, its rows and kx steps aligned.
   bool vec_w1;
   bool vec_w2;
+  // Stage 1 loads its chunks with cp.async, kStages deep, straight into shared memory (w1
+  // stored as RP x kBK, a column-major B): vec_in and vec_w1, a tensor-core dtype on sm_80 or
+  // later, and the cuda_pipelined_loads switch not 'never'.
+  bool pipelined;
 };
 
 // Where a stage-1 row reads: x rows y0 + dy, columns x0 + dx of image `base`. Rows past the
@@ -69,8 +76,10 @@ __host__ __device__ constexpr size_t align128(size_t bytes) { return (bytes + 12
 
 // Shared memory, in this order:
 //   mid       m1p x ld_mid            the intermediate, in T (never leaves shared memory)
-//   work      stage 1: A (kBM x ld_a) and B (kBK x ld_b1)
-//             stage 2: B (RP x ld_b2) and, spatial, the gathered A (kBM x ld_mid)
+//   work      stage 1: A (kBM x ld_a) and B (kBK x ld_b1); pipelined: kStages pairs of
+//                      A (kBM x ld_a) and B stored column-major (RP x ld_bt)
+//             stage 2: B (RP x ld_b2, or on tensor cores column-major, kBN x ld_b2t) and,
+//                      spatial, the gathered A (kBM x ld_mid)
 //   staging   kWarps x 16 x 16 floats (accumulator fragments on their way out)
 //   tables    kBM RowInfo, kBM output offsets, kBK reduction-index entries (int4)
 //   partial   m1p x ld_partial fp32   split stage 1 only (k_split > 1): this block's share of
@@ -84,13 +93,22 @@ struct Layout {
   static constexpr int ld_b1 = RP + kPad;
   static constexpr int ld_mid = RP + kPad;
   static constexpr int ld_b2 = kBN + kPad;
+  static constexpr int ld_bt = kBK + kPad;
+  static constexpr int ld_b2t = RP + kPad;
+  // One pipeline stage of stage 1: A and B (column-major), in elements.
+  static constexpr size_t stage_elems = static_cast<size_t>(kBM) * ld_a + static_cast<size_t>(RP) * ld_bt;
+  // Stage 2's B, either layout.
+  static constexpr size_t b2_elems = static_cast<size_t>(RP) * ld_b2 > static_cast<size_t>(kBN) * ld_b2t
+                                         ? static_cast<size_t>(RP) * ld_b2
+                                         : static_cast<size_t>(kBN) * ld_b2t;
 
   __host__ __device__ static constexpr size_t mid_bytes(int m1p) {
     return align128(static_cast<size_t>(m1p) * ld_mid * sizeof(T));
   }
-  __host__ __device__ static constexpr size_t work_bytes(bool spatial) {
-    const size_t stage1 = (static_cast<size_t>(kBM) * ld_a + static_cast<size_t>(kBK) * ld_b1) * sizeof(T);
-    const size_t stage2 = (static_cast<size_t>(RP) * ld_b2 + (spatial ? static_cast<size_t>(kBM) * ld_mid : 0)) * sizeof(T);
+  __host__ __device__ static constexpr size_t work_bytes(bool spatial, bool pipelined) {
+    const size_t single = (static_cast<size_t>(kBM) * ld_a + static_cast<size_t>(kBK) * ld_b1) * sizeof(T);
+    const size_t stage1 = pipelined && kStages * stage_elems * sizeof(T) > single ? kStages * stage_elems * sizeof(T) : single;
+    const size_t stage2 = (b2_elems + (spatial ? static_cast<size_t>(kBM) * ld_mid : 0)) * sizeof(T);
     return align128(stage1 > stage2 ? stage1 : stage2);
   }
   static constexpr size_t staging_bytes = align128(kWarps * 256 * sizeof(float));
@@ -100,8 +118,8 @@ struct Layout {
   __host__ __device__ static constexpr size_t partial_bytes(int m1p) {
     return align128(static_cast<size_t>(m1p) * ld_partial * sizeof(float));
   }
-  __host__ __device__ static constexpr size_t bytes(int m1p, bool spatial, bool split) {
-    return mid_bytes(m1p) + work_bytes(spatial) + staging_bytes + table_bytes +
+  __host__ __device__ static constexpr size_t bytes(int m1p, bool spatial, bool split, bool pipelined) {
+    return mid_bytes(m1p) + work_bytes(spatial, pipelined) + staging_bytes + table_bytes +
            (split ? partial_bytes(m1p) : 0);
   }
 };

@@ -1,5 +1,7 @@
 // One warp's share of a GEMM in the fused factored_conv2d kernel: a 16 x NC tile of fp32
-// accumulators, C += A (16 x K) * B (K x NC), with A and B row-major in shared memory.
+// accumulators, C += A (16 x K) * B (K x NC), with A row-major in shared memory and B row-major
+// (mma) or, on tensor cores, column-major (mma_bt: B stored as NC rows of K, as the weights
+// hold it, so that it loads in 16-byte runs).
 //   WmmaWarpTile: tensor cores (WMMA 16x16x16), for float16 and bfloat16 inputs.
 //   SimtWarpTile: CUDA-core FMAs, for float32 (and 16-bit types on GPUs without the matching
 //                 tensor cores): lane l owns row l % 16 and half of the columns.
@@ -49,6 +51,7 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
 template <typename T, int NC>
 struct WmmaWarpTile {
   static_assert(NC % 16 == 0, "whole 16x16 fragments");
+  static constexpr bool kTensorCores = true;
   nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc[NC / 16];
 
   __device__ __forceinline__ void zero() {
@@ -67,6 +70,21 @@ struct WmmaWarpTile {
       for (int j = 0; j < NC / 16; ++j) {
         wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
         wmma::load_matrix_sync(b, B + kk * ldb + 16 * j, ldb);
+        wmma::mma_sync(acc[j], a, b, acc[j]);
+      }
+    }
+  }
+
+  // B column-major: element (k, c) at Bt[c * ldbt + k]; the same alignment rules.
+  __device__ __forceinline__ void mma_bt(const T* A, int lda, const T* Bt, int ldbt, int K) {
+    using namespace nvcuda;
+    for (int kk = 0; kk < K; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+      wmma::load_matrix_sync(a, A + kk, lda);
+#pragma unroll
+      for (int j = 0; j < NC / 16; ++j) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
+        wmma::load_matrix_sync(b, Bt + 16 * j * ldbt + kk, ldbt);
         wmma::mma_sync(acc[j], a, b, acc[j]);
       }
     }
@@ -96,6 +114,7 @@ struct WmmaWarpTile {
 template <typename T, int NC>
 struct SimtWarpTile {
   static_assert(NC % 16 == 0, "two lanes per row, four columns per vector load");
+  static constexpr bool kTensorCores = false;
   static constexpr int kCols = NC / 2;  // per lane
   float acc[kCols];
 

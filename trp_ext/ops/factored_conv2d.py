@@ -152,7 +152,7 @@ def cpu_split_images_mode() -> str:
 
 
 @contextlib.contextmanager
-def _cpu_path(name: str, mode: str) -> Iterator[None]:
+def _path_switch(name: str, mode: str) -> Iterator[None]:
     """Runs the block with the process-wide mode of the C++ switch `name` set to `mode`; the
     previous one comes back on exit."""
     if mode not in PATH_MODES:
@@ -169,21 +169,40 @@ def _cpu_path(name: str, mode: str) -> Iterator[None]:
 def cpu_winograd(mode: str):
     """Runs the block with the CPU Winograd mode set to `mode` (see :func:`cpu_winograd_mode`);
     the mode is process-wide, and the previous one comes back on exit."""
-    return _cpu_path("cpu_winograd", mode)
+    return _path_switch("cpu_winograd", mode)
 
 
 def cpu_channel_vectorised(mode: str):
     """Runs the block with the CPU channel-vectorised mode set to `mode` (see
     :func:`cpu_channel_vectorised_mode`); the mode is process-wide, and the previous one comes
     back on exit."""
-    return _cpu_path("cpu_channel_vectorised", mode)
+    return _path_switch("cpu_channel_vectorised", mode)
 
 
 def cpu_split_images(mode: str):
     """Runs the block with the CPU split-images mode set to `mode` (see
     :func:`cpu_split_images_mode`); the mode is process-wide, and the previous one comes back on
     exit."""
-    return _cpu_path("cpu_split_images", mode)
+    return _path_switch("cpu_split_images", mode)
+
+
+def cuda_pipelined_loads_mode() -> str:
+    """How the CUDA kernel loads its first GEMM's operands (the input's im2col rows and the
+    first weight): ``"auto"`` (the default) and ``"always"`` use a three-stage ``cp.async``
+    pipeline wherever it applies: float16 or bfloat16 on a GPU of compute capability 8.0 or
+    later, with the input and the first weight in channels_last and their channels a multiple
+    of 8, so that every load is 16 aligned bytes. Each block then keeps the next two reduction
+    chunks in flight while its tensor cores work on the current one, instead of waiting for
+    every chunk's loads. ``"never"`` always loads one chunk at a time (the only way before).
+    Results are the same bit for bit either way."""
+    return _C.cuda_pipelined_loads()
+
+
+def cuda_pipelined_loads(mode: str):
+    """Runs the block with the CUDA pipelined-loads mode set to `mode` (see
+    :func:`cuda_pipelined_loads_mode`); the mode is process-wide, and the previous one comes
+    back on exit."""
+    return _path_switch("cuda_pipelined_loads", mode)
 
 
 def _under_function_transform():
