@@ -62,29 +62,25 @@ struct WmmaWarpTile {
   // K a multiple of 16; A, B and the leading dimensions as WMMA wants them (32-byte aligned
   // fragments, lda and ldb multiples of 8), which Layout guarantees.
   __device__ __forceinline__ void mma(const T* A, int lda, const T* B, int ldb, int K) {
-    using namespace nvcuda;
-    for (int kk = 0; kk < K; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-      wmma::load_matrix_sync(a, A + kk, lda);
-#pragma unroll
-      for (int j = 0; j < NC / 16; ++j) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
-        wmma::load_matrix_sync(b, B + kk * ldb + 16 * j, ldb);
-        wmma::mma_sync(acc[j], a, b, acc[j]);
-      }
-    }
+    multiply<nvcuda::wmma::row_major>(A, lda, B, ldb, K);
   }
 
   // B column-major: element (k, c) at Bt[c * ldbt + k]; the same alignment rules.
   __device__ __forceinline__ void mma_bt(const T* A, int lda, const T* Bt, int ldbt, int K) {
+    multiply<nvcuda::wmma::col_major>(A, lda, Bt, ldbt, K);
+  }
+
+  template <class BLayout>
+  __device__ __forceinline__ void multiply(const T* A, int lda, const T* B, int ldb, int K) {
     using namespace nvcuda;
+    constexpr bool kColMajor = std::is_same_v<BLayout, wmma::col_major>;
     for (int kk = 0; kk < K; kk += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
       wmma::load_matrix_sync(a, A + kk, lda);
 #pragma unroll
       for (int j = 0; j < NC / 16; ++j) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-        wmma::load_matrix_sync(b, Bt + 16 * j * ldbt + kk, ldbt);
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> b;
+        wmma::load_matrix_sync(b, kColMajor ? B + 16 * j * ldb + kk : B + kk * ldb + 16 * j, ldb);
         wmma::mma_sync(acc[j], a, b, acc[j]);
       }
     }
