@@ -3,7 +3,8 @@
 # benches (issue #5: fp16 channels_last layers against the cuDNN pair; issue #4: ResNet-56
 # projection against the per-layer SVD loop), the launch profile of single calls
 # (bench/launch_profile.py), Nsight Compute on four layers' kernels (bench/ncu_layers.py),
-# compute-sanitizer's memcheck over the kernels' tests, and a summary. Logs, pytest-benchmark JSON and the
+# compute-sanitizer's racecheck and synccheck over the pipelined loads' test and its memcheck
+# over the kernels' tests, and a summary. Logs, pytest-benchmark JSON and the
 # summary (the machine, the tests' tally, every bench's report) go to $OUT (default ./gpu_out),
 # and by default the built extension, gzipped: 8 files either way, as many as the device tool
 # brings back.
@@ -131,6 +132,23 @@ grep -E "\] (FAILED|ERROR) tests/|::.* (FAILED|ERROR)( |$)" "$OUT/tests.log" | h
 grep -A12 "Timeout (0:01:00)" "$OUT/tests.log" | grep -oE "tests/test_[a-z0-9_]+\.py\", line [0-9]+ in [a-z0-9_]+" \
   | sort | uniq -c | head -10 >> "$SUMMARY"
 echo '```' >> "$SUMMARY"
+
+# Informational: compute-sanitizer's racecheck (shared-memory hazards between a block's threads)
+# and synccheck (barriers) over the pipelined loads' test, whose cp.async copies and barriers no
+# CPU check can exercise; before the benches, but keeping their 150 s.
+if command -v compute-sanitizer > /dev/null; then
+  step "racecheck and synccheck over the pipelined loads (informational)"
+  for tool in racecheck synccheck; do
+    cap=$(allowance 40 150)
+    (( cap > 0 )) || { echo "$tool: skipped, out of budget" | tee -a "$SUMMARY"; continue; }
+    echo "=== $tool" >> "$OUT/tests.log"
+    timeout "$cap" compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
+      $PY -m pytest -m cuda tests/test_factored_conv2d.py -q -p no:cacheprovider \
+      -k "pipelined_loads and float16" >> "$OUT/tests.log" 2>&1
+    echo "$tool: exit $? (9: hazards found, 124: budget ended first)" | tee -a "$OUT/tests.log" "$SUMMARY"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY| passed| failed" "$OUT/tests.log" | tail -2 | tee -a "$SUMMARY"
+  done
+fi
 
 # The targets' benches first, so that a short lease still measures them; in parts (see run_capped).
 : > "$OUT/bench.log"
