@@ -7,7 +7,9 @@
 //   Stage 1: mid (m1p x RP) = im2col(x) (m1p x K1) * w1^T (K1 x RP), in passes of kBM rows and
 //            chunks of kBK reduction indices: the block gathers the A chunk from x (zero
 //            padding by bounds checks) and the B chunk from w1 into shared memory, and each warp
-//            multiplies its 16 rows. The result goes to shared memory, rounded to T as the
+//            multiplies its 16 rows. 16-bit channels_last operands in runs of 16 bytes go
+//            through a kStages-deep cp.async pipeline instead (stage1_pipelined), w1 stored
+//            column-major as it is read. The result goes to shared memory, rounded to T as the
 //            unfused composition rounds its intermediate.
 //            Channel: mid row m is output pixel m. Spatial: mid rows are the tile's rows of
 //            the kh x 1 conv over the columns the 1 x kw conv reads (the halo), zero outside
