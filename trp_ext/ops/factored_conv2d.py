@@ -6,8 +6,7 @@ a ResNet block's shortcut, ReLU) before the output reaches memory. The backward 
 convolutions and recomputes the intermediate, so nothing but the inputs (and the output, for the
 ReLU mask) is saved.
 """
-import contextlib
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -15,6 +14,7 @@ from torch._prims_common import suggest_memory_format
 
 from trp_ext import _C
 from trp_ext import _reference as ref
+from trp_ext.ops._path_switch import path_switch
 
 
 def factored_conv2d(
@@ -106,9 +106,6 @@ def factored_conv2d_normalised(x, w1, w2, bias, stride, padding, dilation, schem
         return op(*args)
 
 
-PATH_MODES = ("auto", "never", "always")
-
-
 def cpu_winograd_mode() -> str:
     """How the CPU kernel runs 3x3 layers at stride 1 and dilation 1: ``"auto"`` (the default)
     uses Winograd where it measured faster. Channel scheme: F(2x2, 3x3), which needs 16 instead
@@ -151,39 +148,24 @@ def cpu_split_images_mode() -> str:
     return _C.cpu_split_images()
 
 
-@contextlib.contextmanager
-def _path_switch(name: str, mode: str) -> Iterator[None]:
-    """Runs the block with the process-wide mode of the C++ switch `name` set to `mode`; the
-    previous one comes back on exit."""
-    if mode not in PATH_MODES:
-        raise ValueError(f"{name}(): mode must be one of {PATH_MODES}, got {mode!r}")
-    switch = getattr(_C, name)
-    previous = switch()
-    switch(mode)
-    try:
-        yield
-    finally:
-        switch(previous)
-
-
 def cpu_winograd(mode: str):
     """Runs the block with the CPU Winograd mode set to `mode` (see :func:`cpu_winograd_mode`);
     the mode is process-wide, and the previous one comes back on exit."""
-    return _path_switch("cpu_winograd", mode)
+    return path_switch("cpu_winograd", mode)
 
 
 def cpu_channel_vectorised(mode: str):
     """Runs the block with the CPU channel-vectorised mode set to `mode` (see
     :func:`cpu_channel_vectorised_mode`); the mode is process-wide, and the previous one comes
     back on exit."""
-    return _path_switch("cpu_channel_vectorised", mode)
+    return path_switch("cpu_channel_vectorised", mode)
 
 
 def cpu_split_images(mode: str):
     """Runs the block with the CPU split-images mode set to `mode` (see
     :func:`cpu_split_images_mode`); the mode is process-wide, and the previous one comes back on
     exit."""
-    return _path_switch("cpu_split_images", mode)
+    return path_switch("cpu_split_images", mode)
 
 
 def cuda_pipelined_loads_mode() -> str:
@@ -202,7 +184,7 @@ def cuda_pipelined_loads(mode: str):
     """Runs the block with the CUDA pipelined-loads mode set to `mode` (see
     :func:`cuda_pipelined_loads_mode`); the mode is process-wide, and the previous one comes
     back on exit."""
-    return _path_switch("cuda_pipelined_loads", mode)
+    return path_switch("cuda_pipelined_loads", mode)
 
 
 def _under_function_transform():
