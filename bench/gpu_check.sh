@@ -98,6 +98,8 @@ if [ $built -ne 0 ]; then
 fi
 echo "build done at $(( $(date +%s) - START )) s" | tee -a "$SUMMARY"
 $PY -c "import trp_ext, sys; print('cuda kernels built:', trp_ext.cuda_kernels_built()); sys.exit(0 if trp_ext.cuda_kernels_built() else 1)" || exit 1
+# Whether lowrank_project finds cuSOLVER's batched eigensolver (else it runs torch.linalg.eigh).
+$PY -c "from trp_ext import ops; print('cuSOLVER batched eigh found:', ops.cuda_batched_eigh_available())" 2>&1 | tee -a "$SUMMARY"
 
 step "CUDA tests"
 : > "$OUT/tests.log"

@@ -3,7 +3,8 @@
     python bench/launch_profile.py [--device cuda]
 
 For ResNet-56's lowrank_project (both schemes; cold, and warm from the previous call's bases, the
-inputs bench_projection.py times) and factored_conv2d against the torch pair on two of
+inputs bench_projection.py times; the spatial scheme's cold call also with torch.linalg.eigh for
+the Gram matrices past the Jacobi kernel instead of cuSOLVER's batched solver) and factored_conv2d against the torch pair on two of
 bench_factored_conv.py's layers (fp16, channels_last, batch 1, the GPU target's setting), prints
 per call: the device operations a profiler records (kernels, copies, memsets), the host-side
 stream and device synchronisations, the median wall time with the device drained before and
@@ -62,8 +63,15 @@ def projection_calls(device):
         scenario = projection._scenario(f"resnet56/{scheme}", device)
         mats, bases = scenario["warm"], scenario["bases"]
         yield f"lowrank_project resnet56/{scheme} cold", lambda m=mats: ops.lowrank_project(m, projection.ENERGY)
+        if scheme == "spatial":  # its 192 x 192 Gram matrices: cuSOLVER's batched solver, then torch's
+            yield f"lowrank_project resnet56/{scheme} cold, torch eigh", lambda m=mats: _torch_eigh_call(m)
         yield (f"lowrank_project resnet56/{scheme} warm",
                lambda m=mats, b=bases: ops.lowrank_project(m, projection.ENERGY, bases=b))
+
+
+def _torch_eigh_call(mats):
+    with ops.cuda_batched_eigh("never"):
+        return ops.lowrank_project(mats, projection.ENERGY)
 
 
 def conv_calls(device):

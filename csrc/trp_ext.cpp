@@ -18,6 +18,9 @@
 #include "cpu/factored_conv2d_split.h"
 #include "cpu/factored_conv2d_winograd.h"
 #include "factored_conv2d_call.h"
+#ifdef TRP_EXT_WITH_CUDA
+#include "cuda/cusolver_batched_eigh.h"
+#endif
 
 TORCH_LIBRARY(trp_ext, m) {
   // Per row of singular values s (descending, zero-padded): the smallest r with
@@ -49,6 +52,10 @@ PathSwitch& cuda_pipeline_switch() {
   static PathSwitch path;
   return path;
 }
+PathSwitch& cuda_batched_eigh_switch() {
+  static PathSwitch path;
+  return path;
+}
 
 }  // namespace trp_ext
 
@@ -71,11 +78,20 @@ PyObject* build_info(PyObject* /*self*/, PyObject* /*args*/) {
                        TORCH_VERSION_MINOR, TORCH_VERSION_PATCH, "intra_op_parallel", parallel);
 }
 
+PyObject* cuda_batched_eigh_available(PyObject* /*self*/, PyObject* /*args*/) {
+#ifdef TRP_EXT_WITH_CUDA
+  return PyBool_FromLong(trp_ext::cuda::cusolver_batched_eigh_available());
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
 PyObject* cpu_kernels(PyObject* /*self*/, PyObject* /*args*/) {
   return PyUnicode_FromString(trp_ext::cpu::cpu_kernel_isa());
 }
 
-// cpu_winograd, cpu_channel_vectorised, cpu_split_images and cuda_pipelined_loads: `Name`(mode=None) -> the mode of
+// cpu_winograd, cpu_channel_vectorised, cpu_split_images, cuda_pipelined_loads and
+// cuda_batched_eigh: `Name`(mode=None) -> the mode of
 // the path switch in force, set first when given ('auto', 'never' or 'always': PathMode's order).
 template <trp_ext::PathSwitch& (*Switch)(), const char* Name>
 PyObject* path_mode(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
@@ -103,6 +119,7 @@ PyObject* path_mode(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
 
 constexpr char kWinogradSwitch[] = "cpu_winograd";
 constexpr char kPipelineSwitch[] = "cuda_pipelined_loads";
+constexpr char kBatchedEighSwitch[] = "cuda_batched_eigh";
 constexpr char kCvSwitch[] = "cpu_channel_vectorised";
 constexpr char kSplitSwitch[] = "cpu_split_images";
 
@@ -152,6 +169,17 @@ PyMethodDef methods[] = {
      "loads of its first GEMM (16-bit inputs and weights in channels_last on sm_80 or later), "
      "set to mode ('auto' and 'always': wherever they apply; 'never': the single-buffered "
      "loads) when given; returns the mode in force."},
+    {kBatchedEighSwitch,
+     with_keywords<path_mode<trp_ext::cuda_batched_eigh_switch, kBatchedEighSwitch>>(),
+     METH_VARARGS | METH_KEYWORDS,
+     "cuda_batched_eigh(mode=None) -> str: the CUDA lowrank_project's use of cuSOLVER's batched "
+     "eigensolver (cusolverDnXsyevBatched) for Gram matrices past its Jacobi kernel (n > 112), "
+     "set to mode ('auto' and 'always': wherever the library has it; 'never': "
+     "torch.linalg.eigh, which solves such a batch one matrix at a time) when given; returns "
+     "the mode in force."},
+    {"cuda_batched_eigh_available", cuda_batched_eigh_available, METH_NOARGS,
+     "cuda_batched_eigh_available() -> bool: whether this process's cuSOLVER has the batched "
+     "eigensolver the CUDA lowrank_project uses (False in builds without the CUDA kernels)."},
     {"cpu_split_image_calls", call_count<trp_ext::fconv_cpu::split_image_calls>, METH_NOARGS,
      "cpu_split_image_calls() -> int: the CPU factored_conv2d calls that have split their "
      "images across threads so far (process-wide)."},

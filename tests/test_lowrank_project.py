@@ -789,3 +789,46 @@ def test_every_product_path_meets_the_same_contract(path):
                             env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+# ----------------------------------------------------------------------------- CUDA eigensolvers
+def test_batched_eigh_switch_and_availability():
+    """cuda_batched_eigh_available() is a plain bool on every build. In a build with the CUDA
+    kernels, where torch has loaded its cuSOLVER, the lookup must find the batched solver (the
+    library has had it since CUDA 12.6): a silent miss would leave every GPU run on the per-matrix
+    torch.linalg.eigh."""
+    import trp_ext
+    available = ops.cuda_batched_eigh_available()
+    assert isinstance(available, bool)
+    if not trp_ext.cuda_kernels_built():
+        assert available is False
+        return
+    with open("/proc/self/maps") as maps:
+        loaded = any("libcusolver.so" in line for line in maps)
+    if not loaded:
+        pytest.skip("torch has not loaded cuSOLVER in this process")
+    assert available is True
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_batched_eigh_matches_torch_eigh(dtype):
+    """Gram matrices past the Jacobi kernel (shorter sides 192, 150 and 130) go to cuSOLVER's
+    batched solver by default and to torch.linalg.eigh with the switch off: both meet the
+    contract, cold and warm, with the same ranks (but for ties in the energy band)."""
+    device = "cuda"
+    mats = [decaying(192, 192, 24.0, dtype, 60 + i, device) for i in range(5)]
+    mats += [decaying(130, 300, 16.0, dtype, 70 + i, device) for i in range(2)] + [gaussian(150, 150, dtype, 80, device)]
+    results = {}
+    for mode in ("auto", "never"):
+        with ops.cuda_batched_eigh(mode):
+            cold = ops.lowrank_project(mats, 0.95, want_subgradient=True)
+            check_all(mats, cold, 0.95, want_subgradient=True)
+            moved = [drift(p, 1e-3, 90 + i) for i, p in enumerate(cold.projected)]
+            warm = ops.lowrank_project(moved, 0.95, bases=cold.bases, want_subgradient=True)
+            check_all(moved, warm, 0.95, want_subgradient=True)
+            results[mode] = cold
+    a, b = results["auto"], results["never"]
+    for i in (a.ranks != b.ranks).nonzero().flatten().tolist():
+        r1, r2 = sorted((int(a.ranks[i]), int(b.ranks[i])))
+        assert energy_band_ok(torch.linalg.svdvals(mats[i].cpu().double()), 0.95, r1, r2), i

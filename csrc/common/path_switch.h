@@ -1,6 +1,7 @@
 // A process-wide switch that chooses whether a kernel takes one of its optional paths (the CPU
 // factored_conv2d's Winograd, channel-vectorised and split-image paths; the CUDA one's
-// pipelined loads), set from Python for tests and A/B benches.
+// pipelined loads; the CUDA lowrank_project's batched cuSOLVER eigensolver), set from Python for
+// tests and A/B benches.
 #pragma once
 
 #include <atomic>
@@ -23,5 +24,8 @@ class PathSwitch {
 // The CUDA factored_conv2d's multi-stage cp.async loads of its first GEMM (defined in
 // trp_ext.cpp, so that CPU-only builds have it too; read by cuda/factored_conv2d.cu).
 PathSwitch& cuda_pipeline_switch();
+// The CUDA lowrank_project's use of cusolverDnXsyevBatched (defined in trp_ext.cpp; read by
+// cuda/lowrank_project.cu).
+PathSwitch& cuda_batched_eigh_switch();
 
 }  // namespace trp_ext

@@ -3,8 +3,9 @@
 // Matrices are grouped by shorter side k (after orienting it first) and long sides within a
 // factor of 2, zero-padded to the longest; each group is one batch of float64 work: Gram
 // matrices by bmm, eigen-decompositions by the shared-memory Jacobi kernel (k <= 112) or
-// cuSOLVER through ATen, ranks by the energy_rank op (one call for all matrices), projections
-// and sub-gradients by bmm with the columns beyond each rank masked.
+// cuSOLVER's batched eigensolver (torch.linalg.eigh where it is missing), ranks by the
+// energy_rank op (one call for all matrices), projections and sub-gradients by bmm with the
+// columns beyond each rank masked.
 // A warm start runs kWarmPowerSteps batched power steps (Cholesky QR) and one Rayleigh-Ritz
 // step, and certify_ritz_batch accepts a matrix under the same bounds as the CPU kernel; the
 // rest are solved cold. A float64 matrix cut below the Gram's reach (kGramResolvedFraction) is
@@ -26,9 +27,11 @@
 #include <vector>
 
 #include "common/lowrank_project_checks.h"
+#include "common/path_switch.h"
 #include "common/lowrank_project_policy.h"
 #include "common/lowrank_project_stats.h"
 #include "common/ritz_certificate.h"
+#include "cuda/cusolver_batched_eigh.h"
 #include "cuda/lowrank_project_kernels.cuh"
 
 namespace trp_ext {
@@ -183,7 +186,15 @@ std::tuple<Tensor, Tensor, Tensor> eigh_descending(const Tensor& h, bool force_l
     cuda::jacobi_eigh(h.contiguous(), values, vectors, converged);
     return {values, vectors, converged.ne(0)};
   }
-  auto [values, vectors] = at::linalg_eigh(h);  // ascending; syncs once to check its infos
+  // Past the Jacobi kernel: cuSOLVER's batched solver, one call for the batch with no host sync
+  // (its failures come back as flags, redone by the forced path below); torch.linalg.eigh where
+  // the library lacks it, when forced (a redo), or switched off.
+  Tensor values, vectors, info;
+  if (!force_lapack && cuda_batched_eigh_switch().get() != PathMode::kNever &&
+      cuda::cusolver_batched_eigh(h, values, vectors, info)) {
+    return {values.flip(1), vectors.flip(2), info.eq(0)};
+  }
+  std::tie(values, vectors) = at::linalg_eigh(h);  // ascending; syncs once to check its infos
   return {values.flip(1), vectors.flip(2), at::ones({batch}, h.options().dtype(at::kBool))};
 }
 
@@ -599,8 +610,9 @@ lowrank_project_cuda(at::TensorList mats, double energy, std::optional<double> v
   }
 
   // 4. The bases' widths, the convergence flags and which matrices need the SVD to the host, one
-  // sync. A part whose Jacobi solve hit the sweep limit is solved again through cuSOLVER, and
-  // the matrices that need it by the SVD, each at the cost of one more round.
+  // sync. A part whose Jacobi solve hit the sweep limit, or whose batched cuSOLVER solve did not
+  // converge, is solved again through torch.linalg.eigh, and the matrices that need it by the
+  // SVD, each at the cost of one more round.
   std::vector<int64_t> width_of(count, 0);
   std::vector<std::pair<int64_t, int64_t>> found(count, {-1, -1});  // (part, row in the part)
   std::vector<Solved> done;

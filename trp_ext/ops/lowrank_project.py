@@ -7,8 +7,9 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
-from trp_ext import _ext  # noqa: F401  (loads the compiled library)
+from trp_ext import _C
 from trp_ext.lowrank import is_integer, is_real
+from trp_ext.ops._path_switch import path_switch
 
 STATS_FIELDS = ("cold", "warm", "widened", "fallback", "warm_iterations")
 
@@ -108,6 +109,30 @@ def lowrank_project_stats(reset: bool = False) -> Dict[str, int]:
     ``reset=True`` returns the counts and sets them to zero.
     """
     return dict(zip(STATS_FIELDS, torch.ops.trp_ext.lowrank_project_stats(bool(reset))))
+
+
+def cuda_batched_eigh_mode() -> str:
+    """How the CUDA kernel solves the Gram matrices its shared-memory Jacobi kernel cannot hold
+    (shorter side above 112; in ResNet-56's spatial scheme the 192 x 192 ones): ``"auto"`` (the
+    default) and ``"always"`` with cuSOLVER's batched eigensolver (``cusolverDnXsyevBatched``,
+    cuSOLVER 11.7.1 / CUDA 12.6 or later), one call for a group of matrices with no host
+    synchronisation, wherever the process's cuSOLVER has it; ``"never"`` with
+    ``torch.linalg.eigh``, which solves such a batch one matrix at a time.
+    :func:`cuda_batched_eigh_available` says whether the library has it."""
+    return _C.cuda_batched_eigh()
+
+
+def cuda_batched_eigh(mode: str):
+    """Runs the block with the CUDA batched-eigensolver mode set to `mode` (see
+    :func:`cuda_batched_eigh_mode`); the mode is process-wide, and the previous one comes back on
+    exit."""
+    return path_switch("cuda_batched_eigh", mode)
+
+
+def cuda_batched_eigh_available() -> bool:
+    """Whether this process's cuSOLVER has the batched eigensolver the CUDA kernel uses (looked up
+    in the library torch loaded; False in a build without the CUDA kernels)."""
+    return bool(_C.cuda_batched_eigh_available())
 
 
 def _check_fake_args(mats, energy, value_threshold, max_rank, bases):
