@@ -86,6 +86,14 @@ PyObject* cuda_batched_eigh_available(PyObject* /*self*/, PyObject* /*args*/) {
 #endif
 }
 
+PyObject* cuda_batched_eigh_calls(PyObject* /*self*/, PyObject* /*args*/) {
+#ifdef TRP_EXT_WITH_CUDA
+  return PyLong_FromLongLong(trp_ext::cuda::cusolver_batched_eigh_calls());
+#else
+  return PyLong_FromLongLong(0);
+#endif
+}
+
 PyObject* cpu_kernels(PyObject* /*self*/, PyObject* /*args*/) {
   return PyUnicode_FromString(trp_ext::cpu::cpu_kernel_isa());
 }
@@ -180,6 +188,10 @@ PyMethodDef methods[] = {
     {"cuda_batched_eigh_available", cuda_batched_eigh_available, METH_NOARGS,
      "cuda_batched_eigh_available() -> bool: whether this process's cuSOLVER has the batched "
      "eigensolver the CUDA lowrank_project uses (False in builds without the CUDA kernels)."},
+    {"cuda_batched_eigh_calls", cuda_batched_eigh_calls, METH_NOARGS,
+     "cuda_batched_eigh_calls() -> int: the batches the CUDA lowrank_project has solved with "
+     "cuSOLVER's batched eigensolver so far (process-wide; 0 in builds without the CUDA "
+     "kernels)."},
     {"cpu_split_image_calls", call_count<trp_ext::fconv_cpu::split_image_calls>, METH_NOARGS,
      "cpu_split_image_calls() -> int: the CPU factored_conv2d calls that have split their "
      "images across threads so far (process-wide)."},

@@ -794,20 +794,24 @@ def test_every_product_path_meets_the_same_contract(path):
 # ----------------------------------------------------------------------------- CUDA eigensolvers
 def test_batched_eigh_switch_and_availability():
     """cuda_batched_eigh_available() is a plain bool on every build. In a build with the CUDA
-    kernels, where torch has loaded its cuSOLVER, the lookup must find the batched solver (the
-    library has had it since CUDA 12.6): a silent miss would leave every GPU run on the per-matrix
-    torch.linalg.eigh."""
+    kernels, where torch has loaded its cuSOLVER, it says whether that library has the batched
+    solver (cuSOLVER 11.7.1 / CUDA 12.6 on): a lookup that silently missed would leave every GPU
+    run on the per-matrix torch.linalg.eigh."""
+    import ctypes
+
     import trp_ext
+    from trp_ext import _C
     available = ops.cuda_batched_eigh_available()
-    assert isinstance(available, bool)
+    assert isinstance(available, bool) and isinstance(_C.cuda_batched_eigh_calls(), int)
     if not trp_ext.cuda_kernels_built():
-        assert available is False
+        assert available is False and _C.cuda_batched_eigh_calls() == 0
         return
     with open("/proc/self/maps") as maps:
-        loaded = any("libcusolver.so" in line for line in maps)
-    if not loaded:
+        paths = {line.split()[-1] for line in maps if "/libcusolver.so" in line}
+    if not paths:
         pytest.skip("torch has not loaded cuSOLVER in this process")
-    assert available is True
+    has_symbol = any(hasattr(ctypes.CDLL(path), "cusolverDnXsyevBatched") for path in paths)
+    assert available is has_symbol
 
 
 @pytest.mark.cuda
@@ -819,8 +823,12 @@ def test_cuda_batched_eigh_matches_torch_eigh(dtype):
     device = "cuda"
     mats = [decaying(192, 192, 24.0, dtype, 60 + i, device) for i in range(5)]
     mats += [decaying(130, 300, 16.0, dtype, 70 + i, device) for i in range(2)] + [gaussian(150, 150, dtype, 80, device)]
+    from trp_ext import _C
+    torch.linalg.eigh(torch.eye(2, dtype=torch.float64, device=device))  # torch's cuSOLVER, loaded
+    assert ops.cuda_batched_eigh_available()
     results = {}
     for mode in ("auto", "never"):
+        before = _C.cuda_batched_eigh_calls()
         with ops.cuda_batched_eigh(mode):
             cold = ops.lowrank_project(mats, 0.95, want_subgradient=True)
             check_all(mats, cold, 0.95, want_subgradient=True)
@@ -828,6 +836,8 @@ def test_cuda_batched_eigh_matches_torch_eigh(dtype):
             warm = ops.lowrank_project(moved, 0.95, bases=cold.bases, want_subgradient=True)
             check_all(moved, warm, 0.95, want_subgradient=True)
             results[mode] = cold
+        solved_batched = _C.cuda_batched_eigh_calls() - before
+        assert solved_batched > 0 if mode == "auto" else solved_batched == 0, (mode, solved_batched)
     a, b = results["auto"], results["never"]
     for i in (a.ranks != b.ranks).nonzero().flatten().tolist():
         r1, r2 = sorted((int(a.ranks[i]), int(b.ranks[i])))

@@ -3,30 +3,51 @@
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <cusolverDn.h>
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 namespace trp_ext {
 namespace cuda {
 namespace {
 
-// The entry points, from the cuSOLVER library already in the process (decltype only names the
-// header's declarations: nothing here links against them).
+// The entry points, from the cuSOLVER library already in the process. The batched solver's
+// types are written out, not taken from the header: headers older than cuSOLVER 11.7.1 lack its
+// declarations, and the extension must still build there (the library then lacks the symbol and
+// the caller falls back). Where the header has them, the compiler checks the two agree.
+using BufferSizeFn = cusolverStatus_t (*)(cusolverDnHandle_t, cusolverDnParams_t, cusolverEigMode_t,
+                                          cublasFillMode_t, int64_t, cudaDataType, const void*, int64_t,
+                                          cudaDataType, const void*, cudaDataType, size_t*, size_t*,
+                                          int64_t);
+using SyevBatchedFn = cusolverStatus_t (*)(cusolverDnHandle_t, cusolverDnParams_t, cusolverEigMode_t,
+                                           cublasFillMode_t, int64_t, cudaDataType, void*, int64_t,
+                                           cudaDataType, void*, cudaDataType, void*, size_t, void*,
+                                           size_t, int*, int64_t);
+#if defined(CUSOLVER_VERSION) && CUSOLVER_VERSION >= 11701
+static_assert(std::is_same_v<BufferSizeFn, decltype(&cusolverDnXsyevBatched_bufferSize)>,
+              "cusolverDnXsyevBatched_bufferSize's signature changed");
+static_assert(std::is_same_v<SyevBatchedFn, decltype(&cusolverDnXsyevBatched)>,
+              "cusolverDnXsyevBatched's signature changed");
+#endif
+
 struct CusolverApi {
   decltype(&cusolverDnCreate) create = nullptr;
+  decltype(&cusolverDnDestroy) destroy = nullptr;
   decltype(&cusolverDnSetStream) set_stream = nullptr;
   decltype(&cusolverDnCreateParams) create_params = nullptr;
-  decltype(&cusolverDnXsyevBatched_bufferSize) buffer_size = nullptr;
-  decltype(&cusolverDnXsyevBatched) syev_batched = nullptr;
+  BufferSizeFn buffer_size = nullptr;
+  SyevBatchedFn syev_batched = nullptr;
 
   bool complete() const {
-    return create != nullptr && set_stream != nullptr && create_params != nullptr &&
-           buffer_size != nullptr && syev_batched != nullptr;
+    return create != nullptr && destroy != nullptr && set_stream != nullptr &&
+           create_params != nullptr && buffer_size != nullptr && syev_batched != nullptr;
   }
 };
 
@@ -35,34 +56,35 @@ void find(void* library, const char* name, F* out) {
   *out = reinterpret_cast<F>(dlsym(library, name));
 }
 
-CusolverApi look_up() {
-  CusolverApi api;
-  // The sonames of CUDA 13's and CUDA 12's cuSOLVER. First only a copy already loaded (torch's:
-  // the same library its own linalg calls use), then one the loader finds by name.
-  static const char* const kNames[] = {"libcusolver.so.12", "libcusolver.so.11"};
-  void* library = nullptr;
-  for (int flags : {RTLD_NOW | RTLD_NOLOAD, RTLD_NOW | RTLD_LOCAL}) {
-    for (const char* name : kNames) {
-      if ((library = dlopen(name, flags)) != nullptr) break;
-    }
-    if (library != nullptr) break;
+// Only a cuSOLVER already loaded (torch's, by the sonames of CUDA 13's and CUDA 12's): loading one
+// by name could bind a system copy that torch's own linalg library would then resolve to, instead
+// of the copy torch was built with. Null when none is loaded.
+void* loaded_cusolver() {
+  for (const char* name : {"libcusolver.so.12", "libcusolver.so.11"}) {
+    if (void* library = dlopen(name, RTLD_NOW | RTLD_NOLOAD)) return library;
   }
-  if (library == nullptr) return api;
-  find(library, "cusolverDnCreate", &api.create);
-  find(library, "cusolverDnSetStream", &api.set_stream);
-  find(library, "cusolverDnCreateParams", &api.create_params);
-  find(library, "cusolverDnXsyevBatched_bufferSize", &api.buffer_size);
-  find(library, "cusolverDnXsyevBatched", &api.syev_batched);
-  return api;
+  return nullptr;
 }
 
-// Found once; a miss is looked up again on the next call (torch may load cuSOLVER lazily, on
-// its first linalg call, which the fallback then makes).
+// The API, or null. A library that lacks it is final; no library loaded yet is looked for again
+// on the next call (torch may load cuSOLVER lazily, on its first linalg call, which the fallback
+// then makes).
 const CusolverApi* api() {
   static std::mutex mutex;
   static CusolverApi found;
+  static bool final_answer = false;
   std::lock_guard<std::mutex> lock(mutex);
-  if (!found.complete()) found = look_up();
+  if (!final_answer) {
+    if (void* library = loaded_cusolver()) {
+      find(library, "cusolverDnCreate", &found.create);
+      find(library, "cusolverDnDestroy", &found.destroy);
+      find(library, "cusolverDnSetStream", &found.set_stream);
+      find(library, "cusolverDnCreateParams", &found.create_params);
+      find(library, "cusolverDnXsyevBatched_bufferSize", &found.buffer_size);
+      find(library, "cusolverDnXsyevBatched", &found.syev_batched);
+      final_answer = true;
+    }
+  }
   return found.complete() ? &found : nullptr;
 }
 
@@ -82,13 +104,20 @@ Solver* solver_for_current_device(const CusolverApi& f) {
   if (it != solvers.end()) return &it->second;
   Solver s;
   if (f.create(&s.handle) != CUSOLVER_STATUS_SUCCESS) return nullptr;
-  if (f.create_params(&s.params) != CUSOLVER_STATUS_SUCCESS) return nullptr;
+  if (f.create_params(&s.params) != CUSOLVER_STATUS_SUCCESS) {
+    f.destroy(s.handle);
+    return nullptr;
+  }
   return &solvers.emplace(device, std::move(s)).first->second;
 }
+
+std::atomic<int64_t> g_batched_calls{0};
 
 }  // namespace
 
 bool cusolver_batched_eigh_available() { return api() != nullptr; }
+
+int64_t cusolver_batched_eigh_calls() { return g_batched_calls.load(); }
 
 bool cusolver_batched_eigh(const at::Tensor& sym, at::Tensor& values, at::Tensor& vectors,
                            at::Tensor& info) {
@@ -97,12 +126,13 @@ bool cusolver_batched_eigh(const at::Tensor& sym, at::Tensor& values, at::Tensor
               "cusolver_batched_eigh: expects (B, n, n) float64 on a CUDA device");
   const CusolverApi* f = api();
   if (f == nullptr || sym.size(0) == 0) return false;
+  const c10::cuda::CUDAGuard device_guard(sym.device());
   Solver* s = solver_for_current_device(*f);
   if (s == nullptr) return false;
   const int64_t batch = sym.size(0), n = sym.size(1);
   // Overwritten with the eigenvectors, column-major: each matrix's transpose, row-major. The input
   // is symmetric, so its row-major storage is already the column-major matrix cuSOLVER reads.
-  at::Tensor work_matrix = sym.contiguous().clone();
+  at::Tensor work_matrix = sym.clone(at::MemoryFormat::Contiguous);
   at::Tensor work_values = at::empty({batch, n}, sym.options());
   at::Tensor work_info = at::zeros({batch}, sym.options().dtype(at::kInt));
   if (f->set_stream(s->handle, at::cuda::getCurrentCUDAStream().stream()) != CUSOLVER_STATUS_SUCCESS) {
@@ -128,6 +158,7 @@ bool cusolver_batched_eigh(const at::Tensor& sym, at::Tensor& values, at::Tensor
   values = work_values;
   vectors = work_matrix.transpose(1, 2);
   info = work_info;
+  g_batched_calls.fetch_add(1);
   return true;
 }
 

@@ -5,8 +5,8 @@
 // projection 1,403 device operations and 21 host syncs on the H200 (bench/RESULTS.md).
 //
 // The API is looked up at run time in the cuSOLVER library torch has loaded, so the extension
-// links no cuSOLVER of its own and still loads where the library or the symbol is missing; the
-// caller then falls back to at::linalg_eigh.
+// links no cuSOLVER of its own, and builds and loads where the header, the library or the symbol
+// is older; the caller then falls back to at::linalg_eigh.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -16,6 +16,9 @@ namespace cuda {
 
 // Whether cusolverDnXsyevBatched and the calls around it were found in a loaded cuSOLVER.
 bool cusolver_batched_eigh_available();
+
+// The calls of cusolver_batched_eigh that solved their batch so far (process-wide).
+int64_t cusolver_batched_eigh_calls();
 
 // Eigen-decomposition of a batch of symmetric n x n float64 matrices `sym` (B, n, n) on the
 // current device and stream, one cuSOLVER call for the batch: `values` (B, n) ascending,

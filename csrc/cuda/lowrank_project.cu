@@ -228,7 +228,8 @@ std::vector<Tensor> energy_ranks(const std::vector<Tensor>& rows, double energy)
   for (const Tensor& r : rows) width = std::max(width, r.size(1));
   std::vector<Tensor> padded;
   for (const Tensor& r : rows) {
-    // NaN only reaches here from flagged matrices, which are raised on later with their index.
+    // NaN only reaches here from flagged matrices, which are raised on later with their index,
+    // or from an eigensolver that did not converge, whose part is solved again.
     padded.push_back(at::constant_pad_nd(at::nan_to_num(r, 0.0, 0.0, 0.0), {0, width - r.size(1)}));
   }
   const Tensor ranks = op.call(at::cat(padded), energy);
