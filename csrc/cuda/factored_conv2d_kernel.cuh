@@ -196,6 +196,8 @@ __device__ __forceinline__ void stage1_single(const FconvArgs& a, const T* x, co
 // Stage 1's pipelined loads (FconvArgs::pipelined): chunk k0's A (kBM x kBK gathered from x)
 // and B (w1, stored column-major, RP x kBK) issued as cp.async copies of 16 bytes into one
 // pipeline stage. Zeros where the gather falls in the padding, past K1 or past the rank.
+// Relies on the host's conditions for pipelined (vec_in and vec_w1): x's channels have stride 1
+// (so kt.x is the channel's offset) and every run is 16 aligned bytes of x and of a w1 row.
 template <typename T, int RP>
 __device__ __forceinline__ void issue_chunk(const FconvArgs& a, const T* x, const T* w1,
                                             const RowInfo* rows, int k0, T* As, T* Bt) {
@@ -258,7 +260,10 @@ __device__ __forceinline__ void stage1_pipelined(const FconvArgs& a, const T* x,
   __syncthreads();
 }
 
-template <typename T, int RP, bool kSpatial>
+// kPipelined: stage 1 through stage1_pipelined (the host instantiates it only for 16-bit T and
+// launches it only where FconvArgs::pipelined holds). Its own instantiation, so that the
+// registers the pipeline needs do not cost the single-buffered kernel occupancy.
+template <typename T, int RP, bool kSpatial, bool kPipelined>
 __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvArgs a) {
   using L = Layout<T, RP>;
   using Tile1 = typename WarpTileFor<T, RP>::type;
@@ -270,7 +275,7 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
   T* Bs = As + kBM * L::ld_a;
   T* B2s = reinterpret_cast<T*>(work);  // stage 2, over stage 1's buffers
   T* A2s = B2s + L::b2_elems;           // spatial only
-  unsigned char* tail = work + L::work_bytes(kSpatial, a.pipelined);
+  unsigned char* tail = work + L::work_bytes(kSpatial, kPipelined);
   float* staging = reinterpret_cast<float*>(tail) + (threadIdx.x / 32) * 256;
   RowInfo* rows = reinterpret_cast<RowInfo*>(tail + L::staging_bytes);
   long long* out_offsets = reinterpret_cast<long long*>(rows + kBM);
@@ -310,13 +315,9 @@ __global__ void __launch_bounds__(kThreads) factored_conv2d_kernel(const FconvAr
     if (tid < kBM) rows[tid] = stage1_row<kSpatial>(a, pass * kBM + tid, p0, img, oh0, ow0);
     Tile1 acc;
     acc.zero();
-    if constexpr (Tile1::kTensorCores) {
-      if (a.pipelined) {
-        __syncthreads();  // rows written
-        stage1_pipelined<T, RP>(a, x, w1, rows, As, rank, split, chunks, warp_row, acc);
-      } else {
-        stage1_single<T, RP>(a, x, w1, rows, ktab, As, Bs, rank, split, chunks, warp_row, acc);
-      }
+    if constexpr (kPipelined && Tile1::kTensorCores) {
+      __syncthreads();  // rows written
+      stage1_pipelined<T, RP>(a, x, w1, rows, As, rank, split, chunks, warp_row, acc);
     } else {
       stage1_single<T, RP>(a, x, w1, rows, ktab, As, Bs, rank, split, chunks, warp_row, acc);
     }

@@ -59,7 +59,8 @@ struct FconvArgs {
   bool vec_w2;
   // Stage 1 loads its chunks with cp.async, kStages deep, straight into shared memory (w1
   // stored as RP x kBK, a column-major B): vec_in and vec_w1, a tensor-core dtype on sm_80 or
-  // later, and the cuda_pipelined_loads switch not 'never'.
+  // later, and the cuda_pipelined_loads switch not 'never'. The host sizes shared memory by it
+  // and launches the kernel instantiated with kPipelined equal to it.
   bool pipelined;
 };
 
