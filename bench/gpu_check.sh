@@ -197,8 +197,8 @@ if [ "$MODE" != full ] && command -v compute-sanitizer > /dev/null; then
   fi
 fi
 
-# Informational: Nsight Compute's reading of the fused kernel on four batch-32 layers
-# (bench/ncu_layers.py): time, occupancy, throughputs and stall reasons, free of the host
+# Informational: Nsight Compute's reading of the fused kernel on four batch-32 layers, and on
+# the two wide ones again with the single-buffered loads (bench/ncu_layers.py): time, occupancy, throughputs and stall reasons, free of the host
 # overhead that the benches' per-call times carry. Its report joins bench.log; the summary keeps
 # one line a launch.
 if command -v ncu > /dev/null; then
@@ -206,7 +206,7 @@ if command -v ncu > /dev/null; then
   cap=$(allowance 90 0)
   if (( cap > 0 )); then
     echo "=== ncu" >> "$OUT/bench.log"
-    timeout "$cap" ncu --clock-control none --kernel-name regex:factored_conv2d --launch-count 8 \
+    timeout "$cap" ncu --clock-control none --kernel-name regex:factored_conv2d --launch-count 12 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       $PY bench/ncu_layers.py > "$OUT/ncu.txt" 2>&1
     echo "ncu: exit $?" | tee -a "$SUMMARY"

@@ -86,3 +86,22 @@ def test_layers_script_without_a_gpu_says_so():
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ncu_layers: no GPU visible; nothing run"
+
+
+def test_summary_labels_the_single_buffered_runs(tmp_path, capsys):
+    """ncu_layers.py profiles the wide layers again with the pipeline off, printed with a
+    ' single' suffix; the kernels then carry the kPipelined template argument (0 or 1)."""
+    launch = ("  void factored_conv2d_kernel<__half, 128, 0, {}>(FconvArgs) (200, 1, 1)x(128, 1, 1), Context 1, "
+              "Stream 7, Device 0, CC 9.0\n    Duration                         us       {}\n")
+    report = tmp_path / "ncu.txt"
+    report.write_text("channel 512-512 14x14 s2 r128 b32: 2 calls\n"
+                      "channel 512-512 14x14 s2 r128 b32 single: 2 calls\n"
+                      + launch.format(1, "40.00") + launch.format(1, "39.00")
+                      + launch.format(0, "250.00") + launch.format(0, "251.00"))
+    ncu_summary.main(str(report))
+    rows = [line.strip("|").split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(row[0].strip(), row[1], row[3].strip()) for row in rows] == [
+        ("channel 512-512 14x14 s2 r128 b32", "factored_conv2d_kernel<__half, 128, 0, 1>", "40.00"),
+        ("channel 512-512 14x14 s2 r128 b32", "factored_conv2d_kernel<__half, 128, 0, 1>", "39.00"),
+        ("channel 512-512 14x14 s2 r128 b32 single", "factored_conv2d_kernel<__half, 128, 0, 0>", "250.00"),
+        ("channel 512-512 14x14 s2 r128 b32 single", "factored_conv2d_kernel<__half, 128, 0, 0>", "251.00")]
