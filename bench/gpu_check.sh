@@ -146,7 +146,7 @@ if command -v compute-sanitizer > /dev/null; then
     echo "=== $tool" >> "$OUT/tests.log"
     timeout "$cap" compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
       $PY -m pytest -m cuda tests/test_factored_conv2d.py -q -p no:cacheprovider \
-      -k "pipelined_loads and float16" >> "$OUT/tests.log" 2>&1
+      -k "pipelined_loads and fp16" >> "$OUT/tests.log" 2>&1
     echo "$tool: exit $? (9: hazards found, 124: budget ended first)" | tee -a "$OUT/tests.log" "$SUMMARY"
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY| passed| failed" "$OUT/tests.log" | tail -2 | tee -a "$SUMMARY"
   done

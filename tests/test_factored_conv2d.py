@@ -370,7 +370,8 @@ def test_cuda_channels_last_weights(dtype, scheme, c, r, n, batch, size):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+# Named ids: bench/gpu_check.sh selects the fp16 cases for compute-sanitizer by them.
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("scheme", ref.SCHEMES)
 @pytest.mark.parametrize("c,r,n,batch,size,kernel,stride,padding", [
     (64, 16, 128, 4, (9, 11), (3, 3), 2, 1),  # stride 2, gathers in the padding
