@@ -2,7 +2,7 @@
 # One pass over the CUDA side on a GPU machine: build in place, the CUDA tests, the GPU targets'
 # benches (issue #5: fp16 channels_last layers against the cuDNN pair; issue #4: ResNet-56
 # projection against the per-layer SVD loop), the launch profile of single calls
-# (bench/launch_profile.py), Nsight Compute on four layers' kernels (bench/ncu_layers.py),
+# (bench/launch_profile.py), Nsight Compute on six runs of four layers (bench/ncu_layers.py),
 # compute-sanitizer's racecheck and synccheck over the pipelined loads' test and its memcheck
 # over the kernels' tests, and a summary. Logs, pytest-benchmark JSON and the
 # summary (the machine, the tests' tally, every bench's report) go to $OUT (default ./gpu_out),
@@ -52,6 +52,22 @@ run_capped() {
   (( rc == 124 )) && echo "TIMED OUT after $cap s" | tee -a "$log"
   (( rc != 0 )) && status=1
   return $rc
+}
+
+# sanitize TOOL CAP RESERVE PYTEST_ARGS...: compute-sanitizer's TOOL over the CUDA tests that
+# PYTEST_ARGS select, informational (its exit status is reported, not counted): its log joins
+# tests.log (the device tool returns at most 8 files), its verdict the summary.
+sanitize() {
+  local tool=$1 cap; cap=$(allowance "$2" "$3"); shift 3
+  if (( cap == 0 )); then
+    echo "$tool: skipped, out of budget" | tee -a "$SUMMARY"; return
+  fi
+  echo "=== $tool" >> "$OUT/tests.log"
+  timeout "$cap" compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
+    $PY -m pytest -m cuda -q -p no:cacheprovider "$@" >> "$OUT/tests.log" 2>&1
+  echo "$tool: exit $? (9: errors or hazards found, 124: budget ended first)" | tee -a "$OUT/tests.log" "$SUMMARY"
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|out of bounds| passed| failed" "$OUT/tests.log" \
+    | tail -4 | tee -a "$SUMMARY"
 }
 
 SUMMARY="$OUT/summary.md"  # the machine first, then every bench's report
@@ -141,14 +157,7 @@ echo '```' >> "$SUMMARY"
 if command -v compute-sanitizer > /dev/null; then
   step "racecheck and synccheck over the pipelined loads (informational)"
   for tool in racecheck synccheck; do
-    cap=$(allowance 40 150)
-    (( cap > 0 )) || { echo "$tool: skipped, out of budget" | tee -a "$SUMMARY"; continue; }
-    echo "=== $tool" >> "$OUT/tests.log"
-    timeout "$cap" compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
-      $PY -m pytest -m cuda tests/test_factored_conv2d.py -q -p no:cacheprovider \
-      -k "pipelined_loads and fp16" >> "$OUT/tests.log" 2>&1
-    echo "$tool: exit $? (9: hazards found, 124: budget ended first)" | tee -a "$OUT/tests.log" "$SUMMARY"
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY| passed| failed" "$OUT/tests.log" | tail -2 | tee -a "$SUMMARY"
+    sanitize "$tool" 40 150 tests/test_factored_conv2d.py -k "pipelined_loads and fp16"
   done
 fi
 
@@ -185,24 +194,16 @@ fi
 # runs it over every CUDA test instead.
 if [ "$MODE" != full ] && command -v compute-sanitizer > /dev/null; then
   step "memcheck over the kernels' tests (informational, until the budget ends)"
-  cap=$(allowance 240 0)
-  if (( cap > 0 )); then
-    echo "=== memcheck" >> "$OUT/tests.log"
-    timeout "$cap" compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
-      $PY -m pytest -m cuda tests/test_factored_conv2d.py tests/test_lowrank_project.py \
-      tests/test_energy_rank.py -q -x -p no:cacheprovider -k "not opcheck and not gradcheck" \
-      >> "$OUT/tests.log" 2>&1
-    echo "memcheck: exit $? (9: errors found, 124: budget ended first)" | tee -a "$OUT/tests.log" "$SUMMARY"
-    grep -E "ERROR SUMMARY|Invalid|out of bounds| passed| failed" "$OUT/tests.log" | tail -6 | tee -a "$SUMMARY"
-  fi
+  sanitize memcheck 240 0 tests/test_factored_conv2d.py tests/test_lowrank_project.py \
+    tests/test_energy_rank.py -x -k "not opcheck and not gradcheck"
 fi
 
 # Informational: Nsight Compute's reading of the fused kernel on four batch-32 layers, and on
-# the two wide ones again with the single-buffered loads (bench/ncu_layers.py): time, occupancy, throughputs and stall reasons, free of the host
-# overhead that the benches' per-call times carry. Its report joins bench.log; the summary keeps
-# one line a launch.
+# the two wide ones again with the single-buffered loads (bench/ncu_layers.py): time,
+# occupancy, throughputs and stall reasons, free of the host overhead that the benches' per-call
+# times carry. Its report joins bench.log; the summary keeps one line a launch.
 if command -v ncu > /dev/null; then
-  step "ncu on four layers' kernels (informational)"
+  step "ncu on four layers' kernels, two also single-buffered (informational)"
   cap=$(allowance 90 0)
   if (( cap > 0 )); then
     echo "=== ncu" >> "$OUT/bench.log"

@@ -1,9 +1,9 @@
 // The one place where trp_ext's operator schemas are declared. Kernels live in cpu/ and cuda/
 // and register with TORCH_LIBRARY_IMPL; fake kernels and autograd are registered from Python
 // (trp_ext/ops/). The Python module below has no ops of its own: loading it registers the
-// library with the dispatcher; it reports how it was built, switches factored_conv2d's optional
-// paths (CPU and CUDA), and calls that op below autograd without torch.ops' generic argument handling
-// (factored_conv2d_call.cpp).
+// library with the dispatcher; it reports how it was built, switches the kernels' optional paths
+// (CPU and CUDA) and reports their counts, and calls factored_conv2d below autograd without
+// torch.ops' generic argument handling (factored_conv2d_call.cpp).
 #include <Python.h>
 
 #include <string>
@@ -86,11 +86,11 @@ PyObject* cuda_batched_eigh_available(PyObject* /*self*/, PyObject* /*args*/) {
 #endif
 }
 
-PyObject* cuda_batched_eigh_calls(PyObject* /*self*/, PyObject* /*args*/) {
+int64_t cuda_batched_eigh_calls() {
 #ifdef TRP_EXT_WITH_CUDA
-  return PyLong_FromLongLong(trp_ext::cuda::cusolver_batched_eigh_calls());
+  return trp_ext::cuda::cusolver_batched_eigh_calls();
 #else
-  return PyLong_FromLongLong(0);
+  return 0;
 #endif
 }
 
@@ -137,7 +137,8 @@ PyCFunction with_keywords() {
   return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Function));
 }
 
-// cpu_split_image_calls and cpu_winograd_private_weight_calls: the library's count as an int.
+// cpu_split_image_calls, cpu_winograd_private_weight_calls and cuda_batched_eigh_calls: the
+// library's count as an int.
 template <int64_t (*Count)()>
 PyObject* call_count(PyObject* /*self*/, PyObject* /*args*/) {
   return PyLong_FromLongLong(Count());
@@ -188,7 +189,7 @@ PyMethodDef methods[] = {
     {"cuda_batched_eigh_available", cuda_batched_eigh_available, METH_NOARGS,
      "cuda_batched_eigh_available() -> bool: whether this process's cuSOLVER has the batched "
      "eigensolver the CUDA lowrank_project uses (False in builds without the CUDA kernels)."},
-    {"cuda_batched_eigh_calls", cuda_batched_eigh_calls, METH_NOARGS,
+    {"cuda_batched_eigh_calls", call_count<cuda_batched_eigh_calls>, METH_NOARGS,
      "cuda_batched_eigh_calls() -> int: the batches the CUDA lowrank_project has solved with "
      "cuSOLVER's batched eigensolver so far (process-wide; 0 in builds without the CUDA "
      "kernels)."},

@@ -362,10 +362,7 @@ def test_cuda_channels_last_weights(dtype, scheme, c, r, n, batch, size):
     reduction indices (channels of one tap) and of w2's rank index with one load where they are
     aligned; r = 20 leaves a partial run of w2 read element by element, and in fp16 24 channels
     are three runs per tap."""
-    device = "cuda"
-    x = _input((batch, c, *size), torch.float64, device).contiguous(memory_format=torch.channels_last)
-    w1, w2, bias = _factors(scheme, n, c, r, (3, 3), torch.float64, device)
-    w1, w2 = (w.contiguous(memory_format=torch.channels_last) for w in (w1, w2))
+    x, w1, w2, bias = _channels_last_operands(scheme, batch, c, size, r, n, (3, 3))
     _check_in_dtype(dtype, x, w1, w2, bias, (2, 1, 1, scheme, "relu"))
 
 
@@ -386,10 +383,7 @@ def test_cuda_pipelined_loads_agree_with_single_buffered(dtype, scheme, c, r, n,
     sm_80 or later) loads its first GEMM through the three-stage cp.async pipeline: the same
     products as the single-buffered loads, so the same output bit for bit, and within the
     low-precision rule of the reference."""
-    device = "cuda"
-    x = _input((batch, c, *size), torch.float64, device).contiguous(memory_format=torch.channels_last)
-    w1, w2, bias = _factors(scheme, n, c, r, kernel, torch.float64, device)
-    w1, w2 = (w.contiguous(memory_format=torch.channels_last) for w in (w1, w2))
+    x, w1, w2, bias = _channels_last_operands(scheme, batch, c, size, r, n, kernel)
     args = (stride, padding, 1, scheme, "relu")
     low = [t.to(dtype) for t in (x, w1, w2, bias)]
     with ops.cuda_pipelined_loads("never"):
@@ -398,6 +392,15 @@ def test_cuda_pipelined_loads_agree_with_single_buffered(dtype, scheme, c, r, n,
         pipelined = ops.factored_conv2d(*low, *args)
     assert torch.equal(pipelined, single)
     _check_in_dtype(dtype, x, w1, w2, bias, args)
+
+
+def _channels_last_operands(scheme, batch, c, size, r, n, kernel):
+    """float64 input and factors on the GPU, input and weights in channels_last, as a model
+    converted with .to(memory_format=torch.channels_last) holds them."""
+    x = _input((batch, c, *size), torch.float64, "cuda").contiguous(memory_format=torch.channels_last)
+    w1, w2, bias = _factors(scheme, n, c, r, kernel, torch.float64, "cuda")
+    w1, w2 = (w.contiguous(memory_format=torch.channels_last) for w in (w1, w2))
+    return x, w1, w2, bias
 
 
 def _check_in_dtype(dtype, x, w1, w2, bias, args):

@@ -74,6 +74,7 @@ struct RowInfo {
 constexpr int kInvalidRow = -(1 << 29);
 
 __host__ __device__ constexpr size_t align128(size_t bytes) { return (bytes + 127) / 128 * 128; }
+__host__ __device__ constexpr size_t larger(size_t a, size_t b) { return a > b ? a : b; }
 
 // Shared memory, in this order:
 //   mid       m1p x ld_mid            the intermediate, in T (never leaves shared memory)
@@ -99,18 +100,16 @@ struct Layout {
   // One pipeline stage of stage 1: A and B (column-major), in elements.
   static constexpr size_t stage_elems = static_cast<size_t>(kBM) * ld_a + static_cast<size_t>(RP) * ld_bt;
   // Stage 2's B, either layout.
-  static constexpr size_t b2_elems = static_cast<size_t>(RP) * ld_b2 > static_cast<size_t>(kBN) * ld_b2t
-                                         ? static_cast<size_t>(RP) * ld_b2
-                                         : static_cast<size_t>(kBN) * ld_b2t;
+  static constexpr size_t b2_elems = larger(static_cast<size_t>(RP) * ld_b2, static_cast<size_t>(kBN) * ld_b2t);
 
   __host__ __device__ static constexpr size_t mid_bytes(int m1p) {
     return align128(static_cast<size_t>(m1p) * ld_mid * sizeof(T));
   }
   __host__ __device__ static constexpr size_t work_bytes(bool spatial, bool pipelined) {
     const size_t single = (static_cast<size_t>(kBM) * ld_a + static_cast<size_t>(kBK) * ld_b1) * sizeof(T);
-    const size_t stage1 = pipelined && kStages * stage_elems * sizeof(T) > single ? kStages * stage_elems * sizeof(T) : single;
+    const size_t stages = pipelined ? kStages * stage_elems * sizeof(T) : 0;
     const size_t stage2 = (b2_elems + (spatial ? static_cast<size_t>(kBM) * ld_mid : 0)) * sizeof(T);
-    return align128(stage1 > stage2 ? stage1 : stage2);
+    return align128(larger(larger(single, stages), stage2));
   }
   static constexpr size_t staging_bytes = align128(kWarps * 256 * sizeof(float));
   static constexpr size_t table_bytes =

@@ -27,9 +27,9 @@
 #include <vector>
 
 #include "common/lowrank_project_checks.h"
-#include "common/path_switch.h"
 #include "common/lowrank_project_policy.h"
 #include "common/lowrank_project_stats.h"
+#include "common/path_switch.h"
 #include "common/ritz_certificate.h"
 #include "cuda/cusolver_batched_eigh.h"
 #include "cuda/lowrank_project_kernels.cuh"
