@@ -165,7 +165,8 @@ def _extension():
     use_cuda, cuda_reason = _resolve_cuda()
     debug = _flag("TRP_EXT_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    sources = [os.path.join("csrc", "trp_ext.cpp"), os.path.join("csrc", "factored_conv2d_call.cpp")]
+    sources = [os.path.join("csrc", name)
+               for name in ("trp_ext.cpp", "factored_conv2d_call.cpp", "lowrank_project_batched.cpp")]
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     include_dirs = [os.path.join(ROOT, "csrc")]
     openmp, openmp_reason = _openmp_flags()

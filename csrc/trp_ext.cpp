@@ -44,6 +44,10 @@ TORCH_LIBRARY(trp_ext, m) {
   // Process-wide counts of matrices lowrank_project solved [cold, warm, widened, fallback],
   // then the total of warm-start subspace iterations.
   m.def("lowrank_project_stats(bool reset=False) -> int[]");
+  // Private, for tests: the CUDA lowrank_project's Jacobi eigensolver (its twin on the CPU) on
+  // symmetric float64 (B, n, n) matrices, n <= 112: values (B, n) descending, vectors (B, n, n)
+  // (column j belongs to values[:, j]), converged (B) (false if the sweep limit came first).
+  m.def("_jacobi_eigh(Tensor matrices) -> (Tensor values, Tensor vectors, Tensor converged)");
 }
 
 namespace trp_ext {
@@ -53,6 +57,10 @@ PathSwitch& cuda_pipeline_switch() {
   return path;
 }
 PathSwitch& cuda_batched_eigh_switch() {
+  static PathSwitch path;
+  return path;
+}
+PathSwitch& cpu_batched_projection_switch() {
   static PathSwitch path;
   return path;
 }
@@ -98,8 +106,8 @@ PyObject* cpu_kernels(PyObject* /*self*/, PyObject* /*args*/) {
   return PyUnicode_FromString(trp_ext::cpu::cpu_kernel_isa());
 }
 
-// cpu_winograd, cpu_channel_vectorised, cpu_split_images, cuda_pipelined_loads and
-// cuda_batched_eigh: `Name`(mode=None) -> the mode of
+// cpu_winograd, cpu_channel_vectorised, cpu_split_images, cpu_batched_projection,
+// cuda_pipelined_loads and cuda_batched_eigh: `Name`(mode=None) -> the mode of
 // the path switch in force, set first when given ('auto', 'never' or 'always': PathMode's order).
 template <trp_ext::PathSwitch& (*Switch)(), const char* Name>
 PyObject* path_mode(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
@@ -128,6 +136,7 @@ PyObject* path_mode(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
 constexpr char kWinogradSwitch[] = "cpu_winograd";
 constexpr char kPipelineSwitch[] = "cuda_pipelined_loads";
 constexpr char kBatchedEighSwitch[] = "cuda_batched_eigh";
+constexpr char kBatchedProjectionSwitch[] = "cpu_batched_projection";
 constexpr char kCvSwitch[] = "cpu_channel_vectorised";
 constexpr char kSplitSwitch[] = "cpu_split_images";
 
@@ -186,6 +195,12 @@ PyMethodDef methods[] = {
      "set to mode ('auto' and 'always': wherever the library has it; 'never': "
      "torch.linalg.eigh, which solves such a batch one matrix at a time) when given; returns "
      "the mode in force."},
+    {kBatchedProjectionSwitch,
+     with_keywords<path_mode<trp_ext::cpu_batched_projection_switch, kBatchedProjectionSwitch>>(),
+     METH_VARARGS | METH_KEYWORDS,
+     "cpu_batched_projection(mode=None) -> str: whether the CPU lowrank_project runs the CUDA "
+     "kernel's batched algorithm, on the CPU twins of its kernels ('always'), instead of its own "
+     "per-matrix solver ('auto' and 'never'), set to mode when given; returns the mode in force."},
     {"cuda_batched_eigh_available", cuda_batched_eigh_available, METH_NOARGS,
      "cuda_batched_eigh_available() -> bool: whether this process's cuSOLVER has the batched "
      "eigensolver the CUDA lowrank_project uses (False in builds without the CUDA kernels)."},

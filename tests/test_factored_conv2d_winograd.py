@@ -214,10 +214,11 @@ def test_auto_mode_picks_spatial_winograd_only_for_large_layers():
 
 
 @pytest.mark.parametrize("switch", ["cpu_winograd", "cpu_channel_vectorised", "cpu_split_images",
-                                    "cuda_pipelined_loads", "cuda_batched_eigh"])
+                                    "cpu_batched_projection", "cuda_pipelined_loads", "cuda_batched_eigh"])
 def test_mode_is_restored_and_checked(switch):
-    """Every path switch (this one, the channel-vectorised path's, the split images', the CUDA
-    kernels' pipelined loads and batched eigensolver, which CPU-only builds have too): the
+    """Every path switch (this one, the channel-vectorised path's, the split images', the CPU
+    projection's batched algorithm, the CUDA kernels' pipelined loads and batched eigensolver,
+    which CPU-only builds have too): the
     context manager restores the previous mode, also on an exception, and bad modes raise naming
     the switch."""
     context, mode = getattr(ops, switch), getattr(ops, f"{switch}_mode")

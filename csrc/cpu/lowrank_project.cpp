@@ -14,6 +14,8 @@
 
 #include "common/lowrank_project_checks.h"
 #include "common/lowrank_project_stats.h"
+#include "common/path_switch.h"
+#include "cpu/lowrank_project_batched_twins.h"
 #include "cpu/lowrank_project_solver.h"
 #include "cpu/partial_eigen.h"
 #include "cpu/tridiagonal_ql.h"
@@ -33,6 +35,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>, std::ve
 lowrank_project_cpu(at::TensorList mats, double energy, std::optional<double> value_threshold,
                     std::optional<int64_t> max_rank, std::optional<at::TensorList> bases,
                     bool want_subgradient) {
+  if (cpu_batched_projection_switch().get() == PathMode::kAlways) {
+    return lowrank_project_batched(mats, energy, value_threshold, max_rank, bases, want_subgradient,
+                                   cpu::batched_twin_kernels());
+  }
   check_lowrank_project_args(mats, energy, value_threshold, max_rank, bases);
   const int64_t count = static_cast<int64_t>(mats.size());
   cpu::ProjectOptions options;

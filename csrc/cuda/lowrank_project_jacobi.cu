@@ -1,17 +1,22 @@
 // Batched symmetric eigen-decomposition for lowrank_project: one block per matrix, cyclic Jacobi
-// with a parallel round-robin ordering, A and V in shared memory (float64).
+// with a parallel round-robin ordering, A and V in shared memory (float64). Its CPU twin is
+// cpu/lowrank_project_batched_twins.cpp; the pairing and the rotation rule are shared
+// (common/jacobi_rotation.h).
 //
 // Each round pairs every index with another (the circle method: n-1 rounds meet every pair
 // once per sweep); the n/2 rotations of a round touch disjoint rows and columns, so the block
 // applies them all at once: rotations, then J^T A (rows), then A J and V J (columns), with a
 // barrier between the phases. A sweep without a rotation above the Demmel-Veselic threshold
-// ends the iteration. Matrices here are Gram and Rayleigh-Ritz matrices, a few sweeps from
-// diagonal; kMaxSweeps only guards against non-convergence, which is reported, not hidden.
+// ends the iteration.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
 
 #include <cfloat>
 
+#include "common/jacobi_eigh_checks.h"
+#include "common/jacobi_rotation.h"
 #include "cuda/dynamic_smem.cuh"
 #include "cuda/lowrank_project_kernels.cuh"
 
@@ -20,8 +25,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kMaxSweeps = 50;
-constexpr double kEps = DBL_EPSILON;
 
 struct JacobiLayout {
   int n, ld, padded, pairs;
@@ -40,23 +43,6 @@ __host__ __device__ inline JacobiLayout jacobi_layout(int n) {
   l.bytes = (2 * static_cast<size_t>(n) * l.ld + 2 * static_cast<size_t>(l.pairs) + 1) * sizeof(double) +
             (2 * static_cast<size_t>(l.pairs) + n + 1) * sizeof(int);
   return l;
-}
-
-// Pair t of round r (circle method): index 0 stays, indices 1..padded-1 rotate by one per round.
-__device__ inline void round_pair(int round, int t, int padded, int* p, int* q) {
-  const int ring = padded - 1;
-  if (t == 0) {
-    *p = 0;
-    *q = round % ring + 1;
-  } else {
-    *p = (t + round) % ring + 1;
-    *q = (padded - 1 - t + round) % ring + 1;
-  }
-  if (*p > *q) {
-    const int swap = *p;
-    *p = *q;
-    *q = swap;
-  }
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -86,40 +72,21 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) {
     double dmax = 0.0;
     for (int i = 0; i < n; ++i) dmax = fmax(dmax, fabs(a[i * ld + i]));
-    // Off-diagonals below the Gram matrix's own rounding (~eps ||G||) are left alone, as the CPU's
-    // QL deflates below eps ||T||. With eps^2 here, the rounding-level entries of a rank-deficient
-    // Gram's null block stayed above both thresholds, every sweep's rotations remade them, and the
-    // solve ran out its kMaxSweeps into the cuSOLVER redo (a host emulation of this kernel: rank-3
-    // 16 x 16 still rotated 91 pairs in sweep 50; with this floor, 6-10 sweeps).
-    floor_abs = kEps * dmax * n + DBL_MIN;
+    floor_abs = jacobi_floor(dmax, n);
   }
   __syncthreads();
 
   bool done = false;
-  for (int sweep = 0; sweep < kMaxSweeps && !done; ++sweep) {
+  for (int sweep = 0; sweep < kJacobiMaxSweeps && !done; ++sweep) {
     if (threadIdx.x == 0) rotated = 0;
     __syncthreads();
     for (int round = 0; round < l.padded - 1; ++round) {
       for (int t = threadIdx.x; t < l.pairs; t += blockDim.x) {
         int p, q;
-        round_pair(round, t, l.padded, &p, &q);
+        jacobi_round_pair(round, t, l.padded, &p, &q);
         double c = 1.0, s = 0.0;
-        if (q < n) {
-          const double apq = a[p * ld + q];
-          const double app = a[p * ld + p];
-          const double aqq = a[q * ld + q];
-          // sqrt of each factor: app * aqq overflows for diagonals past ~2^512 (inputs just
-          // inside the unscaled range), which would stop every rotation.
-          if (fabs(apq) > kEps * sqrt(fabs(app)) * sqrt(fabs(aqq)) && fabs(apq) > floor_abs) {
-            const double zeta = (aqq - app) / (2.0 * apq);
-            // tan of the rotation angle, the smaller root; 1/(2 zeta) once zeta^2 would overflow
-            const double tangent = fabs(zeta) > 1e150
-                                       ? 0.5 / zeta
-                                       : (zeta >= 0.0 ? 1.0 : -1.0) / (fabs(zeta) + sqrt(1.0 + zeta * zeta));
-            c = 1.0 / sqrt(1.0 + tangent * tangent);
-            s = tangent * c;
-            rotated = 1;
-          }
+        if (q < n && jacobi_rotation(a[p * ld + p], a[q * ld + q], a[p * ld + q], floor_abs, &c, &s)) {
+          rotated = 1;
         }
         pp[t] = p;
         qq[t] = q;
@@ -212,4 +179,25 @@ void jacobi_eigh(const at::Tensor& matrices, const at::Tensor& values, const at:
 }
 
 }  // namespace cuda
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> jacobi_eigh_cuda(const at::Tensor& matrices) {
+  check_jacobi_eigh_args(matrices);
+  const c10::cuda::CUDAGuard device_guard(matrices.device());
+  const at::Tensor input = matrices.contiguous();
+  const int64_t batch = input.size(0), n = input.size(1);
+  TRP_CHECK_ARG(cuda::jacobi_eigh_fits(n), "_jacobi_eigh", "matrices", "holds ", n, " x ", n,
+                " matrices, past what this GPU's shared memory takes");
+  at::Tensor values = at::empty({batch, n}, input.options());
+  at::Tensor vectors = at::empty({batch, n, n}, input.options());
+  at::Tensor converged = at::empty({batch}, input.options().dtype(at::kInt));
+  cuda::jacobi_eigh(input, values, vectors, converged);
+  return {values, vectors, converged.ne(0)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(trp_ext, CUDA, m) { m.impl("_jacobi_eigh", &jacobi_eigh_cuda); }
+
 }  // namespace trp_ext

@@ -111,6 +111,22 @@ def lowrank_project_stats(reset: bool = False) -> Dict[str, int]:
     return dict(zip(STATS_FIELDS, torch.ops.trp_ext.lowrank_project_stats(bool(reset))))
 
 
+def cpu_batched_projection_mode() -> str:
+    """Which algorithm the CPU kernel runs: ``"auto"`` (the default) and ``"never"`` its own
+    per-matrix solver; ``"always"`` the CUDA kernel's batched algorithm (shape groups, batched
+    Gram matrices, the Jacobi eigensolver up to 112, a fixed number of power steps) on CPU twins of
+    the CUDA kernel's own kernels, so that its results, and the tests of them, need no GPU. Both
+    meet the same contract; the own solver is the faster one on a CPU."""
+    return _C.cpu_batched_projection()
+
+
+def cpu_batched_projection(mode: str):
+    """Runs the block with the CPU kernel's algorithm set by `mode` (see
+    :func:`cpu_batched_projection_mode`); the mode is process-wide, and the previous one comes
+    back on exit."""
+    return path_switch("cpu_batched_projection", mode)
+
+
 def cuda_batched_eigh_mode() -> str:
     """How the CUDA kernel solves the Gram matrices its shared-memory Jacobi kernel cannot hold
     (shorter side above 112; in ResNet-56's spatial scheme the 192 x 192 ones): ``"auto"`` (the
@@ -193,3 +209,20 @@ def _no_backward(ctx, *grads):
 # Registered so that outputs computed from inputs that require grad say so when backpropagated
 # through, instead of silently dropping the dependence (torch's fallback for an op without one).
 torch.library.register_autograd("trp_ext::lowrank_project", _no_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+JACOBI_MAX_SIZE = 112  # csrc/common/jacobi_rotation.h's kJacobiMaxSize
+
+
+@torch.library.register_fake("trp_ext::_jacobi_eigh")
+def _jacobi_eigh_fake(matrices):
+    """The private Jacobi eigensolver of the batched algorithm (tests call it directly)."""
+    op = "_jacobi_eigh(): argument 'matrices'"
+    torch._check_type(matrices.dtype == torch.float64, lambda: f"{op} must be float64, got {matrices.dtype}")
+    torch._check_value(matrices.dim() == 3 and matrices.shape[1] == matrices.shape[2],
+                       lambda: f"{op} must be a (B, n, n) batch of square matrices, got shape {tuple(matrices.shape)}")
+    torch._check_value(matrices.shape[1] <= JACOBI_MAX_SIZE,
+                       lambda: f"{op} holds matrices past the solver's largest, {JACOBI_MAX_SIZE}")
+    batch, n = matrices.shape[0], matrices.shape[1]
+    return (matrices.new_empty((batch, n)), matrices.new_empty((batch, n, n)),
+            matrices.new_empty((batch,), dtype=torch.bool))

@@ -1,0 +1,166 @@
+// CPU twins of the CUDA lowrank_project's kernels. The Jacobi twin runs the CUDA kernel's
+// rounds in the same order (a round's rotations all computed from the matrix as the round found
+// it, then applied to rows, then to columns: they touch disjoint rows and columns, so one after
+// another gives what the block's threads give at once); the certificate and the basis widths
+// run the very per-matrix code of the CUDA threads.
+#include "cpu/lowrank_project_batched_twins.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "common/jacobi_eigh_checks.h"
+#include "common/jacobi_rotation.h"
+#include "common/ritz_batch.h"
+
+namespace trp_ext {
+namespace cpu {
+namespace {
+
+// One symmetric n x n matrix g (row-major): values descending, vectors column j for value j.
+void jacobi_one(const double* g, int n, double* values, double* vectors, int* converged) {
+  std::vector<double> a(g, g + static_cast<size_t>(n) * n), v(static_cast<size_t>(n) * n, 0.0);
+  for (int i = 0; i < n; ++i) v[i * n + i] = 1.0;
+  const int padded = n + (n & 1), pairs = padded / 2;
+  double dmax = 0.0;
+  for (int i = 0; i < n; ++i) dmax = std::fmax(dmax, std::fabs(a[i * n + i]));
+  const double floor_abs = jacobi_floor(dmax, n);
+  std::vector<int> pp(pairs), qq(pairs);
+  std::vector<double> cs(pairs), sn(pairs);
+  bool done = false;
+  for (int sweep = 0; sweep < kJacobiMaxSweeps && !done; ++sweep) {
+    bool rotated = false;
+    for (int round = 0; round < padded - 1; ++round) {
+      for (int t = 0; t < pairs; ++t) {
+        int p, q;
+        jacobi_round_pair(round, t, padded, &p, &q);
+        double c = 1.0, s = 0.0;
+        if (q < n && jacobi_rotation(a[p * n + p], a[q * n + q], a[p * n + q], floor_abs, &c, &s)) {
+          rotated = true;
+        }
+        pp[t] = p;
+        qq[t] = q;
+        cs[t] = c;
+        sn[t] = s;
+      }
+      for (int t = 0; t < pairs; ++t) {  // A <- J^T A: rows p and q
+        const double c = cs[t], s = sn[t];
+        if (s == 0.0) continue;
+        double* row_p = &a[pp[t] * n];
+        double* row_q = &a[qq[t] * n];
+        for (int j = 0; j < n; ++j) {
+          const double x = row_p[j], y = row_q[j];
+          row_p[j] = c * x - s * y;
+          row_q[j] = s * x + c * y;
+        }
+      }
+      for (int t = 0; t < pairs; ++t) {  // A <- A J and V <- V J: columns p and q
+        const double c = cs[t], s = sn[t];
+        if (s == 0.0) continue;
+        const int p = pp[t], q = qq[t];
+        for (int i = 0; i < n; ++i) {
+          const double x = a[i * n + p], y = a[i * n + q];
+          a[i * n + p] = c * x - s * y;
+          a[i * n + q] = s * x + c * y;
+          const double vx = v[i * n + p], vy = v[i * n + q];
+          v[i * n + p] = c * vx - s * vy;
+          v[i * n + q] = s * vx + c * vy;
+        }
+      }
+    }
+    done = !rotated;
+  }
+  // Descending order, as the kernel sorts: the position of value i is the count of values before it.
+  std::vector<int> pos(n);
+  for (int i = 0; i < n; ++i) {
+    const double d = a[i * n + i];
+    int rank = 0;
+    for (int j = 0; j < n; ++j) {
+      const double e = a[j * n + j];
+      rank += (e > d) || (e == d && j < i);
+    }
+    pos[i] = rank;
+    values[rank] = d;
+  }
+  for (int row = 0; row < n; ++row) {
+    for (int i = 0; i < n; ++i) vectors[row * n + pos[i]] = v[row * n + i];
+  }
+  *converged = done ? 1 : 0;
+}
+
+bool jacobi_eigh_fits_twin(int64_t n) { return n <= kJacobiMaxSize; }
+
+void certify_ritz_batch_twin(const RitzBatch& batch, const at::Tensor& rank, const at::Tensor& status) {
+  const RitzArgs args = ritz_args(batch, rank, status, c10::DeviceType::CPU);
+  int64_t* rank_out = rank.data_ptr<int64_t>();
+  int* status_out = status.data_ptr<int>();
+  for (int64_t i = 0; i < args.count; ++i) certify_batch_member(args, i, rank_out, status_out);
+}
+
+at::Tensor gap_basis_widths_twin(const at::Tensor& values, const at::Tensor& rank, int64_t k) {
+  check_gap_width_args(values, rank, c10::DeviceType::CPU);
+  const int64_t count = values.size(0), w = values.size(1);
+  at::Tensor width = at::empty({count}, rank.options());
+  const double* v = values.const_data_ptr<double>();
+  const int64_t* r = rank.const_data_ptr<int64_t>();
+  int64_t* out = width.data_ptr<int64_t>();
+  for (int64_t i = 0; i < count; ++i) gap_width_of_member(i, w, k, v, r, out);
+  return width;
+}
+
+}  // namespace
+
+void jacobi_eigh_twin(const at::Tensor& matrices, const at::Tensor& values, const at::Tensor& vectors,
+                      const at::Tensor& converged) {
+  TORCH_CHECK(matrices.device().is_cpu() && matrices.dim() == 3 &&
+                  matrices.size(1) == matrices.size(2) && matrices.scalar_type() == at::kDouble &&
+                  matrices.is_contiguous(),
+              "jacobi_eigh: expected contiguous float64 (B, n, n) CPU matrices");
+  const int64_t batch = matrices.size(0);
+  const int64_t n = matrices.size(1);
+  TORCH_CHECK(values.is_contiguous() && vectors.is_contiguous() && converged.is_contiguous() &&
+                  values.scalar_type() == at::kDouble && vectors.scalar_type() == at::kDouble &&
+                  values.numel() == batch * n && vectors.numel() == batch * n * n &&
+                  converged.numel() == batch && converged.scalar_type() == at::kInt,
+              "jacobi_eigh: output tensors of the wrong shape or layout");
+  TORCH_CHECK(jacobi_eigh_fits_twin(n), "jacobi_eigh: n = ", n, " is past the solver's ",
+              kJacobiMaxSize);
+  const double* g = matrices.const_data_ptr<double>();
+  double* vals = values.data_ptr<double>();
+  double* vecs = vectors.data_ptr<double>();
+  int* conv = converged.data_ptr<int>();
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      jacobi_one(g + i * n * n, static_cast<int>(n), vals + i * n, vecs + i * n * n, conv + i);
+    }
+  });
+}
+
+const BatchedKernels& batched_twin_kernels() {
+  static const BatchedKernels kernels{jacobi_eigh_fits_twin, jacobi_eigh_twin,
+                                      certify_ritz_batch_twin, gap_basis_widths_twin, nullptr};
+  return kernels;
+}
+
+}  // namespace cpu
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> jacobi_eigh_cpu(const at::Tensor& matrices) {
+  check_jacobi_eigh_args(matrices);
+  const at::Tensor input = matrices.contiguous();
+  const int64_t batch = input.size(0), n = input.size(1);
+  at::Tensor values = at::empty({batch, n}, input.options());
+  at::Tensor vectors = at::empty({batch, n, n}, input.options());
+  at::Tensor converged = at::empty({batch}, input.options().dtype(at::kInt));
+  cpu::jacobi_eigh_twin(input, values, vectors, converged);
+  return {values, vectors, converged.ne(0)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(trp_ext, CPU, m) { m.impl("_jacobi_eigh", &jacobi_eigh_cpu); }
+
+}  // namespace trp_ext

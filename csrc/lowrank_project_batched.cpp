@@ -1,0 +1,741 @@
+// The batched algorithm of lowrank_project (lowrank_project_batched.h): the whole list in a
+// fixed number of batched steps, on the device's own kernels (BatchedKernels) and ATen's.
+//
+// Matrices are grouped by shorter side k (after orienting it first) and long sides within a
+// factor of 2, zero-padded to the longest; each group is one batch of float64 work: Gram
+// matrices by bmm, eigen-decompositions by the Jacobi kernel (k <= its size limit) or the
+// device's batched eigensolver (torch.linalg.eigh where it has none), ranks by the energy_rank
+// op (one call for all matrices), projections and sub-gradients by bmm with the columns beyond
+// each rank masked.
+// A warm start runs kWarmPowerSteps batched power steps (Cholesky QR) and one Rayleigh-Ritz
+// step, and certify_ritz_batch accepts a matrix under the same bounds as the CPU kernel; the
+// rest are solved cold. A float64 matrix cut below the Gram's reach (kGramResolvedFraction) is
+// solved again by an SVD of the matrix, as on the CPU. Host syncs (on a GPU): energy_rank's own
+// NaN check per call of it, one to read which warm starts held, and one at the end for the
+// bases' widths (gap_basis_width, as on the CPU), the NaN/Inf flags and which matrices need the
+// SVD; where some do, one more round of them (and the SVD's own error check). None per matrix.
+#include "lowrank_project_batched.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <limits>
+#include <map>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "common/lowrank_project_checks.h"
+#include "common/lowrank_project_policy.h"
+#include "common/lowrank_project_stats.h"
+#include "common/ritz_certificate.h"
+
+namespace trp_ext {
+namespace {
+
+// A drifted basis needs a step before Rayleigh-Ritz (see the CPU kernel); a second one makes a
+// batch certify far more often for little cost on a GPU. No data-dependent loop: each round
+// of checks would cost a host sync.
+constexpr int kWarmPowerSteps = 2;
+// Column norms of G Q below this fraction of the largest keep their old direction.
+constexpr double kStagnant = 1e-12;
+// Cholesky QR is accepted when ||Q^T Q - I||_max stays below this; the certificate assumes an
+// orthonormal basis.
+constexpr double kOrthonormalTol = 1e-10;
+// place_columns copies pieces of one width together from this many on (a stack, a conversion,
+// an index upload and a scatter, against one copy each).
+constexpr size_t kBatchedCopyRows = 4;
+
+using at::Tensor;
+
+// The matrices of one shorter side k and long sides within a factor of 2 (k <= len), as one
+// batch, zero-padded to the longest: the padding changes neither the Gram matrix nor the
+// products, and one batch costs the same launches whatever its size.
+struct Group {
+  int64_t k = 0, len = 0;          // len: the longest long side
+  std::vector<int64_t> index;      // positions in `mats`
+  std::vector<char> transposed;    // stored len x k
+  std::vector<int64_t> lens;       // each matrix's own long side
+  Tensor a;                        // (B, k, len) float64, scaled by scale_lo * scale_hi
+  Tensor scale_lo, scale_hi;       // (B): powers of two, each within range
+  Tensor total, gram, gram_fro2;   // (B), (B, k, k), (B)
+  Tensor value_cut, value_cut2;    // (B): value_threshold in the units of a, its square; -1: none
+  Tensor bad, bad_basis;           // (B) bool: NaN/Inf in the matrix / in its basis
+  // (B) float64, from each matrix's own shape: the sub-gradient's singular-value floor (a
+  // fraction of s_1), the Gram's noise floor (of lambda_1) and an SVD's rank tolerance (of s_1).
+  Tensor sub_floor, noise_factor, svd_tolerance;
+};
+
+// How a cold solve finds the spectrum: the Gram's eigen-decomposition, by the Jacobi kernel
+// where it fits or by the device's batched solver; or an SVD of the matrix itself (float64 cuts the Gram cannot
+// resolve).
+enum class ColdSolver { kAuto, kLapack, kSvd };
+
+// Eigenpairs of some matrices of a group and their ranks: what the outputs are built from.
+struct Solved {
+  Group* group = nullptr;
+  std::vector<int64_t> local;  // positions in the group
+  Tensor sel;                  // the same, on the device
+  Tensor vectors, values;      // (n, k, w), (n, w) descending
+  Tensor rank;                 // (n) int64
+  Tensor converged;            // (n) bool: the eigensolver converged
+  Tensor projected, subgradient;  // (n, k, len) float64, unscaled
+  ColdSolver solver = ColdSolver::kAuto;  // of a cold solve (warm results: kAuto)
+};
+
+at::TensorOptions f64(const Tensor& like) { return like.options().dtype(at::kDouble); }
+
+// To a GPU through pinned memory and asynchronously: a blocking copy from pageable memory makes
+// ATen synchronise the stream, and this runs several times per shape group. The caching host
+// allocator keeps the pinned block until the copy has run.
+template <typename T>
+Tensor to_device(const std::vector<T>& host, const Tensor& like) {
+  const at::ScalarType dtype = c10::CppTypeToScalarType<T>::value;
+  const Tensor values = at::tensor(host, at::TensorOptions(dtype));
+  if (like.device().is_cpu()) return values;
+  return values.pin_memory().to(at::TensorOptions(like.device()).dtype(dtype), /*non_blocking=*/true);
+}
+Tensor device_index(const std::vector<int64_t>& host, const Tensor& like) {
+  return to_device(host, like);
+}
+
+// Deterministic pseudo-random entries in [-1, 1): columns a warm basis is padded with.
+Tensor pseudo_random(int64_t batch, int64_t k, int64_t b, const at::TensorOptions& options) {
+  const Tensor x = at::arange(batch * k * b, options).view({batch, k, b});
+  return at::frac(at::sin(x * 12.9898 + 78.233) * 43758.5453) * 2.0 - 1.0;
+}
+
+// Writes each piece (k x w_j, any dtype) into the first w_j columns of its row of `batch` (B, k,
+// W): pieces of one width together from kBatchedCopyRows of them on, the others one copy each.
+// Pieces of width 0 leave their rows as they are.
+void place_columns(Tensor& batch, const std::vector<Tensor>& pieces) {
+  std::map<int64_t, std::vector<int64_t>> by_width;
+  for (size_t j = 0; j < pieces.size(); ++j) {
+    if (pieces[j].size(1) > 0) by_width[pieces[j].size(1)].push_back(static_cast<int64_t>(j));
+  }
+  for (const auto& [width, rows] : by_width) {
+    if (rows.size() < kBatchedCopyRows) {
+      for (int64_t j : rows) batch[j].narrow(1, 0, width).copy_(pieces[j]);
+      continue;
+    }
+    std::vector<Tensor> given;
+    for (int64_t j : rows) given.push_back(pieces[j]);
+    const Tensor stacked = at::stack(given).to(batch.scalar_type());
+    batch.narrow(2, 0, width).index_copy_(0, device_index(rows, batch), stacked);
+  }
+}
+
+void load_group(Group& g, at::TensorList mats, std::optional<double> value_threshold,
+                bool single) {
+  std::vector<Tensor> views;  // k x len_j
+  for (size_t j = 0; j < g.index.size(); ++j) {
+    const Tensor& mat = mats[g.index[j]];
+    views.push_back(g.transposed[j] ? mat.t() : mat);
+  }
+  Tensor a;
+  if (std::all_of(g.lens.begin(), g.lens.end(), [&](int64_t len) { return len == g.len; })) {
+    a = at::stack(views).to(at::kDouble);
+  } else {  // several long sides: the shorter ones zero-padded
+    a = at::zeros({static_cast<int64_t>(views.size()), g.k, g.len}, f64(mats[g.index[0]]));
+    place_columns(a, views);
+  }
+  g.bad = at::isfinite(a).flatten(1).all(1).logical_not();
+  a.masked_fill_(g.bad.view({-1, 1, 1}), 0.0);  // flagged matrices are raised on, not solved
+  // Power-of-two rescaling where max|a| lies outside 2^+-kMaxUnscaledExponent; split in two
+  // factors, since 2^-exponent alone overflows for subnormal-only matrices.
+  const Tensor exponent = std::get<1>(at::frexp(a.abs().flatten(1).amax(1))).to(at::kDouble);
+  const Tensor rescale = exponent.abs() > kMaxUnscaledExponent;
+  const Tensor lo = at::where(rescale, at::floor(-exponent / 2), at::zeros_like(exponent));
+  const Tensor hi = at::where(rescale, -exponent - lo, at::zeros_like(exponent));
+  g.scale_lo = at::exp2(lo);
+  g.scale_hi = at::exp2(hi);
+  a.mul_(g.scale_lo.view({-1, 1, 1})).mul_(g.scale_hi.view({-1, 1, 1}));
+  g.a = a;
+  g.total = a.square().flatten(1).sum(1);
+  const Tensor gram = at::bmm(a, a.transpose(1, 2));
+  g.gram = (gram + gram.transpose(1, 2)).mul_(0.5);  // bmm may round G_ij and G_ji differently
+  g.gram_fro2 = g.gram.square().flatten(1).sum(1);
+  // One factor at a time, as the matrix: 2^lo * 2^hi alone overflows for subnormal-only ones.
+  g.value_cut = value_threshold.has_value() ? (g.scale_lo * *value_threshold) * g.scale_hi
+                                            : at::full_like(g.total, -1.0);
+  g.value_cut2 = at::where(g.value_cut >= 0.0, g.value_cut.square(), g.value_cut);
+  g.bad_basis = at::zeros_like(g.bad);
+  std::vector<double> floors;  // per matrix, one upload
+  for (int64_t len : g.lens) {
+    floors.push_back(subgradient_floor(single, g.k, len));
+    floors.push_back(gram_noise_factor(g.k, len));
+    floors.push_back(static_cast<double>(len) * std::numeric_limits<double>::epsilon());
+  }
+  const Tensor per_matrix = to_device(floors, a).view({-1, 3});
+  g.sub_floor = per_matrix.select(1, 0);
+  g.noise_factor = per_matrix.select(1, 1);
+  g.svd_tolerance = per_matrix.select(1, 2);
+}
+
+// Eigen-decomposition of a batch of symmetric matrices, descending.
+std::tuple<Tensor, Tensor, Tensor> eigh_descending(const Tensor& h, bool force_lapack,
+                                                  const BatchedKernels& kernels) {
+  const int64_t batch = h.size(0), n = h.size(1);
+  if (!force_lapack && kernels.jacobi_eigh_fits(n)) {
+    Tensor values = at::empty({batch, n}, h.options());
+    Tensor vectors = at::empty({batch, n, n}, h.options());
+    Tensor converged = at::empty({batch}, h.options().dtype(at::kInt));
+    kernels.jacobi_eigh(h.contiguous(), values, vectors, converged);
+    return {values, vectors, converged.ne(0)};
+  }
+  // Past the Jacobi kernel: the device's batched solver, one call for the batch with no host
+  // sync (its failures come back as flags, redone by the forced path below); torch.linalg.eigh
+  // where it has none, when forced (a redo), or when it declines.
+  Tensor values, vectors, info;
+  if (!force_lapack && kernels.batched_eigh != nullptr && kernels.batched_eigh(h, values, vectors, info)) {
+    return {values.flip(1), vectors.flip(2), info.eq(0)};
+  }
+  std::tie(values, vectors) = at::linalg_eigh(h);  // ascending; syncs once to check its infos
+  return {values.flip(1), vectors.flip(2), at::ones({batch}, h.options().dtype(at::kBool))};
+}
+
+// Cholesky QR, twice, of each (k, b) block; ok &= factorisation succeeded and the result is
+// orthonormal. A failed factorisation is replaced by the identity so that the batch stays finite.
+Tensor orthonormalize(const Tensor& q, Tensor& ok) {
+  const int64_t batch = q.size(0), b = q.size(2);
+  const Tensor eye = at::eye(b, q.options()).expand({batch, b, b});
+  Tensor x = q;
+  for (int pass = 0; pass < 2; ++pass) {
+    const Tensor s = at::bmm(x.transpose(1, 2), x);
+    auto [lower, info] = at::linalg_cholesky_ex(s);
+    const Tensor good = info.eq(0);
+    ok = ok.logical_and(good);
+    lower = at::where(good.view({-1, 1, 1}), lower, eye);
+    x = at::linalg_solve_triangular(lower.transpose(1, 2), x, /*upper=*/true, /*left=*/false);
+  }
+  const Tensor deviation = (at::bmm(x.transpose(1, 2), x) - eye).abs().flatten(1).amax(1);
+  ok = ok.logical_and(deviation.le(kOrthonormalTol));
+  return x;
+}
+
+// The energy_rank op over rows of different widths: zero-padded to one batch, one call.
+std::vector<Tensor> energy_ranks(const std::vector<Tensor>& rows, double energy) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("trp_ext::energy_rank", "")
+                             .typed<Tensor(const Tensor&, double)>();
+  std::vector<Tensor> out;
+  if (rows.empty()) return out;
+  int64_t width = 0;
+  for (const Tensor& r : rows) width = std::max(width, r.size(1));
+  std::vector<Tensor> padded;
+  for (const Tensor& r : rows) {
+    // NaN only reaches here from flagged matrices, which are raised on later with their index,
+    // or from an eigensolver that did not converge, whose part is solved again.
+    padded.push_back(at::constant_pad_nd(at::nan_to_num(r, 0.0, 0.0, 0.0), {0, width - r.size(1)}));
+  }
+  const Tensor ranks = op.call(at::cat(padded), energy);
+  int64_t offset = 0;
+  for (const Tensor& r : rows) {
+    out.push_back(ranks.narrow(0, offset, r.size(0)));
+    offset += r.size(0);
+  }
+  return out;
+}
+
+// The warm attempt on one group: power steps and Rayleigh-Ritz from the given bases.
+struct WarmAttempt {
+  Group* group = nullptr;
+  std::vector<char> tried;  // the matrix has a non-empty basis
+  int64_t b = 0;
+  Tensor usable, vectors, values, res2, rows, rank, status;
+};
+
+WarmAttempt warm_start(Group& g, at::TensorList bases, const BatchedKernels& kernels) {
+  WarmAttempt w;
+  w.group = &g;
+  const int64_t batch = g.index.size(), k = g.k;
+  for (int64_t j = 0; j < batch; ++j) {
+    const int64_t width = bases[g.index[j]].size(1);
+    w.tried.push_back(width > 0);
+    w.b = std::max(w.b, width);
+  }
+  if (w.b == 0) return w;
+  const Tensor noise = pseudo_random(batch, k, w.b, f64(g.a));
+  Tensor q = noise.clone();  // narrower bases are padded with noise columns
+  std::vector<Tensor> given;
+  for (int64_t j = 0; j < batch; ++j) given.push_back(bases[g.index[j]]);
+  place_columns(q, given);
+  g.bad_basis = at::isfinite(q).flatten(1).all(1).logical_not();
+  std::vector<int64_t> tried(w.tried.begin(), w.tried.end());
+  Tensor ok = device_index(tried, g.a).ne(0).logical_and(g.bad.logical_or(g.bad_basis).logical_not());
+  q = at::where(ok.view({-1, 1, 1}), q, noise);
+  q = orthonormalize(q, ok);
+  for (int step = 0; step < kWarmPowerSteps; ++step) {
+    // Columns of G Q scaled to unit norm: q tracks Ritz vectors, so this is nearly orthonormal.
+    Tensor z = at::bmm(g.gram, q);
+    const Tensor norms = at::linalg_vector_norm(z, 2, {1}, /*keepdim=*/true);
+    const Tensor stagnant = norms.le(kStagnant * norms.amax({2}, /*keepdim=*/true));
+    z = at::where(stagnant, q, z / norms.clamp_min(DBL_MIN));
+    q = orthonormalize(z, ok);
+  }
+  // Rayleigh-Ritz: H = Q^T G Q = E Theta E^T, U = Q E, G U = (G Q) E.
+  const Tensor gq = at::bmm(g.gram, q);
+  Tensor h = at::bmm(q.transpose(1, 2), gq);
+  h = (h + h.transpose(1, 2)).mul_(0.5);
+  h = at::where(ok.view({-1, 1, 1}), h, at::zeros_like(h));
+  auto [theta, e, converged] = eigh_descending(h, /*force_lapack=*/false, kernels);
+  w.usable = ok.logical_and(converged);
+  w.values = theta;
+  w.vectors = at::bmm(q, e);
+  const Tensor gu = at::bmm(gq, e);
+  w.res2 = (gu - w.vectors * theta.unsqueeze(1)).square().sum(1);
+  // The rank rule on the Ritz values, the energy outside span(Q) lumped as one more value.
+  const Tensor captured = theta.clamp_min(0.0).sum(1);
+  const Tensor tail = w.b < k ? (g.total - captured).clamp_min(0.0) : at::zeros_like(captured);
+  w.rows = at::cat({theta.clamp_min(0.0).sqrt(), tail.sqrt().unsqueeze(1)}, 1);
+  return w;
+}
+
+void certify(WarmAttempt& w, const Tensor& energy_rank, const std::optional<int64_t>& max_rank,
+             bool want_subgradient, bool single, const BatchedKernels& kernels) {
+  Group& g = *w.group;
+  const WarmTolerances tol = warm_tolerances(single);
+  RitzBatch batch;
+  batch.k = g.k;
+  batch.b = w.b;
+  batch.theta = w.values.contiguous();
+  batch.res2 = w.res2.contiguous();
+  batch.gram_fro2 = g.gram_fro2.contiguous();
+  batch.total = g.total.contiguous();
+  batch.value_cut2 = g.value_cut2.contiguous();
+  batch.sub_floor2 = (w.values.select(1, 0).clamp_min(0.0) * g.sub_floor.square()).contiguous();
+  batch.energy_rank = energy_rank.contiguous();
+  batch.usable = w.usable.contiguous();
+  batch.max_rank = max_rank.value_or(-1);
+  batch.want_subgradient = want_subgradient;
+  batch.tol_rank = tol.rank;
+  batch.tol_proj = tol.proj;
+  batch.tol_sub = tol.sub;
+  w.rank = at::empty({static_cast<int64_t>(g.index.size())}, g.total.options().dtype(at::kLong));
+  w.status = at::empty({static_cast<int64_t>(g.index.size())}, g.total.options().dtype(at::kInt));
+  kernels.certify_ritz_batch(batch, w.rank, w.status);
+}
+
+// The spectrum of the given matrices of a group from an SVD of each matrix (LAPACK or cuSOLVER
+// through ATen) instead of its Gram: values s_i^2, with singular values at or below max(k, len) eps s_1
+// counted as zero (a float64 SVD's own rounding, numpy's rank rule), as the CPU's
+// refine_with_svd has them.
+void svd_spectrum(Solved& s) {
+  const Group& g = *s.group;
+  const Tensor a = g.a.index_select(0, s.sel);
+  const auto [u, singular, vh] = at::linalg_svd(a, /*full_matrices=*/false);  // syncs: its infos
+  const Tensor tolerance =
+      (singular.select(1, 0) * g.svd_tolerance.index_select(0, s.sel)).unsqueeze(1);
+  s.values = at::where(singular > tolerance, singular.square(), at::zeros_like(singular));
+  s.vectors = u;
+  s.converged = at::ones({singular.size(0)}, singular.options().dtype(at::kBool));
+}
+
+// Full spectra of the given matrices of a group; ranks follow from `rows`.
+Solved solve_cold(Group& g, std::vector<int64_t> local, ColdSolver solver,
+                  const BatchedKernels& kernels) {
+  Solved s;
+  s.group = &g;
+  s.local = std::move(local);
+  s.sel = device_index(s.local, g.a);
+  s.solver = solver;
+  if (solver == ColdSolver::kSvd) {
+    svd_spectrum(s);
+    return s;
+  }
+  const Tensor gram = g.gram.index_select(0, s.sel);
+  auto [values, vectors, converged] = eigh_descending(gram, solver == ColdSolver::kLapack, kernels);
+  // G is PSD; eigenvalues within its rounding count as zero, as on the CPU (see
+  // gram_noise_factor): without it, energy = 1 ranks would count the null space's noise.
+  const Tensor floor = (values.select(1, 0) * g.noise_factor.index_select(0, s.sel)).unsqueeze(1);
+  s.values = at::where(values > floor, values, at::zeros_like(values));
+  s.vectors = vectors;
+  s.converged = converged;
+  return s;
+}
+
+// The caps of the rank rule on a full spectrum: count of singular values >= value_threshold
+// (compared as singular values, as on the CPU), then max_rank.
+Tensor cap_ranks(const Tensor& energy_rank, const Tensor& singular, const Tensor& value_cut,
+                 const std::optional<double>& value_threshold, const std::optional<int64_t>& max_rank) {
+  Tensor rank = energy_rank;
+  if (value_threshold.has_value()) {
+    const Tensor count = (singular >= value_cut.unsqueeze(1)).sum(1);
+    rank = at::minimum(rank, count);
+  }
+  if (max_rank.has_value()) rank = rank.clamp_max(*max_rank);
+  return rank;
+}
+
+// Which matrices of a float64 part need the SVD (kGramResolvedFraction): a cut below the Gram's
+// reach, or, at energy 1, a rank its noise floor set (the next value is zero, or the spectrum
+// ends at the rank), not a cap.
+Tensor needs_svd_refinement(const Solved& s, double energy, bool single) {
+  if (single || s.solver == ColdSolver::kSvd) return at::zeros_like(s.rank, at::kBool);
+  const int64_t width = s.values.size(1);
+  const Tensor last = s.values.gather(1, (s.rank - 1).clamp_min(0).unsqueeze(1)).squeeze(1);
+  Tensor needs = last < s.values.select(1, 0) * kGramResolvedFraction;
+  if (energy >= 1.0) {
+    const Tensor next = s.values.gather(1, s.rank.clamp_max(width - 1).unsqueeze(1)).squeeze(1);
+    const Tensor ends_at_rank = s.rank.ge(width).logical_or(next.eq(0.0));
+    const Tensor noise_limited = s.rank.lt(s.group->k).logical_and(ends_at_rank);
+    needs = needs.logical_or(noise_limited);
+  }
+  return needs.logical_and(s.rank.gt(0));
+}
+
+// The part reduced to the given rows (positions in it): the others are solved again elsewhere.
+void keep_rows(Solved& s, const std::vector<int64_t>& rows) {
+  std::vector<int64_t> local;
+  for (int64_t j : rows) local.push_back(s.local[j]);
+  const Tensor keep = device_index(rows, s.rank);
+  s.local = std::move(local);
+  s.sel = s.sel.index_select(0, keep);
+  s.vectors = s.vectors.index_select(0, keep);
+  s.values = s.values.index_select(0, keep);
+  s.rank = s.rank.index_select(0, keep);
+  s.converged = s.converged.index_select(0, keep);
+}
+
+// P = U_r (U_r^T A) and U_r S_r^-1 (U_r^T A), with the columns beyond each rank masked out.
+void build_outputs(Solved& s, bool want_subgradient) {
+  Group& g = *s.group;
+  const int64_t width = s.vectors.size(2);
+  const Tensor a = g.a.index_select(0, s.sel);
+  const Tensor keep = at::arange(width, s.rank.options()).unsqueeze(0) < s.rank.unsqueeze(1);
+  const Tensor u = s.vectors * keep.unsqueeze(1);
+  const Tensor w = at::bmm(u.transpose(1, 2), a);
+  // Undo the scaling in two factors, like it was applied: exact, and never overflowing.
+  s.projected = at::bmm(u, w)
+                    .mul_(g.scale_lo.index_select(0, s.sel).reciprocal().view({-1, 1, 1}))
+                    .mul_(g.scale_hi.index_select(0, s.sel).reciprocal().view({-1, 1, 1}));
+  if (want_subgradient) {
+    const Tensor sub_floor = g.sub_floor.index_select(0, s.sel);
+    const Tensor floor2 = (s.values.select(1, 0) * sub_floor.square()).unsqueeze(1);
+    const Tensor kept = keep.logical_and(s.values > floor2);
+    const Tensor inverse =
+        at::where(kept, s.values.clamp_min(DBL_MIN).rsqrt(), at::zeros_like(s.values));
+    s.subgradient = at::bmm(s.vectors * inverse.unsqueeze(1), w);
+  }
+}
+
+std::vector<int64_t> global_index(const Solved& s) {
+  std::vector<int64_t> global;
+  for (int64_t j : s.local) global.push_back(s.group->index[j]);
+  return global;
+}
+
+// Copies float64 sources into fresh outputs of the same sizes (contiguous), converting to the
+// outputs' dtype, for the whole list at once: the pairs whose source is contiguous too go through
+// one multi-tensor copy (a few launches in all, where one copy per matrix cost a launch each),
+// the others through a copy each. Empty pairs need no copy.
+void copy_all(const std::vector<Tensor>& dst, const std::vector<Tensor>& src) {
+  std::vector<Tensor> fast_dst, fast_src, slow_dst, slow_src;
+  for (size_t t = 0; t < dst.size(); ++t) {
+    if (dst[t].numel() == 0) continue;
+    const bool fast = src[t].is_contiguous();
+    (fast ? fast_dst : slow_dst).push_back(dst[t]);
+    (fast ? fast_src : slow_src).push_back(src[t]);
+  }
+  if (!fast_dst.empty()) at::_foreach_copy_(fast_dst, fast_src);
+  for (size_t t = 0; t < slow_dst.size(); ++t) slow_dst[t].copy_(slow_src[t]);
+}
+
+// The first cols[i] columns of row j of each part's (n, k, W) tensor, for the (row j, matrix i)
+// pairs of part_rows: rows that share a width below W are cut out together (one gather, which
+// leaves them contiguous, as copy_all's single copy wants them), a row alone at its width is read
+// where it is, and so are full rows of a contiguous tensor (an SVD's vectors are column-major).
+using PartRows = std::vector<std::vector<std::pair<int64_t, int64_t>>>;
+std::vector<Tensor> leading_columns(const std::vector<Tensor>& parts, const PartRows& part_rows,
+                                    const std::vector<int64_t>& cols, int64_t count) {
+  std::vector<Tensor> src(count);
+  for (size_t p = 0; p < parts.size(); ++p) {
+    const Tensor& rows_of_part = parts[p];
+    std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> by_width;
+    for (const auto& [j, i] : part_rows[p]) by_width[cols[i]].push_back({j, i});
+    for (const auto& [w, rows] : by_width) {
+      if (rows.size() == 1 || (w == rows_of_part.size(2) && rows_of_part.is_contiguous())) {
+        for (const auto& [j, i] : rows) src[i] = rows_of_part[j].narrow(1, 0, w);
+        continue;
+      }
+      std::vector<int64_t> local;
+      for (const auto& row : rows) local.push_back(row.first);
+      const Tensor picked = device_index(local, rows_of_part);
+      const Tensor block = rows_of_part.narrow(2, 0, w).index_select(0, picked);
+      for (size_t t = 0; t < rows.size(); ++t) src[rows[t].second] = block[t];
+    }
+  }
+  return src;
+}
+
+}  // namespace
+
+std::tuple<std::vector<Tensor>, Tensor, std::vector<Tensor>, std::vector<Tensor>>
+lowrank_project_batched(at::TensorList mats, double energy, std::optional<double> value_threshold,
+                        std::optional<int64_t> max_rank, std::optional<at::TensorList> bases,
+                        bool want_subgradient, const BatchedKernels& kernels) {
+  check_lowrank_project_args(mats, energy, value_threshold, max_rank, bases);
+  const int64_t count = static_cast<int64_t>(mats.size());
+  const bool single = mats[0].scalar_type() == at::kFloat;
+  const bool try_warm = bases.has_value() && energy < 1.0;
+
+  // 1. Group by shorter side, and long sides within a factor of 2 of the group's shortest (so
+  // that the zero padding at most doubles a matrix); empty matrices need no device work.
+  std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> by_k;  // k -> (long side, index)
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t m = mats[i].size(0), n = mats[i].size(1);
+    if (std::min(m, n) > 0) by_k[std::min(m, n)].push_back({std::max(m, n), i});
+  }
+  std::map<std::pair<int64_t, int64_t>, Group> groups;  // (k, shortest long side) -> group
+  for (auto& [k, members] : by_k) {
+    std::stable_sort(members.begin(), members.end(),
+                     [](const auto& x, const auto& y) { return x.first < y.first; });
+    int64_t shortest = 0;
+    for (const auto& [len, i] : members) {
+      if (shortest == 0 || len > 2 * shortest) shortest = len;
+      Group& g = groups[{k, shortest}];
+      g.k = k;
+      g.len = len;  // sorted: the last one is the longest
+      g.index.push_back(i);
+      g.lens.push_back(len);
+      g.transposed.push_back(mats[i].size(0) > mats[i].size(1));
+    }
+  }
+  for (auto& [shape, g] : groups) load_group(g, mats, value_threshold, single);
+  if (bases.has_value() && !try_warm) {
+    // No warm start reads them (energy = 1), but a NaN or Inf in a given basis is still bad
+    // input, reported as the CPU kernel reports it; on the device, read with the other flags.
+    for (auto& [shape, g] : groups) {
+      std::vector<Tensor> finite;
+      for (int64_t i : g.index) finite.push_back(at::isfinite((*bases)[i]).all());
+      g.bad_basis = at::stack(finite).logical_not();
+    }
+  }
+
+  // 2. Warm starts, certified; then one sync to learn which held.
+  std::vector<ProjectPath> path(count, ProjectPath::kCold);
+  std::vector<char> warm_held(count, 0), zero_matrix(count, 0);
+  std::vector<WarmAttempt> attempts;
+  if (try_warm) {
+    for (auto& [shape, g] : groups) {
+      WarmAttempt w = warm_start(g, *bases, kernels);
+      if (w.b > 0) attempts.push_back(std::move(w));
+    }
+    std::vector<Tensor> rows;
+    for (WarmAttempt& w : attempts) rows.push_back(w.rows);
+    const std::vector<Tensor> ranks = energy_ranks(rows, energy);
+    for (size_t t = 0; t < attempts.size(); ++t) {
+      certify(attempts[t], ranks[t], max_rank, want_subgradient, single, kernels);
+    }
+  }
+  // Flags per matrix: NaN/Inf in it or its basis, zero matrix, warm status. Read at once when
+  // warm starts were tried (their outcome decides what to solve cold), else with the ranks.
+  Tensor flags = at::full({count, 4}, -1, mats[0].options().dtype(at::kLong));
+  for (auto& [shape, g] : groups) {
+    const Tensor index = device_index(g.index, g.a);
+    flags.index_copy_(0, index, at::stack({g.bad.to(at::kLong), g.bad_basis.to(at::kLong),
+                                           g.total.eq(0.0).to(at::kLong),
+                                           at::full_like(g.total, -1, at::kLong)}, 1));
+  }
+  for (WarmAttempt& w : attempts) {
+    const Tensor index = device_index(w.group->index, w.group->a);
+    flags.select(1, 3).index_copy_(0, index, w.status.to(at::kLong));
+  }
+  auto read_flags = [&](const int64_t* f) {
+    for (int64_t i = 0; i < count; ++i) {
+      if (f[i * 4 + 0] == 1) raise_nonfinite("mats", i);
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      if (f[i * 4 + 1] == 1) raise_nonfinite("bases", i);
+      zero_matrix[i] = f[i * 4 + 2] == 1;
+    }
+    for (WarmAttempt& w : attempts) {
+      for (size_t j = 0; j < w.group->index.size(); ++j) {
+        const int64_t i = w.group->index[j];
+        if (!w.tried[j] || zero_matrix[i]) continue;  // no basis, or a zero matrix: cold
+        warm_held[i] = f[i * 4 + 3] == kRitzCertified;
+        path[i] = warm_held[i] ? ProjectPath::kWarm : ProjectPath::kFallback;
+      }
+    }
+  };
+  if (try_warm) {
+    const Tensor host = flags.cpu();  // host sync: NaN/Inf checks and which warm starts held
+    read_flags(host.const_data_ptr<int64_t>());
+  }
+
+  // 3. Certified warm results, and cold solves of the rest.
+  std::vector<Solved> solved;
+  for (WarmAttempt& w : attempts) {
+    Solved s;
+    s.group = w.group;
+    for (size_t j = 0; j < w.group->index.size(); ++j) {
+      if (warm_held[w.group->index[j]]) s.local.push_back(static_cast<int64_t>(j));
+    }
+    if (s.local.empty()) continue;
+    s.sel = device_index(s.local, w.group->a);
+    s.vectors = w.vectors.index_select(0, s.sel);
+    s.values = w.values.index_select(0, s.sel).clamp_min(0.0);
+    s.rank = w.rank.index_select(0, s.sel);
+    s.converged = at::ones_like(s.rank, at::kBool);
+    solved.push_back(std::move(s));
+  }
+  using Work = std::vector<std::pair<Group*, std::vector<int64_t>>>;
+  auto solve_and_rank = [&](Work work, ColdSolver solver) {
+    std::vector<Solved> cold;
+    std::vector<Tensor> rows;
+    for (auto& [g, local] : work) {
+      cold.push_back(solve_cold(*g, std::move(local), solver, kernels));
+      rows.push_back(cold.back().values.sqrt());
+    }
+    const std::vector<Tensor> ranks = energy_ranks(rows, energy);
+    for (size_t t = 0; t < cold.size(); ++t) {
+      const Tensor cut = cold[t].group->value_cut.index_select(0, cold[t].sel);
+      cold[t].rank = cap_ranks(ranks[t], rows[t], cut, value_threshold, max_rank);
+    }
+    return cold;
+  };
+  {
+    Work work;
+    for (auto& [shape, g] : groups) {
+      std::vector<int64_t> local;
+      for (size_t j = 0; j < g.index.size(); ++j) {
+        if (!warm_held[g.index[j]]) local.push_back(static_cast<int64_t>(j));
+      }
+      if (!local.empty()) work.emplace_back(&g, std::move(local));
+    }
+    for (Solved& s : solve_and_rank(std::move(work), ColdSolver::kAuto)) solved.push_back(std::move(s));
+  }
+
+  // 4. The bases' widths, the convergence flags and which matrices need the SVD to the host, one
+  // sync. A part whose Jacobi solve hit the sweep limit, or whose batched solve did not
+  // converge, is solved again through torch.linalg.eigh, and the matrices that need it by the
+  // SVD, each at the cost of one more round.
+  std::vector<int64_t> width_of(count, 0);
+  std::vector<std::pair<int64_t, int64_t>> found(count, {-1, -1});  // (part, row in the part)
+  std::vector<Solved> done;
+  for (bool first = true;; first = false) {
+    std::vector<Tensor> parts;
+    const bool with_flags = !try_warm && first;
+    if (with_flags) parts.push_back(flags.view({-1}));
+    for (Solved& s : solved) {
+      const Tensor width = kernels.gap_basis_widths(s.values.contiguous(), s.rank.contiguous(), s.group->k);
+      const Tensor refine = needs_svd_refinement(s, energy, single);
+      parts.push_back(at::stack({s.converged.to(at::kLong), width, refine.to(at::kLong)}, 1).view({-1}));
+    }
+    if (parts.empty()) break;  // only empty matrices
+    const Tensor host = at::cat(parts).cpu();  // host sync: the widths (and flags)
+    const int64_t* h = host.const_data_ptr<int64_t>();
+    if (with_flags) {
+      read_flags(h);
+      h += count * 4;
+    }
+    Work redo, refine;
+    int64_t row = 0;
+    for (Solved& s : solved) {
+      const int64_t* part = h + row * 3;
+      row += static_cast<int64_t>(s.local.size());
+      bool converged = true;
+      for (size_t j = 0; j < s.local.size(); ++j) converged &= part[j * 3] != 0;
+      if (!converged) {
+        TORCH_CHECK(s.solver == ColdSolver::kAuto,
+                    "lowrank_project(): the LAPACK/cuSOLVER eigensolver did not converge");
+        redo.emplace_back(s.group, s.local);
+        continue;
+      }
+      std::vector<int64_t> to_refine, kept;  // positions in the group; in the part
+      for (size_t j = 0; j < s.local.size(); ++j) {
+        if (part[j * 3 + 2] != 0) {
+          to_refine.push_back(s.local[j]);
+        } else {
+          kept.push_back(static_cast<int64_t>(j));
+        }
+      }
+      if (!to_refine.empty()) refine.emplace_back(s.group, std::move(to_refine));
+      if (kept.empty()) continue;
+      for (size_t j = 0; j < kept.size(); ++j) {
+        const int64_t i = s.group->index[s.local[kept[j]]];
+        width_of[i] = part[kept[j] * 3 + 1];
+        found[i] = {static_cast<int64_t>(done.size()), static_cast<int64_t>(j)};
+      }
+      if (kept.size() < s.local.size()) keep_rows(s, kept);
+      done.push_back(std::move(s));
+    }
+    solved.clear();
+    for (Solved& s : solve_and_rank(std::move(redo), ColdSolver::kLapack)) solved.push_back(std::move(s));
+    for (Solved& s : solve_and_rank(std::move(refine), ColdSolver::kSvd)) solved.push_back(std::move(s));
+    if (solved.empty()) break;
+  }
+  solved = std::move(done);
+  for (Solved& s : solved) build_outputs(s, want_subgradient);
+
+  // 5. Outputs in the order of `mats`, each its own allocation (outputs may not alias one
+  // another), filled by copy_all: a few launches for the whole list, none per matrix.
+  std::vector<Tensor> projected(count), subgradients, new_bases(count);
+  if (want_subgradient) subgradients.resize(count);
+  Tensor ranks = at::zeros({count}, mats[0].options().dtype(at::kLong));
+  for (Solved& s : solved) ranks.index_copy_(0, device_index(global_index(s), ranks), s.rank);
+  // A part's products in mats' orientation: matrices stored len x k read a transposed copy.
+  // Each matrix's own long side of its group's zero-padded one, and the columns of its basis.
+  std::vector<Tensor> flipped(solved.size()), flipped_sub(solved.size());
+  PartRows all_rows(solved.size()), upright_rows(solved.size());
+  std::vector<int64_t> width(count, 0), len(count, 0);
+  for (int64_t i = 0; i < count; ++i) {
+    const auto [part, j] = found[i];
+    if (part < 0) continue;
+    all_rows[part].push_back({j, i});
+    len[i] = std::max(mats[i].size(0), mats[i].size(1));
+    // A zero matrix returns an empty basis, as on the CPU: it warm-starts nothing.
+    width[i] = zero_matrix[i] ? 0 : std::min<int64_t>(solved[part].vectors.size(2), width_of[i]);
+    if (mats[i].size(0) <= mats[i].size(1)) {
+      upright_rows[part].push_back({j, i});
+    } else if (!flipped[part].defined()) {
+      flipped[part] = solved[part].projected.transpose(1, 2).contiguous();
+      if (want_subgradient) {
+        flipped_sub[part] = solved[part].subgradient.transpose(1, 2).contiguous();
+      }
+    }
+  }
+  std::vector<Tensor> vectors, products, sub_products;
+  for (const Solved& s : solved) {
+    vectors.push_back(s.vectors);
+    products.push_back(s.projected);
+    if (want_subgradient) sub_products.push_back(s.subgradient);
+  }
+  const std::vector<Tensor> basis_src = leading_columns(vectors, all_rows, width, count);
+  const std::vector<Tensor> projected_src = leading_columns(products, upright_rows, len, count);
+  const std::vector<Tensor> sub_src = want_subgradient
+                                          ? leading_columns(sub_products, upright_rows, len, count)
+                                          : std::vector<Tensor>();
+  std::vector<Tensor> dst, src;
+  for (int64_t i = 0; i < count; ++i) {
+    const Tensor& mat = mats[i];
+    const int64_t k = std::min(mat.size(0), mat.size(1));
+    const at::TensorOptions options = mat.options().memory_format(at::MemoryFormat::Contiguous);
+    const auto [part, j] = found[i];
+    if (part < 0) {  // an empty matrix
+      projected[i] = at::zeros(mat.sizes(), mat.options());
+      if (want_subgradient) subgradients[i] = at::zeros(mat.sizes(), mat.options());
+      new_bases[i] = at::empty({k, 0}, mat.options());
+      count_project_path(ProjectPath::kCold, 0);
+      continue;
+    }
+    const bool transposed = mat.size(0) > mat.size(1);
+    projected[i] = at::empty(mat.sizes(), options);
+    dst.push_back(projected[i]);
+    src.push_back(transposed ? flipped[part][j].narrow(0, 0, len[i]) : projected_src[i]);
+    if (want_subgradient) {
+      subgradients[i] = at::empty(mat.sizes(), options);
+      dst.push_back(subgradients[i]);
+      src.push_back(transposed ? flipped_sub[part][j].narrow(0, 0, len[i]) : sub_src[i]);
+    }
+    new_bases[i] = at::empty({k, width[i]}, mat.options());
+    dst.push_back(new_bases[i]);
+    src.push_back(basis_src[i]);
+    count_project_path(path[i], path[i] == ProjectPath::kCold ? 0 : kWarmPowerSteps + 1);
+  }
+  copy_all(dst, src);
+  return {projected, ranks, subgradients, new_bases};
+}
+
+}  // namespace trp_ext

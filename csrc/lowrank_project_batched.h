@@ -1,0 +1,56 @@
+// The batched algorithm of lowrank_project: the whole list in a fixed number of batched steps
+// (see the .cpp). The CUDA kernel is this algorithm on the GPU's own kernels; the CPU runs it on
+// their C++ twins (cpu/lowrank_project_batched_twins.h) when the cpu_batched_projection switch
+// says "always", so that the tests check the CUDA kernel's algorithm where no GPU is.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace trp_ext {
+
+// Inputs of certify_ritz (common/ritz_certificate.h) for a batch of Rayleigh-Ritz results, all
+// float64 on the matrices' device unless noted: theta (B, b) descending, res2 (B, b),
+// gram_fro2, total, value_cut2 (< 0: none), sub_floor2 (B each), energy_rank (B) int64, usable
+// (B) bool (false: the basis or the eigensolver failed; status kRitzNeedCold).
+struct RitzBatch {
+  int64_t k = 0, b = 0;
+  at::Tensor theta, res2, gram_fro2, total, value_cut2, sub_floor2, energy_rank, usable;
+  int64_t max_rank = -1;
+  bool want_subgradient = false;
+  double tol_rank = 0.0, tol_proj = 0.0, tol_sub = 0.0;
+};
+
+// The device's own kernels the batched algorithm calls; everything else is batched ATen work.
+struct BatchedKernels {
+  // Whether jacobi_eigh takes symmetric matrices of size n on the current device.
+  bool (*jacobi_eigh_fits)(int64_t n);
+  // Eigen-decomposition of a batch of symmetric n x n float64 matrices (B, n, n), contiguous,
+  // by cyclic Jacobi: values (B, n) descending, vectors (B, n, n) (column j belongs to
+  // values[:, j]), converged (B) int32 (0 if the sweep limit came first).
+  void (*jacobi_eigh)(const at::Tensor& matrices, const at::Tensor& values,
+                      const at::Tensor& vectors, const at::Tensor& converged);
+  // One certify_ritz per matrix: rank (B) int64 and status (B) int32 (a RitzStatus).
+  void (*certify_ritz_batch)(const RitzBatch& batch, const at::Tensor& rank,
+                             const at::Tensor& status);
+  // gap_basis_width (common/lowrank_project_policy.h) per matrix: values (B, w) float64
+  // descending, rank (B) int64; returns (B) int64.
+  at::Tensor (*gap_basis_widths)(const at::Tensor& values, const at::Tensor& rank, int64_t k);
+  // A one-call batched eigensolver for the matrices past jacobi_eigh (values ascending, info 0
+  // where it converged), or nullptr; returning false leaves the batch to torch.linalg.eigh.
+  bool (*batched_eigh)(const at::Tensor& sym, at::Tensor& values, at::Tensor& vectors,
+                       at::Tensor& info);
+};
+
+// lowrank_project (the op's schema and contract) by the batched algorithm on `kernels`, on the
+// matrices' device; the caller holds the device guard.
+std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+lowrank_project_batched(at::TensorList mats, double energy, std::optional<double> value_threshold,
+                        std::optional<int64_t> max_rank, std::optional<at::TensorList> bases,
+                        bool want_subgradient, const BatchedKernels& kernels);
+
+}  // namespace trp_ext
