@@ -17,15 +17,18 @@
 #include "lowrank_project_batched.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <cfloat>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <tuple>
 #include <utility>
 #include <vector>
 
+#include "common/batched_load.h"
 #include "common/lowrank_project_checks.h"
 #include "common/lowrank_project_policy.h"
 #include "common/lowrank_project_stats.h"
@@ -48,6 +51,10 @@ constexpr double kOrthonormalTol = 1e-10;
 constexpr size_t kBatchedCopyRows = 4;
 
 using at::Tensor;
+
+// A named range of the batched algorithm's phases in profiler traces (bench/launch_profile.py
+// counts the device operations of each); free when no profiler is on.
+#define TRP_PHASE(name) RECORD_FUNCTION("lowrank_project_batched::" name, std::vector<c10::IValue>())
 
 // The matrices of one shorter side k and long sides within a factor of 2 (k <= len), as one
 // batch, zero-padded to the longest: the padding changes neither the Gram matrix nor the
@@ -126,56 +133,70 @@ void place_columns(Tensor& batch, const std::vector<Tensor>& pieces) {
   }
 }
 
-void load_group(Group& g, at::TensorList mats, std::optional<double> value_threshold,
-                bool single) {
-  std::vector<Tensor> views;  // k x len_j
-  for (size_t j = 0; j < g.index.size(); ++j) {
-    const Tensor& mat = mats[g.index[j]];
-    views.push_back(g.transposed[j] ? mat.t() : mat);
+// Every group's matrices as float64 batches, their Gram matrices and per-matrix values: one
+// upload of the jobs, one load launch, a bmm per group and one launch that finishes the Gram
+// matrices, whatever the count of matrices and groups. The group fields are views into one stats
+// table and one flags tensor.
+void load_groups(std::map<std::pair<int64_t, int64_t>, Group>& groups, at::TensorList mats,
+                 std::optional<double> value_threshold, bool single, const BatchedKernels& kernels) {
+  TRP_PHASE("load");
+  int64_t count = 0;
+  for (const auto& [shape, g] : groups) count += static_cast<int64_t>(g.index.size());
+  if (count == 0) return;
+  const Tensor& first = mats[groups.begin()->second.index[0]];
+  const at::TensorOptions options = f64(first);
+  const Tensor stats = at::empty({kStatsRows, count}, options);
+  const Tensor flags = at::empty({2, count}, options.dtype(at::kBool));
+  std::vector<LoadJob> jobs;
+  int64_t row = 0;
+  for (auto& [shape, g] : groups) {
+    const int64_t batch = static_cast<int64_t>(g.index.size());
+    g.a = at::empty({batch, g.k, g.len}, options);
+    g.gram = at::empty({batch, g.k, g.k}, options);
+    const int64_t block = g.k * g.len, gram_block = g.k * g.k;
+    for (int64_t j = 0; j < batch; ++j) {
+      const Tensor& mat = mats[g.index[j]];
+      LoadJob job;
+      job.src = reinterpret_cast<int64_t>(mat.const_data_ptr());
+      job.row_stride = mat.stride(g.transposed[j] ? 1 : 0);
+      job.col_stride = mat.stride(g.transposed[j] ? 0 : 1);
+      job.k = g.k;
+      job.len = g.lens[j];
+      job.padded_len = g.len;
+      job.dst = reinterpret_cast<int64_t>(g.a.data_ptr<double>() + j * block);
+      job.gram = reinterpret_cast<int64_t>(g.gram.data_ptr<double>() + j * gram_block);
+      job.row = row + j;
+      job.sub_floor = subgradient_floor(single, g.k, g.lens[j]);
+      job.noise_factor = gram_noise_factor(g.k, g.lens[j]);
+      job.svd_tolerance = static_cast<double>(g.lens[j]) * std::numeric_limits<double>::epsilon();
+      jobs.push_back(job);
+    }
+    auto stat = [&](LoadStats which) { return stats[which].narrow(0, row, batch); };
+    g.scale_lo = stat(kStatScaleLo);
+    g.scale_hi = stat(kStatScaleHi);
+    g.total = stat(kStatTotal);
+    g.value_cut = stat(kStatValueCut);
+    g.value_cut2 = stat(kStatValueCut2);
+    g.sub_floor = stat(kStatSubFloor);
+    g.noise_factor = stat(kStatNoiseFactor);
+    g.svd_tolerance = stat(kStatSvdTolerance);
+    g.gram_fro2 = stat(kStatGramFro2);
+    g.bad = flags[0].narrow(0, row, batch);
+    g.bad_basis = flags[1].narrow(0, row, batch);
+    row += batch;
   }
-  Tensor a;
-  if (std::all_of(g.lens.begin(), g.lens.end(), [&](int64_t len) { return len == g.len; })) {
-    a = at::stack(views).to(at::kDouble);
-  } else {  // several long sides: the shorter ones zero-padded
-    a = at::zeros({static_cast<int64_t>(views.size()), g.k, g.len}, f64(mats[g.index[0]]));
-    place_columns(a, views);
-  }
-  g.bad = at::isfinite(a).flatten(1).all(1).logical_not();
-  a.masked_fill_(g.bad.view({-1, 1, 1}), 0.0);  // flagged matrices are raised on, not solved
-  // Power-of-two rescaling where max|a| lies outside 2^+-kMaxUnscaledExponent; split in two
-  // factors, since 2^-exponent alone overflows for subnormal-only matrices.
-  const Tensor exponent = std::get<1>(at::frexp(a.abs().flatten(1).amax(1))).to(at::kDouble);
-  const Tensor rescale = exponent.abs() > kMaxUnscaledExponent;
-  const Tensor lo = at::where(rescale, at::floor(-exponent / 2), at::zeros_like(exponent));
-  const Tensor hi = at::where(rescale, -exponent - lo, at::zeros_like(exponent));
-  g.scale_lo = at::exp2(lo);
-  g.scale_hi = at::exp2(hi);
-  a.mul_(g.scale_lo.view({-1, 1, 1})).mul_(g.scale_hi.view({-1, 1, 1}));
-  g.a = a;
-  g.total = a.square().flatten(1).sum(1);
-  const Tensor gram = at::bmm(a, a.transpose(1, 2));
-  g.gram = (gram + gram.transpose(1, 2)).mul_(0.5);  // bmm may round G_ij and G_ji differently
-  g.gram_fro2 = g.gram.square().flatten(1).sum(1);
-  // One factor at a time, as the matrix: 2^lo * 2^hi alone overflows for subnormal-only ones.
-  g.value_cut = value_threshold.has_value() ? (g.scale_lo * *value_threshold) * g.scale_hi
-                                            : at::full_like(g.total, -1.0);
-  g.value_cut2 = at::where(g.value_cut >= 0.0, g.value_cut.square(), g.value_cut);
-  g.bad_basis = at::zeros_like(g.bad);
-  std::vector<double> floors;  // per matrix, one upload
-  for (int64_t len : g.lens) {
-    floors.push_back(subgradient_floor(single, g.k, len));
-    floors.push_back(gram_noise_factor(g.k, len));
-    floors.push_back(static_cast<double>(len) * std::numeric_limits<double>::epsilon());
-  }
-  const Tensor per_matrix = to_device(floors, a).view({-1, 3});
-  g.sub_floor = per_matrix.select(1, 0);
-  g.noise_factor = per_matrix.select(1, 1);
-  g.svd_tolerance = per_matrix.select(1, 2);
+  std::vector<int64_t> words(jobs.size() * kLoadJobWords);
+  std::memcpy(words.data(), jobs.data(), jobs.size() * sizeof(LoadJob));
+  const Tensor table = to_device(words, first).view({count, kLoadJobWords});
+  kernels.load_matrices(table, !single, value_threshold.value_or(-1.0), stats, flags);
+  for (auto& [shape, g] : groups) at::bmm_out(g.gram, g.a, g.a.transpose(1, 2));
+  kernels.finish_grams(table, stats[kStatGramFro2]);
 }
 
 // Eigen-decomposition of a batch of symmetric matrices, descending.
 std::tuple<Tensor, Tensor, Tensor> eigh_descending(const Tensor& h, bool force_lapack,
                                                   const BatchedKernels& kernels) {
+  TRP_PHASE("eigh");
   const int64_t batch = h.size(0), n = h.size(1);
   if (!force_lapack && kernels.jacobi_eigh_fits(n)) {
     Tensor values = at::empty({batch, n}, h.options());
@@ -198,6 +219,7 @@ std::tuple<Tensor, Tensor, Tensor> eigh_descending(const Tensor& h, bool force_l
 // Cholesky QR, twice, of each (k, b) block; ok &= factorisation succeeded and the result is
 // orthonormal. A failed factorisation is replaced by the identity so that the batch stays finite.
 Tensor orthonormalize(const Tensor& q, Tensor& ok) {
+  TRP_PHASE("orthonormalize");
   const int64_t batch = q.size(0), b = q.size(2);
   const Tensor eye = at::eye(b, q.options()).expand({batch, b, b});
   Tensor x = q;
@@ -216,6 +238,7 @@ Tensor orthonormalize(const Tensor& q, Tensor& ok) {
 
 // The energy_rank op over rows of different widths: zero-padded to one batch, one call.
 std::vector<Tensor> energy_ranks(const std::vector<Tensor>& rows, double energy) {
+  TRP_PHASE("energy_ranks");
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("trp_ext::energy_rank", "")
                              .typed<Tensor(const Tensor&, double)>();
@@ -247,6 +270,7 @@ struct WarmAttempt {
 };
 
 WarmAttempt warm_start(Group& g, at::TensorList bases, const BatchedKernels& kernels) {
+  TRP_PHASE("warm_start");
   WarmAttempt w;
   w.group = &g;
   const int64_t batch = g.index.size(), k = g.k;
@@ -294,6 +318,7 @@ WarmAttempt warm_start(Group& g, at::TensorList bases, const BatchedKernels& ker
 
 void certify(WarmAttempt& w, const Tensor& energy_rank, const std::optional<int64_t>& max_rank,
              bool want_subgradient, bool single, const BatchedKernels& kernels) {
+  TRP_PHASE("certify");
   Group& g = *w.group;
   const WarmTolerances tol = warm_tolerances(single);
   RitzBatch batch;
@@ -335,6 +360,7 @@ void svd_spectrum(Solved& s) {
 // Full spectra of the given matrices of a group; ranks follow from `rows`.
 Solved solve_cold(Group& g, std::vector<int64_t> local, ColdSolver solver,
                   const BatchedKernels& kernels) {
+  TRP_PHASE("solve_cold");
   Solved s;
   s.group = &g;
   s.local = std::move(local);
@@ -400,6 +426,7 @@ void keep_rows(Solved& s, const std::vector<int64_t>& rows) {
 
 // P = U_r (U_r^T A) and U_r S_r^-1 (U_r^T A), with the columns beyond each rank masked out.
 void build_outputs(Solved& s, bool want_subgradient) {
+  TRP_PHASE("build_outputs");
   Group& g = *s.group;
   const int64_t width = s.vectors.size(2);
   const Tensor a = g.a.index_select(0, s.sel);
@@ -502,7 +529,7 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
       g.transposed.push_back(mats[i].size(0) > mats[i].size(1));
     }
   }
-  for (auto& [shape, g] : groups) load_group(g, mats, value_threshold, single);
+  load_groups(groups, mats, value_threshold, single, kernels);
   if (bases.has_value() && !try_warm) {
     // No warm start reads them (energy = 1), but a NaN or Inf in a given basis is still bad
     // input, reported as the CPU kernel reports it; on the device, read with the other flags.

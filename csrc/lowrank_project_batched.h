@@ -27,6 +27,15 @@ struct RitzBatch {
 
 // The device's own kernels the batched algorithm calls; everything else is batched ATen work.
 struct BatchedKernels {
+  // Every matrix of the call, one job a matrix (`jobs`: (count, kLoadJobWords) int64 rows of
+  // common/batched_load.h's LoadJob, on the device): written as float64 into its group's batch,
+  // rescaled, zero where it holds NaN or Inf; flags (2, count) bool gets [NaN/Inf in it, false],
+  // and `stats` (kStatsRows, count) float64 its per-matrix values (but the Gram norms).
+  void (*load_matrices)(const at::Tensor& jobs, bool from_double, double value_threshold,
+                        const at::Tensor& stats, const at::Tensor& flags);
+  // Each job's Gram matrix made exactly symmetric ((G + G^T) / 2) and its squared Frobenius
+  // norm into gram_fro2 (count) float64.
+  void (*finish_grams)(const at::Tensor& jobs, const at::Tensor& gram_fro2);
   // Whether jacobi_eigh takes symmetric matrices of size n on the current device.
   bool (*jacobi_eigh_fits)(int64_t n);
   // Eigen-decomposition of a batch of symmetric n x n float64 matrices (B, n, n), contiguous,

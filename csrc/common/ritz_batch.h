@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "common/batch_tensor_checks.h"
 #include "common/host_device.h"
 #include "common/lowrank_project_policy.h"
 #include "common/ritz_certificate.h"
@@ -57,16 +58,6 @@ TRP_HOST_DEVICE inline void certify_batch_member(const RitzArgs& args, int64_t i
 TRP_HOST_DEVICE inline void gap_width_of_member(int64_t i, int64_t w, int64_t k, const double* values,
                                                 const int64_t* rank, int64_t* width_out) {
   width_out[i] = gap_basis_width(values + i * w, w, rank[i], k);
-}
-
-// Host side: a contiguous tensor of the given dtype, size and device type, else an error naming
-// the caller and the tensor.
-inline void check_batch_tensor(const at::Tensor& t, at::ScalarType dtype, int64_t numel,
-                               c10::DeviceType device, const char* name, const char* caller) {
-  TORCH_CHECK(t.device().type() == device && t.is_contiguous() && t.scalar_type() == dtype &&
-                  t.numel() == numel,
-              caller, ": '", name, "' must be a contiguous ", device, " ", dtype, " tensor of ",
-              numel, " elements");
 }
 
 // The checked RitzArgs of a batch, and of the rank and status outputs, on the given device type.

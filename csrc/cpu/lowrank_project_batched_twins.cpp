@@ -11,6 +11,8 @@
 #include <cmath>
 #include <vector>
 
+#include "common/batch_tensor_checks.h"
+#include "common/batched_load.h"
 #include "common/jacobi_eigh_checks.h"
 #include "common/jacobi_rotation.h"
 #include "common/ritz_batch.h"
@@ -92,6 +94,84 @@ void jacobi_one(const double* g, int n, double* values, double* vectors, int* co
 
 bool jacobi_eigh_fits_twin(int64_t n) { return n <= kJacobiMaxSize; }
 
+// The jobs table as LoadJobs, checked as the CUDA launchers check it.
+const LoadJob* load_jobs(const at::Tensor& jobs, c10::DeviceType device) {
+  check_load_jobs(jobs, device);
+  return reinterpret_cast<const LoadJob*>(jobs.const_data_ptr<int64_t>());
+}
+
+template <typename T>
+void load_one(const LoadJob& job, double value_threshold, double* stats, bool* bad, int64_t count) {
+  const T* src = reinterpret_cast<const T*>(job.src);
+  double* dst = reinterpret_cast<double*>(job.dst);
+  double max_abs = 0.0;
+  bool finite = true;
+  for (int64_t i = 0; i < job.k; ++i) {
+    for (int64_t l = 0; l < job.len; ++l) {
+      const double v = static_cast<double>(src[i * job.row_stride + l * job.col_stride]);
+      finite = finite && std::isfinite(v);
+      max_abs = std::fmax(max_abs, std::fabs(v));
+    }
+  }
+  double scale_lo = 1.0, scale_hi = 1.0, total = 0.0;
+  if (finite) rescale_factors(max_abs, &scale_lo, &scale_hi);
+  for (int64_t i = 0; i < job.k; ++i) {
+    for (int64_t l = 0; l < job.padded_len; ++l) {
+      double v = 0.0;
+      if (finite && l < job.len) {
+        v = (static_cast<double>(src[i * job.row_stride + l * job.col_stride]) * scale_lo) * scale_hi;
+      }
+      dst[i * job.padded_len + l] = v;
+      total += v * v;
+    }
+  }
+  write_load_stats(job, stats, count, value_threshold, scale_lo, scale_hi, total);
+  bad[job.row] = !finite;
+  bad[count + job.row] = false;
+}
+
+void load_matrices_twin(const at::Tensor& jobs, bool from_double, double value_threshold,
+                        const at::Tensor& stats, const at::Tensor& flags) {
+  const LoadJob* job = load_jobs(jobs, c10::DeviceType::CPU);
+  const int64_t count = jobs.size(0);
+  check_load_outputs(stats, flags, count, c10::DeviceType::CPU);
+  double* stat = stats.data_ptr<double>();
+  bool* bad = flags.data_ptr<bool>();
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      if (from_double) {
+        load_one<double>(job[t], value_threshold, stat, bad, count);
+      } else {
+        load_one<float>(job[t], value_threshold, stat, bad, count);
+      }
+    }
+  });
+}
+
+void finish_grams_twin(const at::Tensor& jobs, const at::Tensor& gram_fro2) {
+  const LoadJob* job = load_jobs(jobs, c10::DeviceType::CPU);
+  const int64_t count = jobs.size(0);
+  check_gram_norms(gram_fro2, count, c10::DeviceType::CPU);
+  double* fro2 = gram_fro2.data_ptr<double>();
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      double* g = reinterpret_cast<double*>(job[t].gram);
+      const int64_t k = job[t].k;
+      double sum = 0.0;
+      for (int64_t i = 0; i < k; ++i) {
+        sum += g[i * k + i] * g[i * k + i];
+        for (int64_t j = i + 1; j < k; ++j) {
+          const double v = symmetric_entry(g[i * k + j], g[j * k + i]);
+          g[i * k + j] = v;
+          g[j * k + i] = v;
+          sum += 2.0 * v * v;
+        }
+      }
+      fro2[job[t].row] = sum;
+    }
+  });
+}
+
 void certify_ritz_batch_twin(const RitzBatch& batch, const at::Tensor& rank, const at::Tensor& status) {
   const RitzArgs args = ritz_args(batch, rank, status, c10::DeviceType::CPU);
   int64_t* rank_out = rank.data_ptr<int64_t>();
@@ -139,7 +219,8 @@ void jacobi_eigh_twin(const at::Tensor& matrices, const at::Tensor& values, cons
 }
 
 const BatchedKernels& batched_twin_kernels() {
-  static const BatchedKernels kernels{jacobi_eigh_fits_twin, jacobi_eigh_twin,
+  static const BatchedKernels kernels{load_matrices_twin,    finish_grams_twin,
+                                      jacobi_eigh_fits_twin, jacobi_eigh_twin,
                                       certify_ritz_batch_twin, gap_basis_widths_twin, nullptr};
   return kernels;
 }

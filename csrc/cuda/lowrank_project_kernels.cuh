@@ -12,6 +12,12 @@
 namespace trp_ext {
 namespace cuda {
 
+// The load step (common/batched_load.h), one block per matrix: BatchedKernels::load_matrices and
+// finish_grams (lowrank_project_batched.h) on CUDA tensors.
+void load_matrices(const at::Tensor& jobs, bool from_double, double value_threshold,
+                   const at::Tensor& stats, const at::Tensor& flags);
+void finish_grams(const at::Tensor& jobs, const at::Tensor& gram_fro2);
+
 // Whether the shared-memory Jacobi eigensolver takes n x n matrices: n <= kJacobiMaxSize
 // (common/jacobi_rotation.h), in the running device's shared memory.
 bool jacobi_eigh_fits(int64_t n);
