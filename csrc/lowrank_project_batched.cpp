@@ -61,6 +61,7 @@ using at::Tensor;
 // products, and one batch costs the same launches whatever its size.
 struct Group {
   int64_t k = 0, len = 0;          // len: the longest long side
+  int64_t row = 0;                 // its first matrix's row in the load order (load_groups)
   std::vector<int64_t> index;      // positions in `mats`
   std::vector<char> transposed;    // stored len x k
   std::vector<int64_t> lens;       // each matrix's own long side
@@ -69,6 +70,7 @@ struct Group {
   Tensor total, gram, gram_fro2;   // (B), (B, k, k), (B)
   Tensor value_cut, value_cut2;    // (B): value_threshold in the units of a, its square; -1: none
   Tensor bad, bad_basis;           // (B) bool: NaN/Inf in the matrix / in its basis
+  Tensor status;                   // (B) int32: the warm start's RitzStatus, -1 if none ran
   // (B) float64, from each matrix's own shape: the sub-gradient's singular-value floor (a
   // fraction of s_1), the Gram's noise floor (of lambda_1) and an SVD's rank tolerance (of s_1).
   Tensor sub_floor, noise_factor, svd_tolerance;
@@ -133,20 +135,36 @@ void place_columns(Tensor& batch, const std::vector<Tensor>& pieces) {
   }
 }
 
+// The per-matrix tables of a call, in load order (the groups' matrices one group after another):
+// a group's fields are views of its consecutive columns, so that the whole call's flags go to the
+// host in one piece.
+struct CallTables {
+  Tensor stats;   // (kStatsRows, n) float64 (common/batched_load.h)
+  Tensor flags;   // (2, n) bool: NaN/Inf in the matrix, in its basis
+  Tensor status;  // (n) int32: warm status, -1 where no warm start ran
+  std::vector<int64_t> order;  // load order -> position in mats
+};
+
 // Every group's matrices as float64 batches, their Gram matrices and per-matrix values: one
 // upload of the jobs, one load launch, a bmm per group and one launch that finishes the Gram
-// matrices, whatever the count of matrices and groups. The group fields are views into one stats
-// table and one flags tensor.
-void load_groups(std::map<std::pair<int64_t, int64_t>, Group>& groups, at::TensorList mats,
-                 std::optional<double> value_threshold, bool single, const BatchedKernels& kernels) {
+// matrices, whatever the count of matrices and groups.
+CallTables load_groups(std::map<std::pair<int64_t, int64_t>, Group>& groups, at::TensorList mats,
+                       std::optional<double> value_threshold, bool single,
+                       const BatchedKernels& kernels) {
   TRP_PHASE("load");
-  int64_t count = 0;
-  for (const auto& [shape, g] : groups) count += static_cast<int64_t>(g.index.size());
-  if (count == 0) return;
-  const Tensor& first = mats[groups.begin()->second.index[0]];
+  CallTables tables;
+  for (const auto& [shape, g] : groups) {
+    tables.order.insert(tables.order.end(), g.index.begin(), g.index.end());
+  }
+  const int64_t count = static_cast<int64_t>(tables.order.size());
+  if (count == 0) return tables;
+  const Tensor& first = mats[tables.order[0]];
   const at::TensorOptions options = f64(first);
-  const Tensor stats = at::empty({kStatsRows, count}, options);
-  const Tensor flags = at::empty({2, count}, options.dtype(at::kBool));
+  tables.stats = at::empty({kStatsRows, count}, options);
+  tables.flags = at::empty({2, count}, options.dtype(at::kBool));
+  tables.status = at::full({count}, -1, options.dtype(at::kInt));
+  const Tensor& stats = tables.stats;
+  const Tensor& flags = tables.flags;
   std::vector<LoadJob> jobs;
   int64_t row = 0;
   for (auto& [shape, g] : groups) {
@@ -183,6 +201,8 @@ void load_groups(std::map<std::pair<int64_t, int64_t>, Group>& groups, at::Tenso
     g.gram_fro2 = stat(kStatGramFro2);
     g.bad = flags[0].narrow(0, row, batch);
     g.bad_basis = flags[1].narrow(0, row, batch);
+    g.status = tables.status.narrow(0, row, batch);
+    g.row = row;
     row += batch;
   }
   std::vector<int64_t> words(jobs.size() * kLoadJobWords);
@@ -191,6 +211,7 @@ void load_groups(std::map<std::pair<int64_t, int64_t>, Group>& groups, at::Tenso
   kernels.load_matrices(table, !single, value_threshold.value_or(-1.0), stats, flags);
   for (auto& [shape, g] : groups) at::bmm_out(g.gram, g.a, g.a.transpose(1, 2));
   kernels.finish_grams(table, stats[kStatGramFro2]);
+  return tables;
 }
 
 // Eigen-decomposition of a batch of symmetric matrices, descending.
@@ -285,7 +306,7 @@ WarmAttempt warm_start(Group& g, at::TensorList bases, const BatchedKernels& ker
   std::vector<Tensor> given;
   for (int64_t j = 0; j < batch; ++j) given.push_back(bases[g.index[j]]);
   place_columns(q, given);
-  g.bad_basis = at::isfinite(q).flatten(1).all(1).logical_not();
+  at::logical_not_out(g.bad_basis, at::isfinite(q).flatten(1).all(1));  // into the call's flags
   std::vector<int64_t> tried(w.tried.begin(), w.tried.end());
   Tensor ok = device_index(tried, g.a).ne(0).logical_and(g.bad.logical_or(g.bad_basis).logical_not());
   q = at::where(ok.view({-1, 1, 1}), q, noise);
@@ -338,7 +359,7 @@ void certify(WarmAttempt& w, const Tensor& energy_rank, const std::optional<int6
   batch.tol_proj = tol.proj;
   batch.tol_sub = tol.sub;
   w.rank = at::empty({static_cast<int64_t>(g.index.size())}, g.total.options().dtype(at::kLong));
-  w.status = at::empty({static_cast<int64_t>(g.index.size())}, g.total.options().dtype(at::kInt));
+  w.status = g.status;  // written into the call's status column
   kernels.certify_ritz_batch(batch, w.rank, w.status);
 }
 
@@ -529,14 +550,15 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
       g.transposed.push_back(mats[i].size(0) > mats[i].size(1));
     }
   }
-  load_groups(groups, mats, value_threshold, single, kernels);
+  const CallTables tables = load_groups(groups, mats, value_threshold, single, kernels);
+  const int64_t loaded = static_cast<int64_t>(tables.order.size());
   if (bases.has_value() && !try_warm) {
     // No warm start reads them (energy = 1), but a NaN or Inf in a given basis is still bad
     // input, reported as the CPU kernel reports it; on the device, read with the other flags.
     for (auto& [shape, g] : groups) {
       std::vector<Tensor> finite;
       for (int64_t i : g.index) finite.push_back(at::isfinite((*bases)[i]).all());
-      g.bad_basis = at::stack(finite).logical_not();
+      at::logical_not_out(g.bad_basis, at::stack(finite));
     }
   }
 
@@ -556,37 +578,36 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
       certify(attempts[t], ranks[t], max_rank, want_subgradient, single, kernels);
     }
   }
-  // Flags per matrix: NaN/Inf in it or its basis, zero matrix, warm status. Read at once when
-  // warm starts were tried (their outcome decides what to solve cold), else with the ranks.
-  Tensor flags = at::full({count, 4}, -1, mats[0].options().dtype(at::kLong));
-  for (auto& [shape, g] : groups) {
-    const Tensor index = device_index(g.index, g.a);
-    flags.index_copy_(0, index, at::stack({g.bad.to(at::kLong), g.bad_basis.to(at::kLong),
-                                           g.total.eq(0.0).to(at::kLong),
-                                           at::full_like(g.total, -1, at::kLong)}, 1));
-  }
-  for (WarmAttempt& w : attempts) {
-    const Tensor index = device_index(w.group->index, w.group->a);
-    flags.select(1, 3).index_copy_(0, index, w.status.to(at::kLong));
+  // Flags per matrix, in load order: NaN/Inf in it or its basis, zero matrix, warm status. Read
+  // at once when warm starts were tried (their outcome decides what to solve cold), else with
+  // the ranks.
+  Tensor flags;
+  if (loaded > 0) {
+    flags = at::stack({tables.flags[0].to(at::kLong), tables.flags[1].to(at::kLong),
+                       tables.stats[kStatTotal].eq(0.0).to(at::kLong), tables.status.to(at::kLong)},
+                      1);
   }
   auto read_flags = [&](const int64_t* f) {
+    std::vector<int64_t> row_of(count, -1);  // position in mats -> load order (-1: empty matrix)
+    for (int64_t r = 0; r < loaded; ++r) row_of[tables.order[r]] = r;
+    auto flag = [&](int64_t i, int column) { return row_of[i] < 0 ? 0 : f[row_of[i] * 4 + column]; };
     for (int64_t i = 0; i < count; ++i) {
-      if (f[i * 4 + 0] == 1) raise_nonfinite("mats", i);
+      if (flag(i, 0) == 1) raise_nonfinite("mats", i);
     }
     for (int64_t i = 0; i < count; ++i) {
-      if (f[i * 4 + 1] == 1) raise_nonfinite("bases", i);
-      zero_matrix[i] = f[i * 4 + 2] == 1;
+      if (flag(i, 1) == 1) raise_nonfinite("bases", i);
+      zero_matrix[i] = flag(i, 2) == 1;
     }
     for (WarmAttempt& w : attempts) {
       for (size_t j = 0; j < w.group->index.size(); ++j) {
         const int64_t i = w.group->index[j];
         if (!w.tried[j] || zero_matrix[i]) continue;  // no basis, or a zero matrix: cold
-        warm_held[i] = f[i * 4 + 3] == kRitzCertified;
+        warm_held[i] = flag(i, 3) == kRitzCertified;
         path[i] = warm_held[i] ? ProjectPath::kWarm : ProjectPath::kFallback;
       }
     }
   };
-  if (try_warm) {
+  if (try_warm && loaded > 0) {
     const Tensor host = flags.cpu();  // host sync: NaN/Inf checks and which warm starts held
     read_flags(host.const_data_ptr<int64_t>());
   }
@@ -643,7 +664,7 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
   std::vector<Solved> done;
   for (bool first = true;; first = false) {
     std::vector<Tensor> parts;
-    const bool with_flags = !try_warm && first;
+    const bool with_flags = !try_warm && first && loaded > 0;
     if (with_flags) parts.push_back(flags.view({-1}));
     for (Solved& s : solved) {
       const Tensor width = kernels.gap_basis_widths(s.values.contiguous(), s.rank.contiguous(), s.group->k);
@@ -655,7 +676,7 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
     const int64_t* h = host.const_data_ptr<int64_t>();
     if (with_flags) {
       read_flags(h);
-      h += count * 4;
+      h += loaded * 4;
     }
     Work redo, refine;
     int64_t row = 0;
