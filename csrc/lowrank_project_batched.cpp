@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "common/batched_load.h"
+#include "common/cholesky_qr.h"
 #include "common/lowrank_project_checks.h"
 #include "common/lowrank_project_policy.h"
 #include "common/lowrank_project_stats.h"
@@ -43,9 +44,6 @@ namespace {
 constexpr int kWarmPowerSteps = 2;
 // Column norms of G Q below this fraction of the largest keep their old direction.
 constexpr double kStagnant = 1e-12;
-// Cholesky QR is accepted when ||Q^T Q - I||_max stays below this; the certificate assumes an
-// orthonormal basis.
-constexpr double kOrthonormalTol = 1e-10;
 // place_columns copies pieces of one width together from this many on (a stack, a conversion,
 // an index upload and a scatter, against one copy each).
 constexpr size_t kBatchedCopyRows = 4;
@@ -238,13 +236,22 @@ std::tuple<Tensor, Tensor, Tensor> eigh_descending(const Tensor& h, bool force_l
 }
 
 // Cholesky QR, twice, of each (k, b) block; ok &= factorisation succeeded and the result is
-// orthonormal. A failed factorisation is replaced by the identity so that the batch stays finite.
-Tensor orthonormalize(const Tensor& q, Tensor& ok) {
+// orthonormal (common/cholesky_qr.h). A failed factorisation is replaced by the identity so that
+// the batch stays finite. One launch of the device's kernel where the width fits it, else ATen's
+// composition (~19 launches).
+Tensor orthonormalize(const Tensor& q, Tensor& ok, const BatchedKernels& kernels) {
   TRP_PHASE("orthonormalize");
+  if (kernels.cholesky_qr_fits(q.size(2))) {
+    const Tensor input = q.contiguous();
+    Tensor x = at::empty_like(input);
+    ok = ok.contiguous();
+    kernels.cholesky_qr(input, x, ok);  // ok updated in place
+    return x;
+  }
   const int64_t batch = q.size(0), b = q.size(2);
   const Tensor eye = at::eye(b, q.options()).expand({batch, b, b});
   Tensor x = q;
-  for (int pass = 0; pass < 2; ++pass) {
+  for (int pass = 0; pass < kCholeskyQrPasses; ++pass) {
     const Tensor s = at::bmm(x.transpose(1, 2), x);
     auto [lower, info] = at::linalg_cholesky_ex(s);
     const Tensor good = info.eq(0);
@@ -310,14 +317,14 @@ WarmAttempt warm_start(Group& g, at::TensorList bases, const BatchedKernels& ker
   std::vector<int64_t> tried(w.tried.begin(), w.tried.end());
   Tensor ok = device_index(tried, g.a).ne(0).logical_and(g.bad.logical_or(g.bad_basis).logical_not());
   q = at::where(ok.view({-1, 1, 1}), q, noise);
-  q = orthonormalize(q, ok);
+  q = orthonormalize(q, ok, kernels);
   for (int step = 0; step < kWarmPowerSteps; ++step) {
     // Columns of G Q scaled to unit norm: q tracks Ritz vectors, so this is nearly orthonormal.
     Tensor z = at::bmm(g.gram, q);
     const Tensor norms = at::linalg_vector_norm(z, 2, {1}, /*keepdim=*/true);
     const Tensor stagnant = norms.le(kStagnant * norms.amax({2}, /*keepdim=*/true));
     z = at::where(stagnant, q, z / norms.clamp_min(DBL_MIN));
-    q = orthonormalize(z, ok);
+    q = orthonormalize(z, ok, kernels);
   }
   // Rayleigh-Ritz: H = Q^T G Q = E Theta E^T, U = Q E, G U = (G Q) E.
   const Tensor gq = at::bmm(g.gram, q);

@@ -36,6 +36,13 @@ struct BatchedKernels {
   // Each job's Gram matrix made exactly symmetric ((G + G^T) / 2) and its squared Frobenius
   // norm into gram_fro2 (count) float64.
   void (*finish_grams)(const at::Tensor& jobs, const at::Tensor& gram_fro2);
+  // Whether cholesky_qr takes blocks b columns wide on the current device (else ATen's
+  // composition runs).
+  bool (*cholesky_qr_fits)(int64_t b);
+  // Cholesky QR of each (k, b) block of q (B, k, b) float64, contiguous, into out (the same
+  // shape), as common/cholesky_qr.h describes; ok (B) bool &= the factorisations succeeded and the
+  // result is orthonormal.
+  void (*cholesky_qr)(const at::Tensor& q, const at::Tensor& out, const at::Tensor& ok);
   // Whether jacobi_eigh takes symmetric matrices of size n on the current device.
   bool (*jacobi_eigh_fits)(int64_t n);
   // Eigen-decomposition of a batch of symmetric n x n float64 matrices (B, n, n), contiguous,

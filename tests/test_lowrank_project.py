@@ -516,6 +516,37 @@ def test_bases_narrow_to_a_spectral_gap(device):
     assert stats["warm"] == 3 * len(mats) and stats["widened"] == stats["fallback"] == 0
 
 
+def test_warm_starts_from_bases_wider_than_the_qr_kernel(device):
+    """The batched algorithm orthonormalises bases of up to 128 columns in one kernel, wider ones
+    through ATen's Cholesky and triangular solves: a 117-column and a 145-column basis of 400 x 400
+    matrices (within the 0.4 k the CPU solver warm-starts from) take one path each and meet the
+    same contract."""
+    mats = [decaying(400, 400, tau, torch.float32, 3, device=device) for tau in (40.0, 50.0)]
+    first = ops.lowrank_project(mats, 0.99)
+    assert [b.shape[1] for b in first.bases] == [117, 145]
+    moved = [drift(p, 1e-3, 60 + i) for i, p in enumerate(first.projected)]
+    ops.lowrank_project_stats(reset=True)
+    warm = ops.lowrank_project(moved, 0.99, bases=first.bases, want_subgradient=True)
+    stats = ops.lowrank_project_stats(reset=True)
+    check_all(moved, warm, 0.99, want_subgradient=True)
+    assert stats["warm"] + stats["widened"] == 2, stats
+
+
+def test_rank_deficient_basis_falls_back_to_cold(device):
+    """A basis with a repeated column is no basis: its Cholesky QR fails (or leaves it far from
+    orthonormal), so no warm result may stand, and the cold solve gives the right one."""
+    for dtype in (torch.float32, torch.float64):
+        mats = [decaying(96, 200, 8.0, dtype, 5, device=device), decaying(64, 64, 6.0, dtype, 6, device=device)]
+        bases = [b.clone() for b in ops.lowrank_project(mats, 0.95).bases]
+        for b in bases:
+            b[:, 1] = b[:, 0]
+        ops.lowrank_project_stats(reset=True)
+        result = ops.lowrank_project(mats, 0.95, bases=bases, want_subgradient=True)
+        stats = ops.lowrank_project_stats(reset=True)
+        check_all(mats, result, 0.95, want_subgradient=True)
+        assert stats["fallback"] == 2 and stats["warm"] == stats["widened"] == 0, stats
+
+
 def test_small_matrices_count_once(device):
     """Every matrix is counted once, whichever way it was solved."""
     mats = mixed_list(torch.float32, device, seed=10)

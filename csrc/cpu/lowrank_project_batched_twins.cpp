@@ -8,11 +8,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "common/batch_tensor_checks.h"
 #include "common/batched_load.h"
+#include "common/cholesky_qr.h"
 #include "common/jacobi_eigh_checks.h"
 #include "common/jacobi_rotation.h"
 #include "common/ritz_batch.h"
@@ -93,6 +95,71 @@ void jacobi_one(const double* g, int n, double* values, double* vectors, int* co
 }
 
 bool jacobi_eigh_fits_twin(int64_t n) { return n <= kJacobiMaxSize; }
+
+bool cholesky_qr_fits_twin(int64_t b) { return b <= kCholeskyQrMaxWidth; }
+
+// s (b x b) <- X^T X, both triangles, as the kernel's threads sum them (rows in order).
+void columns_gram(const double* x, int64_t k, int64_t b, double* s) {
+  for (int64_t i = 0; i < b; ++i) {
+    for (int64_t j = i; j < b; ++j) {
+      double sum = 0.0;
+      for (int64_t r = 0; r < k; ++r) sum += x[r * b + i] * x[r * b + j];
+      s[i * b + j] = sum;
+      s[j * b + i] = sum;
+    }
+  }
+}
+
+// The kernel's right-looking Cholesky in place; false where a pivot is not positive (or NaN).
+bool factor_in_place(double* s, int64_t b) {
+  for (int64_t j = 0; j < b; ++j) {
+    const double d = s[j * b + j];
+    if (!(d > 0.0)) return false;
+    const double pivot = std::sqrt(d);
+    s[j * b + j] = pivot;
+    for (int64_t i = j + 1; i < b; ++i) s[i * b + j] /= pivot;
+    for (int64_t i = j + 1; i < b; ++i) {
+      for (int64_t l = j + 1; l <= i; ++l) s[i * b + l] -= s[i * b + j] * s[l * b + j];
+    }
+  }
+  return true;
+}
+
+void cholesky_qr_one(const double* q, int64_t k, int64_t b, double* x, bool* ok) {
+  std::copy(q, q + k * b, x);
+  std::vector<double> s(b * b);
+  bool good = true;
+  for (int pass = 0; pass < kCholeskyQrPasses; ++pass) {
+    columns_gram(x, k, b, s.data());
+    if (!factor_in_place(s.data(), b)) {
+      good = false;  // L = I: X stays as it is
+      continue;
+    }
+    for (int64_t r = 0; r < k; ++r) solve_row_with_factor(s.data(), b, b, x + r * b);
+  }
+  columns_gram(x, k, b, s.data());
+  bool orthonormal = true;  // NaN compares false: not orthonormal
+  for (int64_t idx = 0; idx < b * b; ++idx) {
+    const double target = idx / b == idx % b ? 1.0 : 0.0;
+    orthonormal = orthonormal && std::fabs(s[idx] - target) <= kOrthonormalTol;
+  }
+  *ok = *ok && good && orthonormal;
+}
+
+void cholesky_qr_twin(const at::Tensor& q, const at::Tensor& out, const at::Tensor& ok) {
+  TORCH_CHECK(q.dim() == 3, "cholesky_qr: 'q' must be (B, k, b), got ", q.sizes());
+  const int64_t batch = q.size(0), k = q.size(1), b = q.size(2);
+  check_batch_tensor(q, at::kDouble, batch * k * b, c10::DeviceType::CPU, "q", "cholesky_qr");
+  check_batch_tensor(out, at::kDouble, batch * k * b, c10::DeviceType::CPU, "out", "cholesky_qr");
+  check_batch_tensor(ok, at::kBool, batch, c10::DeviceType::CPU, "ok", "cholesky_qr");
+  TORCH_CHECK(cholesky_qr_fits_twin(b), "cholesky_qr: width ", b, " is past ", kCholeskyQrMaxWidth);
+  const double* in = q.const_data_ptr<double>();
+  double* x = out.data_ptr<double>();
+  bool* flags = ok.data_ptr<bool>();
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) cholesky_qr_one(in + m * k * b, k, b, x + m * k * b, flags + m);
+  });
+}
 
 // The jobs table as LoadJobs, checked as the CUDA launchers check it.
 const LoadJob* load_jobs(const at::Tensor& jobs, c10::DeviceType device) {
@@ -220,6 +287,7 @@ void jacobi_eigh_twin(const at::Tensor& matrices, const at::Tensor& values, cons
 
 const BatchedKernels& batched_twin_kernels() {
   static const BatchedKernels kernels{load_matrices_twin,    finish_grams_twin,
+                                      cholesky_qr_fits_twin, cholesky_qr_twin,
                                       jacobi_eigh_fits_twin, jacobi_eigh_twin,
                                       certify_ritz_batch_twin, gap_basis_widths_twin, nullptr};
   return kernels;

@@ -18,6 +18,11 @@ void load_matrices(const at::Tensor& jobs, bool from_double, double value_thresh
                    const at::Tensor& stats, const at::Tensor& flags);
 void finish_grams(const at::Tensor& jobs, const at::Tensor& gram_fro2);
 
+// Cholesky QR (common/cholesky_qr.h), one block per matrix: BatchedKernels::cholesky_qr_fits
+// and cholesky_qr on CUDA tensors.
+bool cholesky_qr_fits(int64_t b);
+void cholesky_qr(const at::Tensor& q, const at::Tensor& out, const at::Tensor& ok);
+
 // Whether the shared-memory Jacobi eigensolver takes n x n matrices: n <= kJacobiMaxSize
 // (common/jacobi_rotation.h), in the running device's shared memory.
 bool jacobi_eigh_fits(int64_t n);

@@ -10,6 +10,7 @@
 
 #include "common/batch_tensor_checks.h"
 #include "common/batched_load.h"
+#include "cuda/block_reduce.cuh"
 #include "cuda/lowrank_project_kernels.cuh"
 
 namespace trp_ext {
@@ -18,41 +19,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-
-// Block-wide sum, max and AND of one value per thread; every thread gets the result. `scratch`
-// holds one value per warp; the barrier first lets an earlier reduction finish reading it.
-__device__ double block_sum(double v, double* scratch) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  double total = 0.0;
-  for (int w = 0; w < kWarps; ++w) total += scratch[w];
-  return total;
-}
-
-__device__ double block_max(double v, double* scratch) {
-  for (int offset = 16; offset > 0; offset /= 2) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  double largest = 0.0;
-  for (int w = 0; w < kWarps; ++w) largest = fmax(largest, scratch[w]);
-  return largest;
-}
-
-__device__ bool block_all(bool v, int* scratch) {
-  const bool warp_all = __all_sync(0xffffffffu, v);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();
-  if (lane == 0) scratch[warp] = warp_all ? 1 : 0;
-  __syncthreads();
-  bool all = true;
-  for (int w = 0; w < kWarps; ++w) all = all && scratch[w] != 0;
-  return all;
-}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -72,8 +38,8 @@ __global__ void __launch_bounds__(kThreads)
     finite = finite && isfinite(v);
     largest = fmax(largest, fabs(v));
   }
-  finite = block_all(finite, flag_scratch);
-  largest = block_max(largest, scratch);
+  finite = cuda_util::block_all<kWarps>(finite, flag_scratch);
+  largest = cuda_util::block_max<kWarps>(largest, scratch);
   double scale_lo = 1.0, scale_hi = 1.0;
   if (finite) rescale_factors(largest, &scale_lo, &scale_hi);
   const int64_t padded = job.k * job.padded_len;
@@ -88,7 +54,7 @@ __global__ void __launch_bounds__(kThreads)
     dst[idx] = v;
     squares += v * v;
   }
-  const double total = block_sum(squares, scratch);
+  const double total = cuda_util::block_sum<kWarps>(squares, scratch);
   if (threadIdx.x == 0) {
     write_load_stats(job, stats, count, value_threshold, scale_lo, scale_hi, total);
     flags[job.row] = !finite;
@@ -117,7 +83,7 @@ __global__ void __launch_bounds__(kThreads)
     g[j * k + i] = v;
     squares += 2.0 * v * v;
   }
-  const double total = block_sum(squares, scratch);
+  const double total = cuda_util::block_sum<kWarps>(squares, scratch);
   if (threadIdx.x == 0) gram_fro2[job.row] = total;
 }
 
