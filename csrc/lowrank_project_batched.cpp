@@ -83,7 +83,8 @@ enum class ColdSolver { kAuto, kLapack, kSvd };
 struct Solved {
   Group* group = nullptr;
   std::vector<int64_t> local;  // positions in the group
-  Tensor sel;                  // the same, on the device
+  bool whole = false;          // local is the whole group in order: no gather, no upload
+  Tensor sel;                  // local on the device; undefined when whole
   Tensor vectors, values;      // (n, k, w), (n, w) descending
   Tensor rank;                 // (n) int64
   Tensor converged;            // (n) bool: the eigensolver converged
@@ -106,6 +107,18 @@ Tensor to_device(const std::vector<T>& host, const Tensor& like) {
 Tensor device_index(const std::vector<int64_t>& host, const Tensor& like) {
   return to_device(host, like);
 }
+
+// Sets the part's matrices (positions in its group); the common case, the whole group in order,
+// needs neither an index upload nor gathers (part_rows).
+void set_local(Solved& s, std::vector<int64_t> local) {
+  s.whole = static_cast<int64_t>(local.size()) == static_cast<int64_t>(s.group->index.size());
+  for (size_t j = 0; s.whole && j < local.size(); ++j) s.whole = local[j] == static_cast<int64_t>(j);
+  s.local = std::move(local);
+  s.sel = s.whole ? Tensor() : device_index(s.local, s.group->a);
+}
+
+// The rows of a per-group tensor (first dimension: the group's matrices) that the part holds.
+Tensor part_rows(const Tensor& t, const Solved& s) { return s.whole ? t : t.index_select(0, s.sel); }
 
 // Deterministic pseudo-random entries in [-1, 1): columns a warm basis is padded with.
 Tensor pseudo_random(int64_t batch, int64_t k, int64_t b, const at::TensorOptions& options) {
@@ -272,15 +285,23 @@ std::vector<Tensor> energy_ranks(const std::vector<Tensor>& rows, double energy)
                              .typed<Tensor(const Tensor&, double)>();
   std::vector<Tensor> out;
   if (rows.empty()) return out;
-  int64_t width = 0;
-  for (const Tensor& r : rows) width = std::max(width, r.size(1));
-  std::vector<Tensor> padded;
+  int64_t width = 0, count = 0;
   for (const Tensor& r : rows) {
-    // NaN only reaches here from flagged matrices, which are raised on later with their index,
-    // or from an eigensolver that did not converge, whose part is solved again.
-    padded.push_back(at::constant_pad_nd(at::nan_to_num(r, 0.0, 0.0, 0.0), {0, width - r.size(1)}));
+    width = std::max(width, r.size(1));
+    count += r.size(0);
   }
-  const Tensor ranks = op.call(at::cat(padded), energy);
+  Tensor batch = rows[0];
+  if (rows.size() > 1) {  // one zero-padded batch: a copy per part
+    batch = at::zeros({count, width}, rows[0].options());
+    int64_t offset = 0;
+    for (const Tensor& r : rows) {
+      batch.narrow(0, offset, r.size(0)).narrow(1, 0, r.size(1)).copy_(r);
+      offset += r.size(0);
+    }
+  }
+  // NaN only reaches here from an eigensolver that did not converge, whose part is solved again
+  // (flagged matrices were loaded as zeros).
+  const Tensor ranks = op.call(at::nan_to_num(batch, 0.0, 0.0, 0.0), energy);
   int64_t offset = 0;
   for (const Tensor& r : rows) {
     out.push_back(ranks.narrow(0, offset, r.size(0)));
@@ -376,10 +397,9 @@ void certify(WarmAttempt& w, const Tensor& energy_rank, const std::optional<int6
 // refine_with_svd has them.
 void svd_spectrum(Solved& s) {
   const Group& g = *s.group;
-  const Tensor a = g.a.index_select(0, s.sel);
+  const Tensor a = part_rows(g.a, s);
   const auto [u, singular, vh] = at::linalg_svd(a, /*full_matrices=*/false);  // syncs: its infos
-  const Tensor tolerance =
-      (singular.select(1, 0) * g.svd_tolerance.index_select(0, s.sel)).unsqueeze(1);
+  const Tensor tolerance = (singular.select(1, 0) * part_rows(g.svd_tolerance, s)).unsqueeze(1);
   s.values = at::where(singular > tolerance, singular.square(), at::zeros_like(singular));
   s.vectors = u;
   s.converged = at::ones({singular.size(0)}, singular.options().dtype(at::kBool));
@@ -391,19 +411,18 @@ Solved solve_cold(Group& g, std::vector<int64_t> local, ColdSolver solver,
   TRP_PHASE("solve_cold");
   Solved s;
   s.group = &g;
-  s.local = std::move(local);
-  s.sel = device_index(s.local, g.a);
+  set_local(s, std::move(local));
   s.solver = solver;
   if (solver == ColdSolver::kSvd) {
     svd_spectrum(s);
     return s;
   }
-  const Tensor gram = g.gram.index_select(0, s.sel);
+  const Tensor gram = part_rows(g.gram, s);
   auto [values, vectors, converged] = eigh_descending(gram, solver == ColdSolver::kLapack, kernels);
   // G is PSD; eigenvalues within its rounding count as zero, as on the CPU (see
   // gram_noise_factor): without it, energy = 1 ranks would count the null space's noise.
-  const Tensor floor = (values.select(1, 0) * g.noise_factor.index_select(0, s.sel)).unsqueeze(1);
-  s.values = at::where(values > floor, values, at::zeros_like(values));
+  const Tensor floor = (values.select(1, 0) * part_rows(g.noise_factor, s)).unsqueeze(1);
+  s.values = at::where(values > floor, values, 0.0);
   s.vectors = vectors;
   s.converged = converged;
   return s;
@@ -444,8 +463,7 @@ void keep_rows(Solved& s, const std::vector<int64_t>& rows) {
   std::vector<int64_t> local;
   for (int64_t j : rows) local.push_back(s.local[j]);
   const Tensor keep = device_index(rows, s.rank);
-  s.local = std::move(local);
-  s.sel = s.sel.index_select(0, keep);
+  set_local(s, std::move(local));
   s.vectors = s.vectors.index_select(0, keep);
   s.values = s.values.index_select(0, keep);
   s.rank = s.rank.index_select(0, keep);
@@ -457,16 +475,17 @@ void build_outputs(Solved& s, bool want_subgradient) {
   TRP_PHASE("build_outputs");
   Group& g = *s.group;
   const int64_t width = s.vectors.size(2);
-  const Tensor a = g.a.index_select(0, s.sel);
+  const Tensor a = part_rows(g.a, s);
   const Tensor keep = at::arange(width, s.rank.options()).unsqueeze(0) < s.rank.unsqueeze(1);
   const Tensor u = s.vectors * keep.unsqueeze(1);
   const Tensor w = at::bmm(u.transpose(1, 2), a);
-  // Undo the scaling in two factors, like it was applied: exact, and never overflowing.
+  // Undo the scaling in two factors, like it was applied: exact (powers of two), and never
+  // overflowing.
   s.projected = at::bmm(u, w)
-                    .mul_(g.scale_lo.index_select(0, s.sel).reciprocal().view({-1, 1, 1}))
-                    .mul_(g.scale_hi.index_select(0, s.sel).reciprocal().view({-1, 1, 1}));
+                    .div_(part_rows(g.scale_lo, s).view({-1, 1, 1}))
+                    .div_(part_rows(g.scale_hi, s).view({-1, 1, 1}));
   if (want_subgradient) {
-    const Tensor sub_floor = g.sub_floor.index_select(0, s.sel);
+    const Tensor sub_floor = part_rows(g.sub_floor, s);
     const Tensor floor2 = (s.values.select(1, 0) * sub_floor.square()).unsqueeze(1);
     const Tensor kept = keep.logical_and(s.values > floor2);
     const Tensor inverse =
@@ -628,10 +647,11 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
       if (warm_held[w.group->index[j]]) s.local.push_back(static_cast<int64_t>(j));
     }
     if (s.local.empty()) continue;
-    s.sel = device_index(s.local, w.group->a);
-    s.vectors = w.vectors.index_select(0, s.sel);
-    s.values = w.values.index_select(0, s.sel).clamp_min(0.0);
-    s.rank = w.rank.index_select(0, s.sel);
+    std::vector<int64_t> local = std::move(s.local);
+    set_local(s, std::move(local));
+    s.vectors = part_rows(w.vectors, s);
+    s.values = part_rows(w.values, s).clamp_min(0.0);
+    s.rank = part_rows(w.rank, s);
     s.converged = at::ones_like(s.rank, at::kBool);
     solved.push_back(std::move(s));
   }
@@ -645,7 +665,7 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
     }
     const std::vector<Tensor> ranks = energy_ranks(rows, energy);
     for (size_t t = 0; t < cold.size(); ++t) {
-      const Tensor cut = cold[t].group->value_cut.index_select(0, cold[t].sel);
+      const Tensor cut = value_threshold.has_value() ? part_rows(cold[t].group->value_cut, cold[t]) : Tensor();
       cold[t].rank = cap_ranks(ranks[t], rows[t], cut, value_threshold, max_rank);
     }
     return cold;
