@@ -67,8 +67,9 @@ struct Group {
   Tensor scale_lo, scale_hi;       // (B): powers of two, each within range
   Tensor total, gram, gram_fro2;   // (B), (B, k, k), (B)
   Tensor value_cut, value_cut2;    // (B): value_threshold in the units of a, its square; -1: none
-  Tensor bad, bad_basis;           // (B) bool: NaN/Inf in the matrix / in its basis
-  Tensor status;                   // (B) int32: the warm start's RitzStatus, -1 if none ran
+  // (B) int32 views of the call's flags table (common/batched_load.h): NaN/Inf in the matrix, in
+  // its basis, and the warm start's RitzStatus (-1 if none ran).
+  Tensor bad, bad_basis, status;
   // (B) float64, from each matrix's own shape: the sub-gradient's singular-value floor (a
   // fraction of s_1), the Gram's noise floor (of lambda_1) and an SVD's rank tolerance (of s_1).
   Tensor sub_floor, noise_factor, svd_tolerance;
@@ -87,7 +88,7 @@ struct Solved {
   Tensor sel;                  // local on the device; undefined when whole
   Tensor vectors, values;      // (n, k, w), (n, w) descending
   Tensor rank;                 // (n) int64
-  Tensor converged;            // (n) bool: the eigensolver converged
+  Tensor converged;            // (n) int64: 1 where the eigensolver converged
   Tensor projected, subgradient;  // (n, k, len) float64, unscaled
   ColdSolver solver = ColdSolver::kAuto;  // of a cold solve (warm results: kAuto)
 };
@@ -150,9 +151,8 @@ void place_columns(Tensor& batch, const std::vector<Tensor>& pieces) {
 // a group's fields are views of its consecutive columns, so that the whole call's flags go to the
 // host in one piece.
 struct CallTables {
-  Tensor stats;   // (kStatsRows, n) float64 (common/batched_load.h)
-  Tensor flags;   // (2, n) bool: NaN/Inf in the matrix, in its basis
-  Tensor status;  // (n) int32: warm status, -1 where no warm start ran
+  Tensor stats;  // (kStatsRows, n) float64 (common/batched_load.h)
+  Tensor flags;  // (kFlagRows, n) int32 (common/batched_load.h)
   std::vector<int64_t> order;  // load order -> position in mats
 };
 
@@ -172,8 +172,7 @@ CallTables load_groups(std::map<std::pair<int64_t, int64_t>, Group>& groups, at:
   const Tensor& first = mats[tables.order[0]];
   const at::TensorOptions options = f64(first);
   tables.stats = at::empty({kStatsRows, count}, options);
-  tables.flags = at::empty({2, count}, options.dtype(at::kBool));
-  tables.status = at::full({count}, -1, options.dtype(at::kInt));
+  tables.flags = at::empty({kFlagRows, count}, options.dtype(at::kInt));
   const Tensor& stats = tables.stats;
   const Tensor& flags = tables.flags;
   std::vector<LoadJob> jobs;
@@ -210,9 +209,9 @@ CallTables load_groups(std::map<std::pair<int64_t, int64_t>, Group>& groups, at:
     g.noise_factor = stat(kStatNoiseFactor);
     g.svd_tolerance = stat(kStatSvdTolerance);
     g.gram_fro2 = stat(kStatGramFro2);
-    g.bad = flags[0].narrow(0, row, batch);
-    g.bad_basis = flags[1].narrow(0, row, batch);
-    g.status = tables.status.narrow(0, row, batch);
+    g.bad = flags[kFlagBad].narrow(0, row, batch);
+    g.bad_basis = flags[kFlagBadBasis].narrow(0, row, batch);
+    g.status = flags[kFlagStatus].narrow(0, row, batch);
     g.row = row;
     row += batch;
   }
@@ -235,17 +234,17 @@ std::tuple<Tensor, Tensor, Tensor> eigh_descending(const Tensor& h, bool force_l
     Tensor vectors = at::empty({batch, n, n}, h.options());
     Tensor converged = at::empty({batch}, h.options().dtype(at::kInt));
     kernels.jacobi_eigh(h.contiguous(), values, vectors, converged);
-    return {values, vectors, converged.ne(0)};
+    return {values, vectors, converged.to(at::kLong)};
   }
   // Past the Jacobi kernel: the device's batched solver, one call for the batch with no host
   // sync (its failures come back as flags, redone by the forced path below); torch.linalg.eigh
   // where it has none, when forced (a redo), or when it declines.
   Tensor values, vectors, info;
   if (!force_lapack && kernels.batched_eigh != nullptr && kernels.batched_eigh(h, values, vectors, info)) {
-    return {values.flip(1), vectors.flip(2), info.eq(0)};
+    return {values.flip(1), vectors.flip(2), info.eq(0).to(at::kLong)};
   }
   std::tie(values, vectors) = at::linalg_eigh(h);  // ascending; syncs once to check its infos
-  return {values.flip(1), vectors.flip(2), at::ones({batch}, h.options().dtype(at::kBool))};
+  return {values.flip(1), vectors.flip(2), at::ones({batch}, h.options().dtype(at::kLong))};
 }
 
 // Cholesky QR, twice, of each (k, b) block; ok &= factorisation succeeded and the result is
@@ -402,7 +401,7 @@ void svd_spectrum(Solved& s) {
   const Tensor tolerance = (singular.select(1, 0) * part_rows(g.svd_tolerance, s)).unsqueeze(1);
   s.values = at::where(singular > tolerance, singular.square(), at::zeros_like(singular));
   s.vectors = u;
-  s.converged = at::ones({singular.size(0)}, singular.options().dtype(at::kBool));
+  s.converged = at::ones({singular.size(0)}, singular.options().dtype(at::kLong));
 }
 
 // Full spectra of the given matrices of a group; ranks follow from `rows`.
@@ -604,38 +603,34 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
       certify(attempts[t], ranks[t], max_rank, want_subgradient, single, kernels);
     }
   }
-  // Flags per matrix, in load order: NaN/Inf in it or its basis, zero matrix, warm status. Read
-  // at once when warm starts were tried (their outcome decides what to solve cold), else with
-  // the ranks.
-  Tensor flags;
-  if (loaded > 0) {
-    flags = at::stack({tables.flags[0].to(at::kLong), tables.flags[1].to(at::kLong),
-                       tables.stats[kStatTotal].eq(0.0).to(at::kLong), tables.status.to(at::kLong)},
-                      1);
-  }
-  auto read_flags = [&](const int64_t* f) {
+  // Flags per matrix, in load order (common/batched_load.h): NaN/Inf in it or its basis, zero
+  // matrix, warm status. Read at once when warm starts were tried (their outcome decides what to
+  // solve cold), else with the ranks.
+  auto read_flags = [&](auto f) {  // f: the (kFlagRows, loaded) table, int32 or int64
     std::vector<int64_t> row_of(count, -1);  // position in mats -> load order (-1: empty matrix)
     for (int64_t r = 0; r < loaded; ++r) row_of[tables.order[r]] = r;
-    auto flag = [&](int64_t i, int column) { return row_of[i] < 0 ? 0 : f[row_of[i] * 4 + column]; };
+    auto flag = [&](int64_t i, LoadFlags which) -> int64_t {
+      return row_of[i] < 0 ? 0 : f[which * loaded + row_of[i]];
+    };
     for (int64_t i = 0; i < count; ++i) {
-      if (flag(i, 0) == 1) raise_nonfinite("mats", i);
+      if (flag(i, kFlagBad) == 1) raise_nonfinite("mats", i);
     }
     for (int64_t i = 0; i < count; ++i) {
-      if (flag(i, 1) == 1) raise_nonfinite("bases", i);
-      zero_matrix[i] = flag(i, 2) == 1;
+      if (flag(i, kFlagBadBasis) == 1) raise_nonfinite("bases", i);
+      zero_matrix[i] = flag(i, kFlagZero) == 1;
     }
     for (WarmAttempt& w : attempts) {
       for (size_t j = 0; j < w.group->index.size(); ++j) {
         const int64_t i = w.group->index[j];
         if (!w.tried[j] || zero_matrix[i]) continue;  // no basis, or a zero matrix: cold
-        warm_held[i] = flag(i, 3) == kRitzCertified;
+        warm_held[i] = flag(i, kFlagStatus) == kRitzCertified;
         path[i] = warm_held[i] ? ProjectPath::kWarm : ProjectPath::kFallback;
       }
     }
   };
   if (try_warm && loaded > 0) {
-    const Tensor host = flags.cpu();  // host sync: NaN/Inf checks and which warm starts held
-    read_flags(host.const_data_ptr<int64_t>());
+    const Tensor host = tables.flags.cpu();  // host sync: NaN/Inf checks and which warm starts held
+    read_flags(host.const_data_ptr<int32_t>());
   }
 
   // 3. Certified warm results, and cold solves of the rest.
@@ -652,7 +647,7 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
     s.vectors = part_rows(w.vectors, s);
     s.values = part_rows(w.values, s).clamp_min(0.0);
     s.rank = part_rows(w.rank, s);
-    s.converged = at::ones_like(s.rank, at::kBool);
+    s.converged = at::ones_like(s.rank);
     solved.push_back(std::move(s));
   }
   using Work = std::vector<std::pair<Group*, std::vector<int64_t>>>;
@@ -692,26 +687,29 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
   for (bool first = true;; first = false) {
     std::vector<Tensor> parts;
     const bool with_flags = !try_warm && first && loaded > 0;
-    if (with_flags) parts.push_back(flags.view({-1}));
+    if (with_flags) parts.push_back(tables.flags.view({-1}).to(at::kLong));
+    // Per part: converged (n), the basis widths (n), and for float64 which need the SVD (n).
+    const int64_t fields = single ? 2 : 3;
     for (Solved& s : solved) {
-      const Tensor width = kernels.gap_basis_widths(s.values.contiguous(), s.rank.contiguous(), s.group->k);
-      const Tensor refine = needs_svd_refinement(s, energy, single);
-      parts.push_back(at::stack({s.converged.to(at::kLong), width, refine.to(at::kLong)}, 1).view({-1}));
+      parts.push_back(s.converged);
+      parts.push_back(kernels.gap_basis_widths(s.values.contiguous(), s.rank.contiguous(), s.group->k));
+      if (!single) parts.push_back(needs_svd_refinement(s, energy, single).to(at::kLong));
     }
     if (parts.empty()) break;  // only empty matrices
     const Tensor host = at::cat(parts).cpu();  // host sync: the widths (and flags)
     const int64_t* h = host.const_data_ptr<int64_t>();
     if (with_flags) {
       read_flags(h);
-      h += loaded * 4;
+      h += loaded * kFlagRows;
     }
     Work redo, refine;
     int64_t row = 0;
     for (Solved& s : solved) {
-      const int64_t* part = h + row * 3;
-      row += static_cast<int64_t>(s.local.size());
+      const int64_t n = static_cast<int64_t>(s.local.size());
+      const int64_t* part = h + row * fields;
+      row += n;
       bool converged = true;
-      for (size_t j = 0; j < s.local.size(); ++j) converged &= part[j * 3] != 0;
+      for (int64_t j = 0; j < n; ++j) converged &= part[j] != 0;
       if (!converged) {
         TORCH_CHECK(s.solver == ColdSolver::kAuto,
                     "lowrank_project(): the LAPACK/cuSOLVER eigensolver did not converge");
@@ -719,8 +717,8 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
         continue;
       }
       std::vector<int64_t> to_refine, kept;  // positions in the group; in the part
-      for (size_t j = 0; j < s.local.size(); ++j) {
-        if (part[j * 3 + 2] != 0) {
+      for (int64_t j = 0; j < n; ++j) {
+        if (!single && part[2 * n + j] != 0) {
           to_refine.push_back(s.local[j]);
         } else {
           kept.push_back(static_cast<int64_t>(j));
@@ -730,7 +728,7 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
       if (kept.empty()) continue;
       for (size_t j = 0; j < kept.size(); ++j) {
         const int64_t i = s.group->index[s.local[kept[j]]];
-        width_of[i] = part[kept[j] * 3 + 1];
+        width_of[i] = part[n + kept[j]];
         found[i] = {static_cast<int64_t>(done.size()), static_cast<int64_t>(j)};
       }
       if (kept.size() < s.local.size()) keep_rows(s, kept);

@@ -29,8 +29,9 @@ struct RitzBatch {
 struct BatchedKernels {
   // Every matrix of the call, one job a matrix (`jobs`: (count, kLoadJobWords) int64 rows of
   // common/batched_load.h's LoadJob, on the device): written as float64 into its group's batch,
-  // rescaled, zero where it holds NaN or Inf; flags (2, count) bool gets [NaN/Inf in it, false],
-  // and `stats` (kStatsRows, count) float64 its per-matrix values (but the Gram norms).
+  // rescaled, zero where it holds NaN or Inf; flags (kFlagRows, count) int32 gets its column of
+  // common/batched_load.h's LoadFlags, and `stats` (kStatsRows, count) float64 its per-matrix
+  // values (but the Gram norms).
   void (*load_matrices)(const at::Tensor& jobs, bool from_double, double value_threshold,
                         const at::Tensor& stats, const at::Tensor& flags);
   // Each job's Gram matrix made exactly symmetric ((G + G^T) / 2) and its squared Frobenius

@@ -30,7 +30,7 @@ inline void check_load_jobs(const at::Tensor& jobs, c10::DeviceType device) {
 inline void check_load_outputs(const at::Tensor& stats, const at::Tensor& flags, int64_t count,
                                c10::DeviceType device) {
   check_batch_tensor(stats, at::kDouble, kStatsRows * count, device, "stats", "load_matrices");
-  check_batch_tensor(flags, at::kBool, 2 * count, device, "flags", "load_matrices");
+  check_batch_tensor(flags, at::kInt, kFlagRows * count, device, "flags", "load_matrices");
 }
 
 inline void check_gram_norms(const at::Tensor& gram_fro2, int64_t count, c10::DeviceType device) {

@@ -51,6 +51,24 @@ TRP_HOST_DEVICE inline double power_of_two(int e) {
 #endif
 }
 
+// Rows of the (kFlagRows, count) int32 flags table, read by the host in one piece.
+enum LoadFlags : int64_t {
+  kFlagBad = 0,     // NaN or Inf in the matrix (it was loaded as zeros)
+  kFlagBadBasis,    // NaN or Inf in its warm-start basis (0 until a warm start looks)
+  kFlagZero,        // the matrix is zero
+  kFlagStatus,      // its warm start's RitzStatus; -1 until a certificate writes it
+  kFlagRows
+};
+
+// Column `row` of the flags table for a loaded matrix.
+TRP_HOST_DEVICE inline void write_load_flags(int64_t row, int32_t* flags, int64_t count, bool finite,
+                                             double total) {
+  flags[kFlagBad * count + row] = finite ? 0 : 1;
+  flags[kFlagBadBasis * count + row] = 0;
+  flags[kFlagZero * count + row] = total == 0.0 ? 1 : 0;
+  flags[kFlagStatus * count + row] = -1;
+}
+
 // The factors 2^lo and 2^hi (lo + hi = -exponent of max|a|) that bring a matrix whose largest
 // magnitude lies outside 2^+-kMaxUnscaledExponent inside it; 1 and 1 otherwise (and for 0). In
 // two factors, since 2^-exponent alone overflows for subnormal-only matrices; each multiplication

@@ -168,7 +168,7 @@ const LoadJob* load_jobs(const at::Tensor& jobs, c10::DeviceType device) {
 }
 
 template <typename T>
-void load_one(const LoadJob& job, double value_threshold, double* stats, bool* bad, int64_t count) {
+void load_one(const LoadJob& job, double value_threshold, double* stats, int32_t* flags, int64_t count) {
   const T* src = reinterpret_cast<const T*>(job.src);
   double* dst = reinterpret_cast<double*>(job.dst);
   double max_abs = 0.0;
@@ -193,8 +193,7 @@ void load_one(const LoadJob& job, double value_threshold, double* stats, bool* b
     }
   }
   write_load_stats(job, stats, count, value_threshold, scale_lo, scale_hi, total);
-  bad[job.row] = !finite;
-  bad[count + job.row] = false;
+  write_load_flags(job.row, flags, count, finite, total);
 }
 
 void load_matrices_twin(const at::Tensor& jobs, bool from_double, double value_threshold,
@@ -203,13 +202,13 @@ void load_matrices_twin(const at::Tensor& jobs, bool from_double, double value_t
   const int64_t count = jobs.size(0);
   check_load_outputs(stats, flags, count, c10::DeviceType::CPU);
   double* stat = stats.data_ptr<double>();
-  bool* bad = flags.data_ptr<bool>();
+  int32_t* flag = flags.data_ptr<int32_t>();
   at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       if (from_double) {
-        load_one<double>(job[t], value_threshold, stat, bad, count);
+        load_one<double>(job[t], value_threshold, stat, flag, count);
       } else {
-        load_one<float>(job[t], value_threshold, stat, bad, count);
+        load_one<float>(job[t], value_threshold, stat, flag, count);
       }
     }
   });

@@ -23,7 +23,7 @@ constexpr int kWarps = kThreads / 32;
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     load_kernel(const LoadJob* __restrict__ jobs, int64_t count, double value_threshold,
-                double* __restrict__ stats, bool* __restrict__ flags) {
+                double* __restrict__ stats, int32_t* __restrict__ flags) {
   __shared__ double scratch[kWarps];
   __shared__ int flag_scratch[kWarps];
   const LoadJob job = jobs[blockIdx.x];
@@ -57,8 +57,7 @@ __global__ void __launch_bounds__(kThreads)
   const double total = cuda_util::block_sum<kWarps>(squares, scratch);
   if (threadIdx.x == 0) {
     write_load_stats(job, stats, count, value_threshold, scale_lo, scale_hi, total);
-    flags[job.row] = !finite;
-    flags[count + job.row] = false;
+    write_load_flags(job.row, flags, count, finite, total);
   }
 }
 
@@ -105,10 +104,10 @@ void load_matrices(const at::Tensor& jobs, bool from_double, double value_thresh
   const dim3 grid(static_cast<unsigned>(count));
   if (from_double) {
     load_kernel<double><<<grid, kThreads, 0, stream>>>(job, count, value_threshold,
-                                                        stats.data_ptr<double>(), flags.data_ptr<bool>());
+                                                        stats.data_ptr<double>(), flags.data_ptr<int32_t>());
   } else {
     load_kernel<float><<<grid, kThreads, 0, stream>>>(job, count, value_threshold,
-                                                       stats.data_ptr<double>(), flags.data_ptr<bool>());
+                                                       stats.data_ptr<double>(), flags.data_ptr<int32_t>());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
