@@ -518,18 +518,23 @@ def test_bases_narrow_to_a_spectral_gap(device):
 
 def test_warm_starts_from_bases_wider_than_the_qr_kernel(device):
     """The batched algorithm orthonormalises bases of up to 128 columns in one kernel, wider ones
-    through ATen's Cholesky and triangular solves: a 117-column and a 145-column basis of 400 x 400
-    matrices (within the 0.4 k the CPU solver warm-starts from) take one path each and meet the
-    same contract."""
-    mats = [decaying(400, 400, tau, torch.float32, 3, device=device) for tau in (40.0, 50.0)]
+    through ATen's Cholesky and triangular solves. Bases of 117, 128 and 133 columns (shorter sides
+    400, 360 and 350: one group each, and within the 0.4 k the CPU solver warm-starts from) meet
+    the same contract, and on the CPU twin only the 133-column group takes ATen's path."""
+    shapes = ((400, 40.0), (360, 44.0), (350, 46.0))
+    mats = [decaying(n, n, tau, torch.float32, 3, device=device) for n, tau in shapes]
     first = ops.lowrank_project(mats, 0.99)
-    assert [b.shape[1] for b in first.bases] == [117, 145]
+    assert [b.shape[1] for b in first.bases] == [117, 128, 133]
     moved = [drift(p, 1e-3, 60 + i) for i, p in enumerate(first.projected)]
     ops.lowrank_project_stats(reset=True)
-    warm = ops.lowrank_project(moved, 0.99, bases=first.bases, want_subgradient=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        warm = ops.lowrank_project(moved, 0.99, bases=first.bases, want_subgradient=True)
     stats = ops.lowrank_project_stats(reset=True)
     check_all(moved, warm, 0.99, want_subgradient=True)
-    assert stats["warm"] + stats["widened"] == 2, stats
+    assert stats["warm"] + stats["widened"] == 3, stats
+    if device == "cpu" and not runs_cpu_solver(device):
+        factorisations = sum(e.name == "aten::linalg_cholesky_ex" for e in prof.events())
+        assert factorisations == 6  # one group: its first QR and two power steps, two passes each
 
 
 def test_rank_deficient_basis_falls_back_to_cold(device):

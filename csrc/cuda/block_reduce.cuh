@@ -19,6 +19,7 @@ __device__ double block_sum(double v, double* scratch) {
   return total;
 }
 
+// block_max starts from 0 and fmax drops NaN: for non-negative values (magnitudes) only.
 template <int kWarps>
 __device__ double block_max(double v, double* scratch) {
   for (int offset = 16; offset > 0; offset /= 2) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, offset));

@@ -19,6 +19,10 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
 size_t qr_smem_bytes(int64_t b) { return static_cast<size_t>(b) * b * sizeof(double); }
+// The kernel's static shared memory (`failed` and `flag_scratch`: 36 bytes, 48 aligned as ptxas
+// reports them), which counts against the same opt-in limit as the dynamic block.
+constexpr size_t kStaticSmemBound = 64;
+static_assert(sizeof(int) * (1 + kWarps) <= kStaticSmemBound, "static shared memory bound");
 
 // s (b x b) <- X^T X, both triangles, from the k x b row-major block x.
 __device__ void columns_gram(const double* x, int64_t k, int64_t b, double* s) {
@@ -92,7 +96,8 @@ __global__ void __launch_bounds__(kThreads)
 
 bool cholesky_qr_fits(int64_t b) {
   if (b > kCholeskyQrMaxWidth) return false;
-  return qr_smem_bytes(b) + 64 <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  return qr_smem_bytes(b) + kStaticSmemBound <=
+         at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
 void cholesky_qr(const at::Tensor& q, const at::Tensor& out, const at::Tensor& ok) {
