@@ -88,7 +88,7 @@ struct Solved {
   Tensor sel;                  // local on the device; undefined when whole
   Tensor vectors, values;      // (n, k, w), (n, w) descending
   Tensor rank;                 // (n) int64
-  Tensor converged;            // (n) int64: 1 where the eigensolver converged
+  Tensor converged;            // (n) int64: 1 where the eigensolver converged; undefined: all
   Tensor projected, subgradient;  // (n, k, len) float64, unscaled
   ColdSolver solver = ColdSolver::kAuto;  // of a cold solve (warm results: kAuto)
 };
@@ -377,7 +377,7 @@ void certify(WarmAttempt& w, const Tensor& energy_rank, const std::optional<int6
   batch.gram_fro2 = g.gram_fro2.contiguous();
   batch.total = g.total.contiguous();
   batch.value_cut2 = g.value_cut2.contiguous();
-  batch.sub_floor2 = (w.values.select(1, 0).clamp_min(0.0) * g.sub_floor.square()).contiguous();
+  batch.sub_floor = g.sub_floor.contiguous();
   batch.energy_rank = energy_rank.contiguous();
   batch.usable = w.usable.contiguous();
   batch.max_rank = max_rank.value_or(-1);
@@ -466,7 +466,7 @@ void keep_rows(Solved& s, const std::vector<int64_t>& rows) {
   s.vectors = s.vectors.index_select(0, keep);
   s.values = s.values.index_select(0, keep);
   s.rank = s.rank.index_select(0, keep);
-  s.converged = s.converged.index_select(0, keep);
+  if (s.converged.defined()) s.converged = s.converged.index_select(0, keep);
 }
 
 // P = U_r (U_r^T A) and U_r S_r^-1 (U_r^T A), with the columns beyond each rank masked out.
@@ -647,7 +647,7 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
     s.vectors = part_rows(w.vectors, s);
     s.values = part_rows(w.values, s).clamp_min(0.0);
     s.rank = part_rows(w.rank, s);
-    s.converged = at::ones_like(s.rank);
+    // s.converged stays undefined: a certified warm result converged.
     solved.push_back(std::move(s));
   }
   using Work = std::vector<std::pair<Group*, std::vector<int64_t>>>;
@@ -688,10 +688,10 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
     std::vector<Tensor> parts;
     const bool with_flags = !try_warm && first && loaded > 0;
     if (with_flags) parts.push_back(tables.flags.view({-1}).to(at::kLong));
-    // Per part: converged (n), the basis widths (n), and for float64 which need the SVD (n).
-    const int64_t fields = single ? 2 : 3;
+    // Per part, n values each: converged (unless known), the basis widths, and for float64 which
+    // need the SVD.
     for (Solved& s : solved) {
-      parts.push_back(s.converged);
+      if (s.converged.defined()) parts.push_back(s.converged);
       parts.push_back(kernels.gap_basis_widths(s.values.contiguous(), s.rank.contiguous(), s.group->k));
       if (!single) parts.push_back(needs_svd_refinement(s, energy, single).to(at::kLong));
     }
@@ -703,13 +703,15 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
       h += loaded * kFlagRows;
     }
     Work redo, refine;
-    int64_t row = 0;
     for (Solved& s : solved) {
       const int64_t n = static_cast<int64_t>(s.local.size());
-      const int64_t* part = h + row * fields;
-      row += n;
       bool converged = true;
-      for (int64_t j = 0; j < n; ++j) converged &= part[j] != 0;
+      if (s.converged.defined()) {
+        for (int64_t j = 0; j < n; ++j) converged &= h[j] != 0;
+        h += n;
+      }
+      const int64_t* part = h;  // widths, then (float64) the SVD flags
+      h += single ? n : 2 * n;
       if (!converged) {
         TORCH_CHECK(s.solver == ColdSolver::kAuto,
                     "lowrank_project(): the LAPACK/cuSOLVER eigensolver did not converge");
@@ -718,7 +720,7 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
       }
       std::vector<int64_t> to_refine, kept;  // positions in the group; in the part
       for (int64_t j = 0; j < n; ++j) {
-        if (!single && part[2 * n + j] != 0) {
+        if (!single && part[n + j] != 0) {
           to_refine.push_back(s.local[j]);
         } else {
           kept.push_back(static_cast<int64_t>(j));
@@ -728,7 +730,7 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
       if (kept.empty()) continue;
       for (size_t j = 0; j < kept.size(); ++j) {
         const int64_t i = s.group->index[s.local[kept[j]]];
-        width_of[i] = part[n + kept[j]];
+        width_of[i] = part[kept[j]];
         found[i] = {static_cast<int64_t>(done.size()), static_cast<int64_t>(j)};
       }
       if (kept.size() < s.local.size()) keep_rows(s, kept);

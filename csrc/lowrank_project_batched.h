@@ -15,11 +15,12 @@ namespace trp_ext {
 
 // Inputs of certify_ritz (common/ritz_certificate.h) for a batch of Rayleigh-Ritz results, all
 // float64 on the matrices' device unless noted: theta (B, b) descending, res2 (B, b),
-// gram_fro2, total, value_cut2 (< 0: none), sub_floor2 (B each), energy_rank (B) int64, usable
+// gram_fro2, total, value_cut2 (< 0: none), sub_floor (the sub-gradient's floor, a fraction of
+// s_1) (B each), energy_rank (B) int64, usable
 // (B) bool (false: the basis or the eigensolver failed; status kRitzNeedCold).
 struct RitzBatch {
   int64_t k = 0, b = 0;
-  at::Tensor theta, res2, gram_fro2, total, value_cut2, sub_floor2, energy_rank, usable;
+  at::Tensor theta, res2, gram_fro2, total, value_cut2, sub_floor, energy_rank, usable;
   int64_t max_rank = -1;
   bool want_subgradient = false;
   double tol_rank = 0.0, tol_proj = 0.0, tol_sub = 0.0;

@@ -18,7 +18,7 @@ namespace trp_ext {
 
 struct RitzArgs {
   int64_t count, k, b;
-  const double *theta, *res2, *gram_fro2, *total, *value_cut2, *sub_floor2;
+  const double *theta, *res2, *gram_fro2, *total, *value_cut2, *sub_floor;
   const int64_t* energy_rank;
   const bool* usable;
   int64_t max_rank;
@@ -45,7 +45,9 @@ TRP_HOST_DEVICE inline void certify_batch_member(const RitzArgs& args, int64_t i
   p.value_cut2 = args.value_cut2[i];
   p.max_rank = args.max_rank;
   p.want_subgradient = args.want_subgradient;
-  p.sub_floor2 = args.sub_floor2[i];
+  // The sub-gradient's floor as a fraction of s_1, squared and in the units of theta.
+  const double theta_1 = p.theta[0] > 0.0 ? p.theta[0] : 0.0;
+  p.sub_floor2 = theta_1 * (args.sub_floor[i] * args.sub_floor[i]);
   p.tol_rank = args.tol_rank;
   p.tol_proj = args.tol_proj;
   p.tol_sub = args.tol_sub;
@@ -71,7 +73,7 @@ inline RitzArgs ritz_args(const RitzBatch& batch, const at::Tensor& rank, const 
   check_batch_tensor(batch.gram_fro2, at::kDouble, count, device, "gram_fro2", caller);
   check_batch_tensor(batch.total, at::kDouble, count, device, "total", caller);
   check_batch_tensor(batch.value_cut2, at::kDouble, count, device, "value_cut2", caller);
-  check_batch_tensor(batch.sub_floor2, at::kDouble, count, device, "sub_floor2", caller);
+  check_batch_tensor(batch.sub_floor, at::kDouble, count, device, "sub_floor", caller);
   check_batch_tensor(batch.energy_rank, at::kLong, count, device, "energy_rank", caller);
   check_batch_tensor(batch.usable, at::kBool, count, device, "usable", caller);
   check_batch_tensor(rank, at::kLong, count, device, "rank", caller);
@@ -84,7 +86,7 @@ inline RitzArgs ritz_args(const RitzBatch& batch, const at::Tensor& rank, const 
                   batch.gram_fro2.const_data_ptr<double>(),
                   batch.total.const_data_ptr<double>(),
                   batch.value_cut2.const_data_ptr<double>(),
-                  batch.sub_floor2.const_data_ptr<double>(),
+                  batch.sub_floor.const_data_ptr<double>(),
                   batch.energy_rank.const_data_ptr<int64_t>(),
                   batch.usable.const_data_ptr<bool>(),
                   batch.max_rank,
