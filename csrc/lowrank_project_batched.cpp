@@ -42,8 +42,6 @@ namespace {
 // batch certify far more often for little cost on a GPU. No data-dependent loop: each round
 // of checks would cost a host sync.
 constexpr int kWarmPowerSteps = 2;
-// Column norms of G Q below this fraction of the largest keep their old direction.
-constexpr double kStagnant = 1e-12;
 // place_columns copies pieces of one width together from this many on (a stack, a conversion,
 // an index upload and a scatter, against one copy each).
 constexpr size_t kBatchedCopyRows = 4;
@@ -251,18 +249,26 @@ std::tuple<Tensor, Tensor, Tensor> eigh_descending(const Tensor& h, bool force_l
 // orthonormal (common/cholesky_qr.h). A failed factorisation is replaced by the identity so that
 // the batch stays finite. One launch of the device's kernel where the width fits it, else ATen's
 // composition (~19 launches).
-Tensor orthonormalize(const Tensor& q, Tensor& ok, const BatchedKernels& kernels) {
+// With `previous`, q is a power step G Q, whose columns are first scaled to unit norm, those G
+// nearly annihilates keeping previous's (common/cholesky_qr.h).
+Tensor orthonormalize(const Tensor& q, Tensor& ok, const BatchedKernels& kernels,
+                      const Tensor& previous = Tensor()) {
   TRP_PHASE("orthonormalize");
   if (kernels.cholesky_qr_fits(q.size(2))) {
     const Tensor input = q.contiguous();
     Tensor x = at::empty_like(input);
     ok = ok.contiguous();
-    kernels.cholesky_qr(input, x, ok);  // ok updated in place
-    return x;
+    kernels.cholesky_qr(input, previous.defined() ? previous.contiguous() : previous, x, ok);
+    return x;  // ok updated in place
   }
   const int64_t batch = q.size(0), b = q.size(2);
   const Tensor eye = at::eye(b, q.options()).expand({batch, b, b});
   Tensor x = q;
+  if (previous.defined()) {
+    const Tensor norms = at::linalg_vector_norm(q, 2, {1}, /*keepdim=*/true);
+    const Tensor stagnant = norms.le(kStagnantColumn * norms.amax({2}, /*keepdim=*/true));
+    x = at::where(stagnant, previous, q / norms.clamp_min(DBL_MIN));
+  }
   for (int pass = 0; pass < kCholeskyQrPasses; ++pass) {
     const Tensor s = at::bmm(x.transpose(1, 2), x);
     auto [lower, info] = at::linalg_cholesky_ex(s);
@@ -339,12 +345,8 @@ WarmAttempt warm_start(Group& g, at::TensorList bases, const BatchedKernels& ker
   q = at::where(ok.view({-1, 1, 1}), q, noise);
   q = orthonormalize(q, ok, kernels);
   for (int step = 0; step < kWarmPowerSteps; ++step) {
-    // Columns of G Q scaled to unit norm: q tracks Ritz vectors, so this is nearly orthonormal.
-    Tensor z = at::bmm(g.gram, q);
-    const Tensor norms = at::linalg_vector_norm(z, 2, {1}, /*keepdim=*/true);
-    const Tensor stagnant = norms.le(kStagnant * norms.amax({2}, /*keepdim=*/true));
-    z = at::where(stagnant, q, z / norms.clamp_min(DBL_MIN));
-    q = orthonormalize(z, ok, kernels);
+    // Columns of G Q scaled to unit norm (stagnant ones keep q's), then orthonormalised.
+    q = orthonormalize(at::bmm(g.gram, q), ok, kernels, /*previous=*/q);
   }
   // Rayleigh-Ritz: H = Q^T G Q = E Theta E^T, U = Q E, G U = (G Q) E.
   const Tensor gq = at::bmm(g.gram, q);

@@ -43,8 +43,10 @@ struct BatchedKernels {
   bool (*cholesky_qr_fits)(int64_t b);
   // Cholesky QR of each (k, b) block of q (B, k, b) float64, contiguous, into out (the same
   // shape), as common/cholesky_qr.h describes; ok (B) bool &= the factorisations succeeded and the
-  // result is orthonormal.
-  void (*cholesky_qr)(const at::Tensor& q, const at::Tensor& out, const at::Tensor& ok);
+  // result is orthonormal. With `previous` (defined, q's shape), q's columns are first scaled to
+  // unit norm, stagnant ones replaced by previous's (a power step's normalisation).
+  void (*cholesky_qr)(const at::Tensor& q, const at::Tensor& previous, const at::Tensor& out,
+                      const at::Tensor& ok);
   // Whether jacobi_eigh takes symmetric matrices of size n on the current device.
   bool (*jacobi_eigh_fits)(int64_t n);
   // Eigen-decomposition of a batch of symmetric n x n float64 matrices (B, n, n), contiguous,

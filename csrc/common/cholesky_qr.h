@@ -4,6 +4,8 @@
 // (cpu/lowrank_project_batched_twins.cpp) share the constants and the per-row solve below.
 #pragma once
 
+#include <cfloat>
+#include <cmath>
 #include <cstdint>
 
 #include "common/host_device.h"
@@ -17,6 +19,32 @@ constexpr int kCholeskyQrPasses = 2;
 // The result counts as orthonormal while max |X^T X - I| stays at or below this: the warm
 // start's certificate assumes an orthonormal basis.
 constexpr double kOrthonormalTol = 1e-10;
+
+// A power step's columns are scaled to unit norm before the QR (they track Ritz vectors, so the
+// block is then nearly orthonormal); a column whose norm is at or below this fraction of the
+// largest keeps its previous direction (its eigenvalues hold no energy worth resolving).
+constexpr double kStagnantColumn = 1e-12;
+
+// The largest of n column norms, NaN if one is NaN (as ATen's amax).
+TRP_HOST_DEVICE inline double largest_norm(const double* norms, int64_t n) {
+  double largest = 0.0;
+  for (int64_t c = 0; c < n; ++c) {
+    const double v = norms[c];
+    if (v != v || largest != largest) {
+      largest = v != v ? v : largest;
+    } else if (v > largest) {
+      largest = v;
+    }
+  }
+  return largest;
+}
+
+// Entry (r, c) of the normalised block: z / norm, or the previous block's entry where the column
+// stagnated. norm below DBL_MIN divides by DBL_MIN (and NaN stays NaN), as ATen's clamp_min.
+TRP_HOST_DEVICE inline double normalised_entry(double z, double previous, double norm, double largest) {
+  if (norm <= kStagnantColumn * largest) return previous;
+  return z / (norm < DBL_MIN ? DBL_MIN : norm);
+}
 
 // Row x (b values) <- x L^-T, by forward substitution with the lower factor L (leading
 // dimension ld): y L^T = x means L y^T = x^T.

@@ -125,9 +125,22 @@ bool factor_in_place(double* s, int64_t b) {
   return true;
 }
 
-void cholesky_qr_one(const double* q, int64_t k, int64_t b, double* x, bool* ok) {
-  std::copy(q, q + k * b, x);
+void cholesky_qr_one(const double* q, const double* previous, int64_t k, int64_t b, double* x,
+                     bool* ok) {
   std::vector<double> s(b * b);
+  if (previous == nullptr) {
+    std::copy(q, q + k * b, x);
+  } else {  // a power step's normalisation, as the kernel does it
+    for (int64_t c = 0; c < b; ++c) {
+      double sum = 0.0;
+      for (int64_t r = 0; r < k; ++r) sum += q[r * b + c] * q[r * b + c];
+      s[c] = std::sqrt(sum);
+    }
+    const double largest = largest_norm(s.data(), b);
+    for (int64_t idx = 0; idx < k * b; ++idx) {
+      x[idx] = normalised_entry(q[idx], previous[idx], s[idx % b], largest);
+    }
+  }
   bool good = true;
   for (int pass = 0; pass < kCholeskyQrPasses; ++pass) {
     columns_gram(x, k, b, s.data());
@@ -146,18 +159,27 @@ void cholesky_qr_one(const double* q, int64_t k, int64_t b, double* x, bool* ok)
   *ok = *ok && good && orthonormal;
 }
 
-void cholesky_qr_twin(const at::Tensor& q, const at::Tensor& out, const at::Tensor& ok) {
+void cholesky_qr_twin(const at::Tensor& q, const at::Tensor& previous, const at::Tensor& out,
+                      const at::Tensor& ok) {
   TORCH_CHECK(q.dim() == 3, "cholesky_qr: 'q' must be (B, k, b), got ", q.sizes());
   const int64_t batch = q.size(0), k = q.size(1), b = q.size(2);
   check_batch_tensor(q, at::kDouble, batch * k * b, c10::DeviceType::CPU, "q", "cholesky_qr");
   check_batch_tensor(out, at::kDouble, batch * k * b, c10::DeviceType::CPU, "out", "cholesky_qr");
   check_batch_tensor(ok, at::kBool, batch, c10::DeviceType::CPU, "ok", "cholesky_qr");
+  if (previous.defined()) {
+    check_batch_tensor(previous, at::kDouble, batch * k * b, c10::DeviceType::CPU, "previous",
+                       "cholesky_qr");
+  }
+  const double* prev = previous.defined() ? previous.const_data_ptr<double>() : nullptr;
   TORCH_CHECK(cholesky_qr_fits_twin(b), "cholesky_qr: width ", b, " is past ", kCholeskyQrMaxWidth);
   const double* in = q.const_data_ptr<double>();
   double* x = out.data_ptr<double>();
   bool* flags = ok.data_ptr<bool>();
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) cholesky_qr_one(in + m * k * b, k, b, x + m * k * b, flags + m);
+    for (int64_t m = begin; m < end; ++m) {
+      cholesky_qr_one(in + m * k * b, prev == nullptr ? nullptr : prev + m * k * b, k, b, x + m * k * b,
+                      flags + m);
+    }
   });
 }
 

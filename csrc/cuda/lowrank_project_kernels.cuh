@@ -21,7 +21,8 @@ void finish_grams(const at::Tensor& jobs, const at::Tensor& gram_fro2);
 // Cholesky QR (common/cholesky_qr.h), one block per matrix: BatchedKernels::cholesky_qr_fits
 // and cholesky_qr on CUDA tensors.
 bool cholesky_qr_fits(int64_t b);
-void cholesky_qr(const at::Tensor& q, const at::Tensor& out, const at::Tensor& ok);
+void cholesky_qr(const at::Tensor& q, const at::Tensor& previous, const at::Tensor& out,
+                 const at::Tensor& ok);
 
 // Whether the shared-memory Jacobi eigensolver takes n x n matrices: n <= kJacobiMaxSize
 // (common/jacobi_rotation.h), in the running device's shared memory.

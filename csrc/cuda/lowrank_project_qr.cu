@@ -62,15 +62,29 @@ __device__ bool factor_in_place(double* s, int64_t b, int* failed) {
 }
 
 __global__ void __launch_bounds__(kThreads)
-    cholesky_qr_kernel(const double* __restrict__ q, int64_t k, int64_t b, double* __restrict__ out,
-                       bool* __restrict__ ok) {
+    cholesky_qr_kernel(const double* __restrict__ q, const double* __restrict__ previous, int64_t k,
+                       int64_t b, double* __restrict__ out, bool* __restrict__ ok) {
   extern __shared__ double s[];  // b x b
   __shared__ int failed;
   __shared__ int flag_scratch[kWarps];
   const int64_t matrix = blockIdx.x;
   const double* src = q + matrix * k * b;
   double* x = out + matrix * k * b;
-  for (int64_t idx = threadIdx.x; idx < k * b; idx += kThreads) x[idx] = src[idx];
+  if (previous == nullptr) {
+    for (int64_t idx = threadIdx.x; idx < k * b; idx += kThreads) x[idx] = src[idx];
+  } else {  // a power step's normalisation: column norms into s (free until columns_gram)
+    const double* prev = previous + matrix * k * b;
+    for (int64_t c = threadIdx.x; c < b; c += kThreads) {
+      double sum = 0.0;
+      for (int64_t r = 0; r < k; ++r) sum += src[r * b + c] * src[r * b + c];
+      s[c] = sqrt(sum);
+    }
+    __syncthreads();
+    const double largest = largest_norm(s, b);
+    for (int64_t idx = threadIdx.x; idx < k * b; idx += kThreads) {
+      x[idx] = normalised_entry(src[idx], prev[idx], s[idx % b], largest);
+    }
+  }
   __syncthreads();
   bool good = true;
   for (int pass = 0; pass < kCholeskyQrPasses; ++pass) {
@@ -100,12 +114,17 @@ bool cholesky_qr_fits(int64_t b) {
          at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
-void cholesky_qr(const at::Tensor& q, const at::Tensor& out, const at::Tensor& ok) {
+void cholesky_qr(const at::Tensor& q, const at::Tensor& previous, const at::Tensor& out,
+                 const at::Tensor& ok) {
   TORCH_CHECK(q.dim() == 3, "cholesky_qr: 'q' must be (B, k, b), got ", q.sizes());
   const int64_t batch = q.size(0), k = q.size(1), b = q.size(2);
   check_batch_tensor(q, at::kDouble, batch * k * b, c10::DeviceType::CUDA, "q", "cholesky_qr");
   check_batch_tensor(out, at::kDouble, batch * k * b, c10::DeviceType::CUDA, "out", "cholesky_qr");
   check_batch_tensor(ok, at::kBool, batch, c10::DeviceType::CUDA, "ok", "cholesky_qr");
+  if (previous.defined()) {
+    check_batch_tensor(previous, at::kDouble, batch * k * b, c10::DeviceType::CUDA, "previous",
+                       "cholesky_qr");
+  }
   TORCH_CHECK(cholesky_qr_fits(b), "cholesky_qr: width ", b, " does not fit in shared memory");
   TORCH_CHECK(batch <= 2147483647LL, "cholesky_qr: too many matrices for one launch");
   if (batch == 0 || b == 0) return;
@@ -113,7 +132,8 @@ void cholesky_qr(const at::Tensor& q, const at::Tensor& out, const at::Tensor& o
   cuda_util::allow_dynamic_smem(reinterpret_cast<const void*>(cholesky_qr_kernel), bytes);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   cholesky_qr_kernel<<<static_cast<unsigned>(batch), kThreads, bytes, stream>>>(
-      q.const_data_ptr<double>(), k, b, out.data_ptr<double>(), ok.data_ptr<bool>());
+      q.const_data_ptr<double>(), previous.defined() ? previous.const_data_ptr<double>() : nullptr,
+      k, b, out.data_ptr<double>(), ok.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
