@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/batched_bases.h"
 #include "common/batched_load.h"
 #include "common/cholesky_qr.h"
 #include "common/lowrank_project_checks.h"
@@ -42,9 +43,6 @@ namespace {
 // batch certify far more often for little cost on a GPU. No data-dependent loop: each round
 // of checks would cost a host sync.
 constexpr int kWarmPowerSteps = 2;
-// place_columns copies pieces of one width together from this many on (a stack, a conversion,
-// an index upload and a scatter, against one copy each).
-constexpr size_t kBatchedCopyRows = 4;
 
 using at::Tensor;
 
@@ -118,32 +116,6 @@ void set_local(Solved& s, std::vector<int64_t> local) {
 
 // The rows of a per-group tensor (first dimension: the group's matrices) that the part holds.
 Tensor part_rows(const Tensor& t, const Solved& s) { return s.whole ? t : t.index_select(0, s.sel); }
-
-// Deterministic pseudo-random entries in [-1, 1): columns a warm basis is padded with.
-Tensor pseudo_random(int64_t batch, int64_t k, int64_t b, const at::TensorOptions& options) {
-  const Tensor x = at::arange(batch * k * b, options).view({batch, k, b});
-  return at::frac(at::sin(x * 12.9898 + 78.233) * 43758.5453) * 2.0 - 1.0;
-}
-
-// Writes each piece (k x w_j, any dtype) into the first w_j columns of its row of `batch` (B, k,
-// W): pieces of one width together from kBatchedCopyRows of them on, the others one copy each.
-// Pieces of width 0 leave their rows as they are.
-void place_columns(Tensor& batch, const std::vector<Tensor>& pieces) {
-  std::map<int64_t, std::vector<int64_t>> by_width;
-  for (size_t j = 0; j < pieces.size(); ++j) {
-    if (pieces[j].size(1) > 0) by_width[pieces[j].size(1)].push_back(static_cast<int64_t>(j));
-  }
-  for (const auto& [width, rows] : by_width) {
-    if (rows.size() < kBatchedCopyRows) {
-      for (int64_t j : rows) batch[j].narrow(1, 0, width).copy_(pieces[j]);
-      continue;
-    }
-    std::vector<Tensor> given;
-    for (int64_t j : rows) given.push_back(pieces[j]);
-    const Tensor stacked = at::stack(given).to(batch.scalar_type());
-    batch.narrow(2, 0, width).index_copy_(0, device_index(rows, batch), stacked);
-  }
-}
 
 // The per-matrix tables of a call, in load order (the groups' matrices one group after another):
 // a group's fields are views of its consecutive columns, so that the whole call's flags go to the
@@ -319,31 +291,71 @@ std::vector<Tensor> energy_ranks(const std::vector<Tensor>& rows, double energy)
 struct WarmAttempt {
   Group* group = nullptr;
   std::vector<char> tried;  // the matrix has a non-empty basis
-  int64_t b = 0;
+  int64_t b = 0;            // the group's widest basis
+  Tensor q;                 // (B, k, b) float64: the starting blocks
+  Tensor ok;                // (B) bool: the warm start can go on (a view of the call's vector)
   Tensor usable, vectors, values, res2, rows, rank, status;
 };
 
-WarmAttempt warm_start(Group& g, at::TensorList bases, const BatchedKernels& kernels) {
-  TRP_PHASE("warm_start");
-  WarmAttempt w;
-  w.group = &g;
-  const int64_t batch = g.index.size(), k = g.k;
-  for (int64_t j = 0; j < batch; ++j) {
-    const int64_t width = bases[g.index[j]].size(1);
-    w.tried.push_back(width > 0);
-    w.b = std::max(w.b, width);
+// The warm attempts of every group given a basis, their starting blocks made in one launch
+// (common/batched_bases.h), which also flags NaN and Inf in the bases.
+std::vector<WarmAttempt> start_warm_attempts(std::map<std::pair<int64_t, int64_t>, Group>& groups,
+                                             at::TensorList bases, const CallTables& tables,
+                                             bool single, const BatchedKernels& kernels) {
+  TRP_PHASE("load_bases");
+  std::vector<WarmAttempt> attempts;
+  std::vector<BasisJob> jobs;
+  int64_t count = 0;  // entries of the call's ok vector
+  for (auto& [shape, g] : groups) {
+    WarmAttempt w;
+    w.group = &g;
+    const int64_t batch = g.index.size(), k = g.k;
+    for (int64_t j = 0; j < batch; ++j) {
+      const int64_t width = bases[g.index[j]].size(1);
+      w.tried.push_back(width > 0);
+      w.b = std::max(w.b, width);
+    }
+    if (w.b == 0) continue;
+    w.q = at::empty({batch, k, w.b}, f64(g.a));
+    for (int64_t j = 0; j < batch; ++j) {
+      const Tensor& basis = bases[g.index[j]];
+      BasisJob job;
+      job.src = reinterpret_cast<int64_t>(basis.const_data_ptr());
+      job.row_stride = basis.stride(0);
+      job.col_stride = basis.stride(1);
+      job.width = basis.size(1);
+      job.dst = reinterpret_cast<int64_t>(w.q.data_ptr<double>() + j * k * w.b);
+      job.k = k;
+      job.b = w.b;
+      job.noise_offset = j * k * w.b;
+      job.flag_row = g.row + j;
+      job.ok_index = count + j;
+      jobs.push_back(job);
+    }
+    count += batch;
+    attempts.push_back(std::move(w));
   }
-  if (w.b == 0) return w;
-  const Tensor noise = pseudo_random(batch, k, w.b, f64(g.a));
-  Tensor q = noise.clone();  // narrower bases are padded with noise columns
-  std::vector<Tensor> given;
-  for (int64_t j = 0; j < batch; ++j) given.push_back(bases[g.index[j]]);
-  place_columns(q, given);
-  at::logical_not_out(g.bad_basis, at::isfinite(q).flatten(1).all(1));  // into the call's flags
-  std::vector<int64_t> tried(w.tried.begin(), w.tried.end());
-  Tensor ok = device_index(tried, g.a).ne(0).logical_and(g.bad.logical_or(g.bad_basis).logical_not());
-  q = at::where(ok.view({-1, 1, 1}), q, noise);
-  q = orthonormalize(q, ok, kernels);
+  if (attempts.empty()) return attempts;
+  const Tensor ok = at::empty({count}, tables.flags.options().dtype(at::kBool));
+  std::vector<int64_t> words(jobs.size() * kBasisJobWords);
+  std::memcpy(words.data(), jobs.data(), jobs.size() * sizeof(BasisJob));
+  const Tensor table = to_device(words, tables.flags).view({static_cast<int64_t>(jobs.size()), kBasisJobWords});
+  kernels.load_bases(table, !single, tables.flags, ok);
+  int64_t offset = 0;
+  for (WarmAttempt& w : attempts) {
+    const int64_t batch = static_cast<int64_t>(w.group->index.size());
+    w.ok = ok.narrow(0, offset, batch);
+    offset += batch;
+  }
+  return attempts;
+}
+
+void warm_start(WarmAttempt& w, const BatchedKernels& kernels) {
+  TRP_PHASE("warm_start");
+  Group& g = *w.group;
+  const int64_t k = g.k;
+  Tensor& ok = w.ok;
+  Tensor q = orthonormalize(w.q, ok, kernels);
   for (int step = 0; step < kWarmPowerSteps; ++step) {
     // Columns of G Q scaled to unit norm (stagnant ones keep q's), then orthonormalised.
     q = orthonormalize(at::bmm(g.gram, q), ok, kernels, /*previous=*/q);
@@ -363,7 +375,6 @@ WarmAttempt warm_start(Group& g, at::TensorList bases, const BatchedKernels& ker
   const Tensor captured = theta.clamp_min(0.0).sum(1);
   const Tensor tail = w.b < k ? (g.total - captured).clamp_min(0.0) : at::zeros_like(captured);
   w.rows = at::cat({theta.clamp_min(0.0).sqrt(), tail.sqrt().unsqueeze(1)}, 1);
-  return w;
 }
 
 void certify(WarmAttempt& w, const Tensor& energy_rank, const std::optional<int64_t>& max_rank,
@@ -594,10 +605,8 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
   std::vector<char> warm_held(count, 0), zero_matrix(count, 0);
   std::vector<WarmAttempt> attempts;
   if (try_warm) {
-    for (auto& [shape, g] : groups) {
-      WarmAttempt w = warm_start(g, *bases, kernels);
-      if (w.b > 0) attempts.push_back(std::move(w));
-    }
+    attempts = start_warm_attempts(groups, *bases, tables, single, kernels);
+    for (WarmAttempt& w : attempts) warm_start(w, kernels);
     std::vector<Tensor> rows;
     for (WarmAttempt& w : attempts) rows.push_back(w.rows);
     const std::vector<Tensor> ranks = energy_ranks(rows, energy);

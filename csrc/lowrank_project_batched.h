@@ -38,6 +38,13 @@ struct BatchedKernels {
   // Each job's Gram matrix made exactly symmetric ((G + G^T) / 2) and its squared Frobenius
   // norm into gram_fro2 (count) float64.
   void (*finish_grams)(const at::Tensor& jobs, const at::Tensor& gram_fro2);
+  // The warm starts' starting blocks Q of every warm-started group (`jobs`: (count,
+  // kBasisJobWords) int64 rows of common/batched_bases.h's BasisJob): the given basis, padded with
+  // pseudo-random columns, or pseudo-random columns only; writes the NaN/Inf-in-basis row of
+  // `flags` (the call's (kFlagRows, n) int32 table, whose NaN/Inf-in-matrix row it reads) and
+  // ok[job.ok_index] = a basis was given and neither it nor the matrix holds NaN or Inf.
+  void (*load_bases)(const at::Tensor& jobs, bool from_double, const at::Tensor& flags,
+                     const at::Tensor& ok);
   // Whether cholesky_qr takes blocks b columns wide on the current device (else ATen's
   // composition runs).
   bool (*cholesky_qr_fits)(int64_t b);

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "common/batched_bases.h"
 #include "common/batched_load.h"
 
 namespace trp_ext {
@@ -31,6 +32,19 @@ inline void check_load_outputs(const at::Tensor& stats, const at::Tensor& flags,
                                c10::DeviceType device) {
   check_batch_tensor(stats, at::kDouble, kStatsRows * count, device, "stats", "load_matrices");
   check_batch_tensor(flags, at::kInt, kFlagRows * count, device, "flags", "load_matrices");
+}
+
+// The (count, kBasisJobWords) int64 jobs of load_bases, the call's (kFlagRows, n) int32 flags
+// and its ok vector.
+inline void check_basis_jobs(const at::Tensor& jobs, const at::Tensor& flags, const at::Tensor& ok,
+                             c10::DeviceType device) {
+  TORCH_CHECK(jobs.dim() == 2 && jobs.size(1) == kBasisJobWords, "load_bases: 'jobs' must be (count, ",
+              kBasisJobWords, "), got ", jobs.sizes());
+  check_batch_tensor(jobs, at::kLong, jobs.numel(), device, "jobs", "load_bases");
+  TORCH_CHECK(flags.dim() == 2 && flags.size(0) == kFlagRows, "load_bases: 'flags' must be (",
+              kFlagRows, ", n), got ", flags.sizes());
+  check_batch_tensor(flags, at::kInt, flags.numel(), device, "flags", "load_bases");
+  check_batch_tensor(ok, at::kBool, ok.numel(), device, "ok", "load_bases");
 }
 
 inline void check_gram_norms(const at::Tensor& gram_fro2, int64_t count, c10::DeviceType device) {

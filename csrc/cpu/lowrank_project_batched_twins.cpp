@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/batch_tensor_checks.h"
+#include "common/batched_bases.h"
 #include "common/batched_load.h"
 #include "common/cholesky_qr.h"
 #include "common/jacobi_eigh_checks.h"
@@ -95,6 +96,47 @@ void jacobi_one(const double* g, int n, double* values, double* vectors, int* co
 }
 
 bool jacobi_eigh_fits_twin(int64_t n) { return n <= kJacobiMaxSize; }
+
+template <typename T>
+void load_basis_one(const BasisJob& job, int32_t* flags, int64_t flag_count, bool* ok) {
+  const T* src = reinterpret_cast<const T*>(job.src);
+  double* q = reinterpret_cast<double*>(job.dst);
+  bool finite = true;
+  for (int64_t i = 0; i < job.k; ++i) {
+    for (int64_t c = 0; c < job.width; ++c) {
+      finite = finite && std::isfinite(static_cast<double>(src[i * job.row_stride + c * job.col_stride]));
+    }
+  }
+  const bool bad = flags[kFlagBad * flag_count + job.flag_row] != 0;
+  const bool usable = job.width > 0 && !bad && finite;
+  for (int64_t i = 0; i < job.k; ++i) {
+    for (int64_t c = 0; c < job.b; ++c) {
+      const int64_t idx = i * job.b + c;
+      q[idx] = usable && c < job.width ? static_cast<double>(src[i * job.row_stride + c * job.col_stride])
+                                       : pseudo_random_entry(job.noise_offset + idx);
+    }
+  }
+  flags[kFlagBadBasis * flag_count + job.flag_row] = finite ? 0 : 1;
+  ok[job.ok_index] = usable;
+}
+
+void load_bases_twin(const at::Tensor& jobs, bool from_double, const at::Tensor& flags,
+                     const at::Tensor& ok) {
+  check_basis_jobs(jobs, flags, ok, c10::DeviceType::CPU);
+  const BasisJob* job = reinterpret_cast<const BasisJob*>(jobs.const_data_ptr<int64_t>());
+  const int64_t flag_count = flags.size(1);
+  int32_t* flag = flags.data_ptr<int32_t>();
+  bool* usable = ok.data_ptr<bool>();
+  at::parallel_for(0, jobs.size(0), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      if (from_double) {
+        load_basis_one<double>(job[t], flag, flag_count, usable);
+      } else {
+        load_basis_one<float>(job[t], flag, flag_count, usable);
+      }
+    }
+  });
+}
 
 bool cholesky_qr_fits_twin(int64_t b) { return b <= kCholeskyQrMaxWidth; }
 
@@ -308,6 +350,7 @@ void jacobi_eigh_twin(const at::Tensor& matrices, const at::Tensor& values, cons
 
 const BatchedKernels& batched_twin_kernels() {
   static const BatchedKernels kernels{load_matrices_twin,    finish_grams_twin,
+                                      load_bases_twin,
                                       cholesky_qr_fits_twin, cholesky_qr_twin,
                                       jacobi_eigh_fits_twin, jacobi_eigh_twin,
                                       certify_ritz_batch_twin, gap_basis_widths_twin, nullptr};

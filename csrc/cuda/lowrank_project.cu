@@ -1,6 +1,6 @@
 // CUDA kernel of lowrank_project: the batched algorithm (lowrank_project_batched.cpp) on the
-// GPU's own kernels (the load step, Cholesky QR, the Jacobi eigensolver, the certificate and the
-// basis widths) and
+// GPU's own kernels (the load steps, Cholesky QR, the Jacobi eigensolver, the certificate and
+// the basis widths) and
 // cuSOLVER's batched eigensolver for the Gram matrices past the Jacobi kernel.
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -21,6 +21,7 @@ bool switched_batched_eigh(const at::Tensor& sym, at::Tensor& values, at::Tensor
 }
 
 constexpr BatchedKernels kCudaKernels{cuda::load_matrices,      cuda::finish_grams,
+                                      cuda::load_bases,
                                       cuda::cholesky_qr_fits,   cuda::cholesky_qr,
                                       cuda::jacobi_eigh_fits,   cuda::jacobi_eigh,
                                       cuda::certify_ritz_batch, cuda::gap_basis_widths,

@@ -18,6 +18,11 @@ void load_matrices(const at::Tensor& jobs, bool from_double, double value_thresh
                    const at::Tensor& stats, const at::Tensor& flags);
 void finish_grams(const at::Tensor& jobs, const at::Tensor& gram_fro2);
 
+// The warm starts' starting blocks (common/batched_bases.h), one block per matrix:
+// BatchedKernels::load_bases on CUDA tensors.
+void load_bases(const at::Tensor& jobs, bool from_double, const at::Tensor& flags,
+                const at::Tensor& ok);
+
 // Cholesky QR (common/cholesky_qr.h), one block per matrix: BatchedKernels::cholesky_qr_fits
 // and cholesky_qr on CUDA tensors.
 bool cholesky_qr_fits(int64_t b);
