@@ -10,7 +10,9 @@ per call: the device operations a profiler records (kernels, copies, memsets), t
 stream and device synchronisations, the median wall time with the device drained before and
 after, and the median host time until the call returns. A call whose wall time is its launches'
 host cost is launch-bound, which the kernels' own speed cannot fix. Without a visible GPU it says
-so and exits 0; `--device cpu` runs the same code on the CPU (no device operations to count).
+so and exits 0; `--device cpu` runs the same code on the CPU (no device operations to count),
+and then counts the device operations of the CUDA kernel's algorithm on its CPU twin, per phase
+(bench/op_count.py).
 """
 import argparse
 import statistics
@@ -21,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import bench_factored_conv as fconv
 import bench_projection as projection
+import op_count
 from trp_ext import ops
 
 REPEATS = 20
@@ -98,6 +101,22 @@ def main():
             with torch.inference_mode():
                 device_ops, syncs, wall, host = profile_call(fn, args.device)
             print(f"| {name} | {device_ops} | {syncs} | {wall:.3f} | {host:.3f} |")
+    if args.device == "cpu":
+        print_twin_counts()
+
+
+def print_twin_counts():
+    """The CUDA kernel's device operations per call, counted on its CPU twin (op_count.py)."""
+    print()
+    print("| call (batched algorithm, CPU twin) | device ops | per phase |")
+    print("|---|---|---|")
+    for name, fn in projection_calls("cpu"):
+        if "torch eigh" in name:
+            continue  # the twin has no batched eigensolver: the same call as cold
+        fn()  # warm-up
+        counts = op_count.count_ops(fn)
+        phases = ", ".join(f"{phase} {n}" for phase, n in counts.most_common() if phase is not None)
+        print(f"| {name} | {counts[None]} | {phases} |")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@
 
 #include "common/batched_bases.h"
 #include "common/batched_load.h"
+#include "common/batched_outputs.h"
 #include "common/cholesky_qr.h"
 #include "common/lowrank_project_checks.h"
 #include "common/lowrank_project_policy.h"
@@ -49,6 +50,11 @@ using at::Tensor;
 // A named range of the batched algorithm's phases in profiler traces (bench/launch_profile.py
 // counts the device operations of each); free when no profiler is on.
 #define TRP_PHASE(name) RECORD_FUNCTION("lowrank_project_batched::" name, std::vector<c10::IValue>())
+// One device operation of the algorithm's own (a kernel of BatchedKernels, an upload) in those
+// traces, for the scope it opens: bench/op_count.py counts it on the CPU twin as one operation,
+// as a GPU runs it.
+#define TRP_DEVICE_OP(name) \
+  RECORD_FUNCTION("lowrank_project_batched::op::" name, std::vector<c10::IValue>())
 
 // The matrices of one shorter side k and long sides within a factor of 2 (k <= len), as one
 // batch, zero-padded to the longest: the padding changes neither the Gram matrix nor the
@@ -96,6 +102,7 @@ at::TensorOptions f64(const Tensor& like) { return like.options().dtype(at::kDou
 // allocator keeps the pinned block until the copy has run.
 template <typename T>
 Tensor to_device(const std::vector<T>& host, const Tensor& like) {
+  TRP_DEVICE_OP("upload");
   const at::ScalarType dtype = c10::CppTypeToScalarType<T>::value;
   const Tensor values = at::tensor(host, at::TensorOptions(dtype));
   if (like.device().is_cpu()) return values;
@@ -188,9 +195,15 @@ CallTables load_groups(std::map<std::pair<int64_t, int64_t>, Group>& groups, at:
   std::vector<int64_t> words(jobs.size() * kLoadJobWords);
   std::memcpy(words.data(), jobs.data(), jobs.size() * sizeof(LoadJob));
   const Tensor table = to_device(words, first).view({count, kLoadJobWords});
-  kernels.load_matrices(table, !single, value_threshold.value_or(-1.0), stats, flags);
+  {
+    TRP_DEVICE_OP("load_matrices");
+    kernels.load_matrices(table, !single, value_threshold.value_or(-1.0), stats, flags);
+  }
   for (auto& [shape, g] : groups) at::bmm_out(g.gram, g.a, g.a.transpose(1, 2));
-  kernels.finish_grams(table, stats[kStatGramFro2]);
+  {
+    TRP_DEVICE_OP("finish_grams");
+    kernels.finish_grams(table, stats[kStatGramFro2]);
+  }
   return tables;
 }
 
@@ -203,7 +216,9 @@ std::tuple<Tensor, Tensor, Tensor> eigh_descending(const Tensor& h, bool force_l
     Tensor values = at::empty({batch, n}, h.options());
     Tensor vectors = at::empty({batch, n, n}, h.options());
     Tensor converged = at::empty({batch}, h.options().dtype(at::kInt));
-    kernels.jacobi_eigh(h.contiguous(), values, vectors, converged);
+    const Tensor input = h.contiguous();
+    TRP_DEVICE_OP("jacobi_eigh");
+    kernels.jacobi_eigh(input, values, vectors, converged);
     return {values, vectors, converged.to(at::kLong)};
   }
   // Past the Jacobi kernel: the device's batched solver, one call for the batch with no host
@@ -230,7 +245,9 @@ Tensor orthonormalize(const Tensor& q, Tensor& ok, const BatchedKernels& kernels
     const Tensor input = q.contiguous();
     Tensor x = at::empty_like(input);
     ok = ok.contiguous();
-    kernels.cholesky_qr(input, previous.defined() ? previous.contiguous() : previous, x, ok);
+    const Tensor prior = previous.defined() ? previous.contiguous() : previous;
+    TRP_DEVICE_OP("cholesky_qr");
+    kernels.cholesky_qr(input, prior, x, ok);
     return x;  // ok updated in place
   }
   const int64_t batch = q.size(0), b = q.size(2);
@@ -340,7 +357,10 @@ std::vector<WarmAttempt> start_warm_attempts(std::map<std::pair<int64_t, int64_t
   std::vector<int64_t> words(jobs.size() * kBasisJobWords);
   std::memcpy(words.data(), jobs.data(), jobs.size() * sizeof(BasisJob));
   const Tensor table = to_device(words, tables.flags).view({static_cast<int64_t>(jobs.size()), kBasisJobWords});
-  kernels.load_bases(table, !single, tables.flags, ok);
+  {
+    TRP_DEVICE_OP("load_bases");
+    kernels.load_bases(table, !single, tables.flags, ok);
+  }
   int64_t offset = 0;
   for (WarmAttempt& w : attempts) {
     const int64_t batch = static_cast<int64_t>(w.group->index.size());
@@ -400,7 +420,10 @@ void certify(WarmAttempt& w, const Tensor& energy_rank, const std::optional<int6
   batch.tol_sub = tol.sub;
   w.rank = at::empty({static_cast<int64_t>(g.index.size())}, g.total.options().dtype(at::kLong));
   w.status = g.status;  // written into the call's status column
-  kernels.certify_ritz_batch(batch, w.rank, w.status);
+  {
+    TRP_DEVICE_OP("certify_ritz_batch");
+    kernels.certify_ritz_batch(batch, w.rank, w.status);
+  }
 }
 
 // The spectrum of the given matrices of a group from an SVD of each matrix (LAPACK or cuSOLVER
@@ -510,49 +533,6 @@ std::vector<int64_t> global_index(const Solved& s) {
   std::vector<int64_t> global;
   for (int64_t j : s.local) global.push_back(s.group->index[j]);
   return global;
-}
-
-// Copies float64 sources into fresh outputs of the same sizes (contiguous), converting to the
-// outputs' dtype, for the whole list at once: the pairs whose source is contiguous too go through
-// one multi-tensor copy (a few launches in all, where one copy per matrix cost a launch each),
-// the others through a copy each. Empty pairs need no copy.
-void copy_all(const std::vector<Tensor>& dst, const std::vector<Tensor>& src) {
-  std::vector<Tensor> fast_dst, fast_src, slow_dst, slow_src;
-  for (size_t t = 0; t < dst.size(); ++t) {
-    if (dst[t].numel() == 0) continue;
-    const bool fast = src[t].is_contiguous();
-    (fast ? fast_dst : slow_dst).push_back(dst[t]);
-    (fast ? fast_src : slow_src).push_back(src[t]);
-  }
-  if (!fast_dst.empty()) at::_foreach_copy_(fast_dst, fast_src);
-  for (size_t t = 0; t < slow_dst.size(); ++t) slow_dst[t].copy_(slow_src[t]);
-}
-
-// The first cols[i] columns of row j of each part's (n, k, W) tensor, for the (row j, matrix i)
-// pairs of part_rows: rows that share a width below W are cut out together (one gather, which
-// leaves them contiguous, as copy_all's single copy wants them), a row alone at its width is read
-// where it is, and so are full rows of a contiguous tensor (an SVD's vectors are column-major).
-using PartRows = std::vector<std::vector<std::pair<int64_t, int64_t>>>;
-std::vector<Tensor> leading_columns(const std::vector<Tensor>& parts, const PartRows& part_rows,
-                                    const std::vector<int64_t>& cols, int64_t count) {
-  std::vector<Tensor> src(count);
-  for (size_t p = 0; p < parts.size(); ++p) {
-    const Tensor& rows_of_part = parts[p];
-    std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> by_width;
-    for (const auto& [j, i] : part_rows[p]) by_width[cols[i]].push_back({j, i});
-    for (const auto& [w, rows] : by_width) {
-      if (rows.size() == 1 || (w == rows_of_part.size(2) && rows_of_part.is_contiguous())) {
-        for (const auto& [j, i] : rows) src[i] = rows_of_part[j].narrow(1, 0, w);
-        continue;
-      }
-      std::vector<int64_t> local;
-      for (const auto& row : rows) local.push_back(row.first);
-      const Tensor picked = device_index(local, rows_of_part);
-      const Tensor block = rows_of_part.narrow(2, 0, w).index_select(0, picked);
-      for (size_t t = 0; t < rows.size(); ++t) src[rows[t].second] = block[t];
-    }
-  }
-  return src;
 }
 
 }  // namespace
@@ -703,7 +683,9 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
     // need the SVD.
     for (Solved& s : solved) {
       if (s.converged.defined()) parts.push_back(s.converged);
-      parts.push_back(kernels.gap_basis_widths(s.values.contiguous(), s.rank.contiguous(), s.group->k));
+      const Tensor values = s.values.contiguous(), rank = s.rank.contiguous();
+      TRP_DEVICE_OP("gap_basis_widths");
+      parts.push_back(kernels.gap_basis_widths(values, rank, s.group->k));
       if (!single) parts.push_back(needs_svd_refinement(s, energy, single).to(at::kLong));
     }
     if (parts.empty()) break;  // only empty matrices
@@ -756,44 +738,36 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
   for (Solved& s : solved) build_outputs(s, want_subgradient);
 
   // 5. Outputs in the order of `mats`, each its own allocation (outputs may not alias one
-  // another), filled by copy_all: a few launches for the whole list, none per matrix.
+  // another), all written by one launch (common/batched_outputs.h), whatever their count, shapes
+  // and orientations; the ranks gathered by one scatter.
   std::vector<Tensor> projected(count), subgradients, new_bases(count);
   if (want_subgradient) subgradients.resize(count);
   Tensor ranks = at::zeros({count}, mats[0].options().dtype(at::kLong));
-  for (Solved& s : solved) ranks.index_copy_(0, device_index(global_index(s), ranks), s.rank);
-  // A part's products in mats' orientation: matrices stored len x k read a transposed copy.
-  // Each matrix's own long side of its group's zero-padded one, and the columns of its basis.
-  std::vector<Tensor> flipped(solved.size()), flipped_sub(solved.size());
-  PartRows all_rows(solved.size()), upright_rows(solved.size());
-  std::vector<int64_t> width(count, 0), len(count, 0);
-  for (int64_t i = 0; i < count; ++i) {
-    const auto [part, j] = found[i];
-    if (part < 0) continue;
-    all_rows[part].push_back({j, i});
-    len[i] = std::max(mats[i].size(0), mats[i].size(1));
-    // A zero matrix returns an empty basis, as on the CPU: it warm-starts nothing.
-    width[i] = zero_matrix[i] ? 0 : std::min<int64_t>(solved[part].vectors.size(2), width_of[i]);
-    if (mats[i].size(0) <= mats[i].size(1)) {
-      upright_rows[part].push_back({j, i});
-    } else if (!flipped[part].defined()) {
-      flipped[part] = solved[part].projected.transpose(1, 2).contiguous();
-      if (want_subgradient) {
-        flipped_sub[part] = solved[part].subgradient.transpose(1, 2).contiguous();
-      }
+  if (!solved.empty()) {
+    std::vector<Tensor> part_ranks;
+    std::vector<int64_t> positions;
+    for (const Solved& s : solved) {
+      part_ranks.push_back(s.rank);
+      const std::vector<int64_t> global = global_index(s);
+      positions.insert(positions.end(), global.begin(), global.end());
     }
+    const Tensor all = part_ranks.size() == 1 ? part_ranks[0] : at::cat(part_ranks);
+    ranks.index_copy_(0, device_index(positions, ranks), all);
   }
-  std::vector<Tensor> vectors, products, sub_products;
-  for (const Solved& s : solved) {
-    vectors.push_back(s.vectors);
-    products.push_back(s.projected);
-    if (want_subgradient) sub_products.push_back(s.subgradient);
-  }
-  const std::vector<Tensor> basis_src = leading_columns(vectors, all_rows, width, count);
-  const std::vector<Tensor> projected_src = leading_columns(products, upright_rows, len, count);
-  const std::vector<Tensor> sub_src = want_subgradient
-                                          ? leading_columns(sub_products, upright_rows, len, count)
-                                          : std::vector<Tensor>();
-  std::vector<Tensor> dst, src;
+  std::vector<OutputJob> jobs;
+  // Output `out` (rows x cols) from row j of a part's (n, R, C) float64 tensor, read transposed
+  // for a matrix stored len x k.
+  auto add_job = [&](const Tensor& part, int64_t j, bool transposed, const Tensor& out) {
+    if (out.numel() == 0) return;
+    OutputJob job;
+    job.src = reinterpret_cast<int64_t>(part.const_data_ptr<double>() + j * part.stride(0));
+    job.row_stride = transposed ? part.stride(2) : part.stride(1);
+    job.col_stride = transposed ? part.stride(1) : part.stride(2);
+    job.dst = reinterpret_cast<int64_t>(out.data_ptr());
+    job.rows = out.size(0);
+    job.cols = out.size(1);
+    jobs.push_back(job);
+  };
   for (int64_t i = 0; i < count; ++i) {
     const Tensor& mat = mats[i];
     const int64_t k = std::min(mat.size(0), mat.size(1));
@@ -806,21 +780,27 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
       count_project_path(ProjectPath::kCold, 0);
       continue;
     }
+    const Solved& s = solved[part];
     const bool transposed = mat.size(0) > mat.size(1);
     projected[i] = at::empty(mat.sizes(), options);
-    dst.push_back(projected[i]);
-    src.push_back(transposed ? flipped[part][j].narrow(0, 0, len[i]) : projected_src[i]);
+    add_job(s.projected, j, transposed, projected[i]);
     if (want_subgradient) {
       subgradients[i] = at::empty(mat.sizes(), options);
-      dst.push_back(subgradients[i]);
-      src.push_back(transposed ? flipped_sub[part][j].narrow(0, 0, len[i]) : sub_src[i]);
+      add_job(s.subgradient, j, transposed, subgradients[i]);
     }
-    new_bases[i] = at::empty({k, width[i]}, mat.options());
-    dst.push_back(new_bases[i]);
-    src.push_back(basis_src[i]);
+    // A zero matrix returns an empty basis, as on the CPU: it warm-starts nothing.
+    const int64_t width = zero_matrix[i] ? 0 : std::min<int64_t>(s.vectors.size(2), width_of[i]);
+    new_bases[i] = at::empty({k, width}, mat.options());
+    add_job(s.vectors, j, false, new_bases[i]);
     count_project_path(path[i], path[i] == ProjectPath::kCold ? 0 : kWarmPowerSteps + 1);
   }
-  copy_all(dst, src);
+  if (!jobs.empty()) {
+    std::vector<int64_t> words(jobs.size() * kOutputJobWords);
+    std::memcpy(words.data(), jobs.data(), jobs.size() * sizeof(OutputJob));
+    const Tensor table = to_device(words, ranks).view({static_cast<int64_t>(jobs.size()), kOutputJobWords});
+    TRP_DEVICE_OP("write_outputs");
+    kernels.write_outputs(table, !single);
+  }
   return {projected, ranks, subgradients, new_bases};
 }
 

@@ -45,6 +45,9 @@ struct BatchedKernels {
   // ok[job.ok_index] = a basis was given and neither it nor the matrix holds NaN or Inf.
   void (*load_bases)(const at::Tensor& jobs, bool from_double, const at::Tensor& flags,
                      const at::Tensor& ok);
+  // Every output of the call (`jobs`: (count, kOutputJobWords) int64 rows of
+  // common/batched_outputs.h's OutputJob) from its float64 source, as float64 or float32.
+  void (*write_outputs)(const at::Tensor& jobs, bool to_double);
   // Whether cholesky_qr takes blocks b columns wide on the current device (else ATen's
   // composition runs).
   bool (*cholesky_qr_fits)(int64_t b);

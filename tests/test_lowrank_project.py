@@ -849,6 +849,41 @@ def test_every_product_path_meets_the_same_contract(path):
     assert " passed" in result.stdout and " failed" not in result.stdout
 
 
+# ----------------------------------------------------------------------------- device operations
+def _network_weights(arch, scheme):
+    """Matrices of the network's layer shapes with decaying spectra (the benches' synthetic sets):
+    after a projection and a drift, their warm starts hold, as in TRP's step()."""
+    shapes = [tuple(ref.conv_weight_to_matrix(m.weight.detach(), scheme).shape)
+              for _, m in select_layers(build_model(arch))]
+    return [decaying(m, n, min(m, n) / 8, seed=i) for i, (m, n) in enumerate(shapes)]
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_batched_device_operations_do_not_grow_with_the_matrices(scheme):
+    """The CUDA kernel's algorithm issues a fixed number of device operations per call, whatever
+    the number of matrices: ResNet-20 and ResNet-56 (18 and 54 matrices, the same shape groups)
+    cost the same, cold and warm, counted on the CPU twin (bench/op_count.py). The counts also stay
+    within a budget: 60-63 cold and 134 warm when written (274 and 813 device operations were
+    measured on the H200 for ResNet-56 channel before the batched kernels), and each is a launch
+    the GPU's host pays for."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    import op_count
+
+    counts = {}
+    for arch in ("resnet20", "resnet56"):
+        mats = _network_weights(arch, scheme)
+        first = ops.lowrank_project(mats, 0.99)
+        moved = [drift(p, 1e-3, i) for i, p in enumerate(first.projected)]
+        ops.lowrank_project_stats(reset=True)
+        counts[arch] = (op_count.count_ops(lambda: ops.lowrank_project(moved, 0.99))[None],
+                        op_count.count_ops(lambda: ops.lowrank_project(moved, 0.99, bases=first.bases))[None])
+        stats = ops.lowrank_project_stats(reset=True)
+        assert stats["fallback"] == 0 and stats["warm"] == len(mats), stats  # TRP's usual step
+    assert counts["resnet20"] == counts["resnet56"], counts
+    cold, warm = counts["resnet56"]
+    assert cold <= 80 and warm <= 160, counts
+
+
 # ----------------------------------------------------------------------------- CUDA eigensolvers
 def test_batched_eigh_switch_and_availability():
     """cuda_batched_eigh_available() is a plain bool on every build. In a build with the CUDA

@@ -8,6 +8,7 @@
 
 #include "common/batched_bases.h"
 #include "common/batched_load.h"
+#include "common/batched_outputs.h"
 
 namespace trp_ext {
 
@@ -45,6 +46,13 @@ inline void check_basis_jobs(const at::Tensor& jobs, const at::Tensor& flags, co
               kFlagRows, ", n), got ", flags.sizes());
   check_batch_tensor(flags, at::kInt, flags.numel(), device, "flags", "load_bases");
   check_batch_tensor(ok, at::kBool, ok.numel(), device, "ok", "load_bases");
+}
+
+// The (count, kOutputJobWords) int64 jobs of write_outputs.
+inline void check_output_jobs(const at::Tensor& jobs, c10::DeviceType device) {
+  TORCH_CHECK(jobs.dim() == 2 && jobs.size(1) == kOutputJobWords, "write_outputs: 'jobs' must be (count, ",
+              kOutputJobWords, "), got ", jobs.sizes());
+  check_batch_tensor(jobs, at::kLong, jobs.numel(), device, "jobs", "write_outputs");
 }
 
 inline void check_gram_norms(const at::Tensor& gram_fro2, int64_t count, c10::DeviceType device) {

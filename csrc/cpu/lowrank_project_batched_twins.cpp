@@ -15,6 +15,7 @@
 #include "common/batch_tensor_checks.h"
 #include "common/batched_bases.h"
 #include "common/batched_load.h"
+#include "common/batched_outputs.h"
 #include "common/cholesky_qr.h"
 #include "common/jacobi_eigh_checks.h"
 #include "common/jacobi_rotation.h"
@@ -133,6 +134,31 @@ void load_bases_twin(const at::Tensor& jobs, bool from_double, const at::Tensor&
         load_basis_one<double>(job[t], flag, flag_count, usable);
       } else {
         load_basis_one<float>(job[t], flag, flag_count, usable);
+      }
+    }
+  });
+}
+
+template <typename T>
+void write_output_one(const OutputJob& job) {
+  const double* src = reinterpret_cast<const double*>(job.src);
+  T* dst = reinterpret_cast<T*>(job.dst);
+  for (int64_t r = 0; r < job.rows; ++r) {
+    for (int64_t c = 0; c < job.cols; ++c) {
+      dst[r * job.cols + c] = static_cast<T>(src[r * job.row_stride + c * job.col_stride]);
+    }
+  }
+}
+
+void write_outputs_twin(const at::Tensor& jobs, bool to_double) {
+  check_output_jobs(jobs, c10::DeviceType::CPU);
+  const OutputJob* job = reinterpret_cast<const OutputJob*>(jobs.const_data_ptr<int64_t>());
+  at::parallel_for(0, jobs.size(0), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      if (to_double) {
+        write_output_one<double>(job[t]);
+      } else {
+        write_output_one<float>(job[t]);
       }
     }
   });
@@ -350,7 +376,7 @@ void jacobi_eigh_twin(const at::Tensor& matrices, const at::Tensor& values, cons
 
 const BatchedKernels& batched_twin_kernels() {
   static const BatchedKernels kernels{load_matrices_twin,    finish_grams_twin,
-                                      load_bases_twin,
+                                      load_bases_twin,       write_outputs_twin,
                                       cholesky_qr_fits_twin, cholesky_qr_twin,
                                       jacobi_eigh_fits_twin, jacobi_eigh_twin,
                                       certify_ritz_batch_twin, gap_basis_widths_twin, nullptr};

@@ -23,6 +23,10 @@ void finish_grams(const at::Tensor& jobs, const at::Tensor& gram_fro2);
 void load_bases(const at::Tensor& jobs, bool from_double, const at::Tensor& flags,
                 const at::Tensor& ok);
 
+// The outputs (common/batched_outputs.h), one block per output: BatchedKernels::write_outputs on
+// CUDA tensors.
+void write_outputs(const at::Tensor& jobs, bool to_double);
+
 // Cholesky QR (common/cholesky_qr.h), one block per matrix: BatchedKernels::cholesky_qr_fits
 // and cholesky_qr on CUDA tensors.
 bool cholesky_qr_fits(int64_t b);
