@@ -17,7 +17,8 @@ def _run(*args):
 def test_cpu_table_has_every_call():
     result = _run("--device", "cpu")
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "device ops" not in line]
+    calls_table, twin_table = result.stdout.split("\n\n")[:2]
+    rows = [line for line in calls_table.splitlines() if line.startswith("| ") and "device ops" not in line]
     names = [row.split(" | ")[0].lstrip("| ") for row in rows]
     assert names == [f"lowrank_project resnet56/{scheme} {mode}" for scheme, modes in
                      (("channel", ("cold", "warm")), ("spatial", ("cold", "cold, torch eigh", "warm")))
@@ -28,6 +29,14 @@ def test_cpu_table_has_every_call():
         device_ops, syncs, wall, host = (cell.strip() for cell in row.strip("|").split("|")[1:])
         assert (device_ops, syncs) == ("0", "0"), row
         assert 0.0 < float(host) <= float(wall), row  # on the CPU a call returns when its work is done
+    # The CUDA kernel's device operations, counted on its CPU twin, with their phases.
+    twin_rows = [line for line in twin_table.splitlines() if line.startswith("| ") and "device ops" not in line]
+    assert [row.split(" | ")[0].lstrip("| ") for row in twin_rows] == [
+        f"lowrank_project resnet56/{scheme} {mode}" for scheme in ("channel", "spatial") for mode in ("cold", "warm")]
+    for row in twin_rows:
+        total, phases = (cell.strip() for cell in row.strip("|").split("|")[1:])
+        counts = [int(part.rsplit(" ", 1)[1]) for part in phases.split(", ")]
+        assert 0 < int(total) == sum(counts), row
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the note is for machines without a GPU")
