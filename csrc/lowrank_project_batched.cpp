@@ -373,7 +373,6 @@ std::vector<WarmAttempt> start_warm_attempts(std::map<std::pair<int64_t, int64_t
 void warm_start(WarmAttempt& w, const BatchedKernels& kernels) {
   TRP_PHASE("warm_start");
   Group& g = *w.group;
-  const int64_t k = g.k;
   Tensor& ok = w.ok;
   Tensor q = orthonormalize(w.q, ok, kernels);
   for (int step = 0; step < kWarmPowerSteps; ++step) {
@@ -382,19 +381,26 @@ void warm_start(WarmAttempt& w, const BatchedKernels& kernels) {
   }
   // Rayleigh-Ritz: H = Q^T G Q = E Theta E^T, U = Q E, G U = (G Q) E.
   const Tensor gq = at::bmm(g.gram, q);
-  Tensor h = at::bmm(q.transpose(1, 2), gq);
-  h = (h + h.transpose(1, 2)).mul_(0.5);
-  h = at::where(ok.view({-1, 1, 1}), h, at::zeros_like(h));
+  const Tensor h = at::bmm(q.transpose(1, 2), gq);
+  {
+    TRP_DEVICE_OP("symmetrize_ritz_matrices");  // exactly symmetric, zero where not ok
+    kernels.symmetrize_ritz_matrices(h, ok);
+  }
   auto [theta, e, converged] = eigh_descending(h, /*force_lapack=*/false, kernels);
   w.usable = ok.logical_and(converged);
-  w.values = theta;
+  w.values = theta.contiguous();
   w.vectors = at::bmm(q, e);
   const Tensor gu = at::bmm(gq, e);
-  w.res2 = (gu - w.vectors * theta.unsqueeze(1)).square().sum(1);
-  // The rank rule on the Ritz values, the energy outside span(Q) lumped as one more value.
-  const Tensor captured = theta.clamp_min(0.0).sum(1);
-  const Tensor tail = w.b < k ? (g.total - captured).clamp_min(0.0) : at::zeros_like(captured);
-  w.rows = at::cat({theta.clamp_min(0.0).sqrt(), tail.sqrt().unsqueeze(1)}, 1);
+  // The residuals, and the rank rule on the Ritz values with the energy outside span(Q) lumped
+  // as one more value.
+  const int64_t batch = static_cast<int64_t>(g.index.size());
+  w.res2 = at::empty({batch, w.b}, gu.options());
+  w.rows = at::empty({batch, w.b + 1}, gu.options());
+  const Tensor total = g.total.contiguous();
+  {
+    TRP_DEVICE_OP("ritz_residuals");
+    kernels.ritz_residuals(gu, w.vectors, w.values, total, w.res2, w.rows);
+  }
 }
 
 void certify(WarmAttempt& w, const Tensor& energy_rank, const std::optional<int64_t>& max_rank,

@@ -48,6 +48,12 @@ struct BatchedKernels {
   // Every output of the call (`jobs`: (count, kOutputJobWords) int64 rows of
   // common/batched_outputs.h's OutputJob) from its float64 source, as float64 or float32.
   void (*write_outputs)(const at::Tensor& jobs, bool to_double);
+  // The Rayleigh-Ritz step around the eigensolver (common/ritz_residuals.h): h (B, b, b)
+  // float64 made symmetric in place, zero where usable (B) bool is false; then from G U, U (B, k,
+  // b), theta (B, b) and total (B): res2 (B, b) and the rank rule's rows (B, b + 1).
+  void (*symmetrize_ritz_matrices)(const at::Tensor& h, const at::Tensor& usable);
+  void (*ritz_residuals)(const at::Tensor& gu, const at::Tensor& u, const at::Tensor& theta,
+                         const at::Tensor& total, const at::Tensor& res2, const at::Tensor& rows);
   // Whether cholesky_qr takes blocks b columns wide on the current device (else ATen's
   // composition runs).
   bool (*cholesky_qr_fits)(int64_t b);

@@ -55,6 +55,29 @@ inline void check_output_jobs(const at::Tensor& jobs, c10::DeviceType device) {
   check_batch_tensor(jobs, at::kLong, jobs.numel(), device, "jobs", "write_outputs");
 }
 
+// The (B, b, b) Rayleigh-Ritz matrices and the (B) usable flags of symmetrize_ritz_matrices.
+inline void check_ritz_matrices(const at::Tensor& h, const at::Tensor& usable, c10::DeviceType device) {
+  TORCH_CHECK(h.dim() == 3 && h.size(1) == h.size(2), "symmetrize_ritz_matrices: 'h' must be (B, b, b), got ",
+              h.sizes());
+  check_batch_tensor(h, at::kDouble, h.numel(), device, "h", "symmetrize_ritz_matrices");
+  check_batch_tensor(usable, at::kBool, h.size(0), device, "usable", "symmetrize_ritz_matrices");
+}
+
+// G U and U (B, k, b), theta (B, b), total (B), res2 (B, b) and rows (B, b + 1) of ritz_residuals.
+inline void check_ritz_residuals(const at::Tensor& gu, const at::Tensor& u, const at::Tensor& theta,
+                                 const at::Tensor& total, const at::Tensor& res2, const at::Tensor& rows,
+                                 c10::DeviceType device) {
+  TORCH_CHECK(gu.dim() == 3, "ritz_residuals: 'gu' must be (B, k, b), got ", gu.sizes());
+  const int64_t batch = gu.size(0), k = gu.size(1), b = gu.size(2);
+  const char* caller = "ritz_residuals";
+  check_batch_tensor(gu, at::kDouble, batch * k * b, device, "gu", caller);
+  check_batch_tensor(u, at::kDouble, batch * k * b, device, "u", caller);
+  check_batch_tensor(theta, at::kDouble, batch * b, device, "theta", caller);
+  check_batch_tensor(total, at::kDouble, batch, device, "total", caller);
+  check_batch_tensor(res2, at::kDouble, batch * b, device, "res2", caller);
+  check_batch_tensor(rows, at::kDouble, batch * (b + 1), device, "rows", caller);
+}
+
 inline void check_gram_norms(const at::Tensor& gram_fro2, int64_t count, c10::DeviceType device) {
   check_batch_tensor(gram_fro2, at::kDouble, count, device, "gram_fro2", "finish_grams");
 }

@@ -26,7 +26,9 @@ constexpr int64_t kBasisJobWords = sizeof(BasisJob) / sizeof(int64_t);
 static_assert(sizeof(BasisJob) == 10 * sizeof(int64_t), "BasisJob travels as 10 int64 words");
 
 // Deterministic pseudo-random entry in [-1, 1) for element `index` of a group's Q: the classic
-// shader hash frac(sin(x * 12.9898 + 78.233) * 43758.5453), as separate roundings.
+// shader hash frac(sin(x * 12.9898 + 78.233) * 43758.5453), as separate roundings. CUDA's sin is
+// not correctly rounded, so a GPU's padding differs from the CPU twin's by ~1e-11: the columns
+// only need to be generic.
 TRP_HOST_DEVICE inline double pseudo_random_entry(int64_t index) {
   const double x = static_cast<double>(index);
 #ifdef __CUDA_ARCH__

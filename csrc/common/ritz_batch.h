@@ -46,7 +46,7 @@ TRP_HOST_DEVICE inline void certify_batch_member(const RitzArgs& args, int64_t i
   p.max_rank = args.max_rank;
   p.want_subgradient = args.want_subgradient;
   // The sub-gradient's floor as a fraction of s_1, squared and in the units of theta.
-  const double theta_1 = p.theta[0] > 0.0 ? p.theta[0] : 0.0;
+  const double theta_1 = p.theta[0] < 0.0 ? 0.0 : p.theta[0];  // NaN stays NaN, as clamp_min
   p.sub_floor2 = theta_1 * (args.sub_floor[i] * args.sub_floor[i]);
   p.tol_rank = args.tol_rank;
   p.tol_proj = args.tol_proj;

@@ -16,6 +16,7 @@
 #include "common/batched_bases.h"
 #include "common/batched_load.h"
 #include "common/batched_outputs.h"
+#include "common/ritz_residuals.h"
 #include "common/cholesky_qr.h"
 #include "common/jacobi_eigh_checks.h"
 #include "common/jacobi_rotation.h"
@@ -160,6 +161,33 @@ void write_outputs_twin(const at::Tensor& jobs, bool to_double) {
       } else {
         write_output_one<float>(job[t]);
       }
+    }
+  });
+}
+
+void symmetrize_ritz_matrices_twin(const at::Tensor& h, const at::Tensor& usable) {
+  check_ritz_matrices(h, usable, c10::DeviceType::CPU);
+  const int64_t batch = h.size(0), b = h.size(1);
+  double* hm = h.data_ptr<double>();
+  const bool* on = usable.const_data_ptr<bool>();
+  for (int64_t m = 0; m < batch; ++m) {
+    for (int64_t i = 0; i < b; ++i) {
+      for (int64_t j = i; j < b; ++j) symmetrize_entry(hm + m * b * b, b, i, j, on[m]);
+    }
+  }
+}
+
+void ritz_residuals_twin(const at::Tensor& gu, const at::Tensor& u, const at::Tensor& theta,
+                         const at::Tensor& total, const at::Tensor& res2, const at::Tensor& rows) {
+  check_ritz_residuals(gu, u, theta, total, res2, rows, c10::DeviceType::CPU);
+  const int64_t batch = gu.size(0), k = gu.size(1), b = gu.size(2);
+  const double *g = gu.const_data_ptr<double>(), *v = u.const_data_ptr<double>();
+  const double *t = theta.const_data_ptr<double>(), *tot = total.const_data_ptr<double>();
+  double *r2 = res2.data_ptr<double>(), *row = rows.data_ptr<double>();
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      for (int64_t c = 0; c < b; ++c) r2[m * b + c] = ritz_residual2(g + m * k * b, v + m * k * b, t + m * b, k, b, c);
+      ritz_rank_row(t + m * b, b, k, tot[m], row + m * (b + 1));
     }
   });
 }
@@ -377,6 +405,7 @@ void jacobi_eigh_twin(const at::Tensor& matrices, const at::Tensor& values, cons
 const BatchedKernels& batched_twin_kernels() {
   static const BatchedKernels kernels{load_matrices_twin,    finish_grams_twin,
                                       load_bases_twin,       write_outputs_twin,
+                                      symmetrize_ritz_matrices_twin, ritz_residuals_twin,
                                       cholesky_qr_fits_twin, cholesky_qr_twin,
                                       jacobi_eigh_fits_twin, jacobi_eigh_twin,
                                       certify_ritz_batch_twin, gap_basis_widths_twin, nullptr};

@@ -22,6 +22,7 @@ bool switched_batched_eigh(const at::Tensor& sym, at::Tensor& values, at::Tensor
 
 constexpr BatchedKernels kCudaKernels{cuda::load_matrices,      cuda::finish_grams,
                                       cuda::load_bases,         cuda::write_outputs,
+                                      cuda::symmetrize_ritz_matrices, cuda::ritz_residuals,
                                       cuda::cholesky_qr_fits,   cuda::cholesky_qr,
                                       cuda::jacobi_eigh_fits,   cuda::jacobi_eigh,
                                       cuda::certify_ritz_batch, cuda::gap_basis_widths,

@@ -27,6 +27,12 @@ void load_bases(const at::Tensor& jobs, bool from_double, const at::Tensor& flag
 // CUDA tensors.
 void write_outputs(const at::Tensor& jobs, bool to_double);
 
+// The Rayleigh-Ritz step's kernels (common/ritz_residuals.h), one block per matrix:
+// BatchedKernels::symmetrize_ritz_matrices and ritz_residuals on CUDA tensors.
+void symmetrize_ritz_matrices(const at::Tensor& h, const at::Tensor& usable);
+void ritz_residuals(const at::Tensor& gu, const at::Tensor& u, const at::Tensor& theta,
+                    const at::Tensor& total, const at::Tensor& res2, const at::Tensor& rows);
+
 // Cholesky QR (common/cholesky_qr.h), one block per matrix: BatchedKernels::cholesky_qr_fits
 // and cholesky_qr on CUDA tensors.
 bool cholesky_qr_fits(int64_t b);
