@@ -6,7 +6,9 @@
 // matrices by bmm, eigen-decompositions by the Jacobi kernel (k <= its size limit) or the
 // device's batched eigensolver (torch.linalg.eigh where it has none), ranks by the energy_rank
 // op (one call for all matrices), projections and sub-gradients by bmm with the columns beyond
-// each rank masked.
+// each rank masked. The steps around them are the device's own kernels, each one launch for the
+// whole call or one a group (loading, Cholesky QR, Rayleigh-Ritz, the outputs), so that a call
+// costs a fixed number of device operations however many matrices it has (bench/op_count.py).
 // A warm start runs kWarmPowerSteps batched power steps (Cholesky QR) and one Rayleigh-Ritz
 // step, and certify_ritz_batch accepts a matrix under the same bounds as the CPU kernel; the
 // rest are solved cold. A float64 matrix cut below the Gram's reach (kGramResolvedFraction) is

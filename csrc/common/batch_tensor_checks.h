@@ -78,6 +78,19 @@ inline void check_ritz_residuals(const at::Tensor& gu, const at::Tensor& u, cons
   check_batch_tensor(rows, at::kDouble, batch * (b + 1), device, "rows", caller);
 }
 
+// q, out (B, k, b) float64, ok (B) bool and, when defined, previous (as q) of cholesky_qr.
+inline void check_cholesky_qr_args(const at::Tensor& q, const at::Tensor& previous,
+                                   const at::Tensor& out, const at::Tensor& ok, c10::DeviceType device) {
+  TORCH_CHECK(q.dim() == 3, "cholesky_qr: 'q' must be (B, k, b), got ", q.sizes());
+  const int64_t batch = q.size(0), k = q.size(1), b = q.size(2);
+  check_batch_tensor(q, at::kDouble, batch * k * b, device, "q", "cholesky_qr");
+  check_batch_tensor(out, at::kDouble, batch * k * b, device, "out", "cholesky_qr");
+  check_batch_tensor(ok, at::kBool, batch, device, "ok", "cholesky_qr");
+  if (previous.defined()) {
+    check_batch_tensor(previous, at::kDouble, batch * k * b, device, "previous", "cholesky_qr");
+  }
+}
+
 inline void check_gram_norms(const at::Tensor& gram_fro2, int64_t count, c10::DeviceType device) {
   check_batch_tensor(gram_fro2, at::kDouble, count, device, "gram_fro2", "finish_grams");
 }

@@ -257,15 +257,8 @@ void cholesky_qr_one(const double* q, const double* previous, int64_t k, int64_t
 
 void cholesky_qr_twin(const at::Tensor& q, const at::Tensor& previous, const at::Tensor& out,
                       const at::Tensor& ok) {
-  TORCH_CHECK(q.dim() == 3, "cholesky_qr: 'q' must be (B, k, b), got ", q.sizes());
+  check_cholesky_qr_args(q, previous, out, ok, c10::DeviceType::CPU);
   const int64_t batch = q.size(0), k = q.size(1), b = q.size(2);
-  check_batch_tensor(q, at::kDouble, batch * k * b, c10::DeviceType::CPU, "q", "cholesky_qr");
-  check_batch_tensor(out, at::kDouble, batch * k * b, c10::DeviceType::CPU, "out", "cholesky_qr");
-  check_batch_tensor(ok, at::kBool, batch, c10::DeviceType::CPU, "ok", "cholesky_qr");
-  if (previous.defined()) {
-    check_batch_tensor(previous, at::kDouble, batch * k * b, c10::DeviceType::CPU, "previous",
-                       "cholesky_qr");
-  }
   const double* prev = previous.defined() ? previous.const_data_ptr<double>() : nullptr;
   TORCH_CHECK(cholesky_qr_fits_twin(b), "cholesky_qr: width ", b, " is past ", kCholeskyQrMaxWidth);
   const double* in = q.const_data_ptr<double>();

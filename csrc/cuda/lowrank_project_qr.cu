@@ -116,15 +116,8 @@ bool cholesky_qr_fits(int64_t b) {
 
 void cholesky_qr(const at::Tensor& q, const at::Tensor& previous, const at::Tensor& out,
                  const at::Tensor& ok) {
-  TORCH_CHECK(q.dim() == 3, "cholesky_qr: 'q' must be (B, k, b), got ", q.sizes());
+  check_cholesky_qr_args(q, previous, out, ok, c10::DeviceType::CUDA);
   const int64_t batch = q.size(0), k = q.size(1), b = q.size(2);
-  check_batch_tensor(q, at::kDouble, batch * k * b, c10::DeviceType::CUDA, "q", "cholesky_qr");
-  check_batch_tensor(out, at::kDouble, batch * k * b, c10::DeviceType::CUDA, "out", "cholesky_qr");
-  check_batch_tensor(ok, at::kBool, batch, c10::DeviceType::CUDA, "ok", "cholesky_qr");
-  if (previous.defined()) {
-    check_batch_tensor(previous, at::kDouble, batch * k * b, c10::DeviceType::CUDA, "previous",
-                       "cholesky_qr");
-  }
   TORCH_CHECK(cholesky_qr_fits(b), "cholesky_qr: width ", b, " does not fit in shared memory");
   TORCH_CHECK(batch <= 2147483647LL, "cholesky_qr: too many matrices for one launch");
   if (batch == 0 || b == 0) return;
