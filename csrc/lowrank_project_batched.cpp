@@ -806,8 +806,10 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
     std::vector<int64_t> words(jobs.size() * kOutputJobWords);
     std::memcpy(words.data(), jobs.data(), jobs.size() * sizeof(OutputJob));
     const Tensor table = to_device(words, ranks).view({static_cast<int64_t>(jobs.size()), kOutputJobWords});
+    int64_t largest = 0;
+    for (const OutputJob& job : jobs) largest = std::max(largest, job.rows * job.cols);
     TRP_DEVICE_OP("write_outputs");
-    kernels.write_outputs(table, !single);
+    kernels.write_outputs(table, !single, largest);
   }
   return {projected, ranks, subgradients, new_bases};
 }

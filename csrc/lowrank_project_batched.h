@@ -46,8 +46,9 @@ struct BatchedKernels {
   void (*load_bases)(const at::Tensor& jobs, bool from_double, const at::Tensor& flags,
                      const at::Tensor& ok);
   // Every output of the call (`jobs`: (count, kOutputJobWords) int64 rows of
-  // common/batched_outputs.h's OutputJob) from its float64 source, as float64 or float32.
-  void (*write_outputs)(const at::Tensor& jobs, bool to_double);
+  // common/batched_outputs.h's OutputJob) from its float64 source, as float64 or float32;
+  // `largest`: the most elements of one output (a GPU spreads large ones over several blocks).
+  void (*write_outputs)(const at::Tensor& jobs, bool to_double, int64_t largest);
   // The Rayleigh-Ritz step around the eigensolver (common/ritz_residuals.h): h (B, b, b)
   // float64 made symmetric in place, zero where usable (B) bool is false; then from G U, U (B, k,
   // b), theta (B, b) and total (B): res2 (B, b) and the rank rule's rows (B, b + 1).

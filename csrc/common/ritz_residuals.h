@@ -37,12 +37,12 @@ TRP_HOST_DEVICE inline void ritz_rank_row(const double* theta, int64_t b, int64_
                                           double* row) {
   double captured = 0.0;
   for (int64_t c = 0; c < b; ++c) {
-    const double value = theta[c] > 0.0 ? theta[c] : 0.0;
+    const double value = theta[c] < 0.0 ? 0.0 : theta[c];  // NaN stays NaN, as clamp_min
     captured += value;
     row[c] = sqrt(value);
   }
   const double tail = b < k ? total - captured : 0.0;
-  row[b] = sqrt(tail > 0.0 ? tail : 0.0);
+  row[b] = sqrt(tail < 0.0 ? 0.0 : tail);
 }
 
 }  // namespace trp_ext

@@ -151,7 +151,7 @@ void write_output_one(const OutputJob& job) {
   }
 }
 
-void write_outputs_twin(const at::Tensor& jobs, bool to_double) {
+void write_outputs_twin(const at::Tensor& jobs, bool to_double, int64_t /*largest*/) {
   check_output_jobs(jobs, c10::DeviceType::CPU);
   const OutputJob* job = reinterpret_cast<const OutputJob*>(jobs.const_data_ptr<int64_t>());
   at::parallel_for(0, jobs.size(0), 1, [&](int64_t begin, int64_t end) {

@@ -25,7 +25,7 @@ void load_bases(const at::Tensor& jobs, bool from_double, const at::Tensor& flag
 
 // The outputs (common/batched_outputs.h), one block per output: BatchedKernels::write_outputs on
 // CUDA tensors.
-void write_outputs(const at::Tensor& jobs, bool to_double);
+void write_outputs(const at::Tensor& jobs, bool to_double, int64_t largest);
 
 // The Rayleigh-Ritz step's kernels (common/ritz_residuals.h), one block per matrix:
 // BatchedKernels::symmetrize_ritz_matrices and ritz_residuals on CUDA tensors.
