@@ -114,6 +114,17 @@ Tensor device_index(const std::vector<int64_t>& host, const Tensor& like) {
   return to_device(host, like);
 }
 
+// A table of jobs (structs of int64 and double words, read by a kernel of BatchedKernels) on
+// like's device, as a (count, words) int64 tensor: one upload.
+template <typename Job>
+Tensor upload_jobs(const std::vector<Job>& jobs, const Tensor& like) {
+  static_assert(sizeof(Job) % sizeof(int64_t) == 0, "a job is whole int64 words");
+  constexpr int64_t kWords = sizeof(Job) / sizeof(int64_t);
+  std::vector<int64_t> words(jobs.size() * kWords);
+  std::memcpy(words.data(), jobs.data(), jobs.size() * sizeof(Job));
+  return to_device(words, like).view({static_cast<int64_t>(jobs.size()), kWords});
+}
+
 // Sets the part's matrices (positions in its group); the common case, the whole group in order,
 // needs neither an index upload nor gathers (part_rows).
 void set_local(Solved& s, std::vector<int64_t> local) {
@@ -194,9 +205,7 @@ CallTables load_groups(std::map<std::pair<int64_t, int64_t>, Group>& groups, at:
     g.row = row;
     row += batch;
   }
-  std::vector<int64_t> words(jobs.size() * kLoadJobWords);
-  std::memcpy(words.data(), jobs.data(), jobs.size() * sizeof(LoadJob));
-  const Tensor table = to_device(words, first).view({count, kLoadJobWords});
+  const Tensor table = upload_jobs(jobs, first);
   {
     TRP_DEVICE_OP("load_matrices");
     kernels.load_matrices(table, !single, value_threshold.value_or(-1.0), stats, flags);
@@ -356,9 +365,7 @@ std::vector<WarmAttempt> start_warm_attempts(std::map<std::pair<int64_t, int64_t
   }
   if (attempts.empty()) return attempts;
   const Tensor ok = at::empty({count}, tables.flags.options().dtype(at::kBool));
-  std::vector<int64_t> words(jobs.size() * kBasisJobWords);
-  std::memcpy(words.data(), jobs.data(), jobs.size() * sizeof(BasisJob));
-  const Tensor table = to_device(words, tables.flags).view({static_cast<int64_t>(jobs.size()), kBasisJobWords});
+  const Tensor table = upload_jobs(jobs, tables.flags);
   {
     TRP_DEVICE_OP("load_bases");
     kernels.load_bases(table, !single, tables.flags, ok);
@@ -803,9 +810,7 @@ lowrank_project_batched(at::TensorList mats, double energy, std::optional<double
     count_project_path(path[i], path[i] == ProjectPath::kCold ? 0 : kWarmPowerSteps + 1);
   }
   if (!jobs.empty()) {
-    std::vector<int64_t> words(jobs.size() * kOutputJobWords);
-    std::memcpy(words.data(), jobs.data(), jobs.size() * sizeof(OutputJob));
-    const Tensor table = to_device(words, ranks).view({static_cast<int64_t>(jobs.size()), kOutputJobWords});
+    const Tensor table = upload_jobs(jobs, ranks);
     int64_t largest = 0;
     for (const OutputJob& job : jobs) largest = std::max(largest, job.rows * job.cols);
     TRP_DEVICE_OP("write_outputs");
