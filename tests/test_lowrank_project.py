@@ -833,6 +833,25 @@ def test_unknown_own_gemm_setting_raises():
     assert "TRP_EXT_OWN_GEMM must be 'auto', 'always' or 'never', got 'alwys'" in result.stdout, result.stderr[-2000:]
 
 
+def test_lapack_inside_workers_after_a_thread_count_change():
+    """The workers call LAPACK (here the SVD refinement of float64 matrices at energy 1) inside
+    their parallel region. On an Intel CPU with MKL, after torch.set_num_threads(1) and (2), MKL
+    once opened a nested thread team there and the call never returned (a hang, found when a
+    test using the one-thread fixture ran before this one); the workers now ask MKL for one
+    thread each. In a subprocess, so that a hang fails the test instead of the run."""
+    code = ("import sys, torch; sys.path.insert(0, %r)\n"
+            "from test_lowrank_project import mixed_list\n"
+            "from trp_ext import ops\n"
+            "torch.set_num_threads(1); torch.set_num_threads(2)\n"
+            "mats = mixed_list(torch.float64, 'cpu')\n"
+            "print(ops.lowrank_project(mats, 1.0, want_subgradient=True).ranks.tolist())\n"
+            % os.path.dirname(__file__))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    mats = mixed_list(torch.float64, "cpu")
+    assert result.stdout.strip() == str(ops.lowrank_project(mats, 1.0, want_subgradient=True).ranks.tolist())
+
+
 @pytest.mark.parametrize("path", sorted(PRODUCT_PATHS))
 def test_every_product_path_meets_the_same_contract(path):
     """Run the core checks with the kernel's products on each path."""

@@ -18,6 +18,7 @@
 #include "cpu/lowrank_project_batched_twins.h"
 #include "cpu/lowrank_project_solver.h"
 #include "cpu/partial_eigen.h"
+#include "cpu/sequential_blas.h"
 #include "cpu/tridiagonal_ql.h"
 
 namespace trp_ext {
@@ -78,6 +79,7 @@ lowrank_project_cpu(at::TensorList mats, double energy, std::optional<double> va
     return std::max<int64_t>(size, 1);
   };
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    const cpu::SequentialBlasScope sequential_blas;  // the solver calls LAPACK and BLAS
     cpu::MatrixTask tasks[cpu::kQlGroup];
     cpu::MatrixResult group_results[cpu::kQlGroup];
     int64_t t = next.load();
