@@ -39,10 +39,12 @@ def like_for_like_cuda_baselines():
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    """Records which CPU code ran: ours (``trp_ext._C.cpu_kernels()``) and torch's (ATen's CPU
+    """Records which CPU code ran: ours (``trp_ext._C.cpu_kernels()``, and the width of its
+    multiply-add loops, ``cpu_vector_bits()``) and torch's (ATen's CPU
     capability, which oneDNN's convs and MKL follow too). The development VM once changed from an
     AVX2 CPU to an AVX-512 one between two runs, which moved every ratio."""
     machine_info["trp_ext_cpu_kernels"] = trp_ext._C.cpu_kernels()
+    machine_info["trp_ext_cpu_vector_bits"] = trp_ext._C.cpu_vector_bits()
     machine_info["aten_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
 
 

@@ -15,6 +15,7 @@
 #include "cpu/cpu_features.h"
 #include "cpu/factored_conv2d_cv.h"
 #include "cpu/factored_conv2d_path_switch.h"
+#include "cpu/factored_conv2d_shared.h"
 #include "cpu/factored_conv2d_split.h"
 #include "cpu/factored_conv2d_winograd.h"
 #include "factored_conv2d_call.h"
@@ -106,8 +107,12 @@ PyObject* cpu_kernels(PyObject* /*self*/, PyObject* /*args*/) {
   return PyUnicode_FromString(trp_ext::cpu::cpu_kernel_isa());
 }
 
-// cpu_winograd, cpu_channel_vectorised, cpu_split_images, cpu_batched_projection,
-// cuda_pipelined_loads and cuda_batched_eigh: `Name`(mode=None) -> the mode of
+PyObject* cpu_vector_bits(PyObject* /*self*/, PyObject* /*args*/) {
+  return PyLong_FromLong(trp_ext::fconv_cpu::cpu_kernels().vector_bits);
+}
+
+// cpu_winograd, cpu_channel_vectorised, cpu_split_images, cpu_wide_vectors,
+// cpu_batched_projection, cuda_pipelined_loads and cuda_batched_eigh: `Name`(mode=None) -> the mode of
 // the path switch in force, set first when given ('auto', 'never' or 'always': PathMode's order).
 template <trp_ext::PathSwitch& (*Switch)(), const char* Name>
 PyObject* path_mode(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
@@ -139,6 +144,7 @@ constexpr char kBatchedEighSwitch[] = "cuda_batched_eigh";
 constexpr char kBatchedProjectionSwitch[] = "cpu_batched_projection";
 constexpr char kCvSwitch[] = "cpu_channel_vectorised";
 constexpr char kSplitSwitch[] = "cpu_split_images";
+constexpr char kWideSwitch[] = "cpu_wide_vectors";
 
 // A METH_VARARGS | METH_KEYWORDS function as the PyCFunction its table entry holds.
 template <PyObject* (*Function)(PyObject*, PyObject*, PyObject*)>
@@ -181,6 +187,16 @@ PyMethodDef methods[] = {
      "cpu_split_images(mode=None) -> str: the CPU factored_conv2d's splitting of an image's "
      "band-path work across threads by channels instead of rows, set to mode ('auto', 'never', "
      "'always') when given; returns the mode in force."},
+    {kWideSwitch, with_keywords<path_mode<trp_ext::fconv_cpu::wide_switch, kWideSwitch>>(),
+     METH_VARARGS | METH_KEYWORDS,
+     "cpu_wide_vectors(mode=None) -> str: the CPU multiply-add loops' (factored_conv2d's "
+     "micro-kernels, and lowrank_project's products through them) use of 512-bit vectors on "
+     "CPUs with AVX-512 ('auto': where they measured at least 1.5x the 256-bit ones' rate; "
+     "'always': on every CPU with AVX-512; 'never': 256-bit), set to mode when given; returns the "
+     "mode in force."},
+    {"cpu_vector_bits", cpu_vector_bits, METH_NOARGS,
+     "cpu_vector_bits() -> int: 512 when the CPU multiply-add loops run on 512-bit vectors now "
+     "(see cpu_wide_vectors), else 256."},
     {kPipelineSwitch, with_keywords<path_mode<trp_ext::cuda_pipeline_switch, kPipelineSwitch>>(),
      METH_VARARGS | METH_KEYWORDS,
      "cuda_pipelined_loads(mode=None) -> str: the CUDA factored_conv2d's multi-stage cp.async "

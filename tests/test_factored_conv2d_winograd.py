@@ -213,7 +213,7 @@ def test_auto_mode_picks_spatial_winograd_only_for_large_layers():
         assert not torch.equal(run("always", x_, *factors, 1), run("never", x_, *factors, 1))
 
 
-@pytest.mark.parametrize("switch", ["cpu_winograd", "cpu_channel_vectorised", "cpu_split_images",
+@pytest.mark.parametrize("switch", ["cpu_winograd", "cpu_channel_vectorised", "cpu_split_images", "cpu_wide_vectors",
                                     "cpu_batched_projection", "cuda_pipelined_loads", "cuda_batched_eigh"])
 def test_mode_is_restored_and_checked(switch):
     """Every path switch (this one, the channel-vectorised path's, the split images', the CPU

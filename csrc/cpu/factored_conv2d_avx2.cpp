@@ -5,6 +5,7 @@
 // not be compiled for AVX2, or the linker could hand that copy to code running on a CPU
 // without it. Everything compiled under the pragma has internal linkage.
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu/factored_conv2d_kernels.h"
 

@@ -4,7 +4,7 @@
 // its planes, so every output row is computed at the planes' row length (one thrown-away column
 // at stride 1) and a band rounds its positions up to a vector. A 7 x 7 output computes 56
 // positions for 49. Here both convs vectorise over output channels instead (cv_conv): weights
-// are packed in panels of kCvVectors vectors of output channels, tap after tap, and each
+// are packed in panels of kCvPanelBytes of output channels, tap after tap, and each
 // position is an address in a list, so exactly the output's positions are computed. A work item
 // is one image:
 //   1. its input laid out as planes (as the band path does, the whole image at once). The
@@ -59,7 +59,7 @@ constexpr int64_t kPackCost = 20;
 
 template <typename T>
 constexpr int64_t panel_width() {
-  return kCvVectors * vector_width<T>();
+  return kCvPanelBytes / static_cast<int64_t>(sizeof(T));
 }
 
 // Output rows whose first-conv taps are the kernel rows [lo, hi): from zero-padded planes, one
@@ -320,7 +320,7 @@ bool use_cv(const FconvGeometry& g, int64_t band_makespan, int64_t element_size)
   if (mode != PathMode::kAuto) return mode == PathMode::kAlways;
   const int64_t positions = g.out_h * g.out_w;
   if (positions > kMaxImagePositions) return false;
-  const int64_t panel = kCvVectors * (32 / element_size);
+  const int64_t panel = kCvPanelBytes / element_size;
   const int64_t r_pad = round_up(g.rank, panel);
   const int64_t n_pad = round_up(g.out_channels, panel);
   const int64_t taps1 = g.in_channels * (g.spatial ? g.kh : g.kh * g.kw);

@@ -90,10 +90,12 @@ using CopyRowsFn = void (*)(const T* src, int64_t src_row, int64_t rows, int64_t
 
 // cv_conv, the channel-vectorised micro-kernel (cpu/factored_conv2d_cv.cpp): for q < count,
 //   out[opos[q] + k] (+)= sum_t in[pos[q] + off[t]] * wp[t * panel + k], k < panel,
-// panel = kCvVectors vectors: a panel of output channels, whose weights are packed tap after
-// tap; accumulate adds to out, else overwrites it. Vectorised over the output channels, so
-// positions are arbitrary addresses (a position list) and none is computed in vain.
+// panel = kCvPanelBytes of values (kCvVectors 256-bit vectors, or half as many 512-bit ones): a
+// panel of output channels, whose weights are packed tap after tap; accumulate adds to out, else
+// overwrites it. Vectorised over the output channels, so positions are arbitrary addresses (a
+// position list) and none is computed in vain.
 constexpr int kCvVectors = 4;
+constexpr int kCvPanelBytes = kCvVectors * 32;
 template <typename T>
 using CvConvFn = void (*)(const T* in, const int64_t* off, int64_t taps, const T* wp,
                           const int64_t* pos, int64_t count, T* out, const int64_t* opos,
@@ -213,6 +215,7 @@ struct CpuKernels {
   KernelSet<float> f32;
   KernelSet<double> f64;
   const char* isa = "none";
+  int vector_bits = 256;  // of the multiply-add loops (tap_conv, cv_conv)
 };
 
 // Always available.
@@ -223,6 +226,13 @@ CpuKernels avx2_kernels();
 // The same with AVX-512VL's 32 registers (factored_conv2d_avx512.cpp); only to be called on a
 // CPU with AVX2, FMA, AVX-512F and AVX-512VL.
 CpuKernels avx512_kernels();
+// avx512_kernels with tap_conv and cv_conv on 512-bit vectors (vector_bits 512); the same results
+// bit for bit. The same conditions.
+CpuKernels avx512_wide_kernels();
+// The CPU's 512-bit multiply-adds per second over its 256-bit ones, measured (< 1 ms): ~2 on
+// cores with two 512-bit FMA units, ~1 where 512-bit FMAs run as two halves. 1 in builds without
+// AVX-512 code; only to be called on a CPU with AVX-512F and AVX-512VL.
+double avx512_fma_speedup();
 
 }  // namespace fconv_cpu
 }  // namespace trp_ext

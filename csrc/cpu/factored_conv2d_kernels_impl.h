@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu/factored_conv2d_kernels.h"
 
@@ -125,29 +126,74 @@ void tap_rows(const typename V::Scalar* in, const int64_t* off, int64_t taps,
   }
 }
 
+// f(std::integral_constant<int, R>{}) for R = rows: the row count as a template argument.
+template <class F>
+inline void with_row_count(int rows, F&& f) {
+  switch (rows) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    default: return;  // the driver asks for 1..kMaxRows rows only
+  }
+}
+
 template <class V>
 void tap_conv(const typename V::Scalar* in, const int64_t* off, int64_t taps,
               const typename V::Scalar* w, int64_t ldw, int rows,
               const typename V::Scalar* bias, bool accumulate, bool relu,
               typename V::Scalar* out, int64_t ldo, int64_t count,
               const typename V::Scalar* res, int64_t ldr) {
-#define TRP_FCONV_ROWS(R) \
-  return tap_rows<V, R>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, count, res, ldr)
-  switch (rows) {
-    case 1: TRP_FCONV_ROWS(1);
-    case 2: TRP_FCONV_ROWS(2);
-    case 3: TRP_FCONV_ROWS(3);
-    case 4: TRP_FCONV_ROWS(4);
-    case 5: TRP_FCONV_ROWS(5);
-    case 6: TRP_FCONV_ROWS(6);
-    default: return;  // the driver asks for 1..kMaxRows rows only
+  with_row_count(rows, [&](auto r) {
+    tap_rows<V, decltype(r)::value>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, count,
+                                    res, ldr);
+  });
+}
+
+// tap_rows with 512-bit vectors Z over the longest multiple of Z::kWidth positions and
+// 256-bit ones Y (half as wide) over the rest: `count` is a multiple of Y's width only
+// (kPositionAlign), so the rest is none or one Y vector; where there are three, a rest of one
+// takes the last three instead, as in tap_rows.
+template <class Z, class Y, int R>
+void tap_rows_wide(const typename Z::Scalar* in, const int64_t* off, int64_t taps,
+                   const typename Z::Scalar* w, int64_t ldw, const typename Z::Scalar* bias,
+                   bool accumulate, bool relu, typename Z::Scalar* out, int64_t ldo,
+                   int64_t count, const typename Z::Scalar* res, int64_t ldr) {
+  static_assert(Z::kWidth == 2 * Y::kWidth, "Y is Z's half");
+  constexpr int64_t LY = Y::kWidth;
+  int64_t rest = count % Z::kWidth;
+  if (rest != 0 && count >= 3 * LY) rest = 3 * LY;
+  const int64_t q = count - rest;
+  tap_rows<Z, R>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, q, res, ldr);
+  const typename Z::Scalar* res_q = res ? res + q : nullptr;
+  if (rest == 3 * LY) {
+    tap_block_three<Y, R>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo, res_q,
+                          ldr);
+  } else if (rest == LY) {
+    tap_block<Y, R, 1>(in + q, off, taps, w, ldw, bias, accumulate, relu, out + q, ldo, res_q,
+                       ldr);
   }
-#undef TRP_FCONV_ROWS
+}
+
+// tap_conv (the same contract) on 512-bit vectors Z, with 256-bit ones Y for the positions past
+// the last whole Z vector (see tap_rows_wide).
+template <class Z, class Y>
+void tap_conv_wide(const typename Z::Scalar* in, const int64_t* off, int64_t taps,
+                   const typename Z::Scalar* w, int64_t ldw, int rows,
+                   const typename Z::Scalar* bias, bool accumulate, bool relu,
+                   typename Z::Scalar* out, int64_t ldo, int64_t count,
+                   const typename Z::Scalar* res, int64_t ldr) {
+  with_row_count(rows, [&](auto r) {
+    tap_rows_wide<Z, Y, decltype(r)::value>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo,
+                                            count, res, ldr);
+  });
 }
 
 // ---------------------------------------------------------------------------- cv_conv
 // The channel-vectorised micro-kernel (see CvConvFn): P positions times NV vectors of output
-// channels (NV of a panel's kCvVectors, from vector `first`) accumulated in registers while the
+// channels (NV of a panel's cv_panel_vectors, from vector `first`) accumulated in registers while the
 // taps stream by; each tap costs NV vector loads of packed weights and P broadcasts of input
 // values for P * NV FMAs, as tap_block's R x NV. Positions are any P addresses, so no vector
 // lane is spent on a position the output does not keep.
@@ -158,7 +204,7 @@ inline void cv_block(const typename V::Scalar* in, const int64_t* off, int64_t t
   using Reg = typename V::Reg;
   using T = typename V::Scalar;
   constexpr int L = V::kWidth;
-  constexpr int kPanel = kCvVectors * L;
+  constexpr int kPanel = kCvPanelBytes / static_cast<int>(sizeof(T));
   Reg acc[P][NV];
   const T* base[P];
   T* dst[P];
@@ -190,15 +236,21 @@ inline void cv_block(const typename V::Scalar* in, const int64_t* off, int64_t t
 }
 
 // Register blocks: P positions times NV vectors, P * NV accumulators, NV weights and a broadcast
-// within the registers. With 32, a whole panel (NV = kCvVectors = 4) for 6 positions. With 16,
+// within the registers. With 32, a whole panel (NV = 4 256-bit or 2 512-bit vectors) for 6
+// positions. With 16,
 // a panel in two halves of 2 vectors for 6 positions (15 registers), the input values broadcast
 // once per half: whole panels allow only 2 positions, whose 8 accumulators are just the FMA
 // latency times its throughput and which load 6 values per 8 FMAs; measured on the 2-core AVX2
 // EPYC (512-512 14x14 s2 r128, batch 32), that ran at ~53% of the FMA peak.
 constexpr int kCvPositions = 6;
+// A panel's vectors: kCvVectors of 256 bits, half as many of 512.
+template <class V>
+constexpr int cv_panel_vectors() {
+  return kCvPanelBytes / static_cast<int>(V::kWidth * sizeof(typename V::Scalar));
+}
 template <class V>
 constexpr int cv_block_vectors() {
-  return V::kRegisters >= 32 ? kCvVectors : 2;
+  return V::kRegisters >= 32 ? cv_panel_vectors<V>() : 2;
 }
 
 // P <= kCvPositions positions over the whole panel, NV vectors at a time.
@@ -207,9 +259,10 @@ inline void cv_panel(const typename V::Scalar* in, const int64_t* off, int64_t t
                      const typename V::Scalar* wp, const int64_t* pos,
                      typename V::Scalar* out, const int64_t* opos, bool accumulate) {
   constexpr int NV = cv_block_vectors<V>();
-  static_assert(kCvVectors % NV == 0, "a panel is whole register blocks");
+  constexpr int kVectors = cv_panel_vectors<V>();
+  static_assert(kVectors % NV == 0, "a panel is whole register blocks");
 #pragma GCC unroll 4
-  for (int first = 0; first < kCvVectors; first += NV) {
+  for (int first = 0; first < kVectors; first += NV) {
     cv_block<V, P, NV>(in, off, taps, wp, pos, out, opos, accumulate, first);
   }
 }

@@ -7,19 +7,44 @@
 namespace trp_ext {
 namespace fconv_cpu {
 
-const CpuKernels& cpu_kernels() {
-  static const CpuKernels kernels = [] {
+namespace {
+
+// 512-bit loops only where they measured at least this much faster than 256-bit ones: ~2 on
+// cores with two 512-bit FMA units, ~1 on cores that split them.
+constexpr double kWideSpeedup = 1.5;
+
+struct KernelChoice {
+  CpuKernels narrow;          // 256-bit vectors: AVX-512VL, AVX2 or portable
+  CpuKernels wide;            // 512-bit multiply-add loops; null kernels without AVX-512
+  bool wide_faster = false;   // auto's choice (measured once per process)
+};
+
+const KernelChoice& kernel_choice() {
+  static const KernelChoice choice = [] {
+    KernelChoice c;
     if (cpu::use_avx512vl()) {
-      const CpuKernels avx512 = avx512_kernels();
-      if (avx512.f32.tap_conv != nullptr) return avx512;
+      c.narrow = avx512_kernels();
+      c.wide = avx512_wide_kernels();
+      if (c.wide.f32.tap_conv != nullptr) c.wide_faster = avx512_fma_speedup() >= kWideSpeedup;
     }
-    if (cpu::use_avx2_fma()) {
-      const CpuKernels avx2 = avx2_kernels();
-      if (avx2.f32.tap_conv != nullptr) return avx2;
-    }
-    return portable_kernels();
+    if (c.narrow.f32.tap_conv == nullptr && cpu::use_avx2_fma()) c.narrow = avx2_kernels();
+    if (c.narrow.f32.tap_conv == nullptr) c.narrow = portable_kernels();
+    return c;
   }();
-  return kernels;
+  return choice;
+}
+
+}  // namespace
+
+const CpuKernels& cpu_kernels() {
+  const KernelChoice& choice = kernel_choice();
+  if (choice.wide.f32.tap_conv != nullptr) {
+    const PathMode mode = wide_switch().get();
+    if (mode == PathMode::kAlways || (mode == PathMode::kAuto && choice.wide_faster)) {
+      return choice.wide;
+    }
+  }
+  return choice.narrow;
 }
 
 PathSwitch& winograd_switch() {
@@ -31,6 +56,10 @@ PathSwitch& cv_switch() {
   return path;
 }
 PathSwitch& split_switch() {
+  static PathSwitch path;
+  return path;
+}
+PathSwitch& wide_switch() {
   static PathSwitch path;
   return path;
 }

@@ -19,14 +19,16 @@ inline int64_t round_up(int64_t value, int64_t multiple) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Values of type T per vector of the kernels (both builds use 32-byte vectors).
+// Values of type T per vector of the kernels (every build's layout kernels use 32-byte vectors;
+// the wide build's multiply-add loops take counts in these units too).
 template <typename T>
 constexpr int64_t vector_width() {
   return 32 / static_cast<int64_t>(sizeof(T));
 }
 
-// The AVX-512VL kernels when cpu::use_avx512vl() allows them, else the AVX2+FMA ones when
-// cpu::use_avx2_fma() does, else the portable ones.
+// The AVX-512VL kernels when cpu::use_avx512vl() allows them (with 512-bit multiply-add loops
+// where wide_switch() and, under auto, the CPU's measured speed ask for them), else the AVX2+FMA
+// ones when cpu::use_avx2_fma() does, else the portable ones.
 const CpuKernels& cpu_kernels();
 
 template <typename T>

@@ -148,6 +148,26 @@ def cpu_split_images_mode() -> str:
     return _C.cpu_split_images()
 
 
+def cpu_wide_vectors_mode() -> str:
+    """Whether the CPU multiply-add loops (the micro-kernels of ``factored_conv2d``, which
+    ``lowrank_project``'s float64 products also run on) use 512-bit vectors on a CPU with
+    AVX-512: ``"auto"`` (the default) where the CPU's 512-bit multiply-adds measured at least
+    1.5x the 256-bit ones' rate, once per process (Intel server cores with two 512-bit FMA units
+    run twice the multiply-adds; AMD Zen 4 splits them into 256-bit halves and keeps 256-bit
+    loops); ``"always"`` on every CPU with AVX-512; ``"never"`` 256-bit loops. Without AVX-512
+    (or with ``ATEN_CPU_CAPABILITY`` below ``avx512``) the loops stay 256-bit whatever the mode.
+    Results are the same bit for bit either way; ``trp_ext._C.cpu_vector_bits()`` says which
+    width runs now."""
+    return _C.cpu_wide_vectors()
+
+
+def cpu_wide_vectors(mode: str):
+    """Runs the block with the CPU wide-vectors mode set to `mode` (see
+    :func:`cpu_wide_vectors_mode`); the mode is process-wide, and the previous one comes back on
+    exit."""
+    return path_switch("cpu_wide_vectors", mode)
+
+
 def cpu_winograd(mode: str):
     """Runs the block with the CPU Winograd mode set to `mode` (see :func:`cpu_winograd_mode`);
     the mode is process-wide, and the previous one comes back on exit."""
