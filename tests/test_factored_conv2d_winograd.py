@@ -157,10 +157,22 @@ def test_transformed_weights_per_thread_or_shared(always, scheme, shape, r, priv
         torch.set_num_threads(previous)
 
 
-def test_auto_mode_picks_winograd_only_for_large_layers():
-    """auto gives bit for bit the result of always on a layer past the thresholds (rank 16,
-    32 channels, 128 tiles; 48 tiles from rank 32), and that of never below them or off the
-    3x3 stride-1 geometry."""
+@pytest.fixture(params=["narrow", "wide"])
+def vector_width(request):
+    """The Winograd rules differ with the width of the direct kernel's multiply-add loops
+    (ops.cpu_wide_vectors): each width's rule is checked where this CPU can run it."""
+    wide = request.param == "wide"
+    if wide and _C.cpu_kernels() != "avx512":
+        pytest.skip("this CPU's kernels have no 512-bit build")
+    with ops.cpu_wide_vectors("always" if wide else "never"):
+        assert _C.cpu_vector_bits() == (512 if wide else 256)
+        yield request.param
+
+
+def test_auto_mode_picks_winograd_only_for_large_layers(vector_width):
+    """auto gives bit for bit the result of always on a layer past the thresholds, and that of
+    never below them or off the 3x3 stride-1 geometry. 256-bit loops: rank 16, 32 channels, 128
+    tiles; 48 tiles from rank 32. 512-bit loops: rank 32, 32 channels, 128 tiles."""
     def run(mode, x, w1, w2, bias, stride):
         with ops.cpu_winograd(mode):
             return ops.factored_conv2d(x, w1, w2, bias, stride, 1, 1, "channel", "relu")
@@ -169,28 +181,39 @@ def test_auto_mode_picks_winograd_only_for_large_layers():
     large = _factors("channel", 8, 32, 16, (3, 3), torch.float32)
     small_rank = _factors("channel", 8, 32, 15, (3, 3), torch.float32)
     few_channels = _factors("channel", 8, 31, 16, (3, 3), torch.float32)
-    cases = [(x, large, 1, "always"), (x, large, 2, "never"), (x, small_rank, 1, "never"),
-             (x[:, :31], few_channels, 1, "never")]
     rank_32 = _factors("channel", 8, 32, 32, (3, 3), torch.float32)
     rank_31 = _factors("channel", 8, 32, 31, (3, 3), torch.float32)
     row_of_48 = _input((1, 32, 2, 96), torch.float32)  # one tile row: 48 tiles
     row_of_47 = _input((1, 32, 2, 94), torch.float32)
-    cases += [(x[:1], large, 1, "never"),  # 64 tiles at rank 16
-              (x[:1], rank_32, 1, "always"),  # and at rank 32
-              (x[:1], rank_31, 1, "never"),
-              (row_of_48, rank_32, 1, "always"),
-              (row_of_47, rank_32, 1, "never")]
+    row_of_127 = _input((1, 32, 2, 254), torch.float32)
+    if vector_width == "narrow":
+        cases = [(x, large, 1, "always"), (x, large, 2, "never"), (x, small_rank, 1, "never"),
+                 (x[:, :31], few_channels, 1, "never"),
+                 (x[:1], large, 1, "never"),  # 64 tiles at rank 16
+                 (x[:1], rank_32, 1, "always"),  # and at rank 32
+                 (x[:1], rank_31, 1, "never"),
+                 (row_of_48, rank_32, 1, "always"),
+                 (row_of_47, rank_32, 1, "never")]
+    else:
+        few_channels = _factors("channel", 8, 31, 32, (3, 3), torch.float32)
+        cases = [(x, rank_32, 1, "always"), (x, rank_32, 2, "never"), (x, rank_31, 1, "never"),
+                 (x, large, 1, "never"),  # rank 16 with 128 tiles
+                 (x[:, :31], few_channels, 1, "never"),
+                 (x[:1], rank_32, 1, "never"),  # 64 tiles
+                 (row_of_127, rank_32, 1, "never")]
     for x_, (w1, w2, bias), stride, same_as in cases:
         auto = run("auto", x_, w1, w2, bias, stride)
         assert torch.equal(auto, run(same_as, x_, w1, w2, bias, stride)), (x_.shape, w1.shape, stride)
-    for x_, (w1, w2, bias) in ((x, large), (row_of_48, rank_32), (row_of_47, rank_32)):
+    for x_, (w1, w2, bias) in ((x, large), (x, rank_32), (row_of_48, rank_32), (row_of_47, rank_32),
+                               (row_of_127, rank_32)):
         assert not torch.equal(run("always", x_, w1, w2, bias, 1), run("never", x_, w1, w2, bias, 1))
 
 
-def test_auto_mode_picks_spatial_winograd_only_for_large_layers():
-    """The spatial scheme's rule: auto gives bit for bit the result of always from rank 16, 32
-    input channels and 1024 first-conv positions (batch x ceil(out_h / 2) x W), or 128 from
-    rank 32 on, and that of never below any of them or off the 3x3 stride-1 geometry."""
+def test_auto_mode_picks_spatial_winograd_only_for_large_layers(vector_width):
+    """The spatial scheme's rule: auto gives bit for bit the result of always past the
+    thresholds, and that of never below any of them or off the 3x3 stride-1 geometry. 256-bit
+    loops: rank 16, 32 input channels and 1024 first-conv positions (batch x ceil(out_h / 2) x W),
+    or 128 from rank 32 on. 512-bit loops: rank 32, 32 input channels, 128 positions."""
     def run(mode, x, w1, w2, bias, stride):
         with ops.cpu_winograd(mode):
             return ops.factored_conv2d(x, w1, w2, bias, stride, 1, 1, "spatial", "relu")
@@ -200,16 +223,21 @@ def test_auto_mode_picks_spatial_winograd_only_for_large_layers():
     many = _input((8, 32, 16, 16), torch.float32)  # 1024
     fewer = _input((8, 32, 14, 16), torch.float32)  # 896
     rank_32 = _factors("spatial", 8, 32, 32, (3, 3), torch.float32)
+    rank_31 = _factors("spatial", 8, 32, 31, (3, 3), torch.float32)
     rank_16 = _factors("spatial", 8, 32, 16, (3, 3), torch.float32)
     rank_15 = _factors("spatial", 8, 32, 15, (3, 3), torch.float32)
     few_channels = _factors("spatial", 8, 31, 32, (3, 3), torch.float32)
     cases = [(x, rank_32, 1, "always"), (x, rank_32, 2, "never"), (short, rank_32, 1, "never"),
              (x[:, :31], few_channels, 1, "never"), (x, rank_16, 1, "never"),
-             (many, rank_16, 1, "always"), (fewer, rank_16, 1, "never"), (many, rank_15, 1, "never")]
+             (fewer, rank_16, 1, "never"), (many, rank_15, 1, "never")]
+    if vector_width == "narrow":
+        cases += [(many, rank_16, 1, "always")]
+    else:
+        cases += [(many, rank_16, 1, "never"), (many, rank_31, 1, "never")]
     for x_, (w1, w2, bias), stride, same_as in cases:
         auto = run("auto", x_, w1, w2, bias, stride)
         assert torch.equal(auto, run(same_as, x_, w1, w2, bias, stride)), (x_.shape, w1.shape, stride)
-    for x_, factors in ((x, rank_32), (short, rank_32), (many, rank_16), (fewer, rank_16)):
+    for x_, factors in ((x, rank_32), (short, rank_32), (many, rank_16), (fewer, rank_16), (many, rank_31)):
         assert not torch.equal(run("always", x_, *factors, 1), run("never", x_, *factors, 1))
 
 

@@ -47,6 +47,10 @@ constexpr int64_t kMinChannels = 32;
 constexpr int64_t kMinPositions = 128;
 constexpr int64_t kMinRankForFewerPositions = 32;  // below it, kMinPositionsAtLowRank
 constexpr int64_t kMinPositionsAtLowRank = 1024;
+// With 512-bit multiply-add loops (see factored_conv2d_winograd.cpp's kMinRankWide): ranks 16-24
+// lost (0.75-0.82x at 1024-25088 positions, in-process A/B on a 2-core Intel Xeon); from rank 32,
+// 0.97-1.34x from 98 positions, 0.80x on 7x7 at batch 1 (28).
+constexpr int64_t kMinRankWide = 32;
 
 struct Plan {
   int64_t tiles_h = 0;  // first-conv tile rows (2 intermediate rows each)
@@ -265,7 +269,8 @@ bool spatial_winograd_pays(const FconvGeometry& g) {
   const int64_t positions = g.batch * ceil_div(g.out_h, 2) * g.width;  // of the first conv
   const int64_t min_positions =
       g.rank >= kMinRankForFewerPositions ? kMinPositions : kMinPositionsAtLowRank;
-  return g.rank >= kMinRank && g.in_channels >= kMinChannels && positions >= min_positions;
+  const int64_t min_rank = cpu_kernels().vector_bits >= 512 ? kMinRankWide : kMinRank;
+  return g.rank >= min_rank && g.in_channels >= kMinChannels && positions >= min_positions;
 }
 
 template <typename T>
