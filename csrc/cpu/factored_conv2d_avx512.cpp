@@ -114,8 +114,8 @@ CpuKernels avx512_kernels() {
 CpuKernels avx512_wide_kernels() {
 #ifdef TRP_FCONV_HAVE_AVX512
   CpuKernels k = kernel_table<Avx512VlF32, Avx512VlF64>("avx512");
-  k.f32.tap_conv = &tap_conv_wide<ZmmF32, Avx512VlF32>;
-  k.f64.tap_conv = &tap_conv_wide<ZmmF64, Avx512VlF64>;
+  k.f32.tap_conv = &tap_conv<ZmmF32, Avx512VlF32>;
+  k.f64.tap_conv = &tap_conv<ZmmF64, Avx512VlF64>;
   k.f32.cv_conv = &cv_conv<ZmmF32>;
   k.f64.cv_conv = &cv_conv<ZmmF64>;
   k.vector_bits = 512;

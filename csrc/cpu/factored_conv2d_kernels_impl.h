@@ -140,18 +140,6 @@ inline void with_row_count(int rows, F&& f) {
   }
 }
 
-template <class V>
-void tap_conv(const typename V::Scalar* in, const int64_t* off, int64_t taps,
-              const typename V::Scalar* w, int64_t ldw, int rows,
-              const typename V::Scalar* bias, bool accumulate, bool relu,
-              typename V::Scalar* out, int64_t ldo, int64_t count,
-              const typename V::Scalar* res, int64_t ldr) {
-  with_row_count(rows, [&](auto r) {
-    tap_rows<V, decltype(r)::value>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, count,
-                                    res, ldr);
-  });
-}
-
 // tap_rows with 512-bit vectors Z over the longest multiple of Z::kWidth positions and
 // 256-bit ones Y (half as wide) over the rest: `count` is a multiple of Y's width only
 // (kPositionAlign), so the rest is none or one Y vector; where there are three, a rest of one
@@ -177,24 +165,29 @@ void tap_rows_wide(const typename Z::Scalar* in, const int64_t* off, int64_t tap
   }
 }
 
-// tap_conv (the same contract) on 512-bit vectors Z, with 256-bit ones Y for the positions past
-// the last whole Z vector (see tap_rows_wide).
-template <class Z, class Y>
-void tap_conv_wide(const typename Z::Scalar* in, const int64_t* off, int64_t taps,
-                   const typename Z::Scalar* w, int64_t ldw, int rows,
-                   const typename Z::Scalar* bias, bool accumulate, bool relu,
-                   typename Z::Scalar* out, int64_t ldo, int64_t count,
-                   const typename Z::Scalar* res, int64_t ldr) {
+// tap_conv on vectors V; with Rest, a vector type half as wide (V of 512 bits, Rest of 256),
+// V over the positions up to the last whole V vector and Rest past it (see tap_rows_wide).
+template <class V, class Rest = V>
+void tap_conv(const typename V::Scalar* in, const int64_t* off, int64_t taps,
+              const typename V::Scalar* w, int64_t ldw, int rows,
+              const typename V::Scalar* bias, bool accumulate, bool relu,
+              typename V::Scalar* out, int64_t ldo, int64_t count,
+              const typename V::Scalar* res, int64_t ldr) {
   with_row_count(rows, [&](auto r) {
-    tap_rows_wide<Z, Y, decltype(r)::value>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo,
-                                            count, res, ldr);
+    constexpr int R = decltype(r)::value;
+    if constexpr (std::is_same_v<V, Rest>) {
+      tap_rows<V, R>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, count, res, ldr);
+    } else {
+      tap_rows_wide<V, Rest, R>(in, off, taps, w, ldw, bias, accumulate, relu, out, ldo, count,
+                                res, ldr);
+    }
   });
 }
 
 // ---------------------------------------------------------------------------- cv_conv
 // The channel-vectorised micro-kernel (see CvConvFn): P positions times NV vectors of output
-// channels (NV of a panel's cv_panel_vectors, from vector `first`) accumulated in registers while the
-// taps stream by; each tap costs NV vector loads of packed weights and P broadcasts of input
+// channels (NV of a panel's cv_panel_vectors, from vector `first`) accumulated in registers while
+// the taps stream by; each tap costs NV vector loads of packed weights and P broadcasts of input
 // values for P * NV FMAs, as tap_block's R x NV. Positions are any P addresses, so no vector
 // lane is spent on a position the output does not keep.
 template <class V, int P, int NV>
@@ -237,11 +230,12 @@ inline void cv_block(const typename V::Scalar* in, const int64_t* off, int64_t t
 
 // Register blocks: P positions times NV vectors, P * NV accumulators, NV weights and a broadcast
 // within the registers. With 32, a whole panel (NV = 4 256-bit or 2 512-bit vectors) for 6
-// positions. With 16,
-// a panel in two halves of 2 vectors for 6 positions (15 registers), the input values broadcast
-// once per half: whole panels allow only 2 positions, whose 8 accumulators are just the FMA
-// latency times its throughput and which load 6 values per 8 FMAs; measured on the 2-core AVX2
-// EPYC (512-512 14x14 s2 r128, batch 32), that ran at ~53% of the FMA peak.
+// positions (12 with 512-bit vectors measured slower: 1.01-1.13x over 256-bit instead of
+// 1.44-1.55x on stride-2 batch-32 layers). With 16, a panel in two halves of 2 vectors for 6
+// positions (15 registers), the input values broadcast once per half: whole panels allow only 2
+// positions, whose 8 accumulators are just the FMA latency times its throughput and which load
+// 6 values per 8 FMAs; measured on the 2-core AVX2 EPYC (512-512 14x14 s2 r128, batch 32), that
+// ran at ~53% of the FMA peak.
 constexpr int kCvPositions = 6;
 // A panel's vectors: kCvVectors of 256 bits, half as many of 512.
 template <class V>
